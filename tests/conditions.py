@@ -9,7 +9,9 @@ from collections.abc import Callable
 __all__ = ["wait_until", "wait_until_async"]
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01) -> None:
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01
+) -> None:
     """Polls ``predicate`` until it is truthy; raises ``AssertionError`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -19,7 +21,9 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: 
 
 
 async def wait_until_async(
-    predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01
+    predicate: Callable[[], object],
+    timeout: float = 5.0,  # noqa: ASYNC109 - the same signature as wait_until, on purpose
+    interval: float = 0.01,
 ) -> None:
     """Like :func:`wait_until` but yields to the event loop between polls."""
     deadline = time.monotonic() + timeout
