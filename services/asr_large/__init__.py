@@ -1,0 +1,1 @@
+"""asr_large: an ASR instance of the large, accurate pool (base): batch work and accuracy-sensitive streams."""

@@ -1,0 +1,12 @@
+"""`python -m services.asr_large`: an ASR instance with the asr_large defaults."""
+
+from __future__ import annotations
+
+import sys
+
+from voxmesh.asr.app import main
+
+DEFAULTS = {"pool": "asr_large", "model": "base"}
+
+if __name__ == "__main__":
+    sys.exit(main(DEFAULTS))

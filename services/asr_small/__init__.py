@@ -1,0 +1,1 @@
+"""asr_small: an ASR instance of the small, fast pool (tiny.en): live captioning and other realtime streams."""

@@ -1,0 +1,184 @@
+"""Entry point of an ASR instance (asr_small, asr_large): wiring only.
+
+Start-up: load and warm the model, start the server (health NOT_SERVING),
+report SERVING, register for discovery, print one ``VOXMESH_READY {json}``
+line for launchers. Shutdown on SIGTERM/SIGINT, in this order: stop taking
+streams (DRAINING, health NOT_SERVING, discovery marked draining), let the
+active streams finish (up to ``drain_timeout``), deregister, stop the
+server, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from voxmesh.asr.decoder import WhisperDecoder, WhisperOptions
+from voxmesh.asr.instance import AsrInstance, InstanceIdentity
+from voxmesh.asr.metrics import AsrMetrics
+from voxmesh.asr.models import resolve_model
+from voxmesh.asr.scheduler import SchedulerOptions
+from voxmesh.asr.servicer import RecognizerServicer, TelemetryServicer
+from voxmesh.asr.session import SessionOptions
+from voxmesh.asr.settings import AsrSettings
+from voxmesh.asr.vad import EndpointerOptions
+from voxmesh.discovery import InstanceInfo, Registrar
+from voxmesh.errors import SettingsError
+from voxmesh.rpc.server import ServerOptions, ServiceServer, wait_for_signal
+from voxmesh.settings import load
+from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
+from voxmesh.telemetry import GpuSampler
+
+__all__ = ["main", "make_registrar", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+class _NoRegistrar:
+    """Discovery off (an instance addressed directly)."""
+
+    async def register(self, info: InstanceInfo) -> None:
+        del info
+
+    async def set_draining(self) -> None:
+        return None
+
+    async def deregister(self) -> None:
+        return None
+
+
+def make_registrar(settings: AsrSettings) -> Registrar:
+    """The discovery backend the settings name."""
+    if settings.discovery == "file":
+        from voxmesh.discovery.file import FileRegistrar
+
+        return FileRegistrar(settings.registry_dir)
+    if settings.discovery == "consul":
+        from voxmesh.discovery.consul import ConsulRegistrar
+
+        return ConsulRegistrar(settings.consul_addr)
+    return _NoRegistrar()
+
+
+async def serve(settings: AsrSettings, stop: asyncio.Event | None = None) -> int:
+    """Runs an instance until ``stop`` is set or a signal arrives; returns the exit code."""
+    model_dir = resolve_model(settings.model)
+    decoder = WhisperDecoder(
+        model_dir,
+        settings.model,
+        WhisperOptions(device=settings.device, compute_type=settings.compute_type,
+                       cpu_threads=settings.cpu_threads, beam_size=settings.beam_size),
+    )
+    warm = await asyncio.to_thread(decoder.warm_up)
+    gpu = GpuSampler()
+    identity = InstanceIdentity(
+        instance_id=settings.resolved_instance_id(),
+        pool=settings.pool,
+        model=settings.model,
+        capacity_class=settings.capacity_class,
+        region=settings.region,
+        gpu_type=settings.gpu_type or gpu.gpu_type(),
+    )
+    metrics = AsrMetrics.create(CollectorRegistry())
+    instance = AsrInstance(
+        identity,
+        decoder,
+        SchedulerOptions(max_batch=settings.max_batch, max_wait=settings.max_batch_wait_ms / 1000),
+        SessionOptions(
+            endpointer=EndpointerOptions(min_silence=settings.min_silence),
+            interim_interval=settings.interim_interval,
+            max_utterance=settings.max_utterance,
+            max_stream=settings.max_stream_seconds,
+        ),
+        max_streams=settings.max_streams,
+        retry_after=settings.retry_after,
+        metrics=metrics,
+        gpu=gpu,
+    )
+    server = ServiceServer(
+        ServerOptions(
+            host=settings.host,
+            port=settings.port,
+            metrics_port=None if settings.metrics_port < 0 else settings.metrics_port,
+            max_message_bytes=settings.max_unary_bytes + (1 << 20),
+        ),
+        metrics.registry,
+    )
+    stopping = asyncio.Event()
+    recognizer = RecognizerServicer(
+        instance,
+        max_chunk_bytes=settings.max_chunk_bytes,
+        max_unary_bytes=settings.max_unary_bytes,
+        max_unary_seconds=settings.max_unary_seconds,
+    )
+    server.add_service(
+        lambda s: stt_pb2_grpc.add_RecognizerServiceServicer_to_server(recognizer, s),
+        stt_pb2.DESCRIPTOR.services_by_name["RecognizerService"].full_name,
+    )
+    telemetry = TelemetryServicer(instance, stopping)
+    server.add_service(
+        lambda s: stt_pb2_grpc.add_TelemetryServiceServicer_to_server(telemetry, s),
+        stt_pb2.DESCRIPTOR.services_by_name["TelemetryService"].full_name,
+    )
+    registrar = make_registrar(settings)
+    await server.start()
+    instance.start()
+    await server.set_serving()
+    info = InstanceInfo(
+        instance_id=identity.instance_id, pool=identity.pool, model=identity.model,
+        address=settings.advertise_host or settings.host, port=server.port,
+        capacity_class=identity.capacity_class, gpu_type=identity.gpu_type,
+        region=identity.region, max_streams=settings.max_streams,
+        metrics_port=server.metrics_port,
+    )
+    await registrar.register(info)
+    ready = {"instance_id": identity.instance_id, "pool": identity.pool, "model": identity.model,
+             "port": server.port, "metrics_port": server.metrics_port,
+             "device": decoder.device, "compute_type": decoder.compute_type,
+             "warmup_seconds": round(warm, 3)}
+    print("VOXMESH_READY " + json.dumps(ready), flush=True)
+    logger.info("serving %s (%s) on port %d", identity.pool, identity.model, server.port)
+    try:
+        if stop is None:
+            sig = await wait_for_signal()
+            logger.info("received %s: draining", sig.name)
+        else:
+            await stop.wait()
+    finally:
+        instance.begin_drain()
+        await server.set_not_serving()
+        await registrar.set_draining()
+        drained = await instance.wait_idle(settings.drain_timeout)
+        if not drained:
+            logger.warning("drain timeout: %d streams still active are cancelled", instance.active)
+        await registrar.deregister()
+        stopping.set()
+        await server.stop(grace=1.0)
+        await instance.shutdown()
+    return 0
+
+
+def main(defaults: Mapping[str, Any], argv: Sequence[str] | None = None,
+         env: Mapping[str, str] | None = None) -> int:
+    """Parses settings (``defaults`` < env < flags) and serves."""
+    try:
+        settings = load(AsrSettings, prefix="VOXMESH_ASR", defaults=defaults,
+                        argv=sys.argv[1:] if argv is None else argv,
+                        env=os.environ if env is None else env)
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(serve(settings))
+    except SettingsError as err:
+        logger.error("%s", err)
+        return 2

@@ -1,0 +1,113 @@
+"""Validation of client configs: the same rules on every instance and the router.
+
+Every rejection is an :class:`~voxmesh.errors.InvalidArgument` or
+:class:`~voxmesh.errors.NotFound` whose message names the field and value.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from voxmesh.asr.audio import AudioDecoder, ContainerDecoder, Linear16Decoder
+from voxmesh.errors import InvalidArgument, NotFound
+from voxmesh.stt.v1 import stt_pb2
+
+__all__ = [
+    "MAX_SAMPLE_RATE",
+    "MIN_SAMPLE_RATE",
+    "ValidatedConfig",
+    "make_decoder",
+    "check_model",
+    "serves_model",
+    "validate_recognition_config",
+    "validate_streaming_config",
+]
+
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 48000
+_STREAM_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+_LANGUAGE = re.compile(r"^[a-z]{2,3}$")
+AUTO_MODELS = ("", "auto")
+
+
+@dataclass(frozen=True)
+class ValidatedConfig:
+    """A config that passed validation."""
+
+    model: str
+    language: str | None
+    encoding: int
+    sample_rate: int
+    word_offsets: bool
+    realtime: bool
+    interim_results: bool
+    stream_id: str
+
+
+def validate_recognition_config(
+    config: stt_pb2.RecognitionConfig, *, interim_results: bool = False, stream_id: str = ""
+) -> ValidatedConfig:
+    """Checks encoding, sample rate, priority and language syntax."""
+    if config.encoding == stt_pb2.AUDIO_ENCODING_UNSPECIFIED:
+        raise InvalidArgument("config.encoding is required (AUDIO_ENCODING_LINEAR16 or _CONTAINER)")
+    if config.encoding not in (stt_pb2.AUDIO_ENCODING_LINEAR16, stt_pb2.AUDIO_ENCODING_CONTAINER):
+        raise InvalidArgument(f"config.encoding {config.encoding} is not supported")
+    rate = config.sample_rate_hertz
+    if config.encoding == stt_pb2.AUDIO_ENCODING_LINEAR16 and not (
+        MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE
+    ):
+        raise InvalidArgument(
+            f"config.sample_rate_hertz {rate} is out of range "
+            f"[{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] for LINEAR16"
+        )
+    if config.priority == stt_pb2.PRIORITY_UNSPECIFIED:
+        raise InvalidArgument("config.priority is required (PRIORITY_REALTIME or PRIORITY_BATCH)")
+    if config.priority not in (stt_pb2.PRIORITY_REALTIME, stt_pb2.PRIORITY_BATCH):
+        raise InvalidArgument(f"config.priority {config.priority} is not supported")
+    language = config.language_code.strip().lower() or None
+    if language is not None and not _LANGUAGE.match(language):
+        raise InvalidArgument(f"config.language_code {config.language_code!r} is not an ISO 639-1 code")
+    if stream_id and not _STREAM_ID.match(stream_id):
+        raise InvalidArgument("stream_id must be 1-128 printable ASCII characters without spaces")
+    return ValidatedConfig(
+        model=config.model.strip(),
+        language=language,
+        encoding=config.encoding,
+        sample_rate=rate,
+        word_offsets=config.enable_word_time_offsets,
+        realtime=config.priority == stt_pb2.PRIORITY_REALTIME,
+        interim_results=interim_results,
+        stream_id=stream_id or uuid.uuid4().hex[:16],
+    )
+
+
+def validate_streaming_config(config: stt_pb2.StreamingRecognitionConfig) -> ValidatedConfig:
+    """Validates the first message of a stream."""
+    if not config.HasField("config"):
+        raise InvalidArgument("streaming_config.config is required")
+    return validate_recognition_config(
+        config.config, interim_results=config.interim_results, stream_id=config.stream_id
+    )
+
+
+def serves_model(requested: str, *, pool: str, model: str) -> bool:
+    """Whether an instance of ``pool`` serving ``model`` takes the requested name."""
+    return requested in AUTO_MODELS or requested in (pool, model)
+
+
+def check_model(requested: str, *, pool: str, model: str) -> None:
+    """Raises NOT_FOUND unless this instance serves ``requested``."""
+    if not serves_model(requested, pool=pool, model=model):
+        raise NotFound(
+            f"model {requested!r} is not served here (this instance serves pool {pool!r}, "
+            f"model {model!r})"
+        )
+
+
+def make_decoder(config: ValidatedConfig) -> AudioDecoder:
+    """The audio decoder for a validated config."""
+    if config.encoding == stt_pb2.AUDIO_ENCODING_CONTAINER:
+        return ContainerDecoder()
+    return Linear16Decoder(config.sample_rate)

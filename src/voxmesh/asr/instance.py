@@ -1,0 +1,179 @@
+"""The state of one ASR process: model, scheduler, admission and telemetry.
+
+Lifecycle (one per process)::
+
+    STARTING ──model loaded and warmed up──▶ SERVING ──SIGTERM──▶ DRAINING ──▶ (exit)
+
+Admission: at most ``max_streams`` streams at once; above it, and while
+draining, a new stream is refused at once (RESOURCE_EXHAUSTED with a retry
+hint, or UNAVAILABLE) so the router can place it elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from google.protobuf import timestamp_pb2
+
+from voxmesh.asr.decoder import Decoder
+from voxmesh.asr.metrics import AsrMetrics
+from voxmesh.asr.results import duration
+from voxmesh.asr.scheduler import DecodeScheduler, SchedulerOptions
+from voxmesh.asr.session import SessionOptions
+from voxmesh.errors import Draining, ResourceExhausted
+from voxmesh.stt.v1 import stt_pb2
+from voxmesh.telemetry import GpuSampler, HostSampler
+
+__all__ = ["AsrInstance", "InstanceIdentity"]
+
+
+@dataclass(frozen=True)
+class InstanceIdentity:
+    """Who this instance is (reported in summaries, telemetry and discovery)."""
+
+    instance_id: str
+    pool: str
+    model: str
+    capacity_class: str = "on-demand"
+    region: str = "local"
+    gpu_type: str = "cpu"
+
+
+class AsrInstance:
+    """Shared state of the servicers of one process."""
+
+    def __init__(
+        self,
+        identity: InstanceIdentity,
+        decoder: Decoder,
+        scheduler_options: SchedulerOptions,
+        session_options: SessionOptions,
+        *,
+        max_streams: int,
+        retry_after: float,
+        metrics: AsrMetrics,
+        gpu: GpuSampler | None = None,
+    ) -> None:
+        self.identity = identity
+        self.decoder = decoder
+        self.session_options = session_options
+        self.max_streams = max_streams
+        self.retry_after = retry_after
+        self.metrics = metrics
+        self.scheduler = DecodeScheduler(decoder, scheduler_options, on_batch=metrics.on_batch)
+        self.state = stt_pb2.SERVING_STATE_STARTING
+        self.active = 0
+        self.audio_seconds = 0.0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._gpu = gpu or GpuSampler()
+        self._host = HostSampler()
+        self._started = time.monotonic()
+        self._rtf_mark = (time.monotonic(), 0.0, 0.0)
+
+    def start(self) -> None:
+        """Starts the scheduler and takes streams."""
+        self.scheduler.start()
+        self.state = stt_pb2.SERVING_STATE_SERVING
+
+    def begin_drain(self) -> None:
+        """No new streams from now on."""
+        self.state = stt_pb2.SERVING_STATE_DRAINING
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Holds one stream slot; raises when none is free or while draining."""
+        if self.state == stt_pb2.SERVING_STATE_DRAINING:
+            raise Draining(f"instance {self.identity.instance_id} is draining: retry elsewhere")
+        if self.state != stt_pb2.SERVING_STATE_SERVING:
+            raise Draining(f"instance {self.identity.instance_id} is still starting")
+        if self.active >= self.max_streams:
+            raise ResourceExhausted(
+                f"instance {self.identity.instance_id} is at its limit of "
+                f"{self.max_streams} concurrent streams",
+                self.retry_after,
+            )
+        self.active += 1
+        self._idle.clear()
+        self.metrics.streams_active.set(self.active)
+        self.metrics.streams_total.inc()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self.metrics.streams_active.set(self.active)
+            if self.active == 0:
+                self._idle.set()
+
+    def add_audio(self, seconds: float) -> None:
+        """Counts received audio."""
+        self.audio_seconds += seconds
+        self.metrics.audio_seconds.inc(seconds)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Waits until no stream is active; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def real_time_factor(self) -> float:
+        """Model seconds per audio second since the last call (0 when idle)."""
+        now = time.monotonic()
+        _, busy0, audio0 = self._rtf_mark
+        busy, audio = self.scheduler.stats.busy_seconds, self.audio_seconds
+        self._rtf_mark = (now, busy, audio)
+        return (busy - busy0) / (audio - audio0) if audio > audio0 else 0.0
+
+    def snapshot(self) -> stt_pb2.TelemetrySnapshot:
+        """The instance's state now (also refreshes the gauges)."""
+        pending = self.scheduler.pending
+        rtf = self.real_time_factor()
+        self.metrics.decode_pending.set(pending)
+        self.metrics.real_time_factor.set(rtf)
+        cpu, cpus, used, total, rss = self._host.read()
+        now = timestamp_pb2.Timestamp()
+        now.GetCurrentTime()
+        snap = stt_pb2.TelemetrySnapshot(
+            instance_id=self.identity.instance_id,
+            role=stt_pb2.ROLE_ASR,
+            model=self.identity.model,
+            pool=self.identity.pool,
+            capacity_class=self.identity.capacity_class,
+            region=self.identity.region,
+            gpu_type=self.identity.gpu_type,
+            state=self.state,
+            active_streams=self.active,
+            max_streams=self.max_streams,
+            pending_work=pending,
+            real_time_factor=rtf,
+            audio_seconds_total=self.audio_seconds,
+            gpu_available=self._gpu.available,
+            gpu_unavailable_reason=self._gpu.reason,
+            host=stt_pb2.HostStats(
+                cpu_utilization_ratio=cpu, cpu_count=cpus, memory_used_bytes=used,
+                memory_total_bytes=total, process_resident_bytes=rss,
+            ),
+            time=now,
+            uptime=duration(time.monotonic() - self._started),
+        )
+        for g in self._gpu.read():
+            snap.gpus.add(
+                index=g.index, name=g.name, utilization_ratio=g.utilization_ratio,
+                memory_used_bytes=g.memory_used_bytes, memory_total_bytes=g.memory_total_bytes,
+                temperature_celsius=g.temperature_celsius, power_watts=g.power_watts,
+            )
+            label = str(g.index)
+            self.metrics.gpu_utilization.labels(label).set(g.utilization_ratio)
+            self.metrics.gpu_memory_used.labels(label).set(g.memory_used_bytes)
+            self.metrics.gpu_memory_total.labels(label).set(g.memory_total_bytes)
+        return snap
+
+    async def shutdown(self) -> None:
+        """Stops the scheduler (idempotent)."""
+        await self.scheduler.shutdown()

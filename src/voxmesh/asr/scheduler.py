@@ -1,0 +1,192 @@
+"""The per-process decode scheduler: one model, many streams.
+
+Sessions submit :class:`~voxmesh.asr.decoder.DecodeJob` s; one worker takes
+them in priority order and runs them on the model in batches:
+
+* order: realtime before batch, finals before interims, then oldest first;
+* a batch holds at most ``max_batch`` jobs; once the first job is taken the
+  worker waits up to ``max_wait`` for more (0 on CPU, where batching does
+  not pay; a few milliseconds on a GPU);
+* the model runs in a single-thread executor, off the event loop;
+* a job whose submitter was cancelled (stream gone) is dropped before it runs.
+
+``pending`` (jobs waiting) is the load signal sessions use to thin out their
+interim decodes and that telemetry reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from voxmesh.asr.decoder import DecodeJob, DecodeOutput, Decoder
+
+__all__ = ["DecodeScheduler", "JobKind", "SchedulerOptions", "SchedulerStats"]
+
+logger = logging.getLogger(__name__)
+
+
+class JobKind:
+    """Urgency classes; lower sorts first."""
+
+    REALTIME_FINAL = 0
+    REALTIME_INTERIM = 1
+    BATCH_FINAL = 2
+    BATCH_INTERIM = 3
+
+    @staticmethod
+    def of(*, realtime: bool, final: bool) -> int:
+        """The class of a job."""
+        return (0 if realtime else 2) + (0 if final else 1)
+
+
+@dataclass(frozen=True)
+class SchedulerOptions:
+    """Batching bounds."""
+
+    max_batch: int = 4
+    """Most jobs decoded in one model call."""
+    max_wait: float = 0.0
+    """Seconds to wait for a fuller batch once a job is ready."""
+    prioritise: bool = True
+    """Order by urgency class; False serves strictly first come first served."""
+
+
+@dataclass
+class SchedulerStats:
+    """Totals since start (read by metrics and telemetry)."""
+
+    batches: int = 0
+    jobs: int = 0
+    dropped: int = 0
+    busy_seconds: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+@dataclass(order=True)
+class _Entry:
+    key: tuple[int, float, int]
+    job: DecodeJob = field(compare=False)
+    future: asyncio.Future[DecodeOutput] = field(compare=False)
+
+
+class DecodeScheduler:
+    """Batches decode work from every stream of the process."""
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        options: SchedulerOptions,
+        clock: Callable[[], float] = time.monotonic,
+        on_batch: Callable[[int, float, list[float]], None] | None = None,
+    ) -> None:
+        self._decoder = decoder
+        self._options = options
+        self._clock = clock
+        self._on_batch = on_batch
+        self._heap: list[_Entry] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxmesh-decode")
+        self._task: asyncio.Task[None] | None = None
+        self.stats = SchedulerStats()
+
+    @property
+    def pending(self) -> int:
+        """Jobs waiting for the model (not counting the batch running)."""
+        return sum(1 for e in self._heap if not e.future.done())
+
+    @property
+    def max_batch(self) -> int:
+        """The batch bound."""
+        return self._options.max_batch
+
+    def start(self) -> None:
+        """Starts the worker task (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="voxmesh-decode-scheduler")
+
+    async def submit(self, job: DecodeJob, *, realtime: bool, final: bool) -> DecodeOutput:
+        """Queues ``job`` and waits for its output; cancelling drops the job."""
+        if self._task is None or self._task.done():
+            raise RuntimeError("decode scheduler is not running")
+        kind = JobKind.of(realtime=realtime, final=final) if self._options.prioritise else 0
+        future: asyncio.Future[DecodeOutput] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._heap, _Entry((kind, self._clock(), next(self._seq)), job, future))
+        self._wake.set()
+        return await future
+
+    async def _next_batch(self) -> list[_Entry]:
+        while True:
+            while self._heap and self._heap[0].future.done():
+                heapq.heappop(self._heap)
+                self.stats.dropped += 1
+            if self._heap:
+                break
+            self._wake.clear()
+            await self._wake.wait()
+        if self._options.max_wait > 0 and len(self._heap) < self._options.max_batch:
+            deadline = self._clock() + self._options.max_wait
+            while len(self._heap) < self._options.max_batch and self._clock() < deadline:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), deadline - self._clock())
+        batch: list[_Entry] = []
+        while self._heap and len(batch) < self._options.max_batch:
+            entry = heapq.heappop(self._heap)
+            if entry.future.done():
+                self.stats.dropped += 1
+                continue
+            batch.append(entry)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            started = self._clock()
+            waits = [started - e.key[1] for e in batch]
+            try:
+                outputs = await loop.run_in_executor(
+                    self._executor, self._decoder.decode, [e.job for e in batch]
+                )
+            except asyncio.CancelledError:
+                for entry in batch:
+                    if not entry.future.done():
+                        entry.future.cancel()
+                raise
+            except Exception as err:  # the model failed: fail these jobs, keep serving
+                logger.exception("decode batch of %d failed", len(batch))
+                for entry in batch:
+                    if not entry.future.done():
+                        entry.future.set_exception(err)
+                continue
+            elapsed = self._clock() - started
+            self.stats.batches += 1
+            self.stats.jobs += len(batch)
+            self.stats.busy_seconds += elapsed
+            if self._on_batch is not None:
+                self._on_batch(len(batch), elapsed, waits)
+            for entry, output in zip(batch, outputs, strict=True):
+                if not entry.future.done():
+                    entry.future.set_result(output)
+
+    async def shutdown(self) -> None:
+        """Stops the worker; queued jobs are cancelled (idempotent)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for entry in self._heap:
+            entry.future.cancel()
+        self._heap.clear()
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,287 @@
+"""The stt.v1 servicers of an ASR instance: RecognizerService and TelemetryService.
+
+A stream is served by three parts: this handler (config, admission, results
+out), a reader task (audio in, validated chunk by chunk and decoded) and the
+:class:`~voxmesh.asr.session.StreamSession` worker (VAD and decodes). Any
+error ends all three and is mapped to its status by :mod:`voxmesh.rpc.status`;
+the slot, the session and the audio decoder are released in ``finally``
+whatever happened (error, client cancel, deadline).
+
+Failover support for the router (request metadata, see protos/README.md):
+``voxmesh-offset-ms`` shifts every offset (the audio starts at that stream
+time); ``voxmesh-skip-ms`` discards that much decoded audio first (used when
+compressed audio must be replayed from its start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import numpy as np
+
+from voxmesh import errors
+from voxmesh.asr.audio import MODEL_SAMPLE_RATE, AudioDecoder
+from voxmesh.asr.config import (
+    ValidatedConfig,
+    check_model,
+    make_decoder,
+    validate_recognition_config,
+    validate_streaming_config,
+)
+from voxmesh.asr.instance import AsrInstance
+from voxmesh.asr.results import duration, final_result, to_response
+from voxmesh.asr.session import Final, StreamParams, StreamSession
+from voxmesh.rpc.status import abort, code_of
+from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
+
+__all__ = ["OFFSET_KEY", "SKIP_KEY", "RecognizerServicer", "TelemetryServicer"]
+
+logger = logging.getLogger(__name__)
+
+OFFSET_KEY = "voxmesh-offset-ms"
+SKIP_KEY = "voxmesh-skip-ms"
+_END = object()
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _metadata_ms(context: Context, key: str) -> float:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            try:
+                value = int(v if isinstance(v, str) else v.decode())
+            except ValueError:
+                raise errors.InvalidArgument(f"metadata {key}={v!r} is not an integer") from None
+            if value < 0:
+                raise errors.InvalidArgument(f"metadata {key}={value} is negative")
+            return value / 1000.0
+    return 0.0
+
+
+class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
+    """Streaming and unary recognition on one instance."""
+
+    def __init__(self, instance: AsrInstance, *, max_chunk_bytes: int, max_unary_bytes: int,
+                 max_unary_seconds: float) -> None:
+        self._instance = instance
+        self._max_chunk = max_chunk_bytes
+        self._max_unary_bytes = max_unary_bytes
+        self._max_unary_seconds = max_unary_seconds
+
+    def _params(self, config: ValidatedConfig) -> StreamParams:
+        ident = self._instance.identity
+        check_model(config.model, pool=ident.pool, model=ident.model)
+        if config.language is not None and not self._instance.decoder.supports_language(
+            config.language
+        ):
+            raise errors.InvalidArgument(
+                f"config.language_code {config.language!r} is not supported by model {ident.model!r}"
+            )
+        return StreamParams(
+            stream_id=config.stream_id,
+            language=config.language,
+            interim_results=config.interim_results,
+            word_offsets=config.word_offsets,
+            realtime=config.realtime,
+        )
+
+    def _summary(self, stream_id: str, session: StreamSession) -> stt_pb2.StreamSummary:
+        ident = self._instance.identity
+        return stt_pb2.StreamSummary(
+            audio_processed=duration(session.received_seconds),
+            instance_id=ident.instance_id,
+            model=ident.model,
+            pool=ident.pool,
+            stream_id=stream_id,
+            final_results=session.finals,
+        )
+
+    def _failed(self, err: BaseException) -> None:
+        self._instance.metrics.errors.labels(code_of(err).name).inc()
+
+    async def StreamingRecognize(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest],
+        context: Context,
+    ) -> AsyncIterator[stt_pb2.StreamingRecognizeResponse]:
+        try:
+            with self._instance.admit():
+                async for response in self._stream(request_iterator, context):
+                    yield response
+        except errors.VoxmeshError as err:
+            self._failed(err)
+            await abort(context, err)
+        except asyncio.CancelledError:
+            self._failed(errors.VoxmeshError())
+            raise
+
+    async def _stream(
+        self,
+        requests: AsyncIterator[stt_pb2.StreamingRecognizeRequest],
+        context: Context,
+    ) -> AsyncIterator[stt_pb2.StreamingRecognizeResponse]:
+        iterator = requests.__aiter__()
+        first = await anext(iterator, None)
+        if first is None:
+            raise errors.InvalidArgument("empty stream: no streaming_config was sent")
+        if first.WhichOneof("streaming_request") != "streaming_config":
+            raise errors.InvalidArgument("the first request must carry streaming_config, not audio")
+        config = validate_streaming_config(first.streaming_config)
+        params = self._params(config)
+        offset, skip = _metadata_ms(context, OFFSET_KEY), _metadata_ms(context, SKIP_KEY)
+        decoder = make_decoder(config)
+        session = StreamSession(params, self._instance.session_options, self._instance.scheduler,
+                                offset=offset, skip=skip)
+        reader = asyncio.create_task(self._read(iterator, decoder, session, config))
+        getter: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                if getter is None:
+                    getter = asyncio.create_task(session.events.get())
+                waiting: set[asyncio.Task[Any]] = {getter}
+                if not reader.done():
+                    waiting.add(reader)
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if reader in done and reader.exception() is not None:
+                    raise reader.exception()  # type: ignore[misc]
+                if getter not in done:
+                    continue
+                event = getter.result()
+                getter = None
+                if event is None:
+                    break
+                if isinstance(event, Final):
+                    self._instance.metrics.results.labels("final").inc()
+                else:
+                    self._instance.metrics.results.labels("event").inc()
+                yield to_response(event, params.language or "en")
+            if session.worker.done() and not session.worker.cancelled():
+                err = session.worker.exception()
+                if err is not None:
+                    raise err
+            yield stt_pb2.StreamingRecognizeResponse(summary=self._summary(params.stream_id, session))
+        finally:
+            for task in (reader, getter):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            await session.close()
+            decoder.close()
+
+    async def _read(self, iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest],
+                    decoder: AudioDecoder, session: StreamSession, config: ValidatedConfig) -> None:
+        threaded = config.encoding == stt_pb2.AUDIO_ENCODING_CONTAINER
+        received = 0
+        async for request in iterator:
+            kind = request.WhichOneof("streaming_request")
+            if kind == "streaming_config":
+                raise errors.InvalidArgument(
+                    "a stream carries exactly one streaming_config, as its first request"
+                )
+            data = request.audio_content
+            if len(data) > self._max_chunk:
+                raise errors.ResourceExhausted(
+                    f"audio chunk of {len(data)} bytes exceeds the maximum chunk size of "
+                    f"{self._max_chunk} bytes", self._instance.retry_after,
+                )
+            received += len(data)
+            samples = await asyncio.to_thread(decoder.feed, data) if threaded else decoder.feed(data)
+            self._instance.add_audio(len(samples) / MODEL_SAMPLE_RATE)
+            session.feed(samples)
+        if received == 0:
+            raise errors.InvalidArgument("empty stream: no audio was sent after the config")
+        tail = await asyncio.to_thread(decoder.finish) if threaded else decoder.finish()
+        self._instance.add_audio(len(tail) / MODEL_SAMPLE_RATE)
+        session.feed(tail)
+        session.finish()
+
+    async def Recognize(  # noqa: N802 - gRPC method name
+        self, request: stt_pb2.RecognizeRequest, context: Context
+    ) -> stt_pb2.RecognizeResponse:
+        try:
+            with self._instance.admit():
+                return await self._recognize(request)
+        except errors.VoxmeshError as err:
+            self._failed(err)
+            await abort(context, err)
+            raise  # unreachable: abort raises
+
+    async def _recognize(self, request: stt_pb2.RecognizeRequest) -> stt_pb2.RecognizeResponse:
+        if not request.HasField("config"):
+            raise errors.InvalidArgument("config is required")
+        config = validate_recognition_config(request.config)
+        params = self._params(config)
+        data = request.audio_content
+        if not data:
+            raise errors.InvalidArgument("audio_content is empty")
+        if len(data) > self._max_unary_bytes:
+            raise errors.InvalidArgument(
+                f"audio_content of {len(data)} bytes exceeds the Recognize limit of "
+                f"{self._max_unary_bytes} bytes: use StreamingRecognize"
+            )
+        decoder = make_decoder(config)
+        try:
+            head = await asyncio.to_thread(decoder.feed, data)
+            audio = np.concatenate([head, await asyncio.to_thread(decoder.finish)])
+        finally:
+            decoder.close()
+        seconds = len(audio) / MODEL_SAMPLE_RATE
+        if seconds > self._max_unary_seconds:
+            raise errors.InvalidArgument(
+                f"audio of {seconds:.1f} s exceeds the Recognize limit of "
+                f"{self._max_unary_seconds:g} s: use StreamingRecognize"
+            )
+        self._instance.add_audio(seconds)
+        session = StreamSession(
+            StreamParams(params.stream_id, params.language, False, params.word_offsets,
+                         params.realtime),
+            self._instance.session_options, self._instance.scheduler,
+        )
+        results: list[stt_pb2.StreamingRecognitionResult] = []
+        try:
+            step = MODEL_SAMPLE_RATE
+            for i in range(0, len(audio), step):
+                await session.wait_for_room()
+                session.feed(audio[i : i + step])
+            session.finish()
+            while (event := await session.events.get()) is not None:
+                if isinstance(event, Final) and event.text:
+                    results.append(final_result(event, params.language or "en"))
+            if session.worker.exception() is not None:
+                raise session.worker.exception()  # type: ignore[misc]
+        finally:
+            await session.close()
+        return stt_pb2.RecognizeResponse(
+            results=results, summary=self._summary(params.stream_id, session)
+        )
+
+
+class TelemetryServicer(stt_pb2_grpc.TelemetryServiceServicer):
+    """Periodic snapshots of the instance."""
+
+    def __init__(self, instance: AsrInstance, stopping: asyncio.Event) -> None:
+        self._instance = instance
+        self._stopping = stopping
+
+    async def WatchTelemetry(  # noqa: N802 - gRPC method name
+        self, request: stt_pb2.WatchTelemetryRequest, context: Context
+    ) -> AsyncIterator[stt_pb2.WatchTelemetryResponse]:
+        interval = 1.0
+        if request.HasField("interval"):
+            interval = request.interval.ToMilliseconds() / 1000.0
+            if interval < 0.1:
+                await abort(context, errors.InvalidArgument(
+                    f"interval {interval:g} s is below the minimum of 0.1 s"))
+        while True:
+            yield stt_pb2.WatchTelemetryResponse(snapshot=self._instance.snapshot())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+            if self._stopping.is_set():
+                yield stt_pb2.WatchTelemetryResponse(snapshot=self._instance.snapshot())
+                return

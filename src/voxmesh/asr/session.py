@@ -1,0 +1,416 @@
+"""One recognition stream: audio in, speech events and results out.
+
+``feed`` (called by the RPC handler for every chunk) appends audio and runs
+the VAD; a per-stream worker task turns VAD events into decodes and results,
+strictly in order, so finals are never duplicated or reordered::
+
+    RECEIVING ──finish()──▶ HALF_CLOSED ──open utterance finalised──▶ DONE
+        │                                                           ▲
+        └──────────────── close() (cancel, error) ──────────────────┘
+
+Inside RECEIVING the worker follows the endpointer (see :mod:`.vad`):
+
+* while someone speaks, an interim decode of the open utterance every
+  ``interim_interval`` seconds of new speech (stretched when the scheduler
+  is loaded); LocalAgreement-2 commits the prefix two hypotheses share;
+* when a pause reaches ``speculative_pause``, a decode of the utterance up to
+  the pause; if the pause then ends the utterance with no new speech, that
+  decode is the final result (no second decode: this is most of the final
+  latency saved);
+* an utterance longer than ``max_utterance`` is cut after its last committed
+  word, and goes on as a new utterance;
+* silence is never decoded; output that looks like noise (Whisper's
+  no-speech and log-probability rules) is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voxmesh.asr.agreement import LocalAgreement
+from voxmesh.asr.audio import MODEL_SAMPLE_RATE, Samples
+from voxmesh.asr.decoder import DecodeJob, DecodeOutput, Word
+from voxmesh.asr.scheduler import DecodeScheduler
+from voxmesh.asr.vad import Endpointer, EndpointerOptions, StreamingVad, VadEvent, VadState
+from voxmesh.errors import OutOfRange, ResourceExhausted
+
+__all__ = [
+    "Final",
+    "Interim",
+    "SessionEvent",
+    "SessionOptions",
+    "SpeechEnded",
+    "SpeechStarted",
+    "StreamParams",
+    "StreamSession",
+]
+
+logger = logging.getLogger(__name__)
+
+SR = MODEL_SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class StreamParams:
+    """What a validated config asks of a stream."""
+
+    stream_id: str
+    language: str | None = None
+    interim_results: bool = True
+    word_offsets: bool = False
+    realtime: bool = True
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Streaming behaviour (seconds)."""
+
+    endpointer: EndpointerOptions = field(default_factory=EndpointerOptions)
+    speech_pad: float = 0.2
+    """Audio kept before an utterance's first and after its last speech frame."""
+    interim_interval: float = 1.0
+    """New speech between two interim decodes (unloaded)."""
+    speculative_pause: float = 0.2
+    """Pause after which the utterance so far is decoded speculatively."""
+    max_utterance: float = 25.0
+    """Longest utterance before it is cut at a committed word."""
+    max_stream: float = 4 * 3600.0
+    """Longest stream; more audio fails it with OUT_OF_RANGE."""
+    adaptive: bool = True
+    """Thin interim decodes when the scheduler is loaded; False decodes at a fixed cadence."""
+    interim_backlog: int = 4
+    """With ``adaptive``, skip interims while this many jobs wait per batch slot."""
+    condition_on_previous: bool = True
+    """Prompt each utterance with the stream's previous final text."""
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """Voice activity began at ``offset`` seconds."""
+
+    offset: float
+
+
+@dataclass(frozen=True)
+class SpeechEnded:
+    """Voice activity ended at ``offset`` seconds; the final follows."""
+
+    offset: float
+
+
+@dataclass(frozen=True)
+class Interim:
+    """The current hypothesis of the open utterance."""
+
+    utterance: int
+    text: str
+    stability: float
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Final:
+    """The final result of an utterance."""
+
+    utterance: int
+    text: str
+    confidence: float
+    start: float
+    end: float
+    language: str
+    words: list[Word] = field(default_factory=list)
+
+
+SessionEvent = SpeechStarted | SpeechEnded | Interim | Final
+
+
+class StreamSession:
+    """State of one stream. Create, ``feed`` chunks, ``finish``, read ``events``."""
+
+    def __init__(
+        self,
+        params: StreamParams,
+        options: SessionOptions,
+        scheduler: DecodeScheduler,
+        *,
+        offset: float = 0.0,
+        skip: float = 0.0,
+        vad: StreamingVad | None = None,
+        max_events: int = 64,
+    ) -> None:
+        self.params = params
+        self._opt = options
+        self._scheduler = scheduler
+        self._vad = vad or StreamingVad()
+        self._endpointer = Endpointer(options.endpointer)
+        self._time_base = offset + skip
+        self._skip_left = int(round(skip * SR))
+        self.events: asyncio.Queue[SessionEvent | None] = asyncio.Queue(max_events)
+        # Audio since sample index _buf_start (indices count from the first kept sample).
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0
+        self._total = 0
+        self._vad_events: list[tuple[VadEvent, int]] = []
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._finished = False
+        self.received_seconds = 0.0
+        self.finals = 0
+        # Utterance state (owned by the worker).
+        self._utt_open = False
+        self._utt_start = 0
+        self._speech_end = 0
+        self._paused_at: int | None = None
+        self._speculative: tuple[int, int, DecodeOutput] | None = None
+        self._decoded_until = 0
+        self._interim_sent = False
+        self._agreement = LocalAgreement()
+        self._prompt = ""
+        self._task = asyncio.create_task(self._work(), name=f"voxmesh-session-{params.stream_id}")
+
+    # -- producer side (RPC handler) ---------------------------------------
+    def feed(self, samples: Samples) -> None:
+        """Adds decoded 16 kHz audio; raises OUT_OF_RANGE / RESOURCE_EXHAUSTED."""
+        if self._task.done():
+            self._raise_worker_error()
+        self.received_seconds += len(samples) / SR
+        if self.received_seconds > self._opt.max_stream:
+            raise OutOfRange(
+                f"stream is longer than the maximum stream duration of {self._opt.max_stream:g} s"
+            )
+        if self._skip_left:
+            dropped = min(self._skip_left, len(samples))
+            self._skip_left -= dropped
+            samples = samples[dropped:]
+        if not len(samples):
+            return
+        self._buf = np.concatenate([self._buf, samples])
+        self._total += len(samples)
+        limit = (self._opt.max_utterance + 15.0) * SR
+        if len(self._buf) > limit:
+            raise ResourceExhausted("instance overloaded: decoding fell behind this stream", 2.0)
+        self._vad_events.extend(self._endpointer.push(self._vad.process(samples)))
+        self._wake.set()
+
+    async def wait_for_room(self) -> None:
+        """Waits until the buffer is short enough to take more audio (offline feeding)."""
+        if len(self._buf) >= self._opt.max_utterance * SR:
+            self._room.clear()
+            await self._room.wait()
+
+    def finish(self) -> None:
+        """The client half-closed: finalise the open utterance, then end."""
+        self._finished = True
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stops the worker (idempotent); pending decodes are dropped."""
+        if not self._task.done():
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+
+    def _raise_worker_error(self) -> None:
+        err = self._task.exception() if not self._task.cancelled() else None
+        if err is not None:
+            raise err
+
+    @property
+    def worker(self) -> asyncio.Task[None]:
+        """The worker task (done when the stream's results are all out)."""
+        return self._task
+
+    # -- worker --------------------------------------------------------------
+    def _t(self, sample: int) -> float:
+        return self._time_base + sample / SR
+
+    def _audio(self, start: int, end: int) -> Samples:
+        lo = max(0, start - self._buf_start)
+        hi = max(lo, min(len(self._buf), end - self._buf_start))
+        return self._buf[lo:hi]
+
+    def _trim(self, keep_from: int) -> None:
+        keep_from = max(self._buf_start, min(keep_from, self._total))
+        self._buf = self._buf[keep_from - self._buf_start :]
+        self._buf_start = keep_from
+        if len(self._buf) < self._opt.max_utterance * SR:
+            self._room.set()
+
+    async def _emit(self, event: SessionEvent | None) -> None:
+        await self.events.put(event)
+
+    async def _work(self) -> None:
+        try:
+            while True:
+                while self._vad_events:
+                    kind, pos = self._vad_events.pop(0)
+                    await self._on_vad(kind, pos)
+                if self._finished and not self._vad_events:
+                    end = self._endpointer.force_end()
+                    if end is not None and self._utt_open:
+                        await self._emit(SpeechEnded(self._t(end)))
+                        await self._finalise(end)
+                    break
+                if not await self._step():
+                    self._wake.clear()
+                    if not self._vad_events and not self._finished:
+                        await self._wake.wait()
+        finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                self.events.put_nowait(None)
+
+    async def _on_vad(self, kind: VadEvent, pos: int) -> None:
+        pad = int(self._opt.speech_pad * SR)
+        if kind is VadEvent.SPEECH_STARTED:
+            self._utt_open = True
+            self._utt_start = max(self._buf_start, pos - pad)
+            self._speech_end = pos
+            self._decoded_until = pos
+            self._paused_at = None
+            self._speculative = None
+            self._interim_sent = False
+            self._agreement.reset()
+            await self._emit(SpeechStarted(self._t(pos)))
+        elif kind is VadEvent.PAUSE_STARTED:
+            self._paused_at = pos
+        elif kind is VadEvent.SPEECH_RESUMED:
+            self._paused_at = None
+        elif kind is VadEvent.SPEECH_ENDED and self._utt_open:
+            await self._emit(SpeechEnded(self._t(pos)))
+            await self._finalise(pos)
+
+    async def _step(self) -> bool:
+        """Does one piece of decode work if any is due; False when idle."""
+        if not self._utt_open:
+            self._trim(self._total - int(self._opt.speech_pad * SR))
+            return False
+        pad = int(self._opt.speech_pad * SR)
+        if self._total - self._utt_start >= self._opt.max_utterance * SR:
+            await self._cut()
+            return True
+        paused = self._paused_at
+        if (
+            paused is not None
+            and self._endpointer.state is VadState.TRAILING
+            and self._total - paused >= self._opt.speculative_pause * SR
+            and (self._speculative is None or self._speculative[1] != paused)
+        ):
+            end = min(self._total, paused + pad)
+            output = await self._decode(self._utt_start, end, final=True)
+            self._speculative = (self._utt_start, paused, output)
+            return True
+        if self.params.interim_results and self._interim_due():
+            end = self._total
+            output = await self._decode(self._utt_start, end, final=False)
+            self._decoded_until = end
+            if not output.looks_like_noise():
+                committed, tail = self._agreement.update(output.text.split())
+                text = " ".join(committed + tail)
+                self._interim_sent = True
+                await self._emit(
+                    Interim(
+                        utterance=self.finals,
+                        text=text,
+                        stability=self._agreement.stability(tail),
+                        start=self._t(self._utt_start),
+                        end=self._t(end),
+                    )
+                )
+            return True
+        return False
+
+    def _interim_due(self) -> bool:
+        if self._endpointer.state is not VadState.SPEAKING:
+            return False
+        interval = self._opt.interim_interval
+        if self._opt.adaptive:
+            per_slot = self._scheduler.pending / max(1, self._scheduler.max_batch)
+            if per_slot >= self._opt.interim_backlog:
+                return False
+            interval *= 1.0 + per_slot
+        return self._total - self._decoded_until >= interval * SR
+
+    async def _decode(self, start: int, end: int, *, final: bool, words: bool = False) -> DecodeOutput:
+        job = DecodeJob(
+            audio=self._audio(start, end).copy(),
+            language=self.params.language,
+            prompt=self._prompt if self._opt.condition_on_previous else "",
+            words=words or (final and self.params.word_offsets),
+        )
+        return await self._scheduler.submit(job, realtime=self.params.realtime, final=final)
+
+    async def _finalise(self, speech_end: int) -> None:
+        pad = int(self._opt.speech_pad * SR)
+        end = min(self._total, speech_end + pad)
+        spec = self._speculative
+        if spec is not None and spec[0] == self._utt_start and spec[1] == speech_end and (
+            not self.params.word_offsets or spec[2].words or not spec[2].text
+        ):
+            output = spec[2]
+        else:
+            output = await self._decode(self._utt_start, end, final=True)
+        await self._publish_final(output, self._utt_start, end)
+        self._utt_open = False
+        self._speculative = None
+        self._paused_at = None
+        self._trim(end)
+
+    async def _publish_final(self, output: DecodeOutput, start: int, end: int) -> None:
+        noise = output.looks_like_noise()
+        if noise and not self._interim_sent:
+            return
+        text = "" if noise else output.text
+        words = [] if noise else _shift(output.words, self._t(start))
+        await self._emit(
+            Final(
+                utterance=self.finals,
+                text=text,
+                confidence=0.0 if noise else output.confidence,
+                start=self._t(start),
+                end=self._t(end),
+                language=output.language,
+                words=words if self.params.word_offsets else [],
+            )
+        )
+        self.finals += 1
+        self._interim_sent = False
+        if text:
+            self._prompt = " ".join((self._prompt + " " + text).split()[-40:])
+
+    async def _cut(self) -> None:
+        """Finalises the committed part of an over-long utterance."""
+        start, end = self._utt_start, self._total
+        output = await self._decode(start, end, final=True, words=True)
+        words = output.words
+        committed, _ = self._agreement.update([w.word for w in words])
+        keep = max(len(committed), len(words) - 2) if committed else max(0, len(words) - 2)
+        keep = min(keep, len(words))
+        if keep == 0 or not words:
+            cut = end
+            head_words: list[Word] = words
+        else:
+            head_words = words[:keep]
+            cut = min(end, start + int(head_words[-1].end * SR))
+        text = " ".join(w.word for w in head_words) if head_words else output.text
+        head = DecodeOutput(
+            text=text, words=head_words, avg_logprob=output.avg_logprob,
+            no_speech_prob=output.no_speech_prob, compression_ratio=output.compression_ratio,
+            language=output.language,
+        )
+        await self._publish_final(head, start, cut)
+        self._utt_start = cut
+        self._decoded_until = cut
+        self._speculative = None
+        self._agreement.reset()
+        self._trim(cut)
+
+
+def _shift(words: list[Word], by: float) -> list[Word]:
+    return [Word(w.word, w.start + by, w.end + by, w.probability) for w in words]

@@ -1,0 +1,73 @@
+"""Settings of an ASR instance (asr_small and asr_large differ only in defaults)."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from dataclasses import dataclass
+
+from voxmesh.errors import SettingsError
+from voxmesh.settings import setting
+
+__all__ = ["AsrSettings"]
+
+
+@dataclass(frozen=True)
+class AsrSettings:
+    """Everything an ASR instance is configured with (env VOXMESH_ASR_*, or flags)."""
+
+    pool: str = setting("asr_small", "pool this instance serves (asr_small, asr_large)")
+    model: str = setting("tiny.en", "model name (tiny.en, base) or CTranslate2 Whisper directory")
+    instance_id: str = setting("", "unique instance id (default: <pool>-<host>-<random>)")
+    host: str = setting("127.0.0.1", "interface to listen on")
+    advertise_host: str = setting("", "address others reach this instance at (default: host)")
+    port: int = setting(0, "gRPC port (0: any free port)")
+    metrics_port: int = setting(0, "Prometheus metrics port (0: any free port, -1: off)")
+    device: str = setting("cpu", "cpu, cuda or auto")
+    compute_type: str = setting("default", "CTranslate2 compute type (default: int8 CPU, float16 GPU)")
+    cpu_threads: int = setting(0, "CTranslate2 intra-op threads (0: its default)")
+    beam_size: int = setting(1, "beam size for decoding")
+    max_streams: int = setting(4, "admission limit: concurrent streams (calibrate with bench/asr_density.py)")
+    max_batch: int = setting(4, "most decode jobs per model call")
+    max_batch_wait_ms: float = setting(0.0, "wait for a fuller batch (ms); 0 on CPU, ~5 on GPU")
+    interim_interval: float = setting(1.0, "seconds of new speech between interim decodes")
+    min_silence: float = setting(0.45, "pause (s) that ends an utterance")
+    max_utterance: float = setting(25.0, "longest utterance (s) before it is cut at a committed word")
+    max_stream_seconds: float = setting(14400.0, "longest stream (s); more is OUT_OF_RANGE")
+    max_chunk_bytes: int = setting(1 << 20, "largest audio chunk (bytes); more is RESOURCE_EXHAUSTED")
+    max_unary_bytes: int = setting(16 << 20, "largest Recognize request audio (bytes)")
+    max_unary_seconds: float = setting(600.0, "longest Recognize request audio (s)")
+    retry_after: float = setting(2.0, "retry hint (s) sent with RESOURCE_EXHAUSTED")
+    drain_timeout: float = setting(30.0, "seconds active streams get to finish on SIGTERM")
+    discovery: str = setting("none", "none, file or consul")
+    registry_dir: str = setting(".run/registry", "file discovery directory")
+    consul_addr: str = setting("http://127.0.0.1:8500", "Consul agent HTTP address")
+    capacity_class: str = setting("on-demand", "on-demand or preemptible")
+    region: str = setting("local", "region reported to discovery")
+    gpu_type: str = setting("", "GPU type reported to discovery (default: from NVML, or cpu)")
+    log_level: str = setting("INFO", "logging level")
+
+    def validate(self) -> None:
+        """Raises SettingsError naming the bad setting."""
+        positive = {
+            "max_streams": self.max_streams, "max_batch": self.max_batch,
+            "max_chunk_bytes": self.max_chunk_bytes, "max_unary_bytes": self.max_unary_bytes,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise SettingsError(f"setting {name}={value}: must be at least 1")
+        if self.discovery not in ("none", "file", "consul"):
+            raise SettingsError(f"setting discovery={self.discovery!r}: expected none, file or consul")
+        if self.capacity_class not in ("on-demand", "preemptible"):
+            raise SettingsError(
+                f"setting capacity_class={self.capacity_class!r}: expected on-demand or preemptible"
+            )
+        if self.min_silence <= 0 or self.interim_interval <= 0 or self.max_utterance > 29:
+            raise SettingsError(
+                "settings min_silence and interim_interval must be > 0 and max_utterance <= 29 s "
+                f"(got {self.min_silence}, {self.interim_interval}, {self.max_utterance})"
+            )
+
+    def resolved_instance_id(self) -> str:
+        """The configured id, or a generated one."""
+        return self.instance_id or f"{self.pool}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"

@@ -1,0 +1,21 @@
+"""Service discovery: how instances announce themselves and how the router and
+autoscaler find them. One interface (:mod:`.base`), two backends: Consul
+(:mod:`.consul`) and a file registry for single-machine mode (:mod:`.file`)."""
+
+from voxmesh.discovery.base import (
+    CAPACITY_ON_DEMAND,
+    CAPACITY_PREEMPTIBLE,
+    InstanceInfo,
+    Registrar,
+    Watcher,
+    consul_service_name,
+)
+
+__all__ = [
+    "CAPACITY_ON_DEMAND",
+    "CAPACITY_PREEMPTIBLE",
+    "InstanceInfo",
+    "Registrar",
+    "Watcher",
+    "consul_service_name",
+]

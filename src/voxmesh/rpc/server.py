@@ -1,0 +1,149 @@
+"""grpc.aio server bootstrap shared by every voxmesh service.
+
+A :class:`ServiceServer` owns the gRPC server, the standard health service,
+server reflection and the Prometheus HTTP endpoint. Its shutdown follows the
+order every service uses: health NOT_SERVING first (so load balancers and
+Consul stop sending work), then the caller drains, then the server stops
+with a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+__all__ = ["ServerOptions", "ServiceServer", "wait_for_signal"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_MESSAGE_BYTES = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Where and how a service listens."""
+
+    host: str = "127.0.0.1"
+    """Interface to bind; ``0.0.0.0`` in a cluster."""
+    port: int = 0
+    """gRPC port; 0 picks a free one (the bound port is ``ServiceServer.port``)."""
+    metrics_port: int | None = 0
+    """Prometheus HTTP port; 0 picks a free one, None disables it."""
+    max_message_bytes: int = _MAX_MESSAGE_BYTES
+    """Largest gRPC message accepted (bounds unary Recognize requests)."""
+
+
+class ServiceServer:
+    """A gRPC server with health, reflection and metrics."""
+
+    def __init__(
+        self,
+        options: ServerOptions,
+        registry: CollectorRegistry,
+        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        self._options = options
+        self._registry = registry
+        self._server = grpc.aio.server(
+            interceptors=list(interceptors),
+            options=[
+                ("grpc.max_receive_message_length", options.max_message_bytes),
+                ("grpc.max_send_message_length", options.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self._service_names: list[str] = [
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        ]
+        self._metrics_httpd: Any = None
+        self.port = 0
+        self.metrics_port = 0
+        self._stopped = False
+
+    @property
+    def grpc_server(self) -> grpc.aio.Server:
+        """The underlying server, for ``add_XServicer_to_server``."""
+        return self._server
+
+    def add_service(self, add: Callable[[grpc.aio.Server], None], full_name: str) -> None:
+        """Adds a servicer (``add`` registers it) and lists it for reflection and health."""
+        add(self._server)
+        self._service_names.append(full_name)
+
+    async def start(self) -> None:
+        """Binds and starts; health starts NOT_SERVING until :meth:`set_serving`."""
+        reflection.enable_server_reflection(
+            [*self._service_names, reflection.SERVICE_NAME], self._server
+        )
+        self.port = self._server.add_insecure_port(f"{self._options.host}:{self._options.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {self._options.host}:{self._options.port}")
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.start()
+        if self._options.metrics_port is not None:
+            httpd, _thread = start_http_server(
+                self._options.metrics_port, addr=self._options.host, registry=self._registry
+            )
+            self._metrics_httpd = httpd
+            self.metrics_port = int(httpd.server_port)
+        logger.info(
+            "listening on %s:%s (metrics %s)",
+            self._options.host,
+            self.port,
+            self.metrics_port or "off",
+        )
+
+    async def set_serving(self) -> None:
+        """Reports SERVING for the whole server and every service."""
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+
+    async def set_not_serving(self) -> None:
+        """Reports NOT_SERVING (drain starts); Watch callers see it at once."""
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def _set_all(self, status: int) -> None:
+        for name in ["", *self._service_names]:
+            await self.health.set(name, status)  # type: ignore[arg-type]
+
+    async def stop(self, grace: float) -> None:
+        """Stops the server (idempotent): RPCs still running get ``grace`` seconds."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        if self._metrics_httpd is not None:
+            self._metrics_httpd.shutdown()
+            self._metrics_httpd.server_close()
+
+    async def wait_for_termination(self) -> None:
+        """Returns when the server has stopped."""
+        await self._server.wait_for_termination()
+
+
+async def wait_for_signal(
+    signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> signal.Signals:
+    """Returns the first of ``signals`` the process receives (handlers removed after)."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[signal.Signals] = loop.create_future()
+    sigs = list(signals)
+    for sig in sigs:
+        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s))
+    try:
+        return await received
+    finally:
+        for sig in sigs:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,78 @@
+"""The one mapping from voxmesh errors to gRPC statuses.
+
+``RESOURCE_EXHAUSTED`` carries a ``google.rpc.RetryInfo`` detail (and the
+``retry-after-ms`` trailing metadata for clients that do not parse details).
+"""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from voxmesh import errors
+
+__all__ = ["RETRY_AFTER_KEY", "abort", "code_of", "retry_after_of", "to_status"]
+
+RETRY_AFTER_KEY = "retry-after-ms"
+
+_CODES: list[tuple[type[errors.VoxmeshError], grpc.StatusCode]] = [
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.SettingsError, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+def code_of(err: BaseException) -> grpc.StatusCode:
+    """The gRPC code for an error; INTERNAL for anything unexpected."""
+    for kind, code in _CODES:
+        if isinstance(err, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def to_status(err: BaseException) -> grpc.Status:
+    """A rich status for ``err`` (with RetryInfo when it has a retry delay)."""
+    code = code_of(err)
+    message = str(err) if isinstance(err, errors.VoxmeshError) else "internal error"
+    detail = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
+    trailing: tuple[tuple[str, str], ...] = ()
+    if isinstance(err, errors.ResourceExhausted):
+        seconds = max(0.0, err.retry_after)
+        whole = math.floor(seconds)
+        info = error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+        )
+        detail.details.add().Pack(info)
+        trailing = ((RETRY_AFTER_KEY, str(int(seconds * 1000))),)
+    status = rpc_status.to_status(detail)
+    if trailing:
+        return _WithTrailing(status, trailing)
+    return status
+
+
+class _WithTrailing(grpc.Status):
+    def __init__(self, base: grpc.Status, extra: tuple[tuple[str, str], ...]) -> None:
+        self.code = base.code
+        self.details = base.details
+        self.trailing_metadata = tuple(base.trailing_metadata) + extra
+
+
+async def abort(context: grpc.aio.ServicerContext[object, object], err: BaseException) -> None:
+    """Ends the RPC with the status of ``err``. Never returns."""
+    await context.abort_with_status(to_status(err))
+
+
+def retry_after_of(error: grpc.aio.AioRpcError) -> float | None:
+    """The retry delay, in seconds, that a RESOURCE_EXHAUSTED answer carried."""
+    for key, value in error.trailing_metadata() or ():
+        if key == RETRY_AFTER_KEY:
+            return int(value) / 1000.0
+    return None

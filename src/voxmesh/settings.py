@@ -1,0 +1,108 @@
+"""Typed settings: one frozen dataclass per service, built once at start-up.
+
+Each field of a settings dataclass may be given, in increasing precedence, by
+its default, an environment variable ``<PREFIX>_<FIELD>`` (for example
+``VOXMESH_ASR_MAX_STREAMS``) or a command-line flag ``--max-streams``. The help
+text of a flag is the field's ``metadata["help"]``. Values are converted to the
+field's type and validated; errors name the setting and the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+from voxmesh.errors import SettingsError
+
+__all__ = ["load", "setting"]
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def setting(default: Any, help: str, **metadata: Any) -> Any:
+    """A dataclass field with its help text (shown by ``--help``)."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def _convert(name: str, raw: str, kind: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if raw == "" or raw.lower() == "none":
+            return None
+        return _convert(name, raw, args[0])
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(kind)
+        return tuple(_convert(name, part.strip(), inner) for part in raw.split(",") if part.strip())
+    try:
+        if kind is bool:
+            low = raw.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is str:
+            return raw
+    except ValueError:
+        raise SettingsError(
+            f"setting {name}={raw!r}: expected {getattr(kind, '__name__', kind)}"
+        ) from None
+    raise SettingsError(f"setting {name}: unsupported type {kind!r}")
+
+
+def load(
+    cls: type[T],
+    *,
+    prefix: str,
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    description: str | None = None,
+) -> T:
+    """Builds ``cls`` from ``defaults`` (else the class's), ``env``, ``argv`` and
+    ``overrides``, each overriding the one before.
+
+    ``cls`` may define ``validate(self) -> None`` raising :class:`SettingsError`.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    values: dict[str, Any] = dict(defaults or {})
+    env = env or {}
+    for f in fields:
+        key = f"{prefix}_{f.name.upper()}"
+        if key in env:
+            values[f.name] = _convert(key, env[key], hints[f.name])
+    if argv is not None:
+        parser = argparse.ArgumentParser(description=description or cls.__doc__)
+        for f in fields:
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                default=None,
+                help=f"{f.metadata.get('help', '')} (env {prefix}_{f.name.upper()}, "
+                f"default {values.get(f.name, f.default)!r})",
+            )
+        parsed = parser.parse_args(list(argv))
+        for f in fields:
+            raw = getattr(parsed, f.name)
+            if raw is not None:
+                values[f.name] = _convert("--" + f.name.replace("_", "-"), raw, hints[f.name])
+    values.update(overrides or {})
+    obj = cls(**values)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
