@@ -1,0 +1,34 @@
+"""The autoscaler's scaling policy: a pure function per pool, ``decide(signals, state, config,
+now) -> (decision, state)``, built from small parts (forecast, hybrid split, stabilisation).
+
+The algorithm and the reasons for its defaults are in docs/autoscaling.md.
+"""
+
+from services.autoscaler.policy.config import GroupLimits, PoolPolicy
+from services.autoscaler.policy.core import decide
+from services.autoscaler.policy.decision import (
+    Decision,
+    GroupDecision,
+    PolicyState,
+    Recommendation,
+)
+from services.autoscaler.policy.inputs import (
+    CapacityGroup,
+    GroupSignals,
+    InstanceSignals,
+    PoolSignals,
+)
+
+__all__ = [
+    "CapacityGroup",
+    "Decision",
+    "GroupDecision",
+    "GroupLimits",
+    "GroupSignals",
+    "InstanceSignals",
+    "PolicyState",
+    "PoolPolicy",
+    "PoolSignals",
+    "Recommendation",
+    "decide",
+]
