@@ -1,0 +1,42 @@
+"""Entry point: ``python -m services.router [--flags]`` (see ``--help``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from services.router.app import RouterApp
+from services.router.settings import RouterSettings, load_settings
+from voxmesh.rpc.server import wait_for_signal
+
+logger = logging.getLogger("services.router")
+
+
+async def serve(settings: RouterSettings) -> int:
+    """Runs the router until SIGTERM/SIGINT, then drains; returns the exit code."""
+    app = RouterApp(settings)
+    await app.start()
+    print(
+        f"voxmesh router listening on {app.target} (metrics port {app.server.metrics_port})",
+        flush=True,
+    )
+    signal = await wait_for_signal()
+    logger.info("%s: draining", signal.name)
+    await app.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parses settings from flags and environment and runs the router."""
+    settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""The admission queue: a stream waits here while no instance of its pool has room.
+
+One ordered queue per pool. A stream that finds room is admitted at once;
+otherwise it waits, realtime ahead of batch and, within a priority, streams
+being failed over ahead of new ones, first come first served. Waiting streams
+are served when capacity frees up or an instance appears (:meth:`notify`);
+after ``max_wait_s`` a stream is rejected with ``RESOURCE_EXHAUSTED`` and a
+retry hint, and so is a new stream that finds the queue full. Admitted streams
+are never preempted: overload is absorbed by the queue, not spread over them.
+
+Choosing and reserving an instance happen together and synchronously, so two
+streams never see the same free slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from services.router.balancer import Candidate, PowerOfTwoBalancer
+from services.router.metrics import RouterMetrics
+from voxmesh.errors import ResourceExhausted, Unavailable
+
+__all__ = ["Admission", "QueueLimits", "QueueSnapshot", "Slot"]
+
+logger = logging.getLogger(__name__)
+
+
+class Slot(Candidate, Protocol):
+    """A candidate whose capacity can be reserved for one stream."""
+
+    def reserve(self) -> None:
+        """Counts one more stream of this router on the instance."""
+
+    def release(self) -> None:
+        """Undoes :meth:`reserve` when the stream leaves the instance."""
+
+
+S = TypeVar("S", bound=Slot)
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """Bounds of every pool's queue."""
+
+    max_streams: int
+    """Most waiting streams per pool (failovers may exceed it); 0 disables queueing."""
+    max_wait_s: float
+    """Longest wait before rejection."""
+    retry_after_s: float
+    """Retry hint of rejections."""
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """The state of one pool's queue (the router telemetry's ``QueueStats``)."""
+
+    queued_realtime: int
+    queued_batch: int
+    queued_bytes: int
+    oldest_wait_s: float
+    admitted_total: int
+    rejected_total: int
+
+
+@dataclass(eq=False)
+class _Waiter(Generic[S]):
+    key: tuple[int, int, int]
+    realtime: bool
+    exclude: frozenset[str]
+    since: float
+    buffered: Callable[[], int]
+    future: asyncio.Future[S]
+
+
+@dataclass
+class _PoolQueue(Generic[S]):
+    waiters: list[_Waiter[S]] = field(default_factory=list)
+    admitted_total: int = 0
+    rejected_total: int = 0
+
+
+class Admission(Generic[S]):
+    """Admission control for all pools of the router."""
+
+    def __init__(
+        self,
+        *,
+        pools: Iterable[str],
+        candidates: Callable[[str], Sequence[S]],
+        balancer: PowerOfTwoBalancer,
+        limits: QueueLimits,
+        metrics: RouterMetrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self._queues: dict[str, _PoolQueue[S]] = {p: _PoolQueue() for p in pools}
+        self._candidates = candidates
+        self._balancer = balancer
+        self._limits = limits
+        self._metrics = metrics
+        self._clock = clock
+        self._seq = itertools.count()
+        self._closed = False
+
+    async def admit(
+        self,
+        pool: str,
+        realtime: bool,
+        *,
+        exclude: Collection[str] = (),
+        resumed: bool = False,
+        buffered: Callable[[], int] = lambda: 0,
+    ) -> S:
+        """Reserves an instance of ``pool`` for a stream, waiting if none has room.
+
+        ``resumed`` marks a stream being failed over (served first, never
+        refused for a full queue); ``exclude`` lists instances it must avoid;
+        ``buffered`` reports the audio bytes it holds (for the statistics).
+        The caller must ``release()`` the returned slot. Raises
+        :class:`ResourceExhausted` when the queue is full or the wait is too
+        long, :class:`Unavailable` when the router shuts down.
+        """
+        if self._closed:
+            raise Unavailable("the router is shutting down")
+        queue = self._queues[pool]
+        loop = asyncio.get_running_loop()
+        waiter: _Waiter[S] = _Waiter(
+            key=(0 if realtime else 1, 0 if resumed else 1, next(self._seq)),
+            realtime=realtime,
+            exclude=frozenset(exclude),
+            since=self._clock(),
+            buffered=buffered,
+            future=loop.create_future(),
+        )
+        bisect.insort(queue.waiters, waiter, key=lambda w: w.key)
+        self._dispatch(pool)
+        if not waiter.future.done():
+            full = len(queue.waiters) > self._limits.max_streams
+            if full and not resumed:
+                self._leave(pool, waiter)
+                raise self._reject(pool, waiter, "queue_full")
+            self._gauge(pool)
+        try:
+            async with asyncio.timeout(self._limits.max_wait_s):
+                slot = await waiter.future
+        except TimeoutError:
+            self._leave(pool, waiter)
+            raise self._reject(pool, waiter, "timeout") from None
+        except BaseException:
+            self._leave(pool, waiter)
+            fut = waiter.future
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                fut.result().release()
+            raise
+        return slot
+
+    def notify(self, pool: str | None = None) -> None:
+        """Capacity may have freed up (``pool`` or every pool): serve waiting streams."""
+        for name in [pool] if pool is not None else list(self._queues):
+            if name in self._queues and self._queues[name].waiters:
+                self._dispatch(name)
+
+    def snapshot(self, pool: str) -> QueueSnapshot:
+        """The current figures of ``pool``'s queue."""
+        queue = self._queues[pool]
+        now = self._clock()
+        realtime = sum(1 for w in queue.waiters if w.realtime)
+        return QueueSnapshot(
+            queued_realtime=realtime,
+            queued_batch=len(queue.waiters) - realtime,
+            queued_bytes=sum(w.buffered() for w in queue.waiters),
+            oldest_wait_s=max((now - w.since for w in queue.waiters), default=0.0),
+            admitted_total=queue.admitted_total,
+            rejected_total=queue.rejected_total,
+        )
+
+    def queued(self) -> int:
+        """Streams waiting in all pools."""
+        return sum(len(q.waiters) for q in self._queues.values())
+
+    def close(self) -> None:
+        """Refuses new streams and fails waiting ones with UNAVAILABLE (idempotent)."""
+        self._closed = True
+        for pool, queue in self._queues.items():
+            for waiter in list(queue.waiters):
+                if not waiter.future.done():
+                    waiter.future.set_exception(Unavailable("the router is shutting down"))
+                self._leave(pool, waiter)
+
+    def _dispatch(self, pool: str) -> None:
+        queue = self._queues[pool]
+        served: list[_Waiter[S]] = []
+        candidates: Sequence[S] | None = None
+        for waiter in queue.waiters:
+            if waiter.future.done():
+                continue
+            if candidates is None:
+                candidates = self._candidates(pool)
+            slot = self._balancer.choose(candidates, waiter.realtime, waiter.exclude)
+            if slot is None:
+                if not waiter.exclude:
+                    break  # nobody behind it can be served either
+                continue
+            slot.reserve()
+            waiter.future.set_result(slot)
+            served.append(waiter)
+        for waiter in served:
+            self._leave(pool, waiter)
+            queue.admitted_total += 1
+            self._metrics.admitted.labels(pool).inc()
+            self._observe_wait(pool, waiter)
+
+    def _leave(self, pool: str, waiter: _Waiter[S]) -> None:
+        queue = self._queues[pool]
+        index = bisect.bisect_left(queue.waiters, waiter.key, key=lambda w: w.key)
+        if index < len(queue.waiters) and queue.waiters[index] is waiter:
+            del queue.waiters[index]
+            self._gauge(pool)
+
+    def _reject(self, pool: str, waiter: _Waiter[S], reason: str) -> ResourceExhausted:
+        self._queues[pool].rejected_total += 1
+        self._metrics.rejected.labels(pool, reason).inc()
+        self._observe_wait(pool, waiter)
+        logger.info("pool %s: stream rejected (%s)", pool, reason)
+        detail = "queue is full" if reason == "queue_full" else "no instance freed up in time"
+        return ResourceExhausted(
+            f"pool {pool} is at capacity: {detail}; retry later",
+            retry_after=self._limits.retry_after_s,
+        )
+
+    def _observe_wait(self, pool: str, waiter: _Waiter[S]) -> None:
+        priority = "realtime" if waiter.realtime else "batch"
+        self._metrics.queue_wait.labels(pool, priority).observe(self._clock() - waiter.since)
+
+    def _gauge(self, pool: str) -> None:
+        waiters = self._queues[pool].waiters
+        realtime = sum(1 for w in waiters if w.realtime)
+        self._metrics.queue_depth.labels(pool, "realtime").set(realtime)
+        self._metrics.queue_depth.labels(pool, "batch").set(len(waiters) - realtime)

@@ -1,0 +1,296 @@
+"""One client stream relayed to an instance, moved to another when its instance fails.
+
+The life of a relayed stream::
+
+                  admit() ─────────▶ ATTACHED ──instance OK + summary──▶ DONE
+    QUEUED ◀──────────────────────────  │ │
+      ▲   instance full (RESOURCE_      │ │ instance failed (UNAVAILABLE, reset,
+      │   EXHAUSTED before any result)  │ │ killed): replay from the last final
+      └─────────────────────────────────┘ └──────────▶ QUEUED (resumed, served first)
+
+    any state ──client error / cancel / deadline / queue timeout──▶ FAILED
+
+Three tasks serve a stream: the client reader (appends audio to the
+:class:`~services.router.failover.ReplayLog`, pausing while too much is
+unsent: the bound is ``queue_max_bytes`` while no instance holds the stream,
+``relay_buffer_bytes`` while one does), the upstream writer of the current
+attempt (follows the log's cursor) and the handler's own task (admission,
+then reads the instance's responses and writes them to the client, one at a
+time, so a slow client slows the instance's stream instead of growing a
+buffer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from services.router.admission import Admission
+from services.router.failover import ReplayLog, ResultTracker, duration_ms
+from services.router.membership import Member
+from services.router.metrics import RouterMetrics
+from services.router.routing import Route, check_chunk
+from voxmesh.errors import InvalidArgument, Unavailable, VoxmeshError
+from voxmesh.stt.v1 import stt_pb2
+
+__all__ = ["FAILOVER_CODES", "RelayLimits", "StreamRelay", "UpstreamError"]
+
+logger = logging.getLogger(__name__)
+
+FAILOVER_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
+)
+"""Statuses of an instance that mean "the instance failed", not "the stream is bad"."""
+
+
+class UpstreamError(Exception):
+    """An instance ended the stream with a status the client must see as it is."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(error.details())
+        self.error = error
+
+    async def abort(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Ends the client's RPC with the instance's code, details and trailing
+        metadata (rich status details such as RetryInfo included). Never returns."""
+        err = self.error
+        await context.abort(err.code(), err.details() or "", tuple(err.trailing_metadata() or ()))
+
+
+class _Outcome(enum.Enum):
+    DONE = "done"
+    FULL = "full"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RelayLimits:
+    """Per-stream bounds of the relay."""
+
+    queue_max_bytes: int
+    """Unsent audio bytes while the stream waits for an instance."""
+    relay_buffer_bytes: int
+    """Unsent audio bytes while an instance holds the stream."""
+    replay_max_bytes: int
+    """Audio kept for replay on failover."""
+    max_chunk_bytes: int
+    """Largest audio chunk accepted."""
+    max_failovers: int
+    """Most failovers of one stream."""
+
+
+class StreamRelay:
+    """Relays one StreamingRecognize stream (after its config) to the pool's instances."""
+
+    def __init__(
+        self,
+        *,
+        route: Route,
+        config: stt_pb2.StreamingRecognizeRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        admission: Admission[Member],
+        limits: RelayLimits,
+        metrics: RouterMetrics,
+    ) -> None:
+        self._route = route
+        self._config = config
+        self._context = context
+        self._admission = admission
+        self._limits = limits
+        self._metrics = metrics
+        self._log = ReplayLog(route.linear16, route.sample_rate, limits.replay_max_bytes)
+        self._tracker = ResultTracker()
+        self._attached = False
+        self._data = asyncio.Event()
+        self._space = asyncio.Event()
+        self._client_error: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._error: VoxmeshError | None = None
+        self._upstream_latency = metrics.added_latency.labels("upstream")
+        self._downstream_latency = metrics.added_latency.labels("downstream")
+        self._received_at: dict[int, float] = {}
+
+    @property
+    def failovers(self) -> int:
+        """Times the stream moved to another instance after a failure."""
+        return self._tracker.failovers
+
+    def audio_seconds(self) -> float:
+        """Seconds of LINEAR16 audio received from the client (0 for containers)."""
+        return self._log.audio_seconds()
+
+    async def run(self, requests: AsyncIterator[stt_pb2.StreamingRecognizeRequest]) -> None:
+        """Serves the stream to its end; raises the error the client must get."""
+        reader = asyncio.create_task(self._read_client(requests), name="relay-reader")
+        serve = asyncio.create_task(self._serve(), name="relay-serve")
+        try:
+            await asyncio.wait({serve, self._client_error}, return_when=asyncio.FIRST_COMPLETED)
+            if self._error is not None:
+                raise self._error
+            serve.result()
+        finally:
+            for task in (serve, reader):
+                task.cancel()
+            await asyncio.gather(serve, reader, return_exceptions=True)
+            if not self._client_error.done():
+                self._client_error.cancel()
+
+    async def _read_client(
+        self, requests: AsyncIterator[stt_pb2.StreamingRecognizeRequest]
+    ) -> None:
+        try:
+            async for request in requests:
+                if request.WhichOneof("streaming_request") != "audio_content":
+                    raise InvalidArgument(
+                        "only the first request may carry streaming_config; "
+                        "later requests carry audio_content"
+                    )
+                check_chunk(
+                    request.audio_content, self._route.linear16, self._limits.max_chunk_bytes
+                )
+                while self._log.unsent_bytes() >= self._unsent_limit():
+                    self._space.clear()
+                    await self._space.wait()
+                self._log.append(request)
+                self._received_at[self._log.total_bytes] = time.perf_counter()
+                self._data.set()
+            if self._log.total_bytes == 0:
+                raise InvalidArgument("empty stream: no audio was sent after the config")
+            self._log.half_closed = True
+            self._data.set()
+        except VoxmeshError as err:
+            if self._error is None:
+                self._error = err
+                self._client_error.set_result(None)
+        except grpc.aio.AioRpcError:
+            logger.debug("stream %s: client stream ended abruptly", self._route.stream_id)
+
+    def _unsent_limit(self) -> int:
+        if self._attached:
+            return self._limits.relay_buffer_bytes
+        return self._limits.queue_max_bytes
+
+    async def _serve(self) -> None:
+        route = self._route
+        exclude: set[str] = set()
+        attempts = 0
+        while True:
+            member = await self._admission.admit(
+                route.pool,
+                route.realtime,
+                exclude=exclude,
+                resumed=self._tracker.failovers > 0,
+                buffered=self._log.unsent_bytes,
+            )
+            self._attached = True
+            self._space.set()
+            try:
+                outcome = await self._attempt(member, resumed=attempts > 0)
+            finally:
+                self._attached = False
+                member.release()
+            attempts += 1
+            if outcome is _Outcome.DONE:
+                return
+            if outcome is _Outcome.FULL:
+                self._metrics.instance_rejections.labels(route.pool).inc()
+                member.mark_full()
+                continue
+            member.mark_failed()
+            exclude.add(member.instance_id)
+            self._tracker.failovers += 1
+            self._metrics.failovers.labels(route.pool).inc()
+            logger.warning(
+                "stream %s: instance %s failed; failing over (%d)",
+                route.stream_id,
+                member.instance_id,
+                self._tracker.failovers,
+            )
+            if self._tracker.failovers > self._limits.max_failovers:
+                raise Unavailable(
+                    f"stream failed on {self._tracker.failovers} instances; giving up"
+                )
+            if not self._log.replayable:
+                raise Unavailable(
+                    "the serving instance failed and the stream cannot be replayed: it "
+                    f"outgrew the replay buffer ({self._limits.replay_max_bytes} bytes)"
+                )
+
+    async def _attempt(self, member: Member, resumed: bool) -> _Outcome:
+        if not self._log.restart():
+            raise Unavailable("the stream cannot be replayed: it outgrew the replay buffer")
+        self._tracker.begin_attempt(resumed)
+        metadata = self._log.resume_metadata()
+        remaining = self._context.time_remaining()
+        call: Any = member.recognizer.StreamingRecognize(
+            metadata=metadata or None, timeout=remaining
+        )
+        writer = asyncio.create_task(self._write_upstream(call), name="relay-writer")
+        answered = False
+        try:
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    return _Outcome.DONE
+                answered = True
+                await self._on_response(response)
+        except grpc.aio.AioRpcError as err:
+            code = err.code()
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not answered:
+                return _Outcome.FULL
+            if code in FAILOVER_CODES:
+                logger.info(
+                    "stream %s: instance %s ended with %s: %s",
+                    self._route.stream_id,
+                    member.instance_id,
+                    code.name,
+                    err.details(),
+                )
+                return _Outcome.FAILED
+            raise UpstreamError(err) from None
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            call.cancel()
+
+    async def _on_response(self, response: stt_pb2.StreamingRecognizeResponse) -> None:
+        arrived = time.perf_counter()
+        out = self._tracker.on_response(response)
+        if out is None:
+            return
+        kind = out.WhichOneof("streaming_response")
+        if kind == "summary":
+            self._tracker.fix_summary(out.summary, self._route.stream_id, self._log.audio_seconds())
+        elif kind == "result" and out.result.is_final:
+            self._log.commit(duration_ms(out.result.end_offset))
+        await self._context.write(out)
+        self._downstream_latency.observe(time.perf_counter() - arrived)
+
+    async def _write_upstream(self, call: Any) -> None:
+        log = self._log
+        try:
+            await call.write(self._config)
+            while True:
+                request = log.next_request()
+                if request is None:
+                    if log.half_closed:
+                        await call.done_writing()
+                        return
+                    self._data.clear()
+                    await self._data.wait()
+                    continue
+                await call.write(request)
+                self._space.set()
+                received = self._received_at.pop(log.total_bytes - log.unsent_bytes(), None)
+                if received is not None:
+                    self._upstream_latency.observe(time.perf_counter() - received)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            return  # the read side reports the instance's status

@@ -1,0 +1,300 @@
+"""The router's gRPC services: the public RecognizerService and its TelemetryService.
+
+The router answers exactly like an instance: the same validation (hence the
+same statuses for bad input), the instance's own status passed through for
+everything the router cannot check, and only the summary telling which
+instance served the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import psutil
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from services.router.admission import Admission
+from services.router.membership import Member, Membership
+from services.router.metrics import RouterMetrics
+from services.router.relay import FAILOVER_CODES, RelayLimits, StreamRelay, UpstreamError
+from services.router.routing import PoolResolver
+from voxmesh.asr.config import validate_recognition_config
+from voxmesh.errors import InvalidArgument, Unavailable, VoxmeshError
+from voxmesh.rpc import status
+from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
+
+__all__ = ["RouterRecognizer", "RouterTelemetry", "snapshot_builder"]
+
+logger = logging.getLogger(__name__)
+
+_MIN_TELEMETRY_INTERVAL_S = 0.1
+_DEFAULT_TELEMETRY_INTERVAL_S = 1.0
+
+
+class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
+    """RecognizerService of the router: admission, relay and failover per stream."""
+
+    def __init__(
+        self,
+        resolver: PoolResolver,
+        membership: Membership,
+        admission: Admission[Member],
+        limits: RelayLimits,
+        metrics: RouterMetrics,
+    ) -> None:
+        self._resolver = resolver
+        self._membership = membership
+        self._admission = admission
+        self._limits = limits
+        self._metrics = metrics
+        self._draining = False
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.audio_seconds_total = 0.0
+        """Seconds of LINEAR16 audio relayed by finished streams."""
+
+    @property
+    def active_streams(self) -> int:
+        """Streams being served (queued or relayed)."""
+        return self._active
+
+    @property
+    def draining(self) -> bool:
+        """True once the router takes no new streams."""
+        return self._draining
+
+    def begin_drain(self) -> None:
+        """Refuses new streams with UNAVAILABLE; active ones go on."""
+        self._draining = True
+
+    async def wait_idle(self, limit_s: float) -> bool:
+        """Waits up to ``limit_s`` seconds for the active streams to end; True if they did."""
+        try:
+            async with asyncio.timeout(limit_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # grpc.aio also takes handlers that write with ``context.write`` and return
+    # None; the generated base class only declares the iterator form.
+    async def StreamingRecognize(  # type: ignore[override]
+        self,
+        request_iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """Validates the config, admits the stream and relays it."""
+        pool = "unknown"
+        self._enter()
+        try:
+            if self._draining:
+                raise Unavailable("the router is draining; retry on another router")
+            first = await anext(aiter(request_iterator), None)
+            if first is None:
+                raise InvalidArgument("empty stream: the first request must carry streaming_config")
+            if first.WhichOneof("streaming_request") != "streaming_config":
+                raise InvalidArgument(
+                    "audio before config: the first request must carry streaming_config"
+                )
+            route = self._resolver.route(first.streaming_config, self._membership.served_models())
+            pool = route.pool
+            forwarded = stt_pb2.StreamingRecognizeRequest()
+            forwarded.CopyFrom(first)
+            forwarded.streaming_config.config.model = route.pool
+            forwarded.streaming_config.stream_id = route.stream_id
+            relay = StreamRelay(
+                route=route,
+                config=forwarded,
+                context=context,
+                admission=self._admission,
+                limits=self._limits,
+                metrics=self._metrics,
+            )
+            self._metrics.streams_active.labels(pool).inc()
+            try:
+                await relay.run(request_iterator)
+            finally:
+                self._metrics.streams_active.labels(pool).dec()
+                self.audio_seconds_total += relay.audio_seconds()
+            self._metrics.streams.labels(pool, "OK").inc()
+        except VoxmeshError as err:
+            self._metrics.streams.labels(pool, status.code_of(err).name).inc()
+            await status.abort(context, err)
+        except UpstreamError as err:
+            self._metrics.streams.labels(pool, err.error.code().name).inc()
+            await err.abort(context)
+        except asyncio.CancelledError:
+            self._metrics.streams.labels(pool, "CANCELLED").inc()
+            raise
+        finally:
+            self._leave()
+
+    async def Recognize(
+        self, request: stt_pb2.RecognizeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> stt_pb2.RecognizeResponse:
+        """Sends a whole file to one instance (another if it fails or is full)."""
+        pool = "unknown"
+        self._enter()
+        try:
+            if self._draining:
+                raise Unavailable("the router is draining; retry on another router")
+            validate_recognition_config(request.config)
+            pool = self._resolver.resolve(request.config, self._membership.served_models())
+            response = await self._recognize(pool, request, context)
+            self._metrics.streams.labels(pool, "OK").inc()
+            return response
+        except VoxmeshError as err:
+            self._metrics.streams.labels(pool, status.code_of(err).name).inc()
+            await status.abort(context, err)
+        except UpstreamError as err:
+            self._metrics.streams.labels(pool, err.error.code().name).inc()
+            await err.abort(context)
+        finally:
+            self._leave()
+        raise AssertionError("unreachable: abort raises")
+
+    async def _recognize(
+        self,
+        pool: str,
+        request: stt_pb2.RecognizeRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> stt_pb2.RecognizeResponse:
+        forwarded = stt_pb2.RecognizeRequest()
+        forwarded.CopyFrom(request)
+        forwarded.config.model = pool
+        realtime = request.config.priority == stt_pb2.PRIORITY_REALTIME
+        exclude: set[str] = set()
+        failovers = 0
+        while True:
+            member = await self._admission.admit(
+                pool, realtime, exclude=exclude, resumed=failovers > 0
+            )
+            try:
+                response: stt_pb2.RecognizeResponse = await member.recognizer.Recognize(
+                    forwarded, timeout=context.time_remaining()
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    self._metrics.instance_rejections.labels(pool).inc()
+                    member.mark_full()
+                    continue
+                if err.code() not in FAILOVER_CODES:
+                    raise UpstreamError(err) from None
+                member.mark_failed()
+                exclude.add(member.instance_id)
+                failovers += 1
+                self._metrics.failovers.labels(pool).inc()
+                if failovers > self._limits.max_failovers:
+                    raise Unavailable(f"request failed on {failovers} instances") from None
+                continue
+            finally:
+                member.release()
+            response.summary.failovers = failovers
+            return response
+
+    def _enter(self) -> None:
+        self._active += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
+
+
+class RouterTelemetry(stt_pb2_grpc.TelemetryServiceServicer):
+    """TelemetryService of the router: its streams and the admission queues."""
+
+    def __init__(self, snapshot: Callable[[], stt_pb2.TelemetrySnapshot]) -> None:
+        self._snapshot = snapshot
+
+    async def WatchTelemetry(
+        self, request: stt_pb2.WatchTelemetryRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[stt_pb2.WatchTelemetryResponse]:
+        """One snapshot now, then one per interval until cancelled."""
+        interval = request.interval.ToTimedelta().total_seconds()
+        if request.HasField("interval") and interval < _MIN_TELEMETRY_INTERVAL_S:
+            await status.abort(
+                context,
+                InvalidArgument(f"interval {interval} s is below the minimum of 0.1 s"),
+            )
+        interval = interval or _DEFAULT_TELEMETRY_INTERVAL_S
+        while True:
+            yield stt_pb2.WatchTelemetryResponse(snapshot=self._snapshot())
+            await asyncio.sleep(interval)
+
+
+def snapshot_builder(
+    router_id: str,
+    pools: list[str],
+    recognizer: RouterRecognizer,
+    membership: Membership,
+    admission: Admission[Member],
+) -> Callable[[], stt_pb2.TelemetrySnapshot]:
+    """A function that builds the router's current telemetry snapshot."""
+    started = time.time()
+    process = psutil.Process()
+    cpu_count = psutil.cpu_count() or 1
+    psutil.cpu_percent(None)
+
+    def build() -> stt_pb2.TelemetrySnapshot:
+        snap = stt_pb2.TelemetrySnapshot(
+            instance_id=router_id,
+            role=stt_pb2.ROLE_ROUTER,
+            state=stt_pb2.SERVING_STATE_DRAINING
+            if recognizer.draining
+            else stt_pb2.SERVING_STATE_SERVING,
+            active_streams=recognizer.active_streams,
+            pending_work=admission.queued(),
+            audio_seconds_total=recognizer.audio_seconds_total,
+            gpu_available=False,
+            gpu_unavailable_reason="the router uses no GPU",
+        )
+        capacity = 0
+        for pool in pools:
+            queue = admission.snapshot(pool)
+            stats = membership.stats(pool)
+            capacity += stats.capacity_streams
+            snap.queues.add(
+                pool=pool,
+                queued_realtime=queue.queued_realtime,
+                queued_batch=queue.queued_batch,
+                queued_bytes=queue.queued_bytes,
+                oldest_wait_seconds=queue.oldest_wait_s,
+                admitted_total=queue.admitted_total,
+                rejected_total=queue.rejected_total,
+                instances=stats.instances,
+                active_streams=stats.active_streams,
+                capacity_streams=stats.capacity_streams,
+            )
+        snap.max_streams = capacity
+        memory = psutil.virtual_memory()
+        snap.host.cpu_utilization_ratio = psutil.cpu_percent(None) / 100.0
+        snap.host.cpu_count = cpu_count
+        snap.host.memory_used_bytes = memory.total - memory.available
+        snap.host.memory_total_bytes = memory.total
+        snap.host.process_resident_bytes = process.memory_info().rss
+        now = time.time()
+        snap.time.CopyFrom(_timestamp(now))
+        snap.uptime.CopyFrom(_duration(now - started))
+        return snap
+
+    return build
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value

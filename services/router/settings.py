@@ -1,0 +1,172 @@
+"""The router's settings: one frozen dataclass, built once in the entry point.
+
+Every field can be set by a flag (``--queue-max-wait``) or an environment
+variable (``VOXMESH_ROUTER_QUEUE_MAX_WAIT``); see :func:`voxmesh.settings.load`.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from voxmesh.errors import SettingsError
+from voxmesh.settings import load, setting
+
+__all__ = ["ENV_PREFIX", "RouterSettings", "load_settings"]
+
+ENV_PREFIX = "VOXMESH_ROUTER"
+
+AUTO_POLICIES = ("priority", "language")
+DISCOVERY_BACKENDS = ("file", "consul")
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """Settings of the voxmesh router."""
+
+    host: str = setting("127.0.0.1", "interface the gRPC server binds (0.0.0.0 in a cluster)")
+    """Interface the gRPC server binds."""
+    port: int = setting(50051, "gRPC port of the public endpoint (0 picks a free one)")
+    """gRPC port of the public endpoint; 0 picks a free one."""
+    metrics_port: int = setting(9101, "Prometheus HTTP port (0 picks a free one, -1 disables)")
+    """Prometheus HTTP port; 0 picks a free one, -1 disables it."""
+    instance_id: str = setting("", "id in the router's telemetry (default router-<hostname>)")
+    """Identifier of this router in its telemetry; ``router-<hostname>`` when empty."""
+    region: str = setting("", "preferred region of instances (empty: no preference)")
+    """Region preferred when choosing instances; others take the spill-over."""
+
+    discovery: str = setting("file", "discovery backend: file or consul")
+    """Discovery backend: ``file`` (single machine) or ``consul``."""
+    registry_dir: str = setting(".run/registry", "directory of the file registry")
+    """Directory of the file registry (``discovery=file``)."""
+    registry_ttl_s: float = setting(10.0, "file registry entries older than this are stale")
+    """Age after which a file registry entry without heartbeat counts as gone."""
+    registry_poll_s: float = setting(0.5, "how often the file registry is re-read")
+    """Poll interval of the file registry."""
+    consul_address: str = setting("http://127.0.0.1:8500", "Consul agent HTTP address")
+    """HTTP address of the Consul agent (``discovery=consul``)."""
+
+    pools: tuple[str, ...] = setting(("asr_small", "asr_large"), "pools the router serves")
+    """Pools the router serves; one admission queue and one watch each."""
+    models: tuple[str, ...] = setting(
+        ("tiny.en=asr_small", "base=asr_large"), "model=pool aliases besides discovered ones"
+    )
+    """``model=pool`` names accepted even while no instance of the pool runs."""
+    auto_policy: str = setting("priority", "policy for model 'auto': priority or language")
+    """How ``auto`` (or an empty model) picks a pool: ``priority`` or ``language``."""
+    auto_realtime_pool: str = setting("asr_small", "pool of realtime streams under 'auto'")
+    """Pool of realtime work under the ``priority`` policy (and language fallback)."""
+    auto_batch_pool: str = setting("asr_large", "pool of batch streams under 'auto'")
+    """Pool of batch work under the ``priority`` policy (and language fallback)."""
+    auto_language_pools: tuple[str, ...] = setting(
+        ("en=asr_small", "*=asr_large"), "language=pool rules of the language policy"
+    )
+    """``language=pool`` rules of the ``language`` policy; ``*`` matches any language."""
+    gpu_preference: tuple[str, ...] = setting((), "GPU types in order of preference (others last)")
+    """GPU types in order of preference; unlisted types take the spill-over."""
+
+    queue_max_streams: int = setting(64, "most streams waiting per pool")
+    """Most streams waiting in one pool's admission queue; beyond, rejected at once."""
+    queue_max_bytes: int = setting(1 << 20, "audio bytes buffered per waiting stream")
+    """Audio bytes buffered per waiting stream; beyond, the client is not read."""
+    queue_max_wait_s: float = setting(10.0, "longest wait in the queue before rejection")
+    """Longest wait for an instance before ``RESOURCE_EXHAUSTED``."""
+    queue_retry_after_s: float = setting(2.0, "retry hint sent with rejections")
+    """Delay suggested to rejected clients (``RetryInfo``)."""
+
+    relay_buffer_bytes: int = setting(256 << 10, "unsent audio bytes per relayed stream")
+    """Audio bytes read from a client but not yet sent to its instance; beyond, reading pauses."""
+    replay_max_bytes: int = setting(16 << 20, "audio kept per stream for failover replay")
+    """Audio kept per stream for replay on failover; a stream past it cannot fail over."""
+    max_chunk_bytes: int = setting(1 << 20, "largest audio chunk accepted (as the instances)")
+    """Largest audio chunk; larger ones fail with ``RESOURCE_EXHAUSTED`` (the ASR default)."""
+    max_failovers: int = setting(3, "most failovers of one stream")
+    """Most times one stream moves to another instance before it fails with UNAVAILABLE."""
+
+    telemetry_interval_s: float = setting(0.5, "interval of instance telemetry subscriptions")
+    """Interval asked of each instance's telemetry stream (and of the router's own default)."""
+    drain_timeout_s: float = setting(30.0, "time active streams get to finish on SIGTERM")
+    """On SIGTERM, how long active streams may run before they are cancelled."""
+    log_level: str = setting("INFO", "log level")
+    """Log level of the entry point."""
+
+    @property
+    def router_id(self) -> str:
+        """The id this router reports in its telemetry."""
+        return self.instance_id or f"router-{socket.gethostname()}"
+
+    def model_aliases(self) -> dict[str, str]:
+        """``models`` as a mapping model -> pool."""
+        return _pairs("models", self.models)
+
+    def language_pools(self) -> dict[str, str]:
+        """``auto_language_pools`` as a mapping language -> pool."""
+        return _pairs("auto_language_pools", self.auto_language_pools)
+
+    def validate(self) -> None:
+        """Raises :class:`SettingsError` naming the first invalid setting."""
+        if self.discovery not in DISCOVERY_BACKENDS:
+            raise SettingsError(f"setting discovery={self.discovery!r}: expected file or consul")
+        if self.auto_policy not in AUTO_POLICIES:
+            raise SettingsError(
+                f"setting auto_policy={self.auto_policy!r}: expected priority or language"
+            )
+        if not self.pools:
+            raise SettingsError("setting pools=(): at least one pool is needed")
+        targets = {
+            "auto_realtime_pool": self.auto_realtime_pool,
+            "auto_batch_pool": self.auto_batch_pool,
+        }
+        targets.update({f"models[{k}]": v for k, v in self.model_aliases().items()})
+        targets.update({f"auto_language_pools[{k}]": v for k, v in self.language_pools().items()})
+        for name, pool in targets.items():
+            if pool not in self.pools:
+                raise SettingsError(f"setting {name}={pool!r}: not one of pools {self.pools}")
+        positive = {
+            "queue_max_bytes": self.queue_max_bytes,
+            "relay_buffer_bytes": self.relay_buffer_bytes,
+            "max_chunk_bytes": self.max_chunk_bytes,
+            "telemetry_interval_s": self.telemetry_interval_s,
+            "queue_max_wait_s": self.queue_max_wait_s,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise SettingsError(f"setting {name}={value!r}: must be positive")
+        non_negative = {
+            "queue_max_streams": self.queue_max_streams,
+            "replay_max_bytes": self.replay_max_bytes,
+            "max_failovers": self.max_failovers,
+            "queue_retry_after_s": self.queue_retry_after_s,
+            "drain_timeout_s": self.drain_timeout_s,
+        }
+        for name, value in non_negative.items():
+            if value < 0:
+                raise SettingsError(f"setting {name}={value!r}: must not be negative")
+        if self.telemetry_interval_s < 0.1:
+            raise SettingsError(
+                f"setting telemetry_interval_s={self.telemetry_interval_s!r}: at least 0.1"
+            )
+
+
+def _pairs(name: str, items: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise SettingsError(f"setting {name}: {item!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> RouterSettings:
+    """Builds the settings from flags and environment (flags win)."""
+    return load(
+        RouterSettings,
+        prefix=ENV_PREFIX,
+        argv=argv,
+        env=env,
+        description="voxmesh router: one endpoint in front of the ASR pools",
+    )

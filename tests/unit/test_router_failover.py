@@ -1,0 +1,158 @@
+"""Failover bookkeeping: the replay log and the result tracker of the router."""
+
+from __future__ import annotations
+
+from services.router.failover import OFFSET_KEY, SKIP_KEY, ReplayLog, ResultTracker
+from voxmesh.stt.v1 import stt_pb2
+
+
+def audio(data: bytes) -> stt_pb2.StreamingRecognizeRequest:
+    return stt_pb2.StreamingRecognizeRequest(audio_content=data)
+
+
+def drain(log: ReplayLog) -> bytes:
+    out = b""
+    while (request := log.next_request()) is not None:
+        out += request.audio_content
+    return out
+
+
+def chunks(log: ReplayLog, n: int, size: int) -> bytes:
+    data = b""
+    for i in range(n):
+        part = bytes([i]) * size
+        log.append(audio(part))
+        data += part
+    return data
+
+
+def test_linear16_replays_from_the_end_of_the_last_final() -> None:
+    log = ReplayLog(linear16=True, sample_rate=16000, replay_max_bytes=1 << 20)
+    data = chunks(log, 5, 3200)  # five 100 ms chunks
+    assert drain(log) == data
+    assert log.unsent_bytes() == 0
+    log.commit(250.0)  # final ended at 250 ms = byte 8000, inside chunk 2
+    assert log.restart()
+    assert log.resume_metadata() == ((OFFSET_KEY, "250"),)
+    assert drain(log) == data[8000:]
+
+
+def test_resume_point_is_rounded_down_to_a_whole_sample() -> None:
+    log = ReplayLog(linear16=True, sample_rate=44100, replay_max_bytes=1 << 20)
+    data = chunks(log, 3, 8820)  # 100 ms each
+    drain(log)
+    log.commit(123.4)  # 44.1 samples per ms: whole samples every 10 ms -> 120 ms
+    assert log.restart()
+    assert log.resume_metadata() == ((OFFSET_KEY, "120"),)
+    assert drain(log) == data[120 * 441 // 10 * 2 :]
+
+
+def test_commit_never_moves_past_what_was_sent() -> None:
+    log = ReplayLog(linear16=True, sample_rate=16000, replay_max_bytes=1 << 20)
+    data = chunks(log, 2, 3200)
+    assert log.next_request() is not None
+    log.commit(500.0)
+    assert log.restart()
+    assert log.resume_metadata() == ((OFFSET_KEY, "100"),)
+    assert drain(log) == data[3200:]
+
+
+def test_container_replays_everything_and_skips() -> None:
+    log = ReplayLog(linear16=False, sample_rate=0, replay_max_bytes=1 << 20)
+    data = chunks(log, 4, 1000)
+    drain(log)
+    assert log.resume_metadata() == ()
+    log.commit(1500.7)
+    assert log.restart()
+    assert log.resume_metadata() == ((SKIP_KEY, "1500"),)
+    assert drain(log) == data
+    assert log.audio_seconds() == 0.0
+
+
+def test_bound_makes_the_stream_unreplayable_until_a_final_passes_the_dropped_audio() -> None:
+    log = ReplayLog(linear16=True, sample_rate=16000, replay_max_bytes=5000)
+    chunks(log, 1, 3200)
+    drain(log)
+    chunks(log, 1, 3200)  # 6400 kept > 5000: the sent chunk is dropped
+    assert not log.restart()
+    assert log.unsent_bytes() == 3200
+    drain(log)
+    log.commit(200.0)  # the final covers all the dropped audio
+    assert log.replayable
+    assert log.restart()
+    assert drain(log) == b""
+
+
+def test_container_past_the_bound_is_never_replayable() -> None:
+    log = ReplayLog(linear16=False, sample_rate=0, replay_max_bytes=1500)
+    chunks(log, 1, 1000)
+    drain(log)
+    chunks(log, 1, 1000)
+    log.commit(10_000.0)
+    assert not log.replayable
+    assert not log.restart()
+
+
+def result(
+    index: int, final: bool, end_ms: int, text: str = "x"
+) -> stt_pb2.StreamingRecognizeResponse:
+    res = stt_pb2.StreamingRecognitionResult(is_final=final, utterance_index=index)
+    res.end_offset.FromMilliseconds(end_ms)
+    res.alternatives.add(transcript=text)
+    return stt_pb2.StreamingRecognizeResponse(result=res)
+
+
+def event(kind: int) -> stt_pb2.StreamingRecognizeResponse:
+    return stt_pb2.StreamingRecognizeResponse(
+        speech_event=stt_pb2.SpeechEvent(type=kind)  # type: ignore[arg-type]
+    )
+
+
+STARTED = stt_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED
+ENDED = stt_pb2.SPEECH_EVENT_TYPE_SPEECH_ENDED
+
+
+def test_indices_continue_after_failover_and_finals_are_counted() -> None:
+    tracker = ResultTracker()
+    tracker.begin_attempt(resumed=False)
+    for i in range(2):
+        assert tracker.on_response(result(i, True, 1000 * (i + 1))) is not None
+    tracker.failovers += 1
+    tracker.begin_attempt(resumed=True)
+    interim = tracker.on_response(result(0, False, 2500))
+    assert interim is not None and interim.result.utterance_index == 2
+    final = tracker.on_response(result(0, True, 3000))
+    assert final is not None and final.result.utterance_index == 2
+    summary = stt_pb2.StreamSummary(final_results=1, stream_id="instance-side")
+    tracker.fix_summary(summary, "client-id", audio_seconds=3.0)
+    assert (summary.final_results, summary.failovers, summary.stream_id) == (3, 1, "client-id")
+    assert summary.audio_processed.ToMilliseconds() == 3000
+
+
+def test_a_final_covering_only_replayed_audio_is_dropped_and_numbering_stays_dense() -> None:
+    tracker = ResultTracker()
+    tracker.begin_attempt(resumed=False)
+    tracker.on_response(result(0, True, 1000))
+    tracker.begin_attempt(resumed=True)
+    assert tracker.on_response(result(0, True, 1000)) is None
+    nxt = tracker.on_response(result(1, True, 2000))
+    assert nxt is not None and nxt.result.utterance_index == 1
+    assert tracker.final_results == 2
+
+
+def test_speech_start_is_not_announced_twice_across_a_failover() -> None:
+    tracker = ResultTracker()
+    tracker.begin_attempt(resumed=False)
+    assert tracker.on_response(event(STARTED)) is not None
+    tracker.begin_attempt(resumed=True)
+    assert tracker.on_response(event(STARTED)) is None
+    assert tracker.on_response(event(ENDED)) is not None
+    assert tracker.on_response(event(STARTED)) is not None
+
+
+def test_summary_keeps_the_instance_audio_figure_for_containers() -> None:
+    tracker = ResultTracker()
+    summary = stt_pb2.StreamSummary()
+    summary.audio_processed.FromMilliseconds(4200)
+    tracker.fix_summary(summary, "s", audio_seconds=0.0)
+    assert summary.audio_processed.ToMilliseconds() == 4200
