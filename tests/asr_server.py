@@ -58,7 +58,7 @@ class AsrServerThread:
 
     def stop(self) -> None:
         """Starts the drain (like SIGTERM) without waiting."""
-        if self._loop is not None and self._stop is not None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop.set)
 
     def join(self, timeout: float = 60.0) -> None:

@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
@@ -62,9 +63,13 @@ def make_registrar(settings: AsrSettings) -> Registrar:
 
         return FileRegistrar(settings.registry_dir)
     if settings.discovery == "consul":
-        from voxmesh.discovery.consul import ConsulRegistrar
+        from voxmesh.discovery.consul import ConsulRegistrar, PyConsulApi
 
-        return ConsulRegistrar(settings.consul_addr)
+        url = urlsplit(settings.consul_addr)
+        api = PyConsulApi.connect(host=url.hostname or "127.0.0.1", port=url.port or 8500,
+                                  scheme=url.scheme or "http")
+        return ConsulRegistrar(api, check_interval=settings.consul_check_interval,
+                               deregister_after=settings.consul_deregister_after)
     return _NoRegistrar()
 
 

@@ -117,6 +117,12 @@ class ServiceProcess:
         except TimeoutError:
             return None
 
+    def signal_drain(self) -> None:
+        """Sends SIGTERM (the service drains) without waiting for the exit."""
+        if self.running:
+            assert self._proc is not None
+            self._proc.send_signal(signal.SIGTERM)
+
     async def terminate(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (drain), then SIGKILL after ``timeout``; returns the exit code."""
         if not self.running:
