@@ -1,0 +1,191 @@
+"""Leader election: the Consul lock (py-consul against the Consul double) and the file lock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conditions import wait_until_async
+from tests.doubles.consul_double import ConsulDouble
+from voxmesh.leader import ConsulLeaderLock, FileLeaderLock, PyConsulSessionApi, campaign
+
+KEY = "voxmesh/autoscaler/leader"
+
+
+@pytest.fixture
+def double() -> Iterator[ConsulDouble]:
+    """A Consul double whose ``session_ttl_min`` (a Consul server setting) is 1s."""
+    instance = ConsulDouble(grpc_probes=False, session_ttl_min=1.0)
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+async def locks(double: ConsulDouble) -> AsyncIterator[list[ConsulLeaderLock]]:
+    created: list[ConsulLeaderLock] = []
+    yield created
+    for lock in created:
+        await lock.release()
+
+
+def new_lock(
+    double: ConsulDouble, locks: list[ConsulLeaderLock], holder: str, lock_delay: float = 1.0
+) -> ConsulLeaderLock:
+    api = PyConsulSessionApi.connect("127.0.0.1", double.port)
+    lock = ConsulLeaderLock(
+        api, KEY, holder=holder, ttl=1.0, lock_delay=lock_delay, retry_interval=0.05
+    )
+    locks.append(lock)
+    return lock
+
+
+@contextlib.asynccontextmanager
+async def holding(lock: ConsulLeaderLock) -> AsyncIterator[asyncio.Task[None]]:
+    """Runs ``lock.hold()`` in the background for the duration of the block."""
+    task = asyncio.create_task(lock.hold())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_two_contenders_one_wins(double: ConsulDouble, locks: list[ConsulLeaderLock]) -> None:
+    a, b = new_lock(double, locks, "a"), new_lock(double, locks, "b")
+    assert await a.acquire()
+    assert not await b.acquire()
+    assert a.is_leader and not b.is_leader
+    entry = double.kv_entry(KEY)
+    assert entry is not None and entry["Session"] == a.session_id
+    assert entry["Value"] == "YQ==", "the value names the holder"
+
+
+async def test_standby_waits_out_lock_delay_after_leader_session_dies(
+    double: ConsulDouble, locks: list[ConsulLeaderLock]
+) -> None:
+    a, b = new_lock(double, locks, "a"), new_lock(double, locks, "b")
+    assert await a.acquire()
+    start = time.monotonic()
+    assert double.kill_leader_session(KEY) == a.session_id
+
+    assert "Session" not in (double.kv_entry(KEY) or {}), "the key is free..."
+    assert not await b.acquire(), "...but lock-delay refuses it"
+    await asyncio.wait_for(campaign(b, retry_interval=0.05), timeout=5)
+    assert b.is_leader
+    assert time.monotonic() - start >= 1.0
+
+
+async def test_renew_404_loses_leadership(
+    double: ConsulDouble, locks: list[ConsulLeaderLock]
+) -> None:
+    a = new_lock(double, locks, "a")
+    assert await a.acquire()
+    async with holding(a) as hold:
+        double.kill_session(a.session_id or "")
+        await asyncio.wait_for(hold, timeout=3)  # the next renew (TTL/2) gets 404
+    assert not a.is_leader and a.session_id is None
+
+
+async def test_unreachable_consul_for_a_whole_ttl_loses_leadership(
+    double: ConsulDouble, locks: list[ConsulLeaderLock]
+) -> None:
+    a = new_lock(double, locks, "a")
+    assert await a.acquire()
+    async with holding(a) as hold:
+        start = time.monotonic()
+        double.pause("refuse")
+        await asyncio.wait_for(hold, timeout=5)
+        assert time.monotonic() - start >= 1.0 - 0.5, "not before a TTL without a renew"
+    assert not a.is_leader
+    double.resume()
+
+
+async def test_release_hands_over_at_once(
+    double: ConsulDouble, locks: list[ConsulLeaderLock]
+) -> None:
+    a, b = new_lock(double, locks, "a", lock_delay=15.0), new_lock(double, locks, "b")
+    assert await a.acquire()
+    assert not await b.acquire()
+    session = a.session_id
+    async with holding(a) as hold:
+        await a.release()
+        await asyncio.wait_for(hold, timeout=1)
+    assert await b.acquire(), "a released key has no lock-delay"
+    assert session not in double.session_ids()
+    await a.release()  # idempotent
+
+
+async def test_leader_renews_on_the_ttl_consul_returns(
+    double: ConsulDouble, locks: list[ConsulLeaderLock]
+) -> None:
+    a = new_lock(double, locks, "a")
+    assert await a.acquire()
+    assert a.renew_interval == 0.5
+    double.set_session_renew_ttl("3s")  # a loaded server asks for fewer renews
+    async with holding(a):
+        await wait_until_async(lambda: a.renew_interval == 1.5, timeout=3)
+        assert a.is_leader
+
+
+async def test_standby_session_expiry_is_survived(
+    double: ConsulDouble, locks: list[ConsulLeaderLock]
+) -> None:
+    a, b = new_lock(double, locks, "a"), new_lock(double, locks, "b")
+    assert await a.acquire()
+    assert not await b.acquire()
+    double.kill_session(b.session_id or "")  # e.g. expired between two tries
+    await a.release()
+    assert await b.acquire()
+    assert b.session_id in double.session_ids()
+
+
+async def test_file_lock_one_holder_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "leader.lock"
+    a, b = FileLeaderLock(path), FileLeaderLock(path)
+    assert await a.acquire() and await a.acquire()
+    assert not await b.acquire()
+    assert path.read_text() == f"{os.getpid()}\n"
+    hold = asyncio.create_task(a.hold())
+    await a.release()
+    await asyncio.wait_for(hold, timeout=1)
+    assert not a.is_leader
+    assert await b.acquire() and b.is_leader
+    await b.release()
+    await b.release()
+    await b.hold()  # not held: returns at once
+
+
+async def test_file_lock_is_freed_when_its_holder_process_dies(tmp_path: Path) -> None:
+    path = tmp_path / "leader.lock"
+    script = (
+        "import fcntl, os, time\n"
+        f"fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), timeout=10) == b"locked\n"
+        lock = FileLeaderLock(path)
+        assert not await lock.acquire()
+        holder.kill()
+        await holder.wait()
+        assert await lock.acquire(), "the kernel drops a dead holder's flock"
+        await lock.release()
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
