@@ -1,0 +1,1 @@
+"""Scale targets: the contract (:mod:`.base`) and its Nomad implementation (:mod:`.nomad`)."""
