@@ -411,8 +411,9 @@ class ConsulRegistrar:
             keeper, self._keeper = self._keeper, None
             if keeper is not None:
                 keeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keeper
+                await asyncio.wait(
+                    [keeper]
+                )  # unlike awaiting it, never swallows our own cancellation
             info, self._info = self._info, None
             if info is None:
                 return

@@ -111,8 +111,7 @@ class FileRegistrar:
         task, self._heartbeat = self._heartbeat, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait([task])  # unlike awaiting it, never swallows our own cancellation
         info, self._info = self._info, None
         if info is not None:
             for path in self._paths(info):
