@@ -411,9 +411,8 @@ class ConsulRegistrar:
             keeper, self._keeper = self._keeper, None
             if keeper is not None:
                 keeper.cancel()
-                await asyncio.wait(
-                    [keeper]
-                )  # unlike awaiting it, never swallows our own cancellation
+                # Unlike awaiting the task, this never swallows our own cancellation.
+                await asyncio.wait([keeper])
             info, self._info = self._info, None
             if info is None:
                 return

@@ -111,7 +111,8 @@ class FileRegistrar:
         task, self._heartbeat = self._heartbeat, None
         if task is not None:
             task.cancel()
-            await asyncio.wait([task])  # unlike awaiting it, never swallows our own cancellation
+            # Unlike awaiting the task, this never swallows our own cancellation.
+            await asyncio.wait([task])
         info, self._info = self._info, None
         if info is not None:
             for path in self._paths(info):
