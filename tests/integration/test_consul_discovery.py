@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 
@@ -529,3 +530,35 @@ def test_double_blocking_query_waits_for_change_or_timeout(double: ConsulDouble)
     thread.join(timeout=5)
     assert result and result[0][0] == 200 and time.monotonic() - start < 2
     assert int(result[0][1]["X-Consul-Index"]) > int(index)
+
+
+def test_double_ttl_check_turns_critical_when_not_refreshed(double: ConsulDouble) -> None:
+    client = consul.Consul(host="127.0.0.1", port=double.port)
+    check = {"TTL": "200ms", "Status": "passing"}
+    client.agent.service.register(SERVICE, service_id="ttl", port=1, check=check)
+    assert (double.check("service:ttl") or {})["Status"] == "passing"
+    start = time.monotonic()
+    wait_until(lambda: (double.check("service:ttl") or {})["Status"] == "critical")
+    assert time.monotonic() - start >= 0.1
+    client.agent.check.ttl_warn("service:ttl", notes="slow")
+    assert (double.check("service:ttl") or {})["Status"] == "warning"
+    _, _, body = http(double, "GET", f"/v1/health/service/{SERVICE}?passing")
+    assert body == b"[]", "warning is not passing"
+
+
+def test_double_filter_subset_and_tags(double: ConsulDouble) -> None:
+    client = consul.Consul(host="127.0.0.1", port=double.port)
+    for sid, model in (("s1", "tiny.en"), ("s2", "base")):
+        meta = {"model": model}
+        client.agent.service.register(SERVICE, service_id=sid, port=1, tags=[model], meta=meta)
+
+    def ids(query: str) -> list[str]:
+        status, _, body = http(double, "GET", f"/v1/health/service/{SERVICE}?{query}")
+        assert status == 200, body
+        return [e["Service"]["ID"] for e in json.loads(body)]
+
+    assert ids("filter=" + urllib.parse.quote('Service.Meta.model == "base"')) == ["s2"]
+    assert ids("filter=" + urllib.parse.quote('Service.Tags contains "tiny.en"')) == ["s1"]
+    assert ids("tag=base") == ["s2"]
+    status, _, _ = http(double, "GET", f"/v1/health/service/{SERVICE}?filter=a%20or%20b")
+    assert status == 400, "unsupported expressions are refused, not ignored"
