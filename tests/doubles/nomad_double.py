@@ -558,9 +558,7 @@ class NomadDouble:
 
     # ------------------------------------------------------------ HTTP dispatch
 
-    def handle(
-        self, method: str, path: str, query: dict[str, str], body: bytes
-    ) -> tuple[Any, int | None]:
+    def handle(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[Any, int]:
         """Answers one request: (JSON, ``X-Nomad-Index``); raises :class:`NomadError`."""
         parts = path.strip("/").split("/")
         if parts[:1] != ["v1"] or len(parts) < 2:
@@ -588,7 +586,7 @@ class NomadDouble:
 
     def _job_request(
         self, method: str, rest: str, query: dict[str, str], body: bytes
-    ) -> tuple[Any, int | None]:
+    ) -> tuple[Any, int]:
         if rest.endswith("/allocations"):
             job_id = rest.removesuffix("/allocations")
             return self._read(query, lambda: self._job_allocations(job_id), method)
@@ -769,7 +767,7 @@ class NomadDouble:
         job = _canonicalize(job)
         if job["NodePool"] not in st.pools:
             raise NomadError(
-                500, f"job {job['ID']!r} is in nonexistent node pool {job['NodePool']!r}"
+                500, f'job "{job["ID"]}" is in nonexistent node pool "{job["NodePool"]}"'
             )
         existing = st.jobs.get(job["ID"])
         spec_changed = existing is None or _spec(existing) != _spec(job)
@@ -1334,17 +1332,19 @@ class NomadDouble:
                 if a.deployment_id == deployment["ID"] and a.group == name and a.live()
             ]
             for alloc in members:
-                started = alloc.started_at
-                since = max(started, deployment["CreateTime"] / NS) if started is not None else None
-                if (
-                    alloc.healthy is None
-                    and since is not None
-                    and since + deployment["_min_healthy"][name] <= now
-                ):
-                    alloc.healthy, alloc.modified = True, since + deployment["_min_healthy"][name]
+                if alloc.healthy is not None or alloc.started_at is None:
+                    continue
+                since = max(alloc.started_at, deployment["CreateTime"] / NS)
+                healthy_at = since + deployment["_min_healthy"][name]
+                if healthy_at <= now:
+                    alloc.healthy, alloc.modified = True, healthy_at
                     alloc.modify_index = self._bump("allocs")
-                    deployment["_progress_by"][name] = now + state["ProgressDeadline"] / NS
-                    state["RequireProgressBy"] = _go_time(deployment["_progress_by"][name])
+                    progress_by = max(
+                        deployment["_progress_by"][name],
+                        healthy_at + state["ProgressDeadline"] / NS,
+                    )
+                    deployment["_progress_by"][name] = progress_by
+                    state["RequireProgressBy"] = _go_time(progress_by)
             placed = len(members)
             healthy = sum(a.healthy is True for a in members)
             if (state["PlacedAllocs"], state["HealthyAllocs"]) != (placed, healthy):

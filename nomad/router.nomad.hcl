@@ -1,0 +1,107 @@
+# The voxmesh router: the one public gRPC endpoint, in front of the ASR pools. It runs on
+# CPU nodes (node pool "default"). Nomad registers it in Consul (its metadata is static);
+# the ASR instances register themselves instead (see README.md).
+
+variable "image" {
+  type        = string
+  description = "Container image with voxmesh installed (entry points python -m services.*)."
+  default     = "voxmesh:0.1.0"
+}
+
+variable "datacenters" {
+  type        = list(string)
+  description = "Datacenters the job may run in."
+  default     = ["*"]
+}
+
+job "router" {
+  type        = "service"
+  node_pool   = "default"
+  datacenters = var.datacenters
+
+  update {
+    max_parallel      = 1
+    health_check      = "checks"
+    min_healthy_time  = "10s"
+    healthy_deadline  = "3m"
+    progress_deadline = "10m"
+    auto_revert       = true
+  }
+
+  group "router" {
+    count = 2
+
+    # Deregister from Consul first, then SIGTERM: clients stop picking this router
+    # before it starts draining.
+    shutdown_delay = "5s"
+
+    migrate {
+      max_parallel     = 1
+      health_check     = "checks"
+      min_healthy_time = "10s"
+      healthy_deadline = "3m"
+    }
+
+    spread {
+      attribute = "${node.unique.id}"
+    }
+
+    network {
+      port "grpc" {}
+      port "metrics" {}
+    }
+
+    service {
+      provider = "consul"
+      name     = "voxmesh-router"
+      port     = "grpc"
+      tags     = ["grpc"]
+
+      meta {
+        metrics_port = "${NOMAD_PORT_metrics}"
+      }
+
+      check {
+        name         = "grpc-health"
+        type         = "grpc"
+        port         = "grpc"
+        grpc_service = "voxmesh.stt.v1.RecognizerService"
+        grpc_use_tls = false
+        interval     = "5s"
+        timeout      = "2s"
+      }
+    }
+
+    task "router" {
+      driver = "docker"
+
+      # SIGTERM drains: NOT_SERVING, no new streams, active ones get
+      # VOXMESH_ROUTER_DRAIN_TIMEOUT_S (30 s). kill_timeout must exceed it.
+      kill_signal  = "SIGTERM"
+      kill_timeout = "45s"
+
+      config {
+        image   = var.image
+        command = "python"
+        args    = ["-m", "services.router"]
+        ports   = ["grpc", "metrics"]
+      }
+
+      env {
+        VOXMESH_ROUTER_HOST            = "0.0.0.0"
+        VOXMESH_ROUTER_PORT            = "${NOMAD_PORT_grpc}"
+        VOXMESH_ROUTER_METRICS_PORT    = "${NOMAD_PORT_metrics}"
+        VOXMESH_ROUTER_INSTANCE_ID     = "router-${NOMAD_ALLOC_ID}"
+        VOXMESH_ROUTER_REGION          = "${node.datacenter}"
+        VOXMESH_ROUTER_DISCOVERY       = "consul"
+        VOXMESH_ROUTER_CONSUL_ADDRESS  = "http://${attr.unique.network.ip-address}:8500"
+        VOXMESH_ROUTER_DRAIN_TIMEOUT_S = "30"
+      }
+
+      resources {
+        cpu    = 1000
+        memory = 512
+      }
+    }
+  }
+}
