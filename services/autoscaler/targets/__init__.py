@@ -1,1 +1,1 @@
-"""Scale targets: the contract (:mod:`.base`) and its Nomad implementation (:mod:`.nomad`)."""
+"""Scale targets: the contract in :mod:`.base`, one module per implementation (:mod:`.nomad`)."""

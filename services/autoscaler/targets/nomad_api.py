@@ -87,6 +87,8 @@ class PythonNomadApi:
 
     Like the nomad CLI, python-nomad falls back to ``NOMAD_TOKEN``,
     ``NOMAD_REGION`` and ``NOMAD_NAMESPACE`` when those are not given.
+    ``verify`` is True (check TLS certificates), False, or a CA bundle path;
+    python-nomad's own default would not check them.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class PythonNomadApi:
         namespace: str | None = None,
         region: str | None = None,
         timeout_s: float = 10.0,
+        verify: bool | str = True,
     ) -> None:
         self._client = _nomad.Nomad(
             address=address.rstrip("/"),
@@ -104,6 +107,7 @@ class PythonNomadApi:
             namespace=namespace,
             region=region,
             timeout=timeout_s,
+            verify=verify,
         )
 
     async def read_job(self, job_id: str) -> Json | None:
