@@ -114,11 +114,11 @@ class RouterApp:
             ),
             self.metrics,
         )
-        telemetry = RouterTelemetry(
-            snapshot_builder(
-                settings.router_id, pools, self.recognizer, self.membership, self.admission
-            )
+        self.telemetry_snapshot = snapshot_builder(
+            settings.router_id, pools, self.recognizer, self.membership, self.admission
         )
+        """Builds the router's current telemetry snapshot."""
+        telemetry = RouterTelemetry(self.telemetry_snapshot)
         metrics_port = None if settings.metrics_port < 0 else settings.metrics_port
         self.server = ServiceServer(
             ServerOptions(host=settings.host, port=settings.port, metrics_port=metrics_port),

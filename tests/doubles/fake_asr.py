@@ -17,7 +17,8 @@ that much audio first, offsets from the stream start).
 
 Controls for tests: :meth:`FakeAsr.set_capacity`, :meth:`FakeAsr.fail_streams`
 (every active stream fails with the given status at its next chunk),
-:meth:`FakeAsr.drain` (NOT_SERVING + DRAINING, active streams finish),
+:meth:`FakeAsr.begin_drain` (NOT_SERVING + DRAINING, active streams go on),
+:meth:`FakeAsr.drain` (the same, then stops once they finished),
 :meth:`FakeAsr.stop` (like a crash when ``grace`` is 0). As a process::
 
     python -m tests.doubles.fake_asr --port 0 --instance-id a --max-streams 8
@@ -264,10 +265,14 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
         """Every active stream (and new one) fails with ``code`` at its next chunk."""
         self._fault = code
 
-    async def drain(self, limit_s: float = 30.0) -> None:
-        """NOT_SERVING and DRAINING, then waits for the active streams and stops."""
+    async def begin_drain(self) -> None:
+        """NOT_SERVING and DRAINING: new streams get UNAVAILABLE, active ones go on."""
         self._draining = True
         await self._server.set_not_serving()
+
+    async def drain(self, limit_s: float = 30.0) -> None:
+        """:meth:`begin_drain`, then waits for the active streams and stops."""
+        await self.begin_drain()
         try:
             async with asyncio.timeout(limit_s):
                 await self._idle.wait()

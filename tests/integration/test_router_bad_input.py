@@ -1,0 +1,94 @@
+"""Bad input gets the same status through the router as from an instance."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.conditions import wait_until_async
+from tests.integration.router_harness import HeldStream, mesh
+from tests.streaming import config_request
+from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
+
+Request = stt_pb2.StreamingRecognizeRequest
+
+
+def audio(n: int) -> Request:
+    return Request(audio_content=b"\1" * n)
+
+
+def config(**changes: Any) -> Request:
+    request = config_request(model="asr_small")
+    for key, value in changes.items():
+        setattr(request.streaming_config.config, key, value)
+    return request
+
+
+CASES: dict[str, list[Request]] = {
+    "audio before config": [audio(3200), config()],
+    "second config": [config(), audio(3200), config()],
+    "unknown model": [config(model="whisper-huge"), audio(3200)],
+    "unsupported encoding": [config(encoding=stt_pb2.AUDIO_ENCODING_UNSPECIFIED), audio(3200)],
+    "unknown encoding": [config(encoding=7), audio(3200)],
+    "sample rate too low": [config(sample_rate_hertz=4000), audio(3200)],
+    "sample rate too high": [config(sample_rate_hertz=96000), audio(3200)],
+    "no priority": [config(priority=stt_pb2.PRIORITY_UNSPECIFIED), audio(3200)],
+    "bad language": [config(language_code="english!"), audio(3200)],
+    "odd-length pcm": [config(), audio(3200), audio(33)],
+    "empty stream": [],
+    "config only": [config()],
+    "too long": [config(), *[audio(32000)] * 3],
+    "oversized chunk": [config(), audio((1 << 20) + 2)],
+}
+
+
+async def final_code(target: str, requests: Sequence[Request]) -> grpc.StatusCode:
+    """Sends ``requests``, half-closes, reads every response; returns the final status."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        call: Any = stt_pb2_grpc.RecognizerServiceStub(channel).StreamingRecognize(timeout=10)
+
+        async def write() -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                for request in requests:
+                    await call.write(request)
+                await call.done_writing()
+
+        writer = asyncio.create_task(write())
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            while await call.read() != grpc.aio.EOF:
+                pass
+        await writer
+        code: grpc.StatusCode = await call.code()
+        return code
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_same_status_through_the_router(case: str) -> None:
+    async with mesh() as m:
+        fake = await m.add("a", max_stream_s=2.0)
+        direct = await final_code(fake.target, CASES[case])
+        routed = await final_code(m.router.target, CASES[case])
+        assert direct not in (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN)
+        assert routed == direct, case
+        await wait_until_async(lambda: fake.active == 0)
+
+
+async def test_cancel_and_deadline_reach_the_instance() -> None:
+    async with mesh() as m:
+        fake = await m.add("a")
+        cancelled = await HeldStream(m.channel).open()
+        await wait_until_async(cancelled.got_results)
+        await cancelled.cancel()
+        assert cancelled.call.cancelled()
+        await wait_until_async(lambda: fake.active == 0)
+        late = await HeldStream(m.channel, timeout=0.5).open()
+        await wait_until_async(late.got_results)
+        assert fake.active == 1
+        assert await late.call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await wait_until_async(lambda: fake.active == 0)
+        assert m.router.recognizer.active_streams == 0

@@ -1,0 +1,129 @@
+"""Failover through the real router, instances failing in this process."""
+
+from __future__ import annotations
+
+import grpc
+
+from tests.conditions import wait_until_async
+from tests.doubles.fake_asr import CONTAINER_RATE, expected_finals
+from tests.integration.router_harness import CHUNK, HeldStream, mesh, pcm
+from tests.streaming import config_request
+from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
+
+
+def offsets_continue(stream: HeldStream) -> None:
+    finals = [
+        r.result
+        for r in stream.responses
+        if r.WhichOneof("streaming_response") == "result" and r.result.is_final
+    ]
+    assert [f.utterance_index for f in finals] == list(range(len(finals)))
+    ends = [f.end_offset.ToMilliseconds() for f in finals]
+    assert ends == sorted(ends) and len(set(ends)) == len(ends)
+    starts = [f.start_offset.ToMilliseconds() for f in finals]
+    assert starts == [i * 1000 for i in range(len(finals))]
+
+
+async def test_unavailable_mid_stream_fails_over_with_replay_from_the_last_final() -> None:
+    async with mesh() as m:
+        first = await m.add("first")
+        held = await HeldStream(m.channel).open(pcm(1.5, 1))  # one final at 1000 ms
+        await wait_until_async(lambda: len(held.finals()) == 1)
+        second = await m.add("second")
+        first.fail_streams(grpc.StatusCode.UNAVAILABLE)
+        await held.send(pcm(1.8, 2))
+        summary = await held.finish()
+        assert summary.instance_id == "second"
+        assert summary.failovers == 1
+        assert summary.final_results == 4
+        assert summary.audio_processed.ToMilliseconds() == 3300
+        assert held.finals() == expected_finals(held.sent, 16000, 1000)
+        assert second.resumes == [(1000, 0)]
+        offsets_continue(held)
+        started = [
+            r
+            for r in held.responses
+            if r.WhichOneof("streaming_response") == "speech_event"
+            and r.speech_event.type == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED
+        ]
+        assert len(started) == 4  # the utterance open at the failure is announced once
+        assert m.metric("voxmesh_router_failovers_total", pool="asr_small") == 1
+
+
+async def test_crashed_instance_fails_over_and_is_avoided() -> None:
+    async with mesh() as m:
+        doomed = await m.add("doomed")
+        streams = [await HeldStream(m.channel).open(pcm(1.2, i)) for i in range(3)]
+        for s in streams:
+            await wait_until_async(lambda s=s: len(s.finals()) == 1)  # type: ignore[misc]
+        await m.add("survivor")
+        await doomed.stop(grace=0)
+        await wait_until_async(lambda: not m.member("doomed").accepting())  # type: ignore[union-attr]
+        for i, s in enumerate(streams):
+            await s.send(pcm(1.0, 10 + i))
+        for s in streams:
+            summary = await s.finish()
+            assert (summary.instance_id, summary.failovers) == ("survivor", 1)
+            assert s.finals() == expected_finals(s.sent, 16000, 1000)
+            offsets_continue(s)
+
+
+async def test_container_stream_is_replayed_whole_with_skip() -> None:
+    container = config_request(model="asr_small", encoding=stt_pb2.AUDIO_ENCODING_CONTAINER)
+    async with mesh() as m:
+        first = await m.add("first")
+        held = await HeldStream(m.channel, container).open(pcm(1.2, 3))
+        await wait_until_async(lambda: len(held.finals()) == 1)
+        second = await m.add("second")
+        first.fail_streams()
+        await held.send(pcm(1.0, 4))
+        summary = await held.finish()
+        assert (summary.instance_id, summary.failovers) == ("second", 1)
+        assert second.resumes == [(0, 1000)]
+        assert held.finals() == expected_finals(held.sent, CONTAINER_RATE, 1000)
+        assert summary.audio_processed.ToMilliseconds() == 2200  # the instance's figure
+
+
+async def test_stream_past_the_replay_bound_cannot_fail_over() -> None:
+    async with mesh(replay_max_bytes=4 * CHUNK) as m:
+        first = await m.add("first", utterance_ms=60_000)  # no final: nothing is ever trimmed
+        held = await HeldStream(m.channel).open(pcm(1.0))
+        await wait_until_async(held.got_results)
+        await m.add("second")
+        first.fail_streams()
+        await held.send(pcm(0.2, 1))
+        assert await held.call.code() == grpc.StatusCode.UNAVAILABLE
+        assert "replay" in (await held.call.details())
+
+
+async def test_other_instance_errors_pass_through_unchanged() -> None:
+    async with mesh() as m:
+        fake = await m.add("a")
+        held = await HeldStream(m.channel).open()
+        await wait_until_async(held.got_results)
+        fake.fail_streams(grpc.StatusCode.INTERNAL)
+        await held.send(pcm(0.2))
+        assert await held.call.code() == grpc.StatusCode.INTERNAL
+        assert await held.call.details() == "fake instance failure"
+        assert m.metric("voxmesh_router_failovers_total", pool="asr_small") == 0
+
+
+async def test_unary_recognize_fails_over() -> None:
+    async with mesh(region="eu") as m:
+        broken = await m.add("broken", region="eu")
+        await m.add("ok", region="us")
+        broken.fail_streams()
+        audio = pcm(2.5, 5)
+        request = stt_pb2.RecognizeRequest(
+            config=stt_pb2.RecognitionConfig(
+                model="tiny.en",
+                encoding=stt_pb2.AUDIO_ENCODING_LINEAR16,
+                sample_rate_hertz=16000,
+                priority=stt_pb2.PRIORITY_BATCH,
+            ),
+            audio_content=audio,
+        )
+        response = await stt_pb2_grpc.RecognizerServiceStub(m.channel).Recognize(request)
+        texts = [r.alternatives[0].transcript for r in response.results]
+        assert texts == expected_finals(audio, 16000, 1000)
+        assert (response.summary.instance_id, response.summary.failovers) == ("ok", 1)

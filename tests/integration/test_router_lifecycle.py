@@ -1,0 +1,104 @@
+"""The router's own telemetry, metrics, health and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conditions import wait_until_async
+from tests.integration.router_harness import HeldStream, mesh, pcm
+from tests.streaming import config_request, run_stream
+from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
+
+
+async def test_router_telemetry_stream_carries_queue_stats_per_pool() -> None:
+    async with mesh() as m:
+        await m.add("a", max_streams=3)
+        await m.add("big", pool="asr_large", model="base", max_streams=5)
+        stub = stt_pb2_grpc.TelemetryServiceStub(m.channel)
+        interval = duration_pb2.Duration()
+        interval.FromMilliseconds(100)
+        call = stub.WatchTelemetry(stt_pb2.WatchTelemetryRequest(interval=interval))
+        first = (await call.read()).snapshot
+        second = (await call.read()).snapshot
+        call.cancel()
+        assert first.role == stt_pb2.ROLE_ROUTER
+        assert first.state == stt_pb2.SERVING_STATE_SERVING
+        assert not first.gpu_available and first.gpu_unavailable_reason
+        assert second.time.ToNanoseconds() > first.time.ToNanoseconds()
+        queues = {q.pool: q for q in first.queues}
+        assert set(queues) == {"asr_small", "asr_large"}
+        assert (queues["asr_small"].instances, queues["asr_small"].capacity_streams) == (1, 3)
+        assert (queues["asr_large"].instances, queues["asr_large"].capacity_streams) == (1, 5)
+        assert first.max_streams == 8
+
+        too_fast = duration_pb2.Duration()
+        too_fast.FromMilliseconds(50)
+        bad = stub.WatchTelemetry(stt_pb2.WatchTelemetryRequest(interval=too_fast))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await bad.read()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_auto_model_routes_by_priority_to_both_pools() -> None:
+    async with mesh() as m:
+        await m.add("small")
+        await m.add("large", pool="asr_large", model="base")
+        realtime = await run_stream(m.channel, pcm(0.2), first=config_request(model="auto"))
+        batch = await run_stream(
+            m.channel, pcm(0.2), first=config_request(priority=stt_pb2.PRIORITY_BATCH)
+        )
+        assert realtime.summary is not None and realtime.summary.pool == "asr_small"
+        assert batch.summary is not None and batch.summary.pool == "asr_large"
+        assert m.metric("voxmesh_router_streams_total", pool="asr_large", code="OK") == 1
+
+
+async def test_metrics_are_served_over_http() -> None:
+    async with mesh(metrics_port=0) as m:
+        await m.add("a")
+        await run_stream(m.channel, pcm(0.3), first=config_request(model="asr_small"))
+        url = f"http://127.0.0.1:{m.router.server.metrics_port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
+        for name in (
+            "voxmesh_router_queue_depth",
+            "voxmesh_router_queue_wait_seconds_bucket",
+            "voxmesh_router_streams_active",
+            "voxmesh_router_added_latency_seconds_bucket",
+            'voxmesh_router_streams_total{code="OK",pool="asr_small"} 1.0',
+        ):
+            assert name in body
+
+
+async def test_shutdown_drains_active_streams_and_refuses_new_ones() -> None:
+    async with mesh() as m:
+        await m.add("a")
+        held = await HeldStream(m.channel).open()
+        await wait_until_async(held.got_results)
+        shutdown = asyncio.create_task(m.router.shutdown())
+        health = health_pb2_grpc.HealthStub(m.channel)
+        await wait_until_async(lambda: m.router.recognizer.draining)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        refused = await run_stream(m.channel, pcm(0.1), first=config_request(model="asr_small"))
+        assert refused.error is not None
+        assert refused.error.code() == grpc.StatusCode.UNAVAILABLE
+        assert not shutdown.done()
+        await held.send(pcm(1.0))
+        summary = await held.finish()
+        assert summary.instance_id == "a"
+        await shutdown
+
+
+async def test_drain_timeout_cancels_what_is_left() -> None:
+    async with mesh(drain_timeout_s=0.2) as m:
+        fake = await m.add("a")
+        held = await HeldStream(m.channel).open()
+        await wait_until_async(held.got_results)
+        await m.router.shutdown()
+        assert await held.call.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+        await wait_until_async(lambda: fake.active == 0)
