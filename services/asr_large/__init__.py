@@ -1,1 +1,4 @@
-"""asr_large: an ASR instance of the large, accurate pool (base): batch work and accuracy-sensitive streams."""
+"""asr_large: an ASR instance of the large, accurate pool (base).
+
+For batch work and accuracy-sensitive streams.
+"""

@@ -1,1 +1,4 @@
-"""asr_small: an ASR instance of the small, fast pool (tiny.en): live captioning and other realtime streams."""
+"""asr_small: an ASR instance of the small, fast pool (tiny.en).
+
+For live captioning and other realtime streams.
+"""

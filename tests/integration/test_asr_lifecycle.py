@@ -39,8 +39,9 @@ def _passing(consul: ConsulDouble) -> list[dict[str, object]]:
 
 
 def test_consul_registration_health_drain_and_deregistration(consul: ConsulDouble) -> None:
-    server = AsrServerThread(discovery="consul", consul_addr=consul.url,
-                             consul_check_interval="200ms", max_streams=3)
+    server = AsrServerThread(
+        discovery="consul", consul_addr=consul.url, consul_check_interval="200ms", max_streams=3
+    )
     with server:
         iid = server.ready["instance_id"]
         registered = consul.service(iid)
@@ -64,8 +65,18 @@ async def test_sigterm_drains_active_streams_then_deregisters(tmp_path: Path) ->
     registry = tmp_path / "registry"
     proc = ServiceProcess(
         "services.asr_small",
-        ["--discovery", "file", "--registry-dir", str(registry), "--max-streams", "4",
-         "--cpu-threads", "2", "--drain-timeout", "30"],
+        [
+            "--discovery",
+            "file",
+            "--registry-dir",
+            str(registry),
+            "--max-streams",
+            "4",
+            "--cpu-threads",
+            "2",
+            "--drain-timeout",
+            "30",
+        ],
         log_path=tmp_path / "asr.log",
     )
     await proc.start()
@@ -74,9 +85,12 @@ async def test_sigterm_drains_active_streams_then_deregisters(tmp_path: Path) ->
     try:
         assert record.exists() and (registry / "file_sd" / record.name).exists()
         async with grpc.aio.insecure_channel(proc.target) as channel:
-            streams = [asyncio.create_task(run_stream(channel, rec.pcm + silence_pcm(0.5, rec.rate),
-                                                      rec.rate, speed=1.0))
-                       for _ in range(3)]
+            streams = [
+                asyncio.create_task(
+                    run_stream(channel, rec.pcm + silence_pcm(0.5, rec.rate), rec.rate, speed=1.0)
+                )
+                for _ in range(3)
+            ]
             await wait_until_async(lambda: _active(proc) == 3, timeout=15)
             proc.signal_drain()
             await wait_until_async(lambda: json.loads(record.read_text())["draining"], timeout=10)

@@ -66,10 +66,14 @@ def make_registrar(settings: AsrSettings) -> Registrar:
         from voxmesh.discovery.consul import ConsulRegistrar, PyConsulApi
 
         url = urlsplit(settings.consul_addr)
-        api = PyConsulApi.connect(host=url.hostname or "127.0.0.1", port=url.port or 8500,
-                                  scheme=url.scheme or "http")
-        return ConsulRegistrar(api, check_interval=settings.consul_check_interval,
-                               deregister_after=settings.consul_deregister_after)
+        api = PyConsulApi.connect(
+            host=url.hostname or "127.0.0.1", port=url.port or 8500, scheme=url.scheme or "http"
+        )
+        return ConsulRegistrar(
+            api,
+            check_interval=settings.consul_check_interval,
+            deregister_after=settings.consul_deregister_after,
+        )
     return _NoRegistrar()
 
 
@@ -86,8 +90,12 @@ async def serve(
     decoder = WhisperDecoder(
         model_dir,
         settings.model,
-        WhisperOptions(device=settings.device, compute_type=settings.compute_type,
-                       cpu_threads=settings.cpu_threads, beam_size=settings.beam_size),
+        WhisperOptions(
+            device=settings.device,
+            compute_type=settings.compute_type,
+            cpu_threads=settings.cpu_threads,
+            beam_size=settings.beam_size,
+        ),
     )
     warm = await asyncio.to_thread(decoder.warm_up)
     gpu = GpuSampler()
@@ -103,10 +111,16 @@ async def serve(
     instance = AsrInstance(
         identity,
         decoder,
-        SchedulerOptions(max_batch=settings.max_batch, max_wait=settings.max_batch_wait_ms / 1000),
+        SchedulerOptions(
+            max_batch=settings.max_batch,
+            max_wait=settings.max_batch_wait_ms / 1000,
+            prioritise=settings.prioritise,
+        ),
         SessionOptions(
             endpointer=EndpointerOptions(min_silence=settings.min_silence),
             interim_interval=settings.interim_interval,
+            speculative_pause=settings.speculative_pause,
+            adaptive=settings.adaptive_interims,
             max_utterance=settings.max_utterance,
             max_stream=settings.max_stream_seconds,
         ),
@@ -145,17 +159,28 @@ async def serve(
     instance.start()
     await server.set_serving()
     info = InstanceInfo(
-        instance_id=identity.instance_id, pool=identity.pool, model=identity.model,
-        address=settings.advertise_host or settings.host, port=server.port,
-        capacity_class=identity.capacity_class, gpu_type=identity.gpu_type,
-        region=identity.region, max_streams=settings.max_streams,
+        instance_id=identity.instance_id,
+        pool=identity.pool,
+        model=identity.model,
+        address=settings.advertise_host or settings.host,
+        port=server.port,
+        capacity_class=identity.capacity_class,
+        gpu_type=identity.gpu_type,
+        region=identity.region,
+        max_streams=settings.max_streams,
         metrics_port=server.metrics_port,
     )
     await registrar.register(info)
-    ready = {"instance_id": identity.instance_id, "pool": identity.pool, "model": identity.model,
-             "port": server.port, "metrics_port": server.metrics_port,
-             "device": decoder.device, "compute_type": decoder.compute_type,
-             "warmup_seconds": round(warm, 3)}
+    ready = {
+        "instance_id": identity.instance_id,
+        "pool": identity.pool,
+        "model": identity.model,
+        "port": server.port,
+        "metrics_port": server.metrics_port,
+        "device": decoder.device,
+        "compute_type": decoder.compute_type,
+        "warmup_seconds": round(warm, 3),
+    }
     print(READY_PREFIX + json.dumps(ready), flush=True)
     if on_ready is not None:
         on_ready(ready)
@@ -180,18 +205,26 @@ async def serve(
     return 0
 
 
-def main(defaults: Mapping[str, Any], argv: Sequence[str] | None = None,
-         env: Mapping[str, str] | None = None) -> int:
+def main(
+    defaults: Mapping[str, Any],
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
     """Parses settings (``defaults`` < env < flags) and serves."""
     try:
-        settings = load(AsrSettings, prefix="VOXMESH_ASR", defaults=defaults,
-                        argv=sys.argv[1:] if argv is None else argv,
-                        env=os.environ if env is None else env)
+        settings = load(
+            AsrSettings,
+            prefix="VOXMESH_ASR",
+            defaults=defaults,
+            argv=sys.argv[1:] if argv is None else argv,
+            env=os.environ if env is None else env,
+        )
     except SettingsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return asyncio.run(serve(settings))
     except SettingsError as err:

@@ -9,6 +9,7 @@ what was wrong.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -64,7 +65,9 @@ class _Resampler:
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=MODEL_SAMPLE_RATE)
 
     def push(self, frame: av.AudioFrame | None) -> Samples:
-        return _concat([f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)])
+        return _concat(
+            [f.to_ndarray().reshape(-1).astype(np.float32) for f in self._resampler.resample(frame)]
+        )
 
 
 class Linear16Decoder:
@@ -133,15 +136,16 @@ class ContainerDecoder:
         self._out: queue.Queue[Samples] = queue.Queue()
         self._error: str | None = None
         self._fed_bytes = 0
-        self._thread = threading.Thread(target=self._run, name="voxmesh-container-decoder",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="voxmesh-container-decoder", daemon=True
+        )
         self._thread.start()
         self._closed = False
 
     def _run(self) -> None:
         resampler = _Resampler()
         try:
-            with av.open(self._reader, mode="r") as container:  # type: ignore[call-overload]
+            with av.open(self._reader, mode="r") as container:
                 if not container.streams.audio:
                     raise InvalidArgument("compressed audio has no audio track")
                 for frame in container.decode(audio=0):
@@ -195,8 +199,6 @@ class ContainerDecoder:
             return
         self._closed = True
         if self._thread.is_alive():
-            try:
+            with contextlib.suppress(queue.Full):
                 self._reader.put(None)
-            except queue.Full:  # pragma: no cover - reader is draining
-                pass
             self._thread.join(timeout=5)

@@ -18,8 +18,8 @@ __all__ = [
     "MAX_SAMPLE_RATE",
     "MIN_SAMPLE_RATE",
     "ValidatedConfig",
-    "make_decoder",
     "check_model",
+    "make_decoder",
     "serves_model",
     "validate_recognition_config",
     "validate_streaming_config",
@@ -68,7 +68,9 @@ def validate_recognition_config(
         raise InvalidArgument(f"config.priority {config.priority} is not supported")
     language = config.language_code.strip().lower() or None
     if language is not None and not _LANGUAGE.match(language):
-        raise InvalidArgument(f"config.language_code {config.language_code!r} is not an ISO 639-1 code")
+        raise InvalidArgument(
+            f"config.language_code {config.language_code!r} is not an ISO 639-1 code"
+        )
     if stream_id and not _STREAM_ID.match(stream_id):
         raise InvalidArgument("stream_id must be 1-128 printable ASCII characters without spaces")
     return ValidatedConfig(

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 MAX_WINDOW_SECONDS = 30.0
 _MAX_PROMPT_TOKENS = 64
+_MAX_PREFIX_TOKENS = 120
 _SPACE_TOKEN = 220  # " " in the GPT-2 vocabulary every Whisper tokenizer shares
 
 
@@ -52,7 +53,10 @@ class DecodeJob:
     language: str | None = None
     """ISO 639-1 code; None detects it (multilingual models) or uses English."""
     prompt: str = ""
-    """Previous text of the stream, to condition on (may be empty)."""
+    """Earlier text of the stream, to condition on (may be empty)."""
+    prefix: str = ""
+    """Text already final for the start of ``audio`` (audio context before the
+    utterance): decoding continues after it, and only the continuation is returned."""
     words: bool = False
     """Whether word timings are wanted."""
 
@@ -73,8 +77,12 @@ class DecodeOutput:
         """exp(mean token log probability), in [0, 1]."""
         return float(min(1.0, math.exp(self.avg_logprob)))
 
-    def looks_like_noise(self, no_speech_threshold: float = 0.6, logprob_threshold: float = -1.0,
-                         compression_threshold: float = 2.4) -> bool:
+    def looks_like_noise(
+        self,
+        no_speech_threshold: float = 0.6,
+        logprob_threshold: float = -1.0,
+        compression_threshold: float = 2.4,
+    ) -> bool:
         """Whisper's own rules for output that is not speech (hallucination guard)."""
         if not self.text.strip():
             return True
@@ -155,7 +163,9 @@ class WhisperDecoder:
         key = language if self.is_multilingual else "en"
         if key not in self._tokenizers:
             self._tokenizers[key] = Tokenizer(
-                self._model.hf_tokenizer, self.is_multilingual, task="transcribe",
+                self._model.hf_tokenizer,
+                self.is_multilingual,
+                task="transcribe",
                 language=key if key else "en",
             )
         return self._tokenizers[key]
@@ -177,17 +187,22 @@ class WhisperDecoder:
         languages = self._languages(jobs, encoder_output)
         # CTranslate2 wants <|startoftranscript|> at the same position in every
         # prompt of a batch: left-pad shorter previous-text prompts with spaces.
-        previous = []
+        # The prefix (text of the audio context) comes after it and is forced.
+        previous: list[list[int]] = []
+        prefixes: list[list[int]] = []
         for job, language in zip(jobs, languages, strict=True):
             tokenizer = self._tokenizer(language)
             text = job.prompt.strip()
             previous.append(tokenizer.encode(" " + text)[-_MAX_PROMPT_TOKENS:] if text else [])
+            prefix = job.prefix.strip()
+            prefixes.append(tokenizer.encode(" " + prefix)[-_MAX_PREFIX_TOKENS:] if prefix else [])
         width = max(len(p) for p in previous)
         prompts = []
-        for language, prev in zip(languages, previous, strict=True):
+        for language, prev, prefix_tokens in zip(languages, previous, prefixes, strict=True):
             tokenizer = self._tokenizer(language)
             padded = [_SPACE_TOKEN] * (width - len(prev)) + prev
-            prompts.append(model.get_prompt(tokenizer, padded, without_timestamps=True))
+            prompt = model.get_prompt(tokenizer, padded, without_timestamps=True)
+            prompts.append(prompt + prefix_tokens)
         longest_prompt = max(len(p) for p in prompts)
         results = model.model.generate(
             encoder_output,
@@ -201,13 +216,17 @@ class WhisperDecoder:
         )
         outputs: list[DecodeOutput] = []
         token_lists: list[list[int]] = []
-        for job, language, result in zip(jobs, languages, results, strict=True):
+        for language, result, prefix_tokens in zip(languages, results, prefixes, strict=True):
             tokenizer = self._tokenizer(language)
             tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+            if tokens[: len(prefix_tokens)] == prefix_tokens:
+                new_tokens = tokens[len(prefix_tokens) :]
+            else:  # the result does not repeat the forced prefix
+                new_tokens, tokens = tokens, prefix_tokens + tokens
             token_lists.append(tokens)
-            text = tokenizer.decode(tokens).strip()
-            length_penalty = 1.0
-            avg_logprob = result.scores[0] * (len(tokens) ** length_penalty) / (len(tokens) + 1)
+            text = tokenizer.decode(new_tokens).strip()
+            count = len(tokens)
+            avg_logprob = result.scores[0] * count / (count + 1)
             outputs.append(
                 DecodeOutput(
                     text=text,
@@ -218,7 +237,8 @@ class WhisperDecoder:
                 )
             )
         if any(job.words for job in jobs):
-            outputs = self._add_words(jobs, languages, outputs, token_lists, encoder_output)
+            skip = [len(p) for p in prefixes]
+            outputs = self._add_words(jobs, languages, outputs, token_lists, skip, encoder_output)
         return outputs
 
     def _languages(self, jobs: Sequence[DecodeJob], encoder_output: object) -> list[str | None]:
@@ -239,12 +259,12 @@ class WhisperDecoder:
         languages: list[str | None],
         outputs: list[DecodeOutput],
         token_lists: list[list[int]],
+        skip_tokens: list[int],
         encoder_output: object,
     ) -> list[DecodeOutput]:
+        """Aligns prefix + continuation; returns the continuation's words only."""
         tokenizer = self._tokenizer(languages[0])
-        frames = [
-            min(len(job.audio) // 160, 3000) for job in jobs
-        ]
+        frames = [min(len(job.audio) // 160, 3000) for job in jobs]
         safe = [tokens if tokens else [tokenizer.eot] for tokens in token_lists]
         try:
             alignments = self._model.find_alignment(tokenizer, safe, encoder_output, frames)
@@ -252,21 +272,30 @@ class WhisperDecoder:
             logger.warning("word alignment failed: %s", err)
             return outputs
         merged = []
-        for out, tokens, alignment in zip(outputs, token_lists, alignments, strict=True):
-            words = [
-                Word(
-                    word=w["word"].strip(),
-                    start=float(w["start"]),
-                    end=float(w["end"]),
-                    probability=float(w["probability"]),
+        for out, tokens, skip, alignment in zip(
+            outputs, token_lists, skip_tokens, alignments, strict=True
+        ):
+            words = []
+            seen = 0
+            for w in alignment:
+                seen += len(w["tokens"])
+                if seen <= skip or not tokens or not w["word"].strip():
+                    continue
+                words.append(
+                    Word(
+                        word=w["word"].strip(),
+                        start=float(w["start"]),
+                        end=float(w["end"]),
+                        probability=float(w["probability"]),
+                    )
                 )
-                for w in alignment
-                if tokens and w["word"].strip()
-            ]
             merged.append(
                 DecodeOutput(
-                    text=out.text, words=words, avg_logprob=out.avg_logprob,
-                    no_speech_prob=out.no_speech_prob, compression_ratio=out.compression_ratio,
+                    text=out.text,
+                    words=words,
+                    avg_logprob=out.avg_logprob,
+                    no_speech_prob=out.no_speech_prob,
+                    compression_ratio=out.compression_ratio,
                     language=out.language,
                 )
             )

@@ -156,17 +156,24 @@ class AsrInstance:
             gpu_available=self._gpu.available,
             gpu_unavailable_reason=self._gpu.reason,
             host=stt_pb2.HostStats(
-                cpu_utilization_ratio=cpu, cpu_count=cpus, memory_used_bytes=used,
-                memory_total_bytes=total, process_resident_bytes=rss,
+                cpu_utilization_ratio=cpu,
+                cpu_count=cpus,
+                memory_used_bytes=used,
+                memory_total_bytes=total,
+                process_resident_bytes=rss,
             ),
             time=now,
             uptime=duration(time.monotonic() - self._started),
         )
         for g in self._gpu.read():
             snap.gpus.add(
-                index=g.index, name=g.name, utilization_ratio=g.utilization_ratio,
-                memory_used_bytes=g.memory_used_bytes, memory_total_bytes=g.memory_total_bytes,
-                temperature_celsius=g.temperature_celsius, power_watts=g.power_watts,
+                index=g.index,
+                name=g.name,
+                utilization_ratio=g.utilization_ratio,
+                memory_used_bytes=g.memory_used_bytes,
+                memory_total_bytes=g.memory_total_bytes,
+                temperature_celsius=g.temperature_celsius,
+                power_watts=g.power_watts,
             )
             label = str(g.index)
             self.metrics.gpu_utilization.labels(label).set(g.utilization_ratio)

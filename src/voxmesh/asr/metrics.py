@@ -39,28 +39,46 @@ class AsrMetrics:
             registry=r,
             streams_active=Gauge(p + "streams_active", "Streams being served", registry=r),
             streams_total=Counter(p + "streams", "Streams accepted", registry=r),
-            decode_pending=Gauge(p + "decode_pending", "Decode jobs waiting for the model",
-                                 registry=r),
-            batch_size=Histogram(p + "batch_size", "Jobs per model call",
-                                 buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r),
-            decode_seconds=Histogram(p + "decode_duration_seconds", "Model time per batch",
-                                     buckets=_LATENCY_BUCKETS, registry=r),
-            queue_wait_seconds=Histogram(p + "decode_queue_wait_seconds",
-                                         "Time a job waited for the model",
-                                         buckets=_LATENCY_BUCKETS, registry=r),
-            real_time_factor=Gauge(p + "real_time_factor",
-                                   "Model seconds per second of audio received (last interval)",
-                                   registry=r),
+            decode_pending=Gauge(
+                p + "decode_pending", "Decode jobs waiting for the model", registry=r
+            ),
+            batch_size=Histogram(
+                p + "batch_size",
+                "Jobs per model call",
+                buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+                registry=r,
+            ),
+            decode_seconds=Histogram(
+                p + "decode_duration_seconds",
+                "Model time per batch",
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            ),
+            queue_wait_seconds=Histogram(
+                p + "decode_queue_wait_seconds",
+                "Time a job waited for the model",
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            ),
+            real_time_factor=Gauge(
+                p + "real_time_factor",
+                "Model seconds per second of audio received (last interval)",
+                registry=r,
+            ),
             audio_seconds=Counter(p + "audio_seconds", "Seconds of audio received", registry=r),
             results=Counter(p + "results", "Results sent", ["kind"], registry=r),
-            errors=Counter(p + "errors", "Streams and requests ended with an error", ["code"],
-                           registry=r),
-            gpu_utilization=Gauge(p + "gpu_utilization_ratio", "NVML GPU utilisation", ["gpu"],
-                                  registry=r),
-            gpu_memory_used=Gauge(p + "gpu_memory_used_bytes", "NVML GPU memory used", ["gpu"],
-                                  registry=r),
-            gpu_memory_total=Gauge(p + "gpu_memory_total_bytes", "NVML GPU memory total",
-                                   ["gpu"], registry=r),
+            errors=Counter(
+                p + "errors", "Streams and requests ended with an error", ["code"], registry=r
+            ),
+            gpu_utilization=Gauge(
+                p + "gpu_utilization_ratio", "NVML GPU utilisation", ["gpu"], registry=r
+            ),
+            gpu_memory_used=Gauge(
+                p + "gpu_memory_used_bytes", "NVML GPU memory used", ["gpu"], registry=r
+            ),
+            gpu_memory_total=Gauge(
+                p + "gpu_memory_total_bytes", "NVML GPU memory total", ["gpu"], registry=r
+            ),
         )
 
     def on_batch(self, size: int, seconds: float, waits: list[float]) -> None:

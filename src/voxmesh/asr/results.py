@@ -21,7 +21,9 @@ def final_result(event: Final, language: str) -> stt_pb2.StreamingRecognitionRes
     """The message of a final result."""
     words = [
         stt_pb2.WordInfo(
-            start_offset=duration(w.start), end_offset=duration(w.end), word=w.word,
+            start_offset=duration(w.start),
+            end_offset=duration(w.end),
+            word=w.word,
             probability=w.probability,
         )
         for w in event.words

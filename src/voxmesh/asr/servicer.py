@@ -66,8 +66,14 @@ def _metadata_ms(context: Context, key: str) -> float:
 class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
     """Streaming and unary recognition on one instance."""
 
-    def __init__(self, instance: AsrInstance, *, max_chunk_bytes: int, max_unary_bytes: int,
-                 max_unary_seconds: float) -> None:
+    def __init__(
+        self,
+        instance: AsrInstance,
+        *,
+        max_chunk_bytes: int,
+        max_unary_bytes: int,
+        max_unary_seconds: float,
+    ) -> None:
         self._instance = instance
         self._max_chunk = max_chunk_bytes
         self._max_unary_bytes = max_unary_bytes
@@ -80,7 +86,8 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
             config.language
         ):
             raise errors.InvalidArgument(
-                f"config.language_code {config.language!r} is not supported by model {ident.model!r}"
+                f"config.language_code {config.language!r} is not supported by model "
+                f"{ident.model!r}"
             )
         return StreamParams(
             stream_id=config.stream_id,
@@ -104,7 +111,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
     def _failed(self, err: BaseException) -> None:
         self._instance.metrics.errors.labels(code_of(err).name).inc()
 
-    async def StreamingRecognize(  # noqa: N802 - gRPC method name
+    async def StreamingRecognize(
         self,
         request_iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest],
         context: Context,
@@ -135,8 +142,13 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         params = self._params(config)
         offset, skip = _metadata_ms(context, OFFSET_KEY), _metadata_ms(context, SKIP_KEY)
         decoder = make_decoder(config)
-        session = StreamSession(params, self._instance.session_options, self._instance.scheduler,
-                                offset=offset, skip=skip)
+        session = StreamSession(
+            params,
+            self._instance.session_options,
+            self._instance.scheduler,
+            offset=offset,
+            skip=skip,
+        )
         reader = asyncio.create_task(self._read(iterator, decoder, session, config))
         getter: asyncio.Task[Any] | None = None
         try:
@@ -164,7 +176,9 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
                 err = session.worker.exception()
                 if err is not None:
                     raise err
-            yield stt_pb2.StreamingRecognizeResponse(summary=self._summary(params.stream_id, session))
+            yield stt_pb2.StreamingRecognizeResponse(
+                summary=self._summary(params.stream_id, session)
+            )
         finally:
             for task in (reader, getter):
                 if task is not None and not task.done():
@@ -174,8 +188,13 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
             await session.close()
             decoder.close()
 
-    async def _read(self, iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest],
-                    decoder: AudioDecoder, session: StreamSession, config: ValidatedConfig) -> None:
+    async def _read(
+        self,
+        iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest],
+        decoder: AudioDecoder,
+        session: StreamSession,
+        config: ValidatedConfig,
+    ) -> None:
         threaded = config.encoding == stt_pb2.AUDIO_ENCODING_CONTAINER
         received = 0
         async for request in iterator:
@@ -188,10 +207,13 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
             if len(data) > self._max_chunk:
                 raise errors.ResourceExhausted(
                     f"audio chunk of {len(data)} bytes exceeds the maximum chunk size of "
-                    f"{self._max_chunk} bytes", self._instance.retry_after,
+                    f"{self._max_chunk} bytes",
+                    self._instance.retry_after,
                 )
             received += len(data)
-            samples = await asyncio.to_thread(decoder.feed, data) if threaded else decoder.feed(data)
+            samples = (
+                await asyncio.to_thread(decoder.feed, data) if threaded else decoder.feed(data)
+            )
             await self._feed(session, samples)
         if received == 0:
             raise errors.InvalidArgument("empty stream: no audio was sent after the config")
@@ -208,7 +230,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
             await session.wait_for_room()
             session.feed(samples[i : i + MODEL_SAMPLE_RATE])
 
-    async def Recognize(  # noqa: N802 - gRPC method name
+    async def Recognize(
         self, request: stt_pb2.RecognizeRequest, context: Context
     ) -> stt_pb2.RecognizeResponse:
         try:
@@ -245,9 +267,11 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
                 f"{self._max_unary_seconds:g} s: use StreamingRecognize"
             )
         session = StreamSession(
-            StreamParams(params.stream_id, params.language, False, params.word_offsets,
-                         params.realtime),
-            self._instance.session_options, self._instance.scheduler,
+            StreamParams(
+                params.stream_id, params.language, False, params.word_offsets, params.realtime
+            ),
+            self._instance.session_options,
+            self._instance.scheduler,
         )
         results: list[stt_pb2.StreamingRecognitionResult] = []
         try:
@@ -272,15 +296,19 @@ class TelemetryServicer(stt_pb2_grpc.TelemetryServiceServicer):
         self._instance = instance
         self._stopping = stopping
 
-    async def WatchTelemetry(  # noqa: N802 - gRPC method name
+    async def WatchTelemetry(
         self, request: stt_pb2.WatchTelemetryRequest, context: Context
     ) -> AsyncIterator[stt_pb2.WatchTelemetryResponse]:
         interval = 1.0
         if request.HasField("interval"):
             interval = request.interval.ToMilliseconds() / 1000.0
             if interval < 0.1:
-                await abort(context, errors.InvalidArgument(
-                    f"interval {interval:g} s is below the minimum of 0.1 s"))
+                await abort(
+                    context,
+                    errors.InvalidArgument(
+                        f"interval {interval:g} s is below the minimum of 0.1 s"
+                    ),
+                )
         while True:
             yield stt_pb2.WatchTelemetryResponse(snapshot=self._instance.snapshot())
             with contextlib.suppress(TimeoutError):

@@ -53,6 +53,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SR = MODEL_SAMPLE_RATE
+_WINDOW = int(29.5 * SR)
+"""Whisper hears 30 s at most; context plus utterance stay below it."""
+_MAX_HISTORY = 8
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,10 @@ class SessionOptions:
     """With ``adaptive``, skip interims while this many jobs wait per batch slot."""
     condition_on_previous: bool = True
     """Prompt each utterance with the stream's previous final text."""
+    context: float = 15.0
+    """Audio of earlier (final) utterances decoded in front of the open one, with
+    their text forced as a prefix: Whisper transcribes an utterance better when it
+    hears what came before (as offline decoding of 30 s windows does)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +157,7 @@ class StreamSession:
         self._vad = vad or StreamingVad()
         self._endpointer = Endpointer(options.endpointer)
         self._time_base = offset + skip
-        self._skip_left = int(round(skip * SR))
+        self._skip_left = round(skip * SR)
         self.events: asyncio.Queue[SessionEvent | None] = asyncio.Queue(max_events)
         # Audio since sample index _buf_start (indices count from the first kept sample).
         self._buf = np.zeros(0, dtype=np.float32)
@@ -160,7 +167,7 @@ class StreamSession:
         self._wake = asyncio.Event()
         # Buffer size above which feeding waits: an utterance is cut before it
         # grows this long, so the worker always frees room without new audio.
-        self._room_limit = int((options.max_utterance + 1.0) * SR)
+        self._room_limit = int((options.max_utterance + options.context + 1.0) * SR)
         self._room = asyncio.Event()
         self._room.set()
         self._finished = False
@@ -171,11 +178,13 @@ class StreamSession:
         self._utt_start = 0
         self._speech_end = 0
         self._paused_at: int | None = None
-        self._speculative: tuple[int, int, DecodeOutput] | None = None
+        self._speculative: tuple[int, int, tuple[DecodeOutput, int]] | None = None
         self._decoded_until = 0
         self._interim_sent = False
         self._agreement = LocalAgreement()
         self._prompt = ""
+        self._history: list[tuple[int, int, str]] = []
+        """(start, end, text) of recent final utterances still usable as context."""
         self._task = asyncio.create_task(self._work(), name=f"voxmesh-session-{params.stream_id}")
 
     # -- producer side (RPC handler) ---------------------------------------
@@ -196,7 +205,7 @@ class StreamSession:
             return
         self._buf = np.concatenate([self._buf, samples])
         self._total += len(samples)
-        limit = (self._opt.max_utterance + 15.0) * SR
+        limit = self._room_limit + 15 * SR
         if len(self._buf) > limit:
             raise ResourceExhausted("instance overloaded: decoding fell behind this stream", 2.0)
         self._vad_events.extend(self._endpointer.push(self._vad.process(samples)))
@@ -274,7 +283,7 @@ class StreamSession:
         if kind is VadEvent.SPEECH_STARTED:
             self._utt_open = True
             self._utt_start = max(self._buf_start, pos - pad)
-            self._trim(self._utt_start)
+            self._trim(min(self._utt_start, self._keep_from()))
             self._speech_end = pos
             self._decoded_until = pos
             self._paused_at = None
@@ -293,7 +302,7 @@ class StreamSession:
     async def _step(self) -> bool:
         """Does one piece of decode work if any is due; False when idle."""
         if not self._utt_open:
-            self._trim(self._total - int(self._opt.speech_pad * SR))
+            self._trim(min(self._total - int(self._opt.speech_pad * SR), self._keep_from()))
             return False
         pad = int(self._opt.speech_pad * SR)
         if self._total - self._utt_start >= self._opt.max_utterance * SR:
@@ -307,12 +316,12 @@ class StreamSession:
             and (self._speculative is None or self._speculative[1] != paused)
         ):
             end = min(self._total, paused + pad)
-            output = await self._decode(self._utt_start, end, final=True)
-            self._speculative = (self._utt_start, paused, output)
+            decoded = await self._decode(self._utt_start, end, final=True)
+            self._speculative = (self._utt_start, paused, decoded)
             return True
         if self.params.interim_results and self._interim_due():
             end = self._total
-            output = await self._decode(self._utt_start, end, final=False)
+            output, _ = await self._decode(self._utt_start, end, final=False)
             self._decoded_until = end
             if not output.looks_like_noise():
                 committed, tail = self._agreement.update(output.text.split())
@@ -341,37 +350,63 @@ class StreamSession:
             interval *= 1.0 + per_slot
         return self._total - self._decoded_until >= interval * SR
 
-    async def _decode(self, start: int, end: int, *, final: bool, words: bool = False) -> DecodeOutput:
+    def _context(self, start: int, end: int) -> tuple[int, str]:
+        """Where the decode window starts and the final text of the audio before ``start``."""
+        room = min(self._opt.context * SR, _WINDOW - (end - start))
+        first = len(self._history)
+        while first > 0 and start - self._history[first - 1][0] <= room:
+            first -= 1
+        if first == len(self._history):
+            return start, ""
+        return self._history[first][0], " ".join(t for _, _, t in self._history[first:] if t)
+
+    def _keep_from(self) -> int:
+        """The oldest sample a future decode may need as context."""
+        horizon = self._total - int(self._opt.context * SR)
+        self._history = [h for h in self._history if h[0] >= horizon]
+        return self._history[0][0] if self._history else self._total
+
+    async def _decode(
+        self, start: int, end: int, *, final: bool, words: bool = False
+    ) -> tuple[DecodeOutput, int]:
+        """Decodes the utterance [start, end) behind its context; returns the output and
+        the sample where its window (and word times) start."""
+        window, prefix = self._context(start, end)
         job = DecodeJob(
-            audio=self._audio(start, end).copy(),
+            audio=self._audio(window, end).copy(),
             language=self.params.language,
             prompt=self._prompt if self._opt.condition_on_previous else "",
+            prefix=prefix,
             words=words or (final and self.params.word_offsets),
         )
-        return await self._scheduler.submit(job, realtime=self.params.realtime, final=final)
+        output = await self._scheduler.submit(job, realtime=self.params.realtime, final=final)
+        return output, window
 
     async def _finalise(self, speech_end: int) -> None:
         pad = int(self._opt.speech_pad * SR)
         end = min(self._total, speech_end + pad)
         spec = self._speculative
-        if spec is not None and spec[0] == self._utt_start and spec[1] == speech_end and (
-            not self.params.word_offsets or spec[2].words or not spec[2].text
+        if (
+            spec is not None
+            and spec[0] == self._utt_start
+            and spec[1] == speech_end
+            and (not self.params.word_offsets or spec[2][0].words or not spec[2][0].text)
         ):
-            output = spec[2]
+            output, window = spec[2]
         else:
-            output = await self._decode(self._utt_start, end, final=True)
-        await self._publish_final(output, self._utt_start, end)
+            output, window = await self._decode(self._utt_start, end, final=True)
+        await self._publish_final(output, self._utt_start, end, window)
         self._utt_open = False
         self._speculative = None
         self._paused_at = None
-        self._trim(end)
+        self._trim(min(end, self._keep_from()))
 
-    async def _publish_final(self, output: DecodeOutput, start: int, end: int) -> None:
+    async def _publish_final(self, output: DecodeOutput, start: int, end: int, window: int) -> None:
         noise = output.looks_like_noise()
         if noise and not self._interim_sent:
             return
         text = "" if noise else output.text
-        words = [] if noise else _shift(output.words, self._t(start))
+        words = [] if noise else _shift(output.words, self._t(window))
         await self._emit(
             Final(
                 utterance=self.finals,
@@ -386,12 +421,15 @@ class StreamSession:
         self.finals += 1
         self._interim_sent = False
         if text:
-            self._prompt = " ".join((self._prompt + " " + text).split()[-40:])
+            self._history.append((start, end, text))
+            if len(self._history) > _MAX_HISTORY:
+                evicted = self._history.pop(0)
+                self._prompt = " ".join((self._prompt + " " + evicted[2]).split()[-40:])
 
     async def _cut(self) -> None:
         """Finalises the committed part of an over-long utterance."""
         start, end = self._utt_start, self._total
-        output = await self._decode(start, end, final=True, words=True)
+        output, window = await self._decode(start, end, final=True, words=True)
         words = output.words
         committed, _ = self._agreement.update([w.word for w in words])
         keep = max(len(committed), len(words) - 2) if committed else max(0, len(words) - 2)
@@ -401,19 +439,22 @@ class StreamSession:
             head_words: list[Word] = words
         else:
             head_words = words[:keep]
-            cut = min(end, start + int(head_words[-1].end * SR))
+            cut = min(end, window + int(head_words[-1].end * SR))
         text = " ".join(w.word for w in head_words) if head_words else output.text
         head = DecodeOutput(
-            text=text, words=head_words, avg_logprob=output.avg_logprob,
-            no_speech_prob=output.no_speech_prob, compression_ratio=output.compression_ratio,
+            text=text,
+            words=head_words,
+            avg_logprob=output.avg_logprob,
+            no_speech_prob=output.no_speech_prob,
+            compression_ratio=output.compression_ratio,
             language=output.language,
         )
-        await self._publish_final(head, start, cut)
+        await self._publish_final(head, start, cut, window)
         self._utt_start = cut
         self._decoded_until = cut
         self._speculative = None
         self._agreement.reset()
-        self._trim(cut)
+        self._trim(min(cut, self._keep_from()))
 
 
 def _shift(words: list[Word], by: float) -> list[Word]:

@@ -24,17 +24,28 @@ class AsrSettings:
     port: int = setting(0, "gRPC port (0: any free port)")
     metrics_port: int = setting(0, "Prometheus metrics port (0: any free port, -1: off)")
     device: str = setting("cpu", "cpu, cuda or auto")
-    compute_type: str = setting("default", "CTranslate2 compute type (default: int8 CPU, float16 GPU)")
+    compute_type: str = setting(
+        "default", "CTranslate2 compute type (default: int8 CPU, float16 GPU)"
+    )
     cpu_threads: int = setting(0, "CTranslate2 intra-op threads (0: its default)")
     beam_size: int = setting(1, "beam size for decoding")
-    max_streams: int = setting(4, "admission limit: concurrent streams (calibrate with bench/asr_density.py)")
+    max_streams: int = setting(
+        4, "admission limit: concurrent streams (calibrate with bench/asr_density.py)"
+    )
     max_batch: int = setting(4, "most decode jobs per model call")
     max_batch_wait_ms: float = setting(0.0, "wait for a fuller batch (ms); 0 on CPU, ~5 on GPU")
     interim_interval: float = setting(1.0, "seconds of new speech between interim decodes")
+    adaptive_interims: bool = setting(True, "thin interim decodes while the decode queue is long")
+    prioritise: bool = setting(True, "decode realtime before batch and finals before interims")
+    speculative_pause: float = setting(0.2, "pause (s) after which an utterance is decoded ahead")
     min_silence: float = setting(0.45, "pause (s) that ends an utterance")
-    max_utterance: float = setting(25.0, "longest utterance (s) before it is cut at a committed word")
+    max_utterance: float = setting(
+        25.0, "longest utterance (s) before it is cut at a committed word"
+    )
     max_stream_seconds: float = setting(14400.0, "longest stream (s); more is OUT_OF_RANGE")
-    max_chunk_bytes: int = setting(1 << 20, "largest audio chunk (bytes); more is RESOURCE_EXHAUSTED")
+    max_chunk_bytes: int = setting(
+        1 << 20, "largest audio chunk (bytes); more is RESOURCE_EXHAUSTED"
+    )
     max_unary_bytes: int = setting(16 << 20, "largest Recognize request audio (bytes)")
     max_unary_seconds: float = setting(600.0, "longest Recognize request audio (s)")
     retry_after: float = setting(2.0, "retry hint (s) sent with RESOURCE_EXHAUSTED")
@@ -52,14 +63,18 @@ class AsrSettings:
     def validate(self) -> None:
         """Raises SettingsError naming the bad setting."""
         positive = {
-            "max_streams": self.max_streams, "max_batch": self.max_batch,
-            "max_chunk_bytes": self.max_chunk_bytes, "max_unary_bytes": self.max_unary_bytes,
+            "max_streams": self.max_streams,
+            "max_batch": self.max_batch,
+            "max_chunk_bytes": self.max_chunk_bytes,
+            "max_unary_bytes": self.max_unary_bytes,
         }
         for name, value in positive.items():
             if value < 1:
                 raise SettingsError(f"setting {name}={value}: must be at least 1")
         if self.discovery not in ("none", "file", "consul"):
-            raise SettingsError(f"setting discovery={self.discovery!r}: expected none, file or consul")
+            raise SettingsError(
+                f"setting discovery={self.discovery!r}: expected none, file or consul"
+            )
         if self.capacity_class not in ("on-demand", "preemptible"):
             raise SettingsError(
                 f"setting capacity_class={self.capacity_class!r}: expected on-demand or preemptible"

@@ -29,7 +29,14 @@ from faster_whisper.vad import get_vad_model
 
 from voxmesh.asr.audio import Samples
 
-__all__ = ["FRAME_SAMPLES", "Endpointer", "EndpointerOptions", "StreamingVad", "VadEvent", "VadState"]
+__all__ = [
+    "FRAME_SAMPLES",
+    "Endpointer",
+    "EndpointerOptions",
+    "StreamingVad",
+    "VadEvent",
+    "VadState",
+]
 
 FRAME_SAMPLES = 512
 _CONTEXT = 64
@@ -139,18 +146,17 @@ class Endpointer:
                     events.append((VadEvent.PAUSE_STARTED, self.last_speech_end))
                 else:
                     self.last_speech_end = end
-            else:  # TRAILING
-                if p >= self.options.threshold:
-                    self.state = VadState.SPEAKING
-                    self.last_speech_end = end
+            elif p >= self.options.threshold:
+                self.state = VadState.SPEAKING
+                self.last_speech_end = end
+                self._run = 0
+                events.append((VadEvent.SPEECH_RESUMED, start))
+            else:
+                self._run += 1
+                if self._run >= self._min_silence:
+                    self.state = VadState.IDLE
                     self._run = 0
-                    events.append((VadEvent.SPEECH_RESUMED, start))
-                else:
-                    self._run += 1
-                    if self._run >= self._min_silence:
-                        self.state = VadState.IDLE
-                        self._run = 0
-                        events.append((VadEvent.SPEECH_ENDED, self.last_speech_end))
+                    events.append((VadEvent.SPEECH_ENDED, self.last_speech_end))
         return events
 
     def force_end(self) -> int | None:

@@ -20,6 +20,7 @@ import logging
 from typing import Any
 
 import grpc
+from grpc import _common as _grpc_common
 from grpc._cython import cygrpc
 from grpc.aio import _call
 
@@ -41,14 +42,13 @@ async def _write(self: Any, request: Any) -> None:
         await self._metadata_sent.wait()
         if self.done():
             await self._raise_for_status()
-    serialized = _call._common.serialize(request, self._request_serializer)
+    serialized = _grpc_common.serialize(request, self._request_serializer)
     try:
         await self._cython_call.send_serialized_message(serialized)
     except cygrpc.InternalError as err:
         try:
             # The server's status is usually already on its way: report it.
-            await asyncio.wait_for(asyncio.shield(self._cython_call.status()),
-                                   _STATUS_WAIT_SECONDS)
+            await asyncio.wait_for(asyncio.shield(self._cython_call.status()), _STATUS_WAIT_SECONDS)
         except TimeoutError:
             self._cython_call.set_internal_error(str(err))
         await self._raise_for_status()
@@ -64,8 +64,11 @@ def install() -> bool:
     if _installed:
         return True
     if grpc.__version__ not in _PATCHED_VERSIONS:
-        logger.warning("grpcio %s: aio write-status fix not applied (checked for %s)",
-                       grpc.__version__, ", ".join(_PATCHED_VERSIONS))
+        logger.warning(
+            "grpcio %s: aio write-status fix not applied (checked for %s)",
+            grpc.__version__,
+            ", ".join(_PATCHED_VERSIONS),
+        )
         return False
     _call._StreamRequestMixin._write = _write  # type: ignore[method-assign]
     _installed = True

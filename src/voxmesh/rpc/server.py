@@ -115,7 +115,7 @@ class ServiceServer:
 
     async def _set_all(self, status: int) -> None:
         for name in ["", *self._service_names]:
-            await self.health.set(name, status)  # type: ignore[arg-type]
+            await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
         """Stops the server (idempotent): RPCs still running get ``grace`` seconds."""
@@ -140,8 +140,13 @@ async def wait_for_signal(
     loop = asyncio.get_running_loop()
     received: asyncio.Future[signal.Signals] = loop.create_future()
     sigs = list(signals)
+
+    def deliver(sig: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(sig)
+
     for sig in sigs:
-        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s))
+        loop.add_signal_handler(sig, deliver, sig)
     try:
         return await received
     finally:

@@ -52,7 +52,7 @@ def to_status(err: BaseException) -> grpc.Status:
         )
         detail.details.add().Pack(info)
         trailing = ((RETRY_AFTER_KEY, str(int(seconds * 1000))),)
-    status = rpc_status.to_status(detail)
+    status: grpc.Status = rpc_status.to_status(detail)
     if trailing:
         return _WithTrailing(status, trailing)
     return status

@@ -6,6 +6,7 @@ no GPU figure is ever estimated.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ class GpuSampler:
         self._handles: list[Any] = []
         try:
             if nvml is None:
-                import pynvml as nvml
+                nvml = importlib.import_module("pynvml")
             nvml.nvmlInit()
             count = nvml.nvmlDeviceGetCount()
             self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]

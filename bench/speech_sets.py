@@ -1,0 +1,99 @@
+"""The audio sets the ASR benchmarks use: the real recordings of
+../shared/eval/speech and a longer espeak-ng set with natural pauses."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from tests.speech import espeak_pcm, eval_recordings, silence_pcm
+
+__all__ = ["HARVARD", "Clip", "espeak_set", "real_set"]
+
+HARVARD = [
+    "The birch canoe slid on the smooth planks.",
+    "Glue the sheet to the dark blue background.",
+    "It's easy to tell the depth of a well.",
+    "These days a chicken leg is a rare dish.",
+    "Rice is often served in round bowls.",
+    "The juice of lemons makes fine punch.",
+    "The box was thrown beside the parked truck.",
+    "The hogs were fed chopped corn and garbage.",
+    "Four hours of steady work faced us.",
+    "A large size in stockings is hard to sell.",
+    "The boy was there when the sun rose.",
+    "A rod is used to catch pink salmon.",
+    "The source of the huge river is the clear spring.",
+    "Kick the ball straight and follow through.",
+    "Help the woman get back to her feet.",
+    "A pot of tea helps to pass the evening.",
+    "Smoky fires lack flame and heat.",
+    "The soft cushion broke the man's fall.",
+    "The salt breeze came across from the sea.",
+    "The girl at the booth sold fifty bonds.",
+]
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Audio (16-bit mono PCM) with its reference text and, for composed
+    clips, where each utterance's speech starts and ends (seconds)."""
+
+    name: str
+    text: str
+    pcm: bytes
+    rate: int
+    spans: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def seconds(self) -> float:
+        """Duration."""
+        return len(self.pcm) / 2 / self.rate
+
+
+def real_set() -> list[Clip]:
+    """The recordings of the eval folder."""
+    return [Clip(r.name, r.text, r.pcm, r.rate) for r in eval_recordings()]
+
+
+def _speech_span(pcm: bytes, rate: int) -> tuple[float, float]:
+    import numpy as np
+
+    samples = np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32))
+    loud = np.nonzero(samples > 500)[0]
+    if not len(loud):
+        return 0.0, 0.0
+    return float(loud[0]) / rate, float(loud[-1] + 1) / rate
+
+
+def espeak_set(
+    recordings: int = 4, per_recording: int = 5, seed: int = 7, rate: int = 16000
+) -> list[Clip]:
+    """Harvard sentences spoken by espeak-ng, joined by 0.6-1.6 s pauses."""
+    rng = random.Random(seed)
+    clips = []
+    for r in range(recordings):
+        sentences = HARVARD[r * per_recording : (r + 1) * per_recording]
+        pcm = silence_pcm(0.5, rate)
+        spans = []
+        for sentence in sentences:
+            speech = espeak_pcm(sentence, rate)
+            start, end = _speech_span(speech, rate)
+            offset = len(pcm) / 2 / rate
+            spans.append((offset + start, offset + end))
+            pcm += speech + silence_pcm(rng.uniform(0.6, 1.6), rate)
+        clips.append(Clip(f"espeak-{r}", " ".join(sentences), pcm, rate, tuple(spans)))
+    return clips
+
+
+def composed_real_set(gap: float = 1.5) -> list[Clip]:
+    """Each real single-utterance recording between silences, with its speech span."""
+    clips = []
+    for rec in eval_recordings():
+        if rec.name.startswith("OSR"):
+            continue  # ten sentences in one file: no known per-utterance spans
+        lead = silence_pcm(0.5, rec.rate)
+        start, end = _speech_span(rec.pcm, rec.rate)
+        pcm = lead + rec.pcm + silence_pcm(gap, rec.rate)
+        clips.append(Clip(rec.name, rec.text, pcm, rec.rate, ((0.5 + start, 0.5 + end),)))
+    return clips
