@@ -35,9 +35,11 @@ async def run_mesh(run_dir: Path, asr_args: list[str]) -> int:
         for proc in procs:
             print(f"starting {proc.name} ...", flush=True)
             await proc.start()
-            print(f"  {proc.name}: {proc.ready['model']} on {proc.target} "
-                  f"(metrics :{proc.ready['metrics_port']}, ready in {proc.ready_after:.1f} s)",
-                  flush=True)
+            print(
+                f"  {proc.name}: {proc.ready['model']} on {proc.target} "
+                f"(metrics :{proc.ready['metrics_port']}, ready in {proc.ready_after:.1f} s)",
+                flush=True,
+            )
         print(f"voxmesh is up. Logs: {logs}. Ctrl-C drains and stops.", flush=True)
         await wait_for_signal()
         print("draining ...", flush=True)
@@ -50,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", default=".run", help="state, registry and logs directory")
-    parser.add_argument("--asr-arg", action="append", default=[],
-                        help="extra flag passed to every ASR instance (repeatable)")
+    parser.add_argument(
+        "--asr-arg",
+        action="append",
+        default=[],
+        help="extra flag passed to every ASR instance (repeatable)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     return asyncio.run(run_mesh(Path(args.run_dir), args.asr_arg))

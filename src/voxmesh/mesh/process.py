@@ -75,21 +75,29 @@ class ServiceProcess:
         """Starts the process and waits for its ready line."""
         self.started_at = time.monotonic()
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", self.module, *self.args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=self._env,
+            sys.executable,
+            "-m",
+            self.module,
+            *self.args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self._env,
             start_new_session=True,
         )
         self._pump = asyncio.create_task(self._read_output(), name=f"voxmesh-pump-{self.name}")
         ready = asyncio.create_task(self._ready.wait())
         try:
-            done, _ = await asyncio.wait({ready, self._pump}, timeout=ready_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            _done, _ = await asyncio.wait(
+                {ready, self._pump}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             ready.cancel()
         if not self._ready.is_set():
             await self.kill()
             where = f" (log: {self._log_path})" if self._log_path else ""
-            raise RuntimeError(f"{self.name} did not become ready within {ready_timeout:g} s{where}")
+            raise RuntimeError(
+                f"{self.name} did not become ready within {ready_timeout:g} s{where}"
+            )
         self.ready_after = time.monotonic() - self.started_at
 
     async def _read_output(self) -> None:
@@ -102,7 +110,7 @@ class ServiceProcess:
                     log.flush()
                 text = line.decode(errors="replace")
                 if text.startswith(READY_PREFIX) and not self._ready.is_set():
-                    self.ready = json.loads(text[len(READY_PREFIX):])
+                    self.ready = json.loads(text[len(READY_PREFIX) :])
                     self._ready.set()
         finally:
             if log is not None:
