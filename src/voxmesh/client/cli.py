@@ -1,0 +1,222 @@
+"""The ``voxmesh`` command: ``transcribe`` a file, show a server's ``status``.
+
+::
+
+    voxmesh transcribe talk.mp3                 # real time, interim + final text
+    voxmesh transcribe talk.mp3 --fast --priority batch
+    voxmesh status --target 127.0.0.1:50051     # instances, load, queues
+
+The target defaults to ``$VOXMESH_TARGET`` or the router's default port.
+Exit status: 0 on success, 1 on an RPC or input error, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+import grpc
+
+from voxmesh.client.audio import SAMPLE_RATE, decode_file
+from voxmesh.client.client import RecognizerClient, StreamOptions
+from voxmesh.errors import VoxmeshError
+from voxmesh.stt.v1 import stt_pb2
+
+__all__ = ["main"]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+_PROGRESS_MIN_S = 20.0
+_BAR_WIDTH = 30
+_PRIORITIES = {"realtime": stt_pb2.PRIORITY_REALTIME, "batch": stt_pb2.PRIORITY_BATCH}
+_STATES = {
+    stt_pb2.SERVING_STATE_STARTING: "starting",
+    stt_pb2.SERVING_STATE_SERVING: "serving",
+    stt_pb2.SERVING_STATE_DRAINING: "draining",
+}
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes):02d}:{rest:04.1f}"
+
+
+class TranscriptView:
+    """Renders a stream: finals as lines; on a terminal also the interim text and a bar."""
+
+    def __init__(self, out: TextIO, err: TextIO, total_s: float) -> None:
+        self._out, self._err = out, err
+        self._live = out.isatty()
+        self._bar = err.isatty() and total_s >= _PROGRESS_MIN_S
+        self._total = total_s
+        self._sent = 0.0
+        self._interim = ""
+
+    def on_response(self, response: stt_pb2.StreamingRecognizeResponse) -> None:
+        """Shows one response."""
+        if response.WhichOneof("streaming_response") != "result":
+            return
+        result = response.result
+        text = result.alternatives[0].transcript.strip() if result.alternatives else ""
+        if result.is_final:
+            self._interim = ""
+            self._clear()
+            start = result.start_offset.ToTimedelta().total_seconds()
+            end = result.end_offset.ToTimedelta().total_seconds()
+            self._out.write(f"[{_clock(start)} - {_clock(end)}] {text}\n")
+        else:
+            self._interim = text
+        self._redraw()
+
+    def on_progress(self, sent_s: float) -> None:
+        """Audio seconds sent so far."""
+        self._sent = sent_s
+        self._redraw()
+
+    def close(self) -> None:
+        """Removes the live lines."""
+        self._interim = ""
+        self._clear()
+        self._out.flush()
+
+    def _clear(self) -> None:
+        if self._live:
+            self._out.write("\r\x1b[K")
+        if self._bar:
+            self._err.write("\r\x1b[K")
+
+    def _redraw(self) -> None:
+        if self._bar:
+            done = min(1.0, self._sent / self._total) if self._total else 1.0
+            filled = int(done * _BAR_WIDTH)
+            self._err.write(
+                f"\r\x1b[K[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] "
+                f"{_clock(self._sent)} / {_clock(self._total)}"
+            )
+            self._err.flush()
+        if self._live and self._interim:
+            width = 78
+            self._out.write("\r\x1b[K... " + self._interim[-width:])
+            self._out.flush()
+
+
+async def _transcribe(args: argparse.Namespace) -> int:
+    pcm = await asyncio.to_thread(decode_file, args.file, SAMPLE_RATE)
+    total = len(pcm) / 2 / SAMPLE_RATE
+    options = StreamOptions(
+        model=args.model,
+        language_code=args.language,
+        priority=_PRIORITIES[args.priority],
+        interim_results=not args.no_interim,
+        speed=0.0 if args.fast else args.speed,
+        stream_id=args.stream_id,
+    )
+    view = TranscriptView(sys.stdout, sys.stderr, total)
+    async with RecognizerClient(args.target) as client:
+        try:
+            transcript = await client.transcribe_pcm(
+                pcm, SAMPLE_RATE, options, view.on_response, view.on_progress
+            )
+        finally:
+            view.close()
+    summary = transcript.summary
+    if summary is not None:
+        moved = f", {summary.failovers} failover(s)" if summary.failovers else ""
+        print(
+            f"{summary.final_results} final result(s), "
+            f"{summary.audio_processed.ToTimedelta().total_seconds():.1f} s of audio, "
+            f"served by {summary.instance_id} ({summary.pool}/{summary.model}){moved}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def format_status(snap: stt_pb2.TelemetrySnapshot) -> str:
+    """A human-readable view of one telemetry snapshot."""
+    role = "router" if snap.role == stt_pb2.ROLE_ROUTER else "instance"
+    lines = [
+        f"{role} {snap.instance_id}: {_STATES.get(snap.state, 'unknown')}, "
+        f"{snap.active_streams}/{snap.max_streams} streams, {snap.pending_work} pending, "
+        f"up {snap.uptime.ToTimedelta().total_seconds():.0f} s"
+    ]
+    if snap.role == stt_pb2.ROLE_ROUTER:
+        lines.append(
+            f"{'pool':<12}{'instances':>10}{'streams':>12}{'queued rt/batch':>17}"
+            f"{'oldest wait':>13}{'admitted':>10}{'rejected':>10}"
+        )
+        for q in snap.queues:
+            lines.append(
+                f"{q.pool:<12}{q.instances:>10}{f'{q.active_streams}/{q.capacity_streams}':>12}"
+                f"{f'{q.queued_realtime}/{q.queued_batch}':>17}"
+                f"{f'{q.oldest_wait_seconds:.1f} s':>13}{q.admitted_total:>10}"
+                f"{q.rejected_total:>10}"
+            )
+    else:
+        lines.append(
+            f"pool {snap.pool}, model {snap.model}, {snap.capacity_class}, region {snap.region}, "
+            f"real-time factor {snap.real_time_factor:.2f}"
+        )
+        for gpu in snap.gpus:
+            lines.append(
+                f"gpu {gpu.index} {gpu.name}: {gpu.utilization_ratio:.0%} busy, "
+                f"{gpu.memory_used_bytes / 2**30:.1f}/{gpu.memory_total_bytes / 2**30:.1f} GiB"
+            )
+        if not snap.gpu_available:
+            lines.append(f"no GPU: {snap.gpu_unavailable_reason}")
+    host = snap.host
+    lines.append(
+        f"host: {host.cpu_utilization_ratio:.0%} of {host.cpu_count} CPUs, process "
+        f"{host.process_resident_bytes / 2**20:.0f} MiB resident"
+    )
+    return "\n".join(lines)
+
+
+async def _status(args: argparse.Namespace) -> int:
+    async with RecognizerClient(args.target) as client:
+        if not args.watch:
+            print(format_status(await client.telemetry()))
+            return 0
+        async for snapshot in client.watch_telemetry(args.interval):
+            print(format_status(snapshot) + "\n", flush=True)
+    return 0
+
+
+def _parser(default_target: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxmesh", description="voxmesh speech-to-text client")
+    commands = parser.add_subparsers(dest="command", required=True)
+    tr = commands.add_parser("transcribe", help="transcribe an audio file (any FFmpeg format)")
+    tr.add_argument("file", help="audio file; decoded to 16 kHz LINEAR16 with PyAV")
+    tr.add_argument("--target", default=default_target, help="router or instance host:port")
+    pace = tr.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", action="store_true", help="send at real time (default)")
+    pace.add_argument("--fast", action="store_true", help="send as fast as the server reads")
+    tr.add_argument("--speed", type=float, default=1.0, help="pace as a multiple of real time")
+    tr.add_argument("--model", default="auto", help="pool, model or 'auto' (default)")
+    tr.add_argument("--priority", choices=sorted(_PRIORITIES), default="realtime")
+    tr.add_argument("--language", default="", help="ISO 639-1 code (default: model's)")
+    tr.add_argument("--no-interim", action="store_true", help="final results only")
+    tr.add_argument("--stream-id", default="", help="id echoed in logs and the summary")
+    st = commands.add_parser("status", help="show instances, load and queues")
+    st.add_argument("--target", default=default_target, help="router or instance host:port")
+    st.add_argument("--watch", action="store_true", help="keep printing snapshots")
+    st.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``voxmesh`` command."""
+    parser = _parser(os.environ.get("VOXMESH_TARGET", DEFAULT_TARGET))
+    args = parser.parse_args(argv)
+    command = _transcribe if args.command == "transcribe" else _status
+    try:
+        return asyncio.run(command(args))
+    except grpc.aio.AioRpcError as err:
+        print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+    except VoxmeshError as err:
+        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    return 1
