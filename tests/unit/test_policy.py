@@ -251,7 +251,7 @@ def test_preemption_notice_requests_replacements_at_once() -> None:
     pe = GroupSignals(serving=3, reclaiming=2)
     state = PolicyState(last_scale_up_at=0.0)  # inside the cooldown: replacements still go
     decision, _ = decide(signals(24, od=od, pe=pe), state, config, 1.0)
-    assert decision.preemptible.desired == 5, "replacements requested in the preemptible group"
+    assert decision.group(CapacityGroup.PREEMPTIBLE).desired == 5, "replacements requested"
     assert decision.on_demand.desired == 3, "and covered on on-demand until they serve"
     assert "2 preemptible being reclaimed" in decision.reason
 

@@ -74,6 +74,8 @@ class PoolPolicy:
     of concurrent streams over one lead time (3 sigma: ~0.1% chance of running out)."""
     trend_window_s: float = 120.0
     """Demand history used to estimate the growth rate (least-squares slope)."""
+    trend_confidence_sigmas: float = 1.0
+    """Growth is anticipated only beyond this many standard errors of the slope estimate."""
     tolerance: float = 0.05
     """Relative band around the current size in which a recommendation is ignored
     (unless real-time streams are queued)."""
@@ -117,6 +119,7 @@ class PoolPolicy:
             "scale_up_cooldown_s",
             "scale_down_window_s",
             "trend_window_s",
+            "trend_confidence_sigmas",
             "stale_after_s",
         ):
             value = getattr(self, name)

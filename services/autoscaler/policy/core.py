@@ -57,7 +57,7 @@ def decide(
     samples = trim_samples(
         (*state.demand_samples, (now, signals.demand)), now, config.trend_window_s
     )
-    slope = demand_slope(samples, config.trend_window_s)
+    slope = demand_slope(samples, config.trend_window_s, config.trend_confidence_sigmas)
     pe_signals = signals.preemptible
     bursts_on_preemptible = (
         not preemptible_unreliable(pe_signals, config)
@@ -96,10 +96,20 @@ def decide(
     observing_since = now if state.observing_since is None else state.observing_since
     observed = now - observing_since >= config.scale_down_window_s
     od = _group_decision(
-        CapacityGroup.ON_DEMAND, split.on_demand, signals.on_demand, history, config, observed
+        CapacityGroup.ON_DEMAND,
+        split.on_demand,
+        signals.on_demand,
+        history=history,
+        config=config,
+        window_observed=observed,
     )
     pe = _group_decision(
-        CapacityGroup.PREEMPTIBLE, split.preemptible, pe_signals, history, config, observed
+        CapacityGroup.PREEMPTIBLE,
+        split.preemptible,
+        pe_signals,
+        history=history,
+        config=config,
+        window_observed=observed,
     )
 
     scaled_up = od.desired + pe.desired > settled
@@ -122,10 +132,11 @@ def decide(
     return Decision(on_demand=od, preemptible=pe, reason=reason), new_state
 
 
-def _group_decision(  # noqa: PLR0917 (a private helper: positional reads best here)
+def _group_decision(
     group: CapacityGroup,
     recommended: int,
     signals: GroupSignals,
+    *,
     history: tuple[Recommendation, ...],
     config: PoolPolicy,
     window_observed: bool,

@@ -20,10 +20,6 @@ class Recommendation:
     preemptible: int
     """Preemptible instances recommended."""
 
-    def count(self, group: CapacityGroup) -> int:
-        """The recommendation for one group."""
-        return self.on_demand if group is CapacityGroup.ON_DEMAND else self.preemptible
-
 
 @dataclass(frozen=True)
 class PolicyState:

@@ -35,11 +35,15 @@ def trim_samples(
     return tuple(sample for sample in samples if sample[0] >= now - window_s)
 
 
-def demand_slope(samples: tuple[tuple[float, int], ...], window_s: float) -> float:
-    """Least-squares slope of demand over time, in streams per second.
+def demand_slope(
+    samples: tuple[tuple[float, int], ...], window_s: float, confidence_sigmas: float
+) -> float:
+    """A cautious estimate of demand growth, in streams per second.
 
-    Zero until the samples span at least half the window: a slope from two close samples is
-    noise, and acting on noise is how autoscalers overshoot.
+    The least-squares slope of demand over time, less ``confidence_sigmas`` standard errors
+    (and never below zero): only growth that stands out from the noise is anticipated.
+    Acting on noise is how autoscalers overshoot, and an overshoot is held for a whole
+    scale-down window. Zero until the samples span at least half the window.
     """
     if len(samples) < 3 or samples[-1][0] - samples[0][0] < window_s / 2:
         return 0.0
@@ -49,7 +53,10 @@ def demand_slope(samples: tuple[tuple[float, int], ...], window_s: float) -> flo
     var_t = sum((t - mean_t) ** 2 for t, _ in samples)
     if var_t == 0:
         return 0.0
-    return sum((t - mean_t) * (d - mean_d) for t, d in samples) / var_t
+    slope = sum((t - mean_t) * (d - mean_d) for t, d in samples) / var_t
+    residuals = sum((d - mean_d - slope * (t - mean_t)) ** 2 for t, d in samples)
+    stderr = math.sqrt(residuals / (n - 2) / var_t)
+    return max(0.0, slope - confidence_sigmas * stderr)
 
 
 def _saturated(instance: InstanceSignals, config: PoolPolicy) -> bool:
@@ -73,13 +80,15 @@ def _saturated(instance: InstanceSignals, config: PoolPolicy) -> bool:
 def guarded_waste(
     instances: Iterable[InstanceSignals], max_streams: int, config: PoolPolicy
 ) -> tuple[int, int]:
-    """``(saturated instances, free slots they hide)``: an instance whose GPU is full is not
-    free even if under its stream count, so its free slots must be found elsewhere."""
+    """``(saturated instances with free slots, the slots they hide)``: an instance whose GPU
+    is full is not free even if under its stream count, so those slots must come from
+    elsewhere."""
     count = waste = 0
     for instance in instances:
-        if _saturated(instance, config):
+        hidden = max_streams - instance.active_streams
+        if hidden > 0 and _saturated(instance, config):
             count += 1
-            waste += max(0, max_streams - instance.active_streams)
+            waste += hidden
     return count, waste
 
 

@@ -113,7 +113,3 @@ class PoolSignals:
     def demand(self) -> int:
         """Streams that want a slot now: active plus queued."""
         return self.active_streams + self.queued
-
-    def group(self, group: CapacityGroup) -> GroupSignals:
-        """The counts of one capacity group."""
-        return self.on_demand if group is CapacityGroup.ON_DEMAND else self.preemptible

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from services.autoscaler.policy.config import PoolPolicy
 from services.autoscaler.policy.decision import PolicyState, Recommendation
 from services.autoscaler.policy.inputs import CapacityGroup
@@ -39,7 +41,8 @@ def stabilised(
     """
     if recommended >= current or not window_observed:
         return max(recommended, current)
-    window_max = max((r.count(group) for r in history), default=recommended)
+    field = "on_demand" if group is CapacityGroup.ON_DEMAND else "preemptible"
+    window_max = max(map(attrgetter(field), history), default=recommended)
     target = min(current, max(recommended, window_max))
     floor = max(current - config.scale_down_step, config.limits(group).min_count)
     return max(target, floor)
