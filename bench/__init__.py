@@ -1,0 +1,1 @@
+"""Benchmarks; each writes its latest result under ``bench/results/``."""
