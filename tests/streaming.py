@@ -125,7 +125,8 @@ async def run_stream(
             if call.done():
                 return
             if speed > 0:
-                due = start + (i / 2 / rate) / speed
+                # A live source has a chunk only once its last sample was captured.
+                due = start + (min(len(pcm), i + chunk) / 2 / rate) / speed
                 delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)

@@ -77,6 +77,8 @@ class SessionOptions:
     speech_pad: float = 0.2
     """Audio kept before an utterance's first and after its last speech frame."""
     interim_interval: float = 1.0
+    first_interim: float = 0.5
+    """Speech before an utterance's first interim decode."""
     """New speech between two interim decodes (unloaded)."""
     speculative_pause: float = 0.2
     """Pause after which the utterance so far is decoded speculatively."""
@@ -342,7 +344,8 @@ class StreamSession:
     def _interim_due(self) -> bool:
         if self._endpointer.state is not VadState.SPEAKING:
             return False
-        interval = self._opt.interim_interval
+        first = not self._interim_sent
+        interval = self._opt.first_interim if first else self._opt.interim_interval
         if self._opt.adaptive:
             per_slot = self._scheduler.pending / max(1, self._scheduler.max_batch)
             if per_slot >= self._opt.interim_backlog:

@@ -1,0 +1,184 @@
+"""Density: the most concurrent real-time streams one instance holds with p95
+final latency <= 2 s (issue 2 §7; target: at least 2x the same engine decoding
+each stream on its own), and the memory figures the autoscaler and the Nomad
+specs are sized from.
+
+Two configurations of one asr_small instance (tiny.en int8, 2 threads), in
+the same run:
+
+* ``scheduled`` (as shipped): one scheduler for all streams, batches across
+  streams, finals before interims, interim cadence thinned under load;
+* ``per_stream`` (the baseline): every decode is its own model call, first
+  come first served, every stream at a fixed interim cadence, i.e. each stream
+  decoded on its own schedule.
+
+For N = 1, 2, 3, ... streams (staggered starts, each the real single-utterance
+recordings with pauses, sent at real time) it measures p95 final latency after
+end of speech; the density is the largest N at or under 2 s. Resident memory
+of the instance is sampled idle and under each N (per added stream: the
+slope). Also writes bench/results/calibration.json for the autoscaler.
+
+    python -m bench.asr_density [--max-n 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+from typing import Any
+
+import grpc
+import psutil
+
+from bench.asr_latency import latencies
+from bench.common import RESULTS, percentile, write_result
+from bench.speech_sets import Clip, composed_real_set
+from tests.streaming import config_request, run_stream
+from voxmesh.mesh.process import ServiceProcess
+from voxmesh.rpc import aio_compat
+
+CONFIGS = {
+    "scheduled": [],
+    "per_stream": ["--max-batch", "1", "--prioritise", "false", "--adaptive-interims", "false"],
+}
+SLO_P95 = 2.0
+
+
+def stream_audio() -> Clip:
+    """About 30 s of real speech with pauses, known speech spans."""
+    clips = [c for c in composed_real_set() if c.rate == 16000]
+    pcm = b"".join(c.pcm for c in clips)
+    spans, offset = [], 0.0
+    for c in clips:
+        spans += [(offset + s, offset + e) for s, e in c.spans]
+        offset += c.seconds
+    return Clip("librispeech-4", " ".join(c.text for c in clips), pcm, 16000, tuple(spans))
+
+
+async def level(target: str, clip: Clip, n: int, proc: psutil.Process) -> dict[str, Any]:
+    rng = random.Random(n)
+    rss: list[int] = []
+
+    async def one(delay: float) -> tuple[list[float], bool]:
+        await asyncio.sleep(delay)
+        async with grpc.aio.insecure_channel(target) as channel:
+            run = await run_stream(
+                channel,
+                clip.pcm,
+                clip.rate,
+                speed=1.0,
+                first=config_request(clip.rate),
+                timeout=300,
+            )
+        if run.error is not None:
+            return [], False
+        return latencies(clip, run)[0], True
+
+    async def sample() -> None:
+        while True:
+            rss.append(proc.memory_info().rss)
+            await asyncio.sleep(0.5)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        outcomes = await asyncio.gather(*(one(rng.uniform(0, 2.0)) for _ in range(n)))
+    finally:
+        sampler.cancel()
+    lat = [x for lats, _ in outcomes for x in lats]
+    return {
+        "streams": n,
+        "failed_streams": sum(1 for _, ok in outcomes if not ok),
+        "final_p50_s": round(percentile(lat, 50), 3),
+        "final_p95_s": round(percentile(lat, 95), 3),
+        "peak_rss_bytes": max(rss) if rss else 0,
+    }
+
+
+async def measure(name: str, args: list[str], max_n: int, clip: Clip) -> dict[str, Any]:
+    proc = ServiceProcess(
+        "services.asr_small",
+        ["--cpu-threads", "2", "--metrics-port", "-1", "--max-streams", str(max_n + 1), *args],
+    )
+    await proc.start()
+    ps = psutil.Process(proc.pid)
+    idle_rss = ps.memory_info().rss
+    levels = []
+    try:
+        for n in range(1, max_n + 1):
+            result = await level(proc.target, clip, n, ps)
+            levels.append(result)
+            print(
+                f"  {name:10} N={n:2}  p50 {result['final_p50_s']:6.2f} s  "
+                f"p95 {result['final_p95_s']:6.2f} s  failed {result['failed_streams']}  "
+                f"rss {result['peak_rss_bytes'] / 2**20:6.0f} MiB",
+                flush=True,
+            )
+            if result["final_p95_s"] > SLO_P95 * 1.5 or result["failed_streams"]:
+                break
+    finally:
+        await proc.terminate()
+    ok = [
+        lv["streams"] for lv in levels if lv["final_p95_s"] <= SLO_P95 and not lv["failed_streams"]
+    ]
+    density = max(ok) if ok else 0
+    slope = 0.0
+    if len(levels) > 1:
+        slope = (levels[-1]["peak_rss_bytes"] - idle_rss) / levels[-1]["streams"]
+    return {
+        "density_streams": density,
+        "startup_seconds": round(proc.ready_after, 2),
+        "idle_rss_bytes": idle_rss,
+        "rss_per_stream_bytes": int(slope),
+        "levels": levels,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--max-n", type=int, default=10)
+    args = parser.parse_args()
+    aio_compat.install()
+    clip = stream_audio()
+    print(
+        f"stream: {clip.seconds:.0f} s of real speech, {len(clip.spans)} utterances, "
+        f"real time; SLO p95 final latency <= {SLO_P95} s"
+    )
+    results = {name: asyncio.run(measure(name, a, args.max_n, clip)) for name, a in CONFIGS.items()}
+    ours, base = results["scheduled"], results["per_stream"]
+    ratio = ours["density_streams"] / base["density_streams"] if base["density_streams"] else 0.0
+    print(
+        f"density (streams at p95 <= {SLO_P95} s): scheduled {ours['density_streams']}, "
+        f"per-stream {base['density_streams']}, ratio {ratio:.2f} (target >= 2.0)"
+    )
+    print(
+        f"memory: idle {ours['idle_rss_bytes'] / 2**20:.0f} MiB, "
+        f"per added stream {ours['rss_per_stream_bytes'] / 2**20:.1f} MiB; "
+        f"start-up {ours['startup_seconds']} s"
+    )
+    write_result(
+        "asr_density",
+        {
+            "slo_p95_final_s": SLO_P95,
+            "configs": results,
+            "density_ratio": round(ratio, 2),
+            "target_ratio": 2.0,
+            "target_met": ratio >= 2.0,
+        },
+    )
+    calibration = {
+        "asr_small": {
+            "max_streams": max(1, ours["density_streams"]),
+            "startup_seconds": ours["startup_seconds"],
+            "idle_rss_bytes": ours["idle_rss_bytes"],
+            "rss_per_stream_bytes": ours["rss_per_stream_bytes"],
+            "source": "bench/asr_density.py (2-core CPU, tiny.en int8)",
+        }
+    }
+    (RESULTS / "calibration.json").write_text(
+        __import__("json").dumps(calibration, indent=2) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Latency of one real-time stream on tiny.en (issue 2 §7).
+
+Targets: final result after end of speech p50 <= 0.8 s, p95 <= 1.5 s; first
+interim within 1.5 s of speech start. Audio with known speech spans (the
+single-utterance real recordings, and espeak-ng sentences with pauses) is sent
+at real time in 100 ms chunks, each chunk sent once its last sample would have
+been captured. Measured side by side in the same run: the engine as shipped
+and the same engine with speculative decoding off (finals decoded only after
+the endpoint), the baseline the speculative decode is there to beat.
+
+    python -m bench.asr_latency
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+import grpc
+
+from bench.common import percentile, write_result
+from bench.speech_sets import Clip, composed_real_set, espeak_set
+from tests.streaming import StreamRun, config_request, run_stream
+from voxmesh.mesh.process import ServiceProcess
+from voxmesh.rpc import aio_compat
+
+CONFIGS = {
+    "engine": [],
+    "no_speculative_decode": ["--speculative-pause", "30"],
+}
+
+
+def latencies(clip: Clip, run: StreamRun) -> tuple[list[float], list[float]]:
+    """(final latencies after speech end, first-result latencies after speech start)."""
+    finals = [
+        (t, r.result)
+        for t, r in run.responses
+        if r.WhichOneof("streaming_response") == "result" and r.result.is_final
+    ]
+    results = [
+        (t, r.result) for t, r in run.responses if r.WhichOneof("streaming_response") == "result"
+    ]
+    final_lat, first_lat = [], []
+    for start, end in clip.spans:
+        covering = [
+            t
+            for t, f in finals
+            if f.start_offset.ToMilliseconds() / 1000 <= end
+            and f.end_offset.ToMilliseconds() / 1000 >= end - 0.3
+        ]
+        if covering:
+            final_lat.append(covering[-1] - end)
+        heard = [t for t, r in results if r.end_offset.ToMilliseconds() / 1000 > start]
+        if heard:
+            first_lat.append(heard[0] - start)
+    return final_lat, first_lat
+
+
+async def measure(clips: list[Clip], args: list[str]) -> dict[str, Any]:
+    proc = ServiceProcess(
+        "services.asr_small", ["--cpu-threads", "2", "--metrics-port", "-1", *args]
+    )
+    await proc.start()
+    finals: list[float] = []
+    firsts: list[float] = []
+    missed = 0
+    try:
+        async with grpc.aio.insecure_channel(proc.target) as channel:
+            for clip in clips:
+                run = await run_stream(
+                    channel,
+                    clip.pcm,
+                    clip.rate,
+                    speed=1.0,
+                    first=config_request(clip.rate),
+                    timeout=600,
+                )
+                if run.error is not None:
+                    raise RuntimeError(f"{clip.name}: {run.error}")
+                f, i = latencies(clip, run)
+                missed += len(clip.spans) - len(f)
+                finals += f
+                firsts += i
+    finally:
+        await proc.terminate()
+    return {
+        "utterances": len(finals),
+        "unmatched_utterances": missed,
+        "final_p50_s": round(percentile(finals, 50), 3),
+        "final_p95_s": round(percentile(finals, 95), 3),
+        "final_max_s": round(max(finals), 3),
+        "first_result_p50_s": round(percentile(firsts, 50), 3),
+        "first_result_p95_s": round(percentile(firsts, 95), 3),
+        "first_result_max_s": round(max(firsts), 3),
+    }
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    aio_compat.install()
+    clips = composed_real_set() + espeak_set(recordings=2)
+    audio = sum(c.seconds for c in clips)
+    print(f"{len(clips)} clips, {audio:.0f} s of audio, sent at real time, tiny.en int8, 2 threads")
+    results = {name: asyncio.run(measure(clips, args)) for name, args in CONFIGS.items()}
+    ours, base = results["engine"], results["no_speculative_decode"]
+    print(f"{'':28}{'engine':>10}{'no-spec':>10}{'ratio':>8}  target")
+    for key, target in (
+        ("final_p50_s", "<= 0.8"),
+        ("final_p95_s", "<= 1.5"),
+        ("first_result_p95_s", "<= 1.5 (first interim)"),
+        ("first_result_max_s", ""),
+    ):
+        ratio = ours[key] / base[key] if base[key] else float("nan")
+        print(f"{key:28}{ours[key]:10.3f}{base[key]:10.3f}{ratio:8.2f}  {target}")
+    met = (
+        ours["final_p50_s"] <= 0.8
+        and ours["final_p95_s"] <= 1.5
+        and ours["first_result_max_s"] <= 1.5
+    )
+    print(f"targets {'met' if met else 'NOT met'}")
+    write_result(
+        "asr_latency",
+        {
+            "audio_seconds": round(audio, 1),
+            "clips": len(clips),
+            "configs": results,
+            "targets": {"final_p50_s": 0.8, "final_p95_s": 1.5, "first_interim_s": 1.5},
+            "targets_met": met,
+            "ratio_final_p50_vs_no_speculative": round(
+                ours["final_p50_s"] / base["final_p50_s"], 3
+            ),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
