@@ -168,3 +168,22 @@ async def test_no_words_on_silence_or_noise(server: AsrServerThread, kind: str) 
     assert run.error is None, run.error
     assert run.text.strip() == "", run.text
     assert run.summary is not None
+
+
+async def test_long_utterance_is_cut_at_a_committed_word() -> None:
+    rec = next(r for r in eval_recordings() if r.name == "ls_1089-134686-0000.flac")
+    with AsrServerThread(max_utterance=4.0) as srv:
+        async with grpc.aio.insecure_channel(srv.target) as channel:
+            run = await run_stream(
+                channel, rec.pcm, rec.rate, first=config_request(rec.rate), speed=2.0
+            )
+    assert run.error is None, run.error
+    finals = run.finals
+    assert len(finals) >= 2, "a 10 s utterance with max_utterance 4 s must be cut"
+    for a, b in zip(finals, finals[1:], strict=False):
+        assert a.end_offset.ToMilliseconds() <= b.start_offset.ToMilliseconds() + 1
+        assert b.start_offset.ToMilliseconds() - a.end_offset.ToMilliseconds() < 1000
+    for f in finals:
+        assert f.end_offset.ToMilliseconds() - f.start_offset.ToMilliseconds() <= 4300
+    # no words lost or doubled at the cuts
+    assert wer(rec.text, run.text) <= 0.3, run.text

@@ -22,6 +22,7 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import merge_punctuations
 
 from voxmesh.asr.audio import MODEL_SAMPLE_RATE, Samples
 
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 MAX_WINDOW_SECONDS = 30.0
 _MAX_PROMPT_TOKENS = 64
 _MAX_PREFIX_TOKENS = 120
+_PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+_APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"  # faster-whisper's defaults
 _SPACE_TOKEN = 220  # " " in the GPT-2 vocabulary every Whisper tokenizer shares
 
 
@@ -271,6 +274,8 @@ class WhisperDecoder:
         except (RuntimeError, ValueError, IndexError) as err:  # pragma: no cover - defensive
             logger.warning("word alignment failed: %s", err)
             return outputs
+        for alignment in alignments:
+            merge_punctuations(alignment, _PREPEND_PUNCTUATIONS, _APPEND_PUNCTUATIONS)
         merged = []
         for out, tokens, skip, alignment in zip(
             outputs, token_lists, skip_tokens, alignments, strict=True

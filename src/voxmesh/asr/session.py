@@ -431,7 +431,8 @@ class StreamSession:
 
     async def _cut(self) -> None:
         """Finalises the committed part of an over-long utterance."""
-        start, end = self._utt_start, self._total
+        start = self._utt_start
+        end = min(self._total, start + int(self._opt.max_utterance * SR))
         output, window = await self._decode(start, end, final=True, words=True)
         words = output.words
         committed, _ = self._agreement.update([w.word for w in words])

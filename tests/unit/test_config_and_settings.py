@@ -1,0 +1,71 @@
+"""Config validation and typed settings: no sockets, no model."""
+
+from __future__ import annotations
+
+import pytest
+
+from voxmesh.asr.config import check_model, validate_streaming_config
+from voxmesh.asr.settings import AsrSettings
+from voxmesh.errors import InvalidArgument, NotFound, SettingsError
+from voxmesh.settings import load
+from voxmesh.stt.v1 import stt_pb2
+
+
+def _cfg(**kw: object) -> stt_pb2.StreamingRecognitionConfig:
+    base: dict[str, object] = {"encoding": 1, "sample_rate_hertz": 8000, "priority": 1}
+    base.update(kw)
+    return stt_pb2.StreamingRecognitionConfig(config=stt_pb2.RecognitionConfig(**base))  # type: ignore[arg-type]
+
+
+def test_valid_config_gets_a_stream_id_and_normalised_language() -> None:
+    cfg = validate_streaming_config(_cfg(language_code="EN", priority=2))
+    assert cfg.language == "en" and not cfg.realtime and len(cfg.stream_id) == 16
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"encoding": 0}, "encoding is required"),
+        ({"sample_rate_hertz": 7999}, "out of range"),
+        ({"sample_rate_hertz": 48001}, "out of range"),
+        ({"priority": 0}, "priority is required"),
+        ({"language_code": "english"}, "not an ISO 639-1 code"),
+    ],
+)
+def test_invalid_configs_name_the_field(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        validate_streaming_config(_cfg(**kw))
+
+
+def test_container_ignores_the_sample_rate_and_missing_config_is_rejected() -> None:
+    assert validate_streaming_config(_cfg(encoding=2, sample_rate_hertz=0)).encoding == 2
+    with pytest.raises(InvalidArgument, match="config is required"):
+        validate_streaming_config(stt_pb2.StreamingRecognitionConfig())
+    with pytest.raises(InvalidArgument, match="stream_id"):
+        validate_streaming_config(
+            stt_pb2.StreamingRecognitionConfig(config=_cfg().config, stream_id="has space")
+        )
+
+
+def test_model_matching() -> None:
+    for name in ("", "auto", "asr_small", "tiny.en"):
+        check_model(name, pool="asr_small", model="tiny.en")
+    with pytest.raises(NotFound, match="not served here"):
+        check_model("base", pool="asr_small", model="tiny.en")
+
+
+def test_settings_precedence_and_errors() -> None:
+    s = load(
+        AsrSettings,
+        prefix="VOXMESH_ASR",
+        defaults={"pool": "asr_large", "model": "base"},
+        env={"VOXMESH_ASR_MAX_STREAMS": "7", "VOXMESH_ASR_POOL": "asr_x"},
+        argv=["--pool", "asr_y", "--adaptive-interims", "false"],
+    )
+    assert (s.pool, s.model, s.max_streams, s.adaptive_interims) == ("asr_y", "base", 7, False)
+    with pytest.raises(SettingsError, match="VOXMESH_ASR_MAX_STREAMS='many'"):
+        load(AsrSettings, prefix="VOXMESH_ASR", env={"VOXMESH_ASR_MAX_STREAMS": "many"})
+    with pytest.raises(SettingsError, match="max_streams=0"):
+        load(AsrSettings, prefix="VOXMESH_ASR", env={"VOXMESH_ASR_MAX_STREAMS": "0"})
+    with pytest.raises(SettingsError, match="discovery='etcd'"):
+        load(AsrSettings, prefix="VOXMESH_ASR", argv=["--discovery", "etcd"])

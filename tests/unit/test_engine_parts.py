@@ -1,0 +1,142 @@
+"""Unit tests of the streaming engine's parts: no sockets, no model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from voxmesh.asr.agreement import LocalAgreement
+from voxmesh.asr.decoder import DecodeJob, DecodeOutput
+from voxmesh.asr.scheduler import DecodeScheduler, SchedulerOptions
+from voxmesh.asr.vad import FRAME_SAMPLES, Endpointer, EndpointerOptions, VadEvent, VadState
+
+
+def test_local_agreement_commits_only_what_two_hypotheses_share() -> None:
+    agreement = LocalAgreement()
+    committed, tail = agreement.update("the cat sat".split())
+    assert committed == [] and tail == ["the", "cat", "sat"]
+    committed, tail = agreement.update("The cat, sat on".split())
+    assert committed == ["The", "cat,", "sat"] and tail == ["on"]
+    assert agreement.stability(tail) == pytest.approx(0.75)
+    # a contradicting hypothesis never takes back committed words
+    committed, tail = agreement.update("a dog".split())
+    assert committed == ["The", "cat,", "sat"] and tail == []
+    agreement.reset()
+    assert agreement.update(["x"]) == ([], ["x"])
+
+
+def _frames(pattern: str) -> np.ndarray:
+    """'s' speech frame, '.' silence frame, '~' in-between (hysteresis)."""
+    value = {"s": 0.9, ".": 0.05, "~": 0.4}
+    return np.array([value[c] for c in pattern], dtype=np.float32)
+
+
+def test_endpointer_needs_min_speech_and_min_silence() -> None:
+    opts = EndpointerOptions(min_speech=0.064, min_silence=0.16)  # 2 and 5 frames
+    ep = Endpointer(opts)
+    assert ep.push(_frames("..s..")) == []  # one speech frame is a click
+    events = ep.push(_frames("ss"))
+    assert events == [(VadEvent.SPEECH_STARTED, 5 * FRAME_SAMPLES)]
+    assert ep.state is VadState.SPEAKING
+    events = ep.push(_frames("~s.."))  # in-between frames still count as speech
+    assert events == [(VadEvent.PAUSE_STARTED, 9 * FRAME_SAMPLES)]
+    events = ep.push(_frames("s"))
+    assert [e for e, _ in events] == [VadEvent.SPEECH_RESUMED]
+    events = ep.push(_frames("....."))
+    assert events == [
+        (VadEvent.PAUSE_STARTED, 12 * FRAME_SAMPLES),
+        (VadEvent.SPEECH_ENDED, 12 * FRAME_SAMPLES),
+    ]
+    assert ep.state is VadState.IDLE
+    assert ep.force_end() is None
+
+
+class RecordingDecoder:
+    """A fake model: records batches, answers with the audio length as text."""
+
+    name = "fake"
+    is_multilingual = False
+
+    def __init__(self) -> None:
+        self.batches: list[list[DecodeJob]] = []
+
+    def supports_language(self, code: str) -> bool:
+        return code == "en"
+
+    def decode(self, jobs: Sequence[DecodeJob]) -> list[DecodeOutput]:
+        self.batches.append(list(jobs))
+        return [DecodeOutput(text=f"n{len(j.audio)}") for j in jobs]
+
+
+async def test_scheduler_batches_in_priority_order_and_drops_cancelled_jobs() -> None:
+    decoder = RecordingDecoder()
+    scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=2, max_wait=0.0))
+    scheduler.start()
+    try:
+        job = lambda n: DecodeJob(audio=np.zeros(n, dtype=np.float32))  # noqa: E731
+        # Occupy the worker so the next submissions queue up together.
+        first = asyncio.create_task(scheduler.submit(job(1), realtime=True, final=True))
+        await asyncio.sleep(0)
+        batch_interim = asyncio.create_task(scheduler.submit(job(2), realtime=False, final=False))
+        rt_interim = asyncio.create_task(scheduler.submit(job(3), realtime=True, final=False))
+        doomed = asyncio.create_task(scheduler.submit(job(4), realtime=True, final=True))
+        rt_final = asyncio.create_task(scheduler.submit(job(5), realtime=True, final=True))
+        await asyncio.sleep(0)
+        doomed.cancel()
+        results = await asyncio.gather(first, batch_interim, rt_interim, rt_final)
+        assert [r.text for r in results] == ["n1", "n2", "n3", "n5"]
+        sizes = [[len(j.audio) for j in b] for b in decoder.batches]
+        # realtime final first, then realtime interim, batch interim last; 4 was dropped
+        assert sizes[1:] == [[5, 3], [2]]
+        assert scheduler.stats.dropped == 1
+        assert all(len(b) <= 2 for b in decoder.batches)
+    finally:
+        await scheduler.shutdown()
+
+
+async def test_scheduler_fifo_when_not_prioritised() -> None:
+    decoder = RecordingDecoder()
+    scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=1, prioritise=False))
+    scheduler.start()
+    try:
+        job = lambda n: DecodeJob(audio=np.zeros(n, dtype=np.float32))  # noqa: E731
+        tasks = [
+            asyncio.create_task(scheduler.submit(job(n), realtime=n % 2 == 0, final=n > 2))
+            for n in (1, 2, 3, 4)
+        ]
+        await asyncio.gather(*tasks)
+        assert [len(b[0].audio) for b in decoder.batches] == [1, 2, 3, 4]
+    finally:
+        await scheduler.shutdown()
+
+
+async def test_scheduler_fails_jobs_when_the_model_fails_and_keeps_serving() -> None:
+    class Flaky(RecordingDecoder):
+        def decode(self, jobs: Sequence[DecodeJob]) -> list[DecodeOutput]:
+            if len(jobs[0].audio) == 13:
+                raise RuntimeError("CUDA out of memory")
+            return super().decode(jobs)
+
+    scheduler = DecodeScheduler(Flaky(), SchedulerOptions(max_batch=1))
+    scheduler.start()
+    try:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            await scheduler.submit(
+                DecodeJob(audio=np.zeros(13, np.float32)), realtime=True, final=True
+            )
+        ok = await scheduler.submit(
+            DecodeJob(audio=np.zeros(7, np.float32)), realtime=True, final=True
+        )
+        assert ok.text == "n7"
+    finally:
+        await scheduler.shutdown()
+
+
+def test_noise_rules() -> None:
+    assert DecodeOutput(text="").looks_like_noise()
+    assert DecodeOutput(text="you", no_speech_prob=0.9, avg_logprob=-1.4).looks_like_noise()
+    assert not DecodeOutput(text="hello", no_speech_prob=0.9, avg_logprob=-0.2).looks_like_noise()
+    assert DecodeOutput(text="la " * 50, compression_ratio=5.0).looks_like_noise()
