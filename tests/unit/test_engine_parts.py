@@ -16,13 +16,13 @@ from voxmesh.asr.vad import FRAME_SAMPLES, Endpointer, EndpointerOptions, VadEve
 
 def test_local_agreement_commits_only_what_two_hypotheses_share() -> None:
     agreement = LocalAgreement()
-    committed, tail = agreement.update("the cat sat".split())
+    committed, tail = agreement.update(["the", "cat", "sat"])
     assert committed == [] and tail == ["the", "cat", "sat"]
-    committed, tail = agreement.update("The cat, sat on".split())
+    committed, tail = agreement.update(["The", "cat,", "sat", "on"])
     assert committed == ["The", "cat,", "sat"] and tail == ["on"]
     assert agreement.stability(tail) == pytest.approx(0.75)
     # a contradicting hypothesis never takes back committed words
-    committed, tail = agreement.update("a dog".split())
+    committed, tail = agreement.update(["a", "dog"])
     assert committed == ["The", "cat,", "sat"] and tail == []
     agreement.reset()
     assert agreement.update(["x"]) == ([], ["x"])

@@ -34,7 +34,7 @@ MAX_WINDOW_SECONDS = 30.0
 _MAX_PROMPT_TOKENS = 64
 _MAX_PREFIX_TOKENS = 120
 _PREPEND_PUNCTUATIONS = "\"'“¿([{-"
-_APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"  # faster-whisper's defaults
+_APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"  # noqa: RUF001 - faster-whisper defaults
 _SPACE_TOKEN = 220  # " " in the GPT-2 vocabulary every Whisper tokenizer shares
 
 
