@@ -1,14 +1,20 @@
-"""Entry point: ``python -m services.router [--flags]`` (see ``--help``)."""
+"""Entry point: ``python -m services.router [--flags]`` (see ``--help``).
+
+Once serving it prints ``VOXMESH_READY {json}`` (port, metrics port, id) on
+stdout, like every voxmesh service, for :class:`voxmesh.mesh.process.ServiceProcess`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
 
 from services.router.app import RouterApp
 from services.router.settings import RouterSettings, load_settings
+from voxmesh.mesh.process import READY_PREFIX
 from voxmesh.rpc.server import wait_for_signal
 
 logger = logging.getLogger("services.router")
@@ -18,10 +24,14 @@ async def serve(settings: RouterSettings) -> int:
     """Runs the router until SIGTERM/SIGINT, then drains; returns the exit code."""
     app = RouterApp(settings)
     await app.start()
-    print(
-        f"voxmesh router listening on {app.target} (metrics port {app.server.metrics_port})",
-        flush=True,
-    )
+    ready = {
+        "instance_id": settings.router_id,
+        "role": "router",
+        "port": app.port,
+        "metrics_port": app.server.metrics_port,
+        "pools": list(settings.pools),
+    }
+    print(READY_PREFIX + json.dumps(ready), flush=True)
     signal = await wait_for_signal()
     logger.info("%s: draining", signal.name)
     await app.shutdown()

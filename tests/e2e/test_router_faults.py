@@ -21,8 +21,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.conditions import wait_until_async
 from tests.doubles.fake_asr import expected_finals
+from tests.speech import espeak_pcm, silence_pcm, wer
 from tests.streaming import StreamRun, config_request, run_stream
+from voxmesh.client import RecognizerClient, StreamOptions, Transcript
+from voxmesh.mesh.process import ServiceProcess
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +123,7 @@ async def process_mesh(tmp_path: Path, names: list[str]) -> AsyncIterator[Proces
                 "--log-level",
                 "WARNING",
             ],
-            r"listening on [\d.]+:(\d+)",
+            r"^VOXMESH_READY .*\"port\": (\d+)",
             tmp_path / "router.log",
         )
         procs.append(router)
@@ -229,3 +233,76 @@ async def test_sigterm_drain_under_load_drops_nothing(tmp_path: Path) -> None:
         assert on_a >= 1, "no stream was on the drained instance"
         after = await run_all(m.target)
         assert all(r.summary is not None and r.summary.instance_id == "b" for _, r in after)
+
+
+SPEECH = [
+    "the quick brown fox jumps over the lazy dog",
+    "please call me back tomorrow morning",
+    "the meeting starts at nine o'clock",
+]
+
+
+async def serving_instance(procs: dict[str, ServiceProcess]) -> str:
+    """The name of the real instance that has a stream now (from its own telemetry)."""
+    for name, proc in procs.items():
+        async with RecognizerClient(proc.target) as client:
+            if (await client.telemetry()).active_streams:
+                return name
+    raise AssertionError("no instance has the stream")
+
+
+@pytest.mark.model
+@pytest.mark.timeout(120)
+async def test_real_instance_sigkill_mid_stream_continues_elsewhere(tmp_path: Path) -> None:
+    registry = str(tmp_path / "registry")
+    common = ["--port", "0", "--metrics-port", "-1", "--discovery", "file",
+              "--registry-dir", registry, "--max-streams", "2", "--cpu-threads", "1"]  # fmt: skip
+    env = {"PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+    asr = {
+        name: ServiceProcess("services.asr_small", [*common, "--instance-id", name], env=env,
+                             log_path=tmp_path / f"{name}.log")
+        for name in ("real-a", "real-b")
+    }  # fmt: skip
+    router = ServiceProcess(
+        "services.router",
+        ["--port", "0", "--metrics-port", "-1", "--registry-dir", registry,
+         "--registry-poll-s", "0.05", "--telemetry-interval-s", "0.1", "--log-level", "WARNING"],
+        env=env, log_path=tmp_path / "router.log",
+    )  # fmt: skip
+    audio = b"".join(espeak_pcm(s) + silence_pcm(1.0) for s in SPEECH)
+    options = StreamOptions(model="asr_small", speed=2.0)
+    responses: list[tuple[float, stt_pb2.StreamingRecognizeResponse]] = []
+    try:
+        await asyncio.gather(*(p.start() for p in asr.values()))
+        await router.start()
+        await wait_for_instances(router.target, 2)
+        async with RecognizerClient(router.target) as client:
+            clean = await client.transcribe_pcm(audio, 16000, options)
+
+            async def faulted_run() -> Transcript:
+                return await client.transcribe_pcm(
+                    audio, 16000, options,
+                    on_response=lambda r: responses.append((time.monotonic(), r)),
+                )  # fmt: skip
+
+            faulted_task = asyncio.create_task(faulted_run())
+            await wait_until_async(lambda: any(r.result.is_final for _, r in responses), timeout=30)
+            victim = await serving_instance(asr)
+            killed_at = time.monotonic()
+            await asr[victim].kill()
+            faulted = await faulted_task
+    finally:
+        for proc in (*asr.values(), router):
+            await proc.kill()
+    assert faulted.summary is not None and faulted.summary.failovers == 1
+    assert faulted.summary.instance_id != victim
+    indices = [f.utterance_index for f in faulted.finals]
+    assert indices == list(range(len(indices)))
+    ends = [f.end_offset.ToMilliseconds() for f in faulted.finals]
+    assert ends == sorted(set(ends))
+    assert len(faulted.finals) == len(clean.finals)
+    assert wer(clean.text, faulted.text) <= 0.15, (clean.text, faulted.text)
+    after = [t for t, _ in responses if t > killed_at]
+    print(f"clean:   {clean.text}\nfaulted: {faulted.text}\n"
+          f"first response {1000 * (after[0] - killed_at):.0f} ms after the kill")  # fmt: skip
+    assert after and after[0] - killed_at < 1.0

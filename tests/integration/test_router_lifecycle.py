@@ -24,9 +24,11 @@ async def test_router_telemetry_stream_carries_queue_stats_per_pool() -> None:
         interval = duration_pb2.Duration()
         interval.FromMilliseconds(100)
         call = stub.WatchTelemetry(stt_pb2.WatchTelemetryRequest(interval=interval))
-        first = (await call.read()).snapshot
-        second = (await call.read()).snapshot
+        replies = [await call.read(), await call.read()]
         call.cancel()
+        first, second = (
+            r.snapshot for r in replies if isinstance(r, stt_pb2.WatchTelemetryResponse)
+        )
         assert first.role == stt_pb2.ROLE_ROUTER
         assert first.state == stt_pb2.SERVING_STATE_SERVING
         assert not first.gpu_available and first.gpu_unavailable_reason

@@ -1,0 +1,318 @@
+"""Router overhead: added latency per message, sustained streams and CPU, against baselines.
+
+Runs, at each load level, the same load (``bench/loadgen.py``, its own
+process: N concurrent real-time streams of 100 ms LINEAR16 chunks, each chunk
+timed until the interim result the backend sends for it) against:
+
+* ``direct``: the backend itself;
+* ``router``: ``python -m services.router`` in front of it (file discovery);
+* ``nginx``: Debian nginx with ``grpc_pass`` in front of it (one worker, like
+  the single-process router), as a proxy baseline.
+
+The backend is ``tests.doubles.fake_asr`` (no model; one interim result per
+chunk) in its own process. Added latency is the proxy's percentile minus the
+direct percentile at the same level. CPU is measured with psutil on the
+proxy's processes over the measured window. Everything shares this machine's
+cores, so contention shows up in every figure; the JSON says how many cores.
+
+    python -m bench.router_overhead --levels 50,100,200,300,500 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.common import write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+NGINX = "/usr/sbin/nginx"
+MODES = ("direct", "router", "nginx")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+
+
+def _spawn(args: list[str], pattern: str, log: Path) -> tuple[subprocess.Popen[str], int]:
+    """Starts a process and waits for its ready line; returns it and the port it printed."""
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=err, text=True
+        )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        match = re.search(pattern, line)
+        if match:
+            return proc, int(match.group(1))
+    proc.kill()
+    raise RuntimeError(f"{args[:3]} did not start: {log.read_text()[-2000:]}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _nginx_conf(prefix: Path, port: int, backend: int) -> Path:
+    tmp = prefix / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    tmp.chmod(0o777)
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"""
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  http2_max_concurrent_streams 4096;
+  keepalive_timeout 3600s;
+  server {{
+    listen 127.0.0.1:{port} http2;
+    location / {{
+      grpc_pass grpc://127.0.0.1:{backend};
+      grpc_read_timeout 3600s;
+      grpc_send_timeout 3600s;
+      client_body_timeout 3600s;
+      client_max_body_size 0;
+    }}
+  }}
+}}
+"""
+    )
+    return conf
+
+
+@contextmanager
+def _processes(work: Path) -> Iterator[dict[str, Any]]:
+    """Starts the backend, the router and nginx; yields their ports and psutil handles."""
+    registry = work / "registry"
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        backend, backend_port = _spawn(
+            [sys.executable, "-m", "tests.doubles.fake_asr", "--port", "0",
+             "--instance-id", "bench-backend", "--max-streams", "100000",
+             "--utterance-ms", "100000000", "--registry-dir", str(registry)],
+            r"^PORT (\d+)", work / "backend.log",
+        )  # fmt: skip
+        procs.append(backend)
+        router, router_port = _spawn(
+            [sys.executable, "-m", "services.router", "--port", "0", "--metrics-port", "-1",
+             "--registry-dir", str(registry), "--registry-poll-s", "0.2",
+             "--queue-max-streams", "0", "--log-level", "WARNING"],
+            r"^VOXMESH_READY .*\"port\": (\d+)", work / "router.log",
+        )  # fmt: skip
+        procs.append(router)
+        nginx_port = _free_port()
+        conf = _nginx_conf(work / "nginx", nginx_port, backend_port)
+        nginx = subprocess.Popen(
+            [NGINX, "-p", str(work / "nginx"), "-c", str(conf), "-e", str(work / "nginx.err")],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        procs.append(nginx)  # type: ignore[arg-type]
+        _wait_listening(nginx_port)
+        _wait_router_ready(router_port)
+        yield {
+            "ports": {"direct": backend_port, "router": router_port, "nginx": nginx_port},
+            "pids": {"backend": backend.pid, "router": router.pid, "nginx": nginx.pid},
+        }
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_listening(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def _wait_router_ready(port: int) -> None:
+    """Runs one short stream through the router until it succeeds (discovery done)."""
+    probe = [sys.executable, "-m", "bench.loadgen", "--target", f"127.0.0.1:{port}",
+             "--streams", "1", "--channels", "1", "--ramp", "0", "--warmup", "0",
+             "--duration", "0.3"]  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            probe, check=False, cwd=ROOT, env=_env(), capture_output=True, text=True
+        )
+        lines = out.stdout.strip().splitlines()
+        if lines and json.loads(lines[-1])["streams_ok"] == 1:
+            return
+    raise RuntimeError("the router never served the probe stream")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (nginx workers)."""
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        times = p.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def _run_level(
+    target: str, streams: int, args: argparse.Namespace, pids: dict[str, int]
+) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.loadgen", "--target", target, "--streams", str(streams),
+           "--channels", str(args.channels), "--ramp", str(args.ramp), "--warmup",
+           str(args.warmup), "--duration", str(args.duration)]  # fmt: skip
+    gen = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True)
+    assert gen.stdout is not None
+    watched = {**pids, "loadgen": gen.pid}
+    before: dict[str, float] = {}
+    after: dict[str, float] = {}
+    t0 = t1 = 0.0
+    result: dict[str, Any] = {}
+    for raw in gen.stdout:
+        line = raw.strip()
+        if line == "phase measure":
+            t0 = time.monotonic()
+            before = {k: _cpu_seconds(v) for k, v in watched.items()}
+        elif line == "phase done":
+            t1 = time.monotonic()
+            after = {k: _cpu_seconds(v) for k, v in watched.items()}
+        elif line.startswith("{"):
+            result = json.loads(line)
+    gen.wait()
+    wall = max(1e-9, t1 - t0)
+    result["cpu_cores"] = {k: round((after[k] - before[k]) / wall, 3) for k in before}
+    expected = result["chunks_expected"]
+    result["sustained"] = bool(
+        not result["stream_errors"]
+        and result["streams_ok"] == streams
+        and result["chunks_sent"] >= 0.98 * expected
+        and result["responses_timed"] >= 0.98 * result["chunks_sent"]
+        and result["send_lag_ms"]["p99"] < 100.0
+    )
+    return result
+
+
+def _added(proxy: dict[str, Any], direct: dict[str, Any]) -> dict[str, float]:
+    return {q: round(proxy["latency_ms"][q] - direct["latency_ms"][q], 3) for q in ("p50", "p99")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs every level and mode, prints a table, writes bench/results/router_overhead.json."""
+    parser = argparse.ArgumentParser(description="router overhead vs direct and nginx")
+    parser.add_argument("--levels", default="50,100,200,300,500", help="concurrent streams")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--ramp", type=float, default=3.0)
+    parser.add_argument("--channels", type=int, default=8)
+    args = parser.parse_args(argv)
+    if shutil.which(NGINX) is None and not Path(NGINX).exists():
+        raise SystemExit(f"{NGINX} not found (Debian package nginx)")
+    levels = [int(x) for x in args.levels.split(",")]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="voxmesh-bench-") as tmp, _processes(Path(tmp)) as env:
+        for streams in levels:
+            row: dict[str, Any] = {"streams": streams}
+            for mode in MODES:
+                target = f"127.0.0.1:{env['ports'][mode]}"
+                row[mode] = _run_level(target, streams, args, env["pids"])
+            row["router_added_ms"] = _added(row["router"], row["direct"])
+            row["nginx_added_ms"] = _added(row["nginx"], row["direct"])
+            nginx_p99 = row["nginx_added_ms"]["p99"]
+            row["router_to_nginx_added_p99"] = (
+                round(row["router_added_ms"]["p99"] / nginx_p99, 2) if nginx_p99 > 0 else None
+            )
+            rows.append(row)
+            _print_row(row)
+    sustained = [r["streams"] for r in rows if r["router"]["sustained"]]
+    top = rows[-1]
+    summary = {
+        "largest_level_sustained_by_router": max(sustained, default=0),
+        "at_largest_level": {
+            "streams": top["streams"],
+            "router_added_p99_ms": top["router_added_ms"]["p99"],
+            "nginx_added_p99_ms": top["nginx_added_ms"]["p99"],
+            "router_cpu_cores": top["router"]["cpu_cores"]["router"],
+            "nginx_cpu_cores": top["nginx"]["cpu_cores"]["nginx"],
+            "target_added_p99_le_5ms": top["router_added_ms"]["p99"] <= 5.0,
+            "target_router_cpu_le_1_core": top["router"]["cpu_cores"]["router"] <= 1.0,
+        },
+    }
+    write_result(
+        "router_overhead",
+        {
+            "setup": {
+                "backend": "tests.doubles.fake_asr (no model, one interim result per chunk)",
+                "chunk_ms": 100,
+                "measured_s": args.duration,
+                "nginx": "1 worker, grpc_pass, http2",
+                "note": "load generator, backend and proxy share this machine's cores",
+            },
+            "levels": rows,
+            "summary": summary,
+        },
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    def cell(mode: str) -> str:
+        r = row[mode]
+        lat = r["latency_ms"]
+        proc = {"direct": "backend", "router": "router", "nginx": "nginx"}[mode]
+        return (
+            f"{mode:>6}: p50 {lat['p50']:7.2f} p99 {lat['p99']:7.2f} ms "
+            f"{proc} {r['cpu_cores'][proc]:.2f} cores "
+            f"{'ok' if r['sustained'] else 'NOT sustained'}"
+        )
+
+    print(f"--- {row['streams']} streams x 10 chunks/s", flush=True)
+    for mode in MODES:
+        print("  " + cell(mode), flush=True)
+    print(
+        f"  added p50/p99: router {row['router_added_ms']['p50']:.2f}/"
+        f"{row['router_added_ms']['p99']:.2f} ms, nginx {row['nginx_added_ms']['p50']:.2f}/"
+        f"{row['nginx_added_ms']['p99']:.2f} ms, router/nginx p99 "
+        f"{row['router_to_nginx_added_p99']}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
