@@ -1,0 +1,64 @@
+"""Entry point: ``python -m services.autoscaler [--flags]`` (see ``--help``).
+
+Prints one ``VOXMESH_READY {json}`` line once the control API serves, runs until
+SIGTERM/SIGINT, then shuts down in order (see :mod:`services.autoscaler.app`). A second
+signal during the shutdown kills the local instances still draining and exits at once
+(rather than leaving them running without their autoscaler).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+
+from services.autoscaler.app import AutoscalerApp
+from services.autoscaler.settings import AutoscalerSettings, load_settings
+from voxmesh.errors import SettingsError
+from voxmesh.mesh.process import READY_PREFIX
+from voxmesh.rpc import aio_compat
+from voxmesh.rpc.server import wait_for_signal
+
+logger = logging.getLogger("services.autoscaler")
+
+
+async def serve(settings: AutoscalerSettings) -> int:
+    """Runs the autoscaler until SIGTERM/SIGINT, then shuts it down; returns the exit code."""
+    app = AutoscalerApp(settings)
+    await app.start()
+    print(READY_PREFIX + json.dumps(app.ready), flush=True)
+    signal = await wait_for_signal()
+    logger.info("%s: shutting down", signal.name)
+    stopping = asyncio.create_task(app.shutdown())
+    again = asyncio.create_task(wait_for_signal())
+    await asyncio.wait({stopping, again}, return_when=asyncio.FIRST_COMPLETED)
+    again.cancel()
+    if not stopping.done():
+        logger.warning(
+            "%s again: killing the instances that are still draining", again.result().name
+        )
+        await app.abort()
+        return 1
+    await stopping
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parses settings from flags and environment and runs the autoscaler."""
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    aio_compat.install()
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,476 @@
+"""The evaluation loop with a fake signal source, a fake scale target and an injected clock.
+
+The fakes implement the real contracts (:class:`SignalSource`, :class:`ScaleTarget`,
+:class:`LeaderLock`); the policy is the real one. Time is a number moved by the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.autoscaler.loop import EvaluationLoop, LoopConfig, PoolSpec
+from services.autoscaler.metrics import AutoscalerMetrics
+from services.autoscaler.policy import GroupLimits, PoolPolicy
+from services.autoscaler.records import Kind, Outcome, Phase
+from services.autoscaler.signals.base import InstanceLoad, PoolLoad
+from services.autoscaler.targets.base import (
+    CapacityClass,
+    GroupStatus,
+    Reclaim,
+    Refusal,
+    ScaleOutcome,
+    ScaleResult,
+    ScalingEvent,
+    TargetUnavailable,
+)
+from tests.conditions import wait_until_async
+from voxmesh.errors import NotFound
+
+POOL = "asr_small"
+OD = "asr_small/on-demand"
+PE = "asr_small/preemptible"
+WINDOW_S = 10.0
+COOLDOWN_S = 5.0
+
+
+class Clock:
+    """A monotonic clock moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeSource:
+    """A :class:`SignalSource` whose loads the test sets."""
+
+    def __init__(self) -> None:
+        self.loads: dict[str, PoolLoad] = {}
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def shutdown(self) -> None:
+        return None
+
+    def read(self, pool: str) -> PoolLoad:
+        return self.loads.get(pool, PoolLoad(pool, age_s=0.5, max_streams=1))
+
+    def instance_streams(self, instance_id: str) -> int | None:
+        del instance_id
+        return None
+
+    def demand(self, active: int = 0, queued: int = 0, *, age_s: float = 0.5) -> None:
+        self.loads[POOL] = PoolLoad(
+            POOL, active_streams=active, queued_realtime=queued, max_streams=1, age_s=age_s
+        )
+
+
+@dataclass
+class FakeGroup:
+    capacity_class: CapacityClass
+    count: int = 0
+    running: int = 0
+    max_count: int | None = None
+    external: ScalingEvent | None = None
+
+
+@dataclass
+class FakeTarget:
+    """A :class:`ScaleTarget`; instances start when the test says (``settle``)."""
+
+    groups: dict[str, FakeGroup] = field(
+        default_factory=lambda: {OD: FakeGroup(CapacityClass.ON_DEMAND, 1, 1)}
+    )
+    calls: list[tuple[str, int, str]] = field(default_factory=list)
+    status_calls: int = 0
+    refuse: Refusal | None = None
+    unavailable: bool = False
+    reclaims: list[Reclaim] = field(default_factory=list)
+
+    async def status(self) -> dict[str, GroupStatus]:
+        self.status_calls += 1
+        if self.unavailable:
+            raise TargetUnavailable("nomad answered 503: no leader")
+        return {
+            name: GroupStatus(
+                name=name,
+                pool=POOL,
+                capacity_class=g.capacity_class,
+                desired=g.count,
+                running=g.running,
+                placed=g.count,
+                healthy=g.running,
+                pending=g.count - g.running,
+                max_count=g.max_count,
+                external_change=g.external,
+            )
+            for name, g in self.groups.items()
+        }
+
+    async def scale(
+        self, group: str, count: int, reason: str, meta: Mapping[str, str] | None = None
+    ) -> ScaleResult:
+        self.calls.append((group, count, reason))
+        g = self.groups[group]
+        previous = g.count
+        if self.refuse is not None:
+            return ScaleResult(
+                group, ScaleOutcome.REFUSED, count, count, previous, self.refuse, "busy"
+            )
+        if count == previous:
+            return ScaleResult(group, ScaleOutcome.UNCHANGED, count, count, previous)
+        g.count = count
+        g.running = min(g.running, count)  # a scale-down stops instances at once
+        return ScaleResult(group, ScaleOutcome.APPLIED, count, count, previous)
+
+    async def reclaiming(self) -> list[Reclaim]:
+        return list(self.reclaims)
+
+    def settle(self) -> None:
+        for g in self.groups.values():
+            g.running = g.count
+
+
+class FakeLock:
+    """A :class:`LeaderLock` granted and taken away by the test."""
+
+    def __init__(self, grant: bool = True) -> None:
+        self.grant = grant
+        self.is_leader = False
+        self.released = 0
+        self._lost = asyncio.Event()
+
+    async def acquire(self) -> bool:
+        if self.grant:
+            self.is_leader = True
+            self._lost = asyncio.Event()
+        return self.is_leader
+
+    async def hold(self) -> None:
+        await self._lost.wait()
+
+    async def release(self) -> None:
+        self.released += 1
+        self.is_leader = False
+        self._lost.set()
+
+    def lose(self) -> None:
+        self.is_leader, self.grant = False, False
+        self._lost.set()
+
+
+def policy(*, od_max: int = 4, pe_max: int = 0) -> PoolPolicy:
+    """Needs exactly demand / 1 stream per instance; 10 s window; nothing anticipated."""
+    return PoolPolicy(
+        on_demand=GroupLimits(min_count=1, max_count=od_max, lead_time_s=0.0),
+        preemptible=GroupLimits(min_count=0, max_count=pe_max, lead_time_s=0.0),
+        target_utilisation=1.0,
+        burst_sigmas=0.0,
+        tolerance=0.0,
+        scale_down_window_s=WINDOW_S,
+        scale_down_step=4,
+        stale_after_s=15.0,
+    )
+
+
+@dataclass
+class Harness:
+    loop: EvaluationLoop
+    source: FakeSource
+    target: FakeTarget
+    lock: FakeLock
+    clock: Clock
+    registry: CollectorRegistry
+
+    async def step(self, seconds: float = 1.0) -> None:
+        self.clock.advance(seconds)
+        await self.loop.evaluate_once()
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    def records(self, kind: Kind | None = None) -> list[str]:
+        return [r.reason for r in self.loop.log.recent() if kind is None or r.kind is kind]
+
+
+def harness(
+    target: FakeTarget | None = None,
+    *,
+    dry_run: bool = False,
+    lock: FakeLock | None = None,
+    interval_s: float = 1.0,
+    pe_max: int = 0,
+) -> Harness:
+    registry = CollectorRegistry()
+    source, clock = FakeSource(), Clock()
+    source.demand()
+    fake_target = target or FakeTarget()
+    fake_lock = lock or FakeLock()
+    loop = EvaluationLoop(
+        LoopConfig(
+            pools=(PoolSpec(POOL, policy(pe_max=pe_max), fallback_max_streams=1),),
+            interval_s=interval_s,
+            cooldown_s=COOLDOWN_S,
+            scaling_timeout_s=60.0,
+            leader_retry_s=0.01,
+            dry_run=dry_run,
+        ),
+        source,
+        fake_target,
+        fake_lock,
+        metrics=AutoscalerMetrics(registry),
+        clock=clock,
+    )
+    return Harness(loop, source, fake_target, fake_lock, clock, registry)
+
+
+async def test_a_queue_scales_up_at_once_and_the_phase_goes_scaling_cooldown_idle() -> None:
+    h = harness()
+    h.source.demand(active=1, queued=2)
+    await h.step()
+
+    assert h.target.calls == [(OD, 3, h.target.calls[0][2])]
+    assert "queue of 2 realtime streams" in h.target.calls[0][2]
+    (record,) = [r for r in h.loop.log.recent() if r.kind is Kind.SCALE]
+    assert record.actions[0].outcome is Outcome.APPLIED
+    assert (record.actions[0].current, record.actions[0].desired) == (1, 3)
+    assert h.loop.view(POOL).phase is Phase.SCALING
+
+    await h.step()  # two instances still starting
+    view = h.loop.view(POOL)
+    assert view.phase is Phase.SCALING
+    assert (view.groups[0].serving, view.groups[0].starting) == (1, 2)
+
+    h.target.settle()
+    await h.step()
+    assert h.loop.view(POOL).phase is Phase.COOLDOWN
+    await h.step(COOLDOWN_S)
+    assert h.loop.view(POOL).phase is Phase.IDLE
+    assert len(h.target.calls) == 1  # demand unchanged: nothing more to do
+
+
+async def test_a_scale_down_waits_for_the_change_to_settle_the_cooldown_and_the_window() -> None:
+    h = harness()
+    h.source.demand(active=1, queued=2)
+    await h.step()
+    h.source.demand(active=0)  # the burst is over before the instances even start
+    for _ in range(12):
+        await h.step()
+    assert [c[1] for c in h.target.calls] == [3]
+    deferred = [r for r in h.loop.log.recent() if r.actions[0].outcome is Outcome.DEFERRED]
+    assert deferred and "a change is settling" in deferred[0].actions[0].detail
+    assert h.metric("voxmesh_autoscaler_scale_refused_total", reason="deferred") >= 1
+
+    h.target.settle()
+    await h.step()  # settled: cooldown starts, the scale-down still waits
+    assert h.loop.view(POOL).phase is Phase.COOLDOWN
+    assert [c[1] for c in h.target.calls] == [3]
+    await h.step(COOLDOWN_S)
+    assert [c[1] for c in h.target.calls] == [3, 1]
+    down = h.loop.log.recent()[-1]
+    assert down.actions[0].outcome is Outcome.APPLIED
+    assert down.actions[0].drain == 2
+
+
+async def test_missing_or_stale_signals_never_scale_down() -> None:
+    h = harness(FakeTarget({OD: FakeGroup(CapacityClass.ON_DEMAND, 3, 3)}))
+    h.source.loads[POOL] = PoolLoad(POOL, max_streams=1, missing="no telemetry from any router")
+    for _ in range(3):
+        await h.step(WINDOW_S)
+    assert h.target.calls == []
+    assert h.records(Kind.HOLD) == [
+        "holding: no telemetry from any router (missing signals never scale down)"
+    ]
+    assert h.metric("voxmesh_autoscaler_signal_age_seconds", pool=POOL) == float("inf")
+
+    h.source.demand(active=0, age_s=40.0)
+    for _ in range(3):
+        await h.step(WINDOW_S)
+    assert h.target.calls == []
+    assert "holding: signals stale for 40 s" in h.records(Kind.HOLD)
+
+
+async def test_a_paused_pool_records_what_it_would_do_and_resume_applies_it() -> None:
+    h = harness()
+    view = h.loop.pause(POOL, "GPU maintenance")
+    assert view.paused and view.pause_reason == "GPU maintenance"
+    assert h.metric("voxmesh_autoscaler_paused", pool=POOL) == 1
+    h.source.demand(active=1, queued=1)
+    await h.step()
+    await h.step()
+    assert h.target.calls == []
+    paused = [r for r in h.loop.log.recent() if r.kind is Kind.SCALE]
+    assert len(paused) == 1  # the repeat is not re-recorded
+    assert paused[0].actions[0].outcome is Outcome.PAUSED
+    assert paused[0].actions[0].detail == "paused: GPU maintenance"
+
+    assert not h.loop.resume(POOL).paused
+    await h.step()
+    assert [c[1] for c in h.target.calls] == [2]
+
+
+async def test_dry_run_records_decisions_without_applying_them() -> None:
+    h = harness(dry_run=True)
+    h.source.demand(active=1, queued=3)
+    await h.step()
+    assert h.target.calls == []
+    (record,) = [r for r in h.loop.log.recent() if r.kind is Kind.SCALE]
+    assert record.actions[0].outcome is Outcome.DRY_RUN
+    assert record.actions[0].desired == 4
+    assert h.metric("voxmesh_autoscaler_scale_refused_total", reason="dry-run") == 1
+
+
+async def test_a_refusal_is_recorded_once_and_counted_each_time() -> None:
+    h = harness()
+    h.target.refuse = Refusal.DEPLOYMENT_ACTIVE
+    h.source.demand(active=1, queued=1)
+    await h.step()
+    await h.step()
+    assert len(h.target.calls) == 2  # asked again: the refusal may have ended
+    refused = [r for r in h.loop.log.recent() if r.kind is Kind.SCALE]
+    assert len(refused) == 1
+    assert refused[0].actions[0].outcome is Outcome.REFUSED
+    assert refused[0].actions[0].detail == "deployment-active: busy"
+    assert h.metric("voxmesh_autoscaler_scale_refused_total", reason="deployment-active") == 2
+    assert h.loop.view(POOL).phase is Phase.IDLE
+
+
+async def test_an_unreachable_target_is_a_recorded_hold_not_a_crash() -> None:
+    h = harness()
+    h.target.unavailable = True
+    await h.step()
+    await h.step()
+    assert h.records() == [
+        "holding: the scale target is unavailable: nomad answered 503: no leader"
+    ]
+    h.target.unavailable = False
+    h.source.demand(active=1, queued=1)
+    await h.step()
+    assert [c[1] for c in h.target.calls] == [2]
+
+
+async def test_an_external_change_is_adopted_recorded_and_not_reverted_within_a_window() -> None:
+    h = harness()
+    for _ in range(int(WINDOW_S) + 1):  # a whole window observed at 1 instance
+        await h.step()
+    operator = ScalingEvent(time=1.7e9, count=3, previous_count=1, message="nomad job scale")
+    h.target.groups[OD] = FakeGroup(CapacityClass.ON_DEMAND, 3, 3, external=operator)
+    await h.step()
+    await h.step()
+    adopted = h.records(Kind.ADOPT)
+    assert adopted == [
+        "adopted external change of asr_small/on-demand: 1 -> 3 (nomad job scale); "
+        "not reverted, the observation window restarts"
+    ]
+    assert (
+        h.metric("voxmesh_autoscaler_decisions_total", pool=POOL, group=OD, direction="adopt") == 1
+    )
+
+    for _ in range(int(WINDOW_S) - 2):
+        await h.step()
+    assert h.target.calls == []  # demand is 0, yet the operator's count stands a window
+    await h.step(2.0)
+    assert [c[1] for c in h.target.calls] == [1]
+    assert len(h.records(Kind.ADOPT)) == 1
+
+
+async def test_a_preemptible_reclaim_falls_back_to_on_demand_at_once() -> None:
+    target = FakeTarget(
+        {
+            OD: FakeGroup(CapacityClass.ON_DEMAND, 1, 1),
+            PE: FakeGroup(CapacityClass.PREEMPTIBLE, 0, 0),
+        }
+    )
+    h = harness(target, pe_max=8)
+    h.source.demand(active=1, queued=2)
+    await h.step()
+    assert sorted((c[0], c[1]) for c in h.target.calls) == [(PE, 2)]
+
+    # One preemptible instance runs on a node being reclaimed, the other is not placed yet:
+    # neither can be counted on, so on-demand covers the whole burst while they are away.
+    h.target.reclaims = [Reclaim(PE, "alloc-1", "spot-1", "node draining")]
+    h.target.groups[PE].running = 1
+    await h.step()
+    assert [(c[0], c[1]) for c in h.target.calls[1:]] == [(OD, 3), (PE, 2)]
+    record = h.loop.log.recent()[-1]
+    assert "1 preemptible being reclaimed" in record.reason
+    outcomes = {a.group: a.outcome for a in record.actions}
+    assert outcomes == {OD: Outcome.APPLIED, PE: Outcome.UNCHANGED}
+    view = {g.group: g for g in h.loop.view(POOL).groups}
+    assert (view[PE].reclaiming, view[PE].serving, view[PE].starting) == (1, 0, 1)
+
+
+async def test_every_decision_has_metrics() -> None:
+    h = harness()
+    h.source.demand(active=2, queued=1)
+    h.source.loads[POOL] = PoolLoad(
+        POOL,
+        active_streams=2,
+        queued_realtime=1,
+        max_streams=1,
+        age_s=0.7,
+        instances=(
+            InstanceLoad("i-1", "on-demand", 1, 1, serving=True),
+            InstanceLoad("i-0", "on-demand", 1, 1, serving=False),
+        ),
+    )
+    await h.step()
+    await h.step()
+    labels = {"pool": POOL, "group": OD}
+    assert h.metric("voxmesh_autoscaler_decisions_total", **labels, direction="up") == 1
+    assert h.metric("voxmesh_autoscaler_decisions_total", **labels, direction="hold") == 1
+    assert h.metric("voxmesh_autoscaler_desired_instances", **labels) == 3
+    assert h.metric("voxmesh_autoscaler_current_instances", **labels) == 3
+    assert h.metric("voxmesh_autoscaler_signal_age_seconds", pool=POOL) == pytest.approx(0.7)
+    assert h.metric("voxmesh_autoscaler_demand_streams", pool=POOL) == 3
+    assert h.loop.view(POOL).groups[0].draining == 1  # the instance no longer serving
+
+
+async def test_unknown_pools_are_not_found() -> None:
+    h = harness()
+    with pytest.raises(NotFound, match="asr_huge"):
+        h.loop.pause("asr_huge")
+    with pytest.raises(NotFound):
+        h.loop.view("asr_huge")
+
+
+async def test_only_the_leader_evaluates_and_a_lost_lock_stops_it_at_once() -> None:
+    lock = FakeLock(grant=False)
+    h = harness(lock=lock, interval_s=0.01)
+    watch = h.loop.log.watch(replay=0)
+    task = asyncio.create_task(h.loop.run())
+    next_record = asyncio.ensure_future(anext(watch))
+    await wait_until_async(lambda: h.metric("voxmesh_autoscaler_leader") == 0 and task, 1)
+    await asyncio.sleep(0.05)  # a standby's tries: no evaluation may happen meanwhile
+    assert h.target.status_calls == 0 and not h.loop.is_leader
+
+    lock.grant = True
+    await wait_until_async(lambda: h.target.status_calls >= 2, 5)
+    assert h.loop.is_leader and h.metric("voxmesh_autoscaler_leader") == 1
+    assert (await asyncio.wait_for(next_record, 5)).kind is Kind.HOLD
+
+    lock.lose()
+    await wait_until_async(lambda: not h.loop.is_leader, 5)
+    calls = h.target.status_calls
+    await asyncio.sleep(0.05)
+    assert h.target.status_calls == calls
+    assert h.metric("voxmesh_autoscaler_leader") == 0
+
+    await h.loop.shutdown()
+    await h.loop.shutdown()  # idempotent
+    assert task.done() and task.exception() is None
+    assert lock.released == 1
+    with pytest.raises(StopAsyncIteration):
+        await anext(watch)  # the log's watchers end on shutdown
