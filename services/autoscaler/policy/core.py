@@ -174,7 +174,7 @@ def _cause(signals: PoolSignals, need: Need, settled: int) -> str:
         cause = f"queue of {_plural(signals.queued_batch, 'batch stream')}"
     else:
         cause = f"demand {_plural(signals.demand, 'stream')}"
-    if need.slope > 0:
+    if need.predicted_demand - signals.demand >= 0.5:
         cause += f", growing {need.slope:.2f}/s (expect {need.predicted_demand:.0f})"
     return f"{cause} -> need {_plural(need.instances, 'instance')}"
 
