@@ -189,12 +189,11 @@ class DecisionLog:
         record = DecisionRecord(self._sequence, self._wall(), pool, kind, reason, actions)
         self._records.append(record)
         for queue in list(self._watchers):
-            try:
+            if queue.qsize() < self._queue_size:
                 queue.put_nowait(record)
-            except asyncio.QueueFull:  # too slow: end its stream, it replays on reconnect
+            else:  # too slow: end its stream after what it has; it replays on reconnect
                 self._watchers.discard(queue)
-                queue.get_nowait()
-                queue.put_nowait(None)
+                queue.put_nowait(None)  # the one slot kept free for the end
         return record
 
     def recent(self, pool: str | None = None, limit: int | None = None) -> list[DecisionRecord]:
@@ -210,7 +209,7 @@ class DecisionLog:
         """The last ``replay`` records, then new ones until :meth:`close` (or overflow)."""
         if self._closed:
             return
-        queue: asyncio.Queue[DecisionRecord | None] = asyncio.Queue(self._queue_size)
+        queue: asyncio.Queue[DecisionRecord | None] = asyncio.Queue(self._queue_size + 1)
         self._watchers.add(queue)
         try:
             for record in self.recent(pool, replay):
@@ -226,6 +225,4 @@ class DecisionLog:
         self._closed = True
         for queue in list(self._watchers):
             self._watchers.discard(queue)
-            if queue.full():
-                queue.get_nowait()
             queue.put_nowait(None)

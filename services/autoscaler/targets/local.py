@@ -47,8 +47,6 @@ __all__ = ["LocalGroup", "LocalTarget", "ManagedProcess", "spawn_service"]
 
 logger = logging.getLogger(__name__)
 
-_KILL_GRACE_S = 15.0
-"""Extra time a draining instance gets beyond its drain timeout before SIGKILL."""
 _FAILING_AFTER = 2
 """Consecutive failed starts or crashes after which a group reports failing placements."""
 
@@ -160,6 +158,7 @@ class LocalTarget:
         spawn: Spawn,
         *,
         drain_timeout_s: float = 30.0,
+        kill_grace_s: float = 15.0,
         ready_timeout_s: float = 120.0,
         load: Callable[[str], int | None] | None = None,
         on_started: Callable[[str, float], None] | None = None,
@@ -169,6 +168,7 @@ class LocalTarget:
         self._groups = {g.name: _Group(g) for g in groups}
         self._spawn = spawn
         self._drain_timeout_s, self._ready_timeout_s = drain_timeout_s, ready_timeout_s
+        self._kill_grace_s = kill_grace_s
         self._load = load or (lambda _instance_id: None)
         self._on_started = on_started or (lambda _pool, _seconds: None)
         self._backoff = backoff_s
@@ -319,7 +319,7 @@ class LocalTarget:
 
     async def _watch_drain(self, instance: _Instance) -> None:
         """Kills a draining instance still alive after its drain timeout plus a grace."""
-        if await instance.process.wait(self._drain_timeout_s + _KILL_GRACE_S) is None:
+        if await instance.process.wait(self._drain_timeout_s + self._kill_grace_s) is None:
             logger.warning("%s did not drain in time: killed", instance.instance_id)
             await instance.process.kill()
 

@@ -1,0 +1,236 @@
+"""The local scale target with fake processes: reconcile, drain, victims, failures.
+
+:class:`FakeProcess` implements the target's ``ManagedProcess`` contract; the test
+decides when an instance becomes ready, finishes its drain, or crashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.autoscaler.targets.base import CapacityClass, Refusal, ScaleOutcome
+from services.autoscaler.targets.local import LocalGroup, LocalTarget, spawn_service
+from tests.conditions import wait_until_async
+from voxmesh.mesh.process import ServiceProcess
+
+OD = "asr_small/on-demand"
+
+
+class FakeProcess:
+    """A process that is ready, drains or dies when the test says so."""
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        self.ready_after = 0.0
+        self.drain_signalled = False
+        self.killed = False
+        self.code: int | None = None
+        self._ready = asyncio.Event()
+        self._exit = asyncio.Event()
+
+    async def start(self, ready_timeout: float = 120.0) -> None:
+        ready = asyncio.create_task(self._ready.wait())
+        exited = asyncio.create_task(self._exit.wait())
+        await asyncio.wait({ready, exited}, timeout=ready_timeout, return_when="FIRST_COMPLETED")
+        ready.cancel()
+        exited.cancel()
+        if not self._ready.is_set() or self._exit.is_set():
+            raise RuntimeError(f"{self.instance_id} did not become ready")
+
+    def signal_drain(self) -> None:
+        self.drain_signalled = True
+
+    async def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            await asyncio.wait_for(self._exit.wait(), timeout)
+        except TimeoutError:
+            return None
+        return self.code
+
+    async def kill(self) -> None:
+        self.killed = True
+        self.exit(-9)
+
+    def become_ready(self, seconds: float = 2.5) -> None:
+        self.ready_after = seconds
+        self._ready.set()
+
+    def exit(self, code: int) -> None:
+        if not self._exit.is_set():
+            self.code = code
+            self._exit.set()
+
+
+class Spawner:
+    """The target's spawn function; remembers every process it made."""
+
+    def __init__(self) -> None:
+        self.made: list[FakeProcess] = []
+        self.groups: list[LocalGroup] = []
+
+    def __call__(self, group: LocalGroup, instance_id: str) -> FakeProcess:
+        self.groups.append(group)
+        self.made.append(FakeProcess(instance_id))
+        return self.made[-1]
+
+
+@pytest.fixture
+def spawner() -> Spawner:
+    return Spawner()
+
+
+@pytest.fixture
+def loads() -> dict[str, int]:
+    return {}
+
+
+@pytest.fixture
+def started() -> list[tuple[str, float]]:
+    return []
+
+
+@pytest.fixture
+def target(
+    spawner: Spawner, loads: dict[str, int], started: list[tuple[str, float]]
+) -> Iterator[LocalTarget]:
+    yield LocalTarget(
+        [LocalGroup("asr_small", max_count=3)],
+        spawner,
+        drain_timeout_s=0.05,
+        kill_grace_s=0.0,
+        load=loads.get,
+        on_started=lambda pool, s: started.append((pool, s)),
+        backoff_s=(0.01, 0.01),
+    )
+
+
+async def until_serving(target: LocalTarget, started: list[tuple[str, float]], count: int) -> None:
+    """Waits (with a deadline) until ``count`` instances have started and serve."""
+    await wait_until_async(lambda: len(started) >= count, 2)
+    assert (await target.status())[OD].running == count
+
+
+async def test_scaling_up_starts_instances_that_count_once_ready(
+    target: LocalTarget, spawner: Spawner, started: list[tuple[str, float]]
+) -> None:
+    result = await target.scale(OD, 2, "queue of 2 streams")
+    assert (result.outcome, result.previous, result.count) == (ScaleOutcome.APPLIED, 0, 2)
+    status = (await target.status())[OD]
+    assert (status.desired, status.pending, status.running) == (2, 2, 0)
+    assert all(p.instance_id.startswith("asr_small-od-") for p in spawner.made)
+    assert {g.capacity_class for g in spawner.groups} == {CapacityClass.ON_DEMAND}
+
+    spawner.made[0].become_ready(2.5)
+    await wait_until_async(lambda: started, 2)
+    status = (await target.status())[OD]
+    assert (status.pending, status.running, status.healthy) == (1, 1, 1)
+    assert started == [("asr_small", 2.5)]
+
+    again = await target.scale(OD, 2, "same")
+    assert again.outcome is ScaleOutcome.UNCHANGED
+    assert len(spawner.made) == 2
+
+
+async def test_scaling_down_cancels_starting_instances_first_then_drains_the_least_loaded(
+    target: LocalTarget, spawner: Spawner, loads: dict[str, int], started: list[tuple[str, float]]
+) -> None:
+    await target.scale(OD, 3, "burst")
+    first, second, third = spawner.made
+    first.become_ready()
+    second.become_ready()
+    await until_serving(target, started, 2)
+    loads.update({first.instance_id: 3, second.instance_id: 1})
+
+    await target.scale(OD, 1, "quiet")
+    await wait_until_async(lambda: third.killed and second.drain_signalled, 2)
+    assert not first.drain_signalled and not first.killed  # the busy one keeps serving
+    status = (await target.status())[OD]
+    assert (status.desired, status.running, status.pending) == (1, 1, 0)
+
+    second.exit(0)  # its streams finished
+    await wait_until_async(lambda: second.code == 0, 1)
+    assert not second.killed
+    assert len(spawner.made) == 3  # nothing replaced: every stop was asked for
+
+
+async def test_an_instance_that_does_not_drain_in_time_is_killed(
+    target: LocalTarget, spawner: Spawner, started: list[tuple[str, float]]
+) -> None:
+    await target.scale(OD, 1, "up")
+    spawner.made[0].become_ready()
+    await until_serving(target, started, 1)
+    await target.scale(OD, 0, "idle")
+    await wait_until_async(lambda: spawner.made[0].killed, 2)
+    assert spawner.made[0].drain_signalled
+
+
+async def test_crashes_are_replaced_and_repeated_failures_are_reported(
+    target: LocalTarget, spawner: Spawner, started: list[tuple[str, float]]
+) -> None:
+    await target.scale(OD, 1, "up")
+    spawner.made[0].exit(1)  # dies while loading the model
+    await wait_until_async(lambda: len(spawner.made) == 2, 2)
+    status = (await target.status())[OD]
+    assert not status.placement_failing  # one failure is not a pattern yet
+
+    spawner.made[1].exit(1)
+    await wait_until_async(lambda: len(spawner.made) == 3, 2)
+    status = (await target.status())[OD]
+    assert status.placement_failing
+    assert "failed to start" in status.placement_reason
+
+    spawner.made[2].become_ready()
+    await until_serving(target, started, 1)
+    assert not (await target.status())[OD].placement_failing
+
+    spawner.made[2].exit(137)  # a crash while serving is replaced too
+    await wait_until_async(lambda: len(spawner.made) == 4, 2)
+
+
+async def test_counts_are_clamped_and_unknown_groups_refused(target: LocalTarget) -> None:
+    clamped = await target.scale(OD, 9, "spike")
+    assert (clamped.outcome, clamped.count, clamped.detail) == (
+        ScaleOutcome.APPLIED,
+        3,
+        "clamped from 9 to 3",
+    )
+    unknown = await target.scale("asr_small/preemptible", 1, "burst")
+    assert (unknown.outcome, unknown.refusal) == (ScaleOutcome.REFUSED, Refusal.UNKNOWN_GROUP)
+    assert await target.reclaiming() == []
+
+
+async def test_shutdown_drains_everything_and_waits_for_the_exits(
+    target: LocalTarget, spawner: Spawner, started: list[tuple[str, float]]
+) -> None:
+    await target.scale(OD, 2, "up")
+    spawner.made[0].become_ready()
+    await until_serving(target, started, 1)
+    stopping = asyncio.create_task(target.shutdown())
+    await wait_until_async(lambda: spawner.made[0].drain_signalled, 2)
+    assert spawner.made[1].killed  # it was still starting
+    assert not stopping.done()
+    spawner.made[0].exit(0)
+    await asyncio.wait_for(stopping, 2)
+    refused = await target.scale(OD, 1, "after shutdown")
+    assert refused.refusal is Refusal.DISABLED
+
+
+def test_spawn_service_runs_the_pool_module_on_the_file_registry(tmp_path: Path) -> None:
+    spawn = spawn_service("/reg", str(tmp_path), 12.0)
+    process = spawn(
+        LocalGroup("asr_large", CapacityClass.PREEMPTIBLE, args=("--max-streams=2",)), "x-1"
+    )
+    assert isinstance(process, ServiceProcess)
+    assert process.module == "services.asr_large"
+    assert process.args == [
+        "--instance-id=x-1",
+        "--discovery=file",
+        "--registry-dir=/reg",
+        "--capacity-class=preemptible",
+        "--drain-timeout=12",
+        "--max-streams=2",
+    ]

@@ -1,0 +1,191 @@
+"""The pure parts around the loop: combining signals and target status, PromQL answers,
+the decision log, and the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+
+import pytest
+
+from services.autoscaler.observe import bounded_policy, group_signals, pool_signals
+from services.autoscaler.policy import CapacityGroup, GroupLimits, GroupSignals, PoolPolicy
+from services.autoscaler.records import DecisionLog, GroupAction, Kind, Outcome
+from services.autoscaler.settings import load_settings
+from services.autoscaler.signals.base import InstanceLoad, PoolLoad
+from services.autoscaler.signals.prometheus import (
+    PrometheusError,
+    load_from_results,
+    parse_vector,
+)
+from services.autoscaler.targets.base import CapacityClass, GroupStatus
+from voxmesh.errors import SettingsError
+
+
+def _status(desired: int, running: int, **extra: object) -> GroupStatus:
+    return GroupStatus(
+        name="asr_small/on-demand",
+        pool="asr_small",
+        capacity_class=CapacityClass.ON_DEMAND,
+        desired=desired,
+        running=running,
+        placed=desired,
+        healthy=running,
+        pending=desired - running,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def test_group_signals_split_the_target_count_into_serving_starting_and_reclaiming() -> None:
+    assert group_signals(_status(3, 2)) == GroupSignals(serving=2, starting=1)
+    reclaimed = group_signals(_status(3, 2, placement_failing=True), reclaims=1, draining=2)
+    assert reclaimed == GroupSignals(
+        serving=1, starting=1, draining=2, reclaiming=1, placement_failing=True
+    )
+    assert group_signals(_status(1, 1), reclaims=5).reclaiming == 1
+    assert group_signals(None) == GroupSignals()
+
+
+def test_the_policy_is_narrowed_to_what_the_target_allows() -> None:
+    policy = PoolPolicy(on_demand=GroupLimits(min_count=1, max_count=8))
+    narrowed = bounded_policy(policy, _status(1, 1, min_count=2, max_count=4), None)
+    assert (narrowed.on_demand.min_count, narrowed.on_demand.max_count) == (2, 4)
+    assert narrowed.preemptible.max_count == 0  # the target runs no preemptible group
+    assert bounded_policy(policy, _status(1, 1), None).on_demand == policy.on_demand
+    closed = bounded_policy(policy, _status(0, 0, max_count=0), None)
+    assert closed.on_demand.max_count == 0 and closed.allow_scale_to_zero
+
+
+def test_pool_signals_use_reported_limits_and_only_serving_instances() -> None:
+    load = PoolLoad(
+        "asr_small",
+        active_streams=3,
+        queued_realtime=2,
+        queued_batch=1,
+        instances=(
+            InstanceLoad("a", "preemptible", 2, 4, serving=True, gpu_utilisation=0.95),
+            InstanceLoad("b", "on-demand", 1, 4, serving=False),
+        ),
+        age_s=0.4,
+    )
+    signals = pool_signals(load, GroupSignals(serving=1), GroupSignals(serving=1), 7)
+    assert signals.max_streams == 7  # nothing reported: the configured fallback
+    assert (signals.demand, signals.queued, signals.age_s) == (6, 3, 0.4)
+    (instance,) = signals.instances
+    assert (instance.group, instance.gpu_utilisation) == (CapacityGroup.PREEMPTIBLE, 0.95)
+    reported = PoolLoad("asr_small", max_streams=2, age_s=0.1)
+    assert pool_signals(reported, GroupSignals(), GroupSignals(), 7).max_streams == 2
+
+
+def _vector(*samples: tuple[dict[str, str], float]) -> dict[str, object]:
+    return {
+        "status": "success",
+        "data": {
+            "resultType": "vector",
+            "result": [{"metric": m, "value": [1.7e9, str(v)]} for m, v in samples],
+        },
+    }
+
+
+def test_promql_vectors_are_parsed_and_errors_raised() -> None:
+    samples = parse_vector(_vector(({"pool": "asr_small"}, 2.0)))
+    assert samples == [({"pool": "asr_small"}, 2.0)]
+    with pytest.raises(PrometheusError, match="parse error"):
+        parse_vector({"status": "error", "errorType": "bad_data", "error": "parse error"})
+    with pytest.raises(PrometheusError, match="expected a vector"):
+        parse_vector({"status": "success", "data": {"resultType": "scalar", "result": []}})
+
+
+def test_a_pool_load_from_promql_results() -> None:
+    small = {"pool": "asr_small"}
+    results = {
+        "instances": [
+            ({**small, "instance_id": "a", "capacity_class": "preemptible"}, 2.0),
+            ({**small, "instance_id": "b"}, 1.0),
+            ({"pool": "asr_large", "instance_id": "c"}, 4.0),
+        ],
+        "gpu_util": [({"instance_id": "a"}, 0.97)],
+        "queued": [({**small, "priority": "realtime"}, 3.0), ({**small, "priority": "batch"}, 1.0)],
+        "router_streams": [(small, 9.0)],  # 4 queued + 5 relayed (instances lag behind)
+        "capacity": [(small, 8.0)],
+        "accepting": [(small, 2.0)],
+        "router_age": [(small, 1.5)],
+        "instance_age": [(small, 4.0)],
+    }
+    load = load_from_results("asr_small", results)
+    assert (load.active_streams, load.queued_realtime, load.queued_batch) == (5, 3, 1)
+    assert (load.max_streams, load.age_s, load.missing) == (4, 4.0, "")
+    a, b = load.instances
+    assert (a.instance_id, a.capacity_class, a.gpu_utilisation) == ("a", "preemptible", 0.97)
+    assert (b.capacity_class, b.gpu_utilisation) == ("on-demand", None)
+
+    no_router = load_from_results("asr_large", results)
+    assert no_router.missing == "no router metrics in Prometheus"
+    assert no_router.active_streams == 4 and no_router.max_streams is None
+    assert math.isinf(load_from_results("asr_other", {}).age_s)
+
+
+def _action(current: int, desired: int, outcome: Outcome) -> tuple[GroupAction, ...]:
+    return (GroupAction("p/on-demand", CapacityClass.ON_DEMAND, current, desired, 0, outcome),)
+
+
+async def test_the_decision_log_skips_repeats_and_streams_to_watchers() -> None:
+    log = DecisionLog(keep=3, queue_size=2)
+    hold = _action(1, 1, Outcome.NO_CHANGE)
+    assert log.record("p", Kind.HOLD, "demand 3 streams: no change", hold) is not None
+    assert log.record("p", Kind.HOLD, "demand 4 streams: no change", hold) is None
+    assert log.record("p", Kind.HOLD, "held (within tolerance band)", hold) is not None
+    up = _action(1, 2, Outcome.APPLIED)
+    assert log.record("p", Kind.SCALE, "queue of 1: +1", up) is not None
+    assert log.record("p", Kind.SCALE, "queue of 1: +1", up) is not None  # applied twice
+    assert [r.sequence for r in log.recent()] == [2, 3, 4]  # only 3 kept
+    assert [r.sequence for r in log.recent("p", 1)] == [4]
+
+    watch = log.watch(replay=1)
+    assert (await anext(watch)).sequence == 4
+    pending = asyncio.ensure_future(anext(watch))
+    await asyncio.sleep(0)  # the watcher is now waiting for new records
+    log.append("q", Kind.HOLD, "other pool", ())
+    assert (await pending).pool == "q"
+    for n in range(3):  # more than the watcher's queue holds: its stream ends
+        log.append("q", Kind.HOLD, f"burst {n}", ())
+    seen = [r.reason async for r in watch]
+    assert seen == ["burst 0", "burst 1"]
+
+
+def test_settings_from_flags_and_environment() -> None:
+    settings = load_settings(
+        [
+            "--pools=asr_small,asr_large",
+            "--on-demand-min=asr_large=0",
+            "--on-demand-max=asr_small=2",
+            "--local-asr-args=--max-streams=1,--cpu-threads=1",
+        ],
+        {"VOXMESH_AUTOSCALER_SCALE_DOWN_WINDOW": "10", "VOXMESH_AUTOSCALER_TARGET": "nomad"},
+    )
+    assert settings.target == "nomad"
+    assert settings.local_asr_args == ("--max-streams=1", "--cpu-threads=1")
+    small, large = settings.pool_policy("asr_small"), settings.pool_policy("asr_large")
+    assert (small.on_demand.min_count, small.on_demand.max_count) == (1, 2)
+    assert small.scale_down_window_s == 10 and not small.allow_scale_to_zero
+    assert large.on_demand.min_count == 0 and large.allow_scale_to_zero
+    assert settings.fallback_max_streams("asr_large") == 2
+    assert settings.leader_backend == "file"
+    assert load_settings([], {"VOXMESH_AUTOSCALER_DISCOVERY": "consul"}).leader_backend == "consul"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--target=kubernetes"], "setting target='kubernetes'"),
+        (["--on-demand-min=asr_huge=1"], "setting on_demand_min: ['asr_huge']"),
+        (["--on-demand-max=asr_small=lots"], "setting on_demand_max[asr_small]='lots'"),
+        (["--on-demand-min=asr_small=3", "--on-demand-max=asr_small=2"], "max_count"),
+        (["--routers="], "setting routers=()"),
+        (["--telemetry-interval=0.01"], "setting telemetry_interval=0.01"),
+    ],
+)
+def test_invalid_settings_name_the_setting(argv: list[str], message: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings(argv, {})
