@@ -47,7 +47,8 @@ def test_services_are_listed_and_described(grpcurl: str, server: AsrServerThread
                  "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"):
         assert name in listed
     described = _run(grpcurl, server.target, "describe", "voxmesh.stt.v1.RecognizerService")
-    assert "rpc StreamingRecognize ( stream .voxmesh.stt.v1.StreamingRecognizeRequest )" in described
+    request = ".voxmesh.stt.v1.StreamingRecognizeRequest"
+    assert f"rpc StreamingRecognize ( stream {request} )" in described
 
 
 def test_health_and_telemetry_answer_grpcurl(grpcurl: str, server: AsrServerThread) -> None:
