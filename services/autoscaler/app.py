@@ -249,7 +249,12 @@ class AutoscalerApp:
         await self.loop.shutdown(grace)
         await self.source.shutdown()
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=grace)
+            _, late = await asyncio.wait(self._tasks, timeout=grace)
+            for task in late:
+                logger.warning("%s did not stop within %g s: cancelled", task.get_name(), grace)
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
         if isinstance(self.target, LocalTarget):
             await self.target.shutdown()
         await self.server.stop(grace)

@@ -318,10 +318,12 @@ class EvaluationLoop:
         else:
             decision, pool.state = decide(signals, pool.state, policy, now)
         self._advance(pool, signals, now)
-        actions = []
+        actions, counts = [], {}
         for cg, cc in _GROUPS:
-            part = decision.group(cg)
-            outcome, detail = await self._act(pool, cc, status[cg], part, decision.reason, now)
+            part, current = decision.group(cg), status[cg]
+            counts[cg] = current.desired if current else 0
+            outcome, detail, count = await self._act(pool, cc, current, part, decision.reason, now)
+            counts[cg] = counts[cg] if count is None else count
             action = (group_name(name, cc), cc, part.current, part.desired, part.drain)
             actions.append(GroupAction(*action, outcome, detail))
         if any(a.outcome is Outcome.APPLIED for a in actions):
@@ -329,7 +331,12 @@ class EvaluationLoop:
         pool.load, pool.max_streams, pool.evaluated_at = load, signals.max_streams, time.time()
         pool.groups = tuple(
             observe.group_view(
-                group_name(name, cc), status[cg], groups[cg], decision.group(cg), policy.limits(cg)
+                group_name(name, cc),
+                status[cg],
+                counts[cg],
+                groups[cg],
+                decision.group(cg),
+                policy.limits(cg),
             )
             for cg, cc in _GROUPS
         )
@@ -366,10 +373,13 @@ class EvaluationLoop:
         part: GroupDecision,
         reason: str,
         now: float,
-    ) -> tuple[Outcome, str]:
-        """Applies one group's part of a decision, unless something holds it back."""
+    ) -> tuple[Outcome, str, int | None]:
+        """Applies one group's part of a decision, unless something holds it back.
+
+        Returns the outcome, its detail, and the count the target now has when it answered.
+        """
         if part.delta == 0:
-            return Outcome.NO_CHANGE, ""
+            return Outcome.NO_CHANGE, "", None
         if pool.paused:
             return self._refused(Outcome.PAUSED, "paused", f"paused: {pool.pause_reason}")
         if self._config.dry_run:
@@ -392,12 +402,14 @@ class EvaluationLoop:
             refusal = result.refusal.value if result.refusal else "rejected"
             return self._refused(Outcome.REFUSED, refusal, f"{refusal}: {result.detail}")
         if result.outcome is ScaleOutcome.APPLIED:
-            return Outcome.APPLIED, result.detail
-        return Outcome.UNCHANGED, result.detail
+            return Outcome.APPLIED, result.detail, result.count
+        return Outcome.UNCHANGED, result.detail, result.count
 
-    def _refused(self, outcome: Outcome, reason: str, detail: str) -> tuple[Outcome, str]:
+    def _refused(
+        self, outcome: Outcome, reason: str, detail: str
+    ) -> tuple[Outcome, str, int | None]:
         self._metrics.refused.labels(reason).inc()
-        return outcome, detail
+        return outcome, detail, None
 
     def _adopt(self, pool: _Pool, status: GroupStatus) -> None:
         """Adopts a count somebody else set, once per change: records it, restarts the policy."""

@@ -177,15 +177,17 @@ def _narrow(limits: GroupLimits, status: GroupStatus | None) -> GroupLimits:
 def group_view(
     name: str,
     status: GroupStatus | None,
+    target_count: int,
     signals: GroupSignals,
     decision: GroupDecision,
     limits: GroupLimits,
 ) -> GroupView:
-    """One capacity group as an evaluation saw it, for the status API."""
+    """One capacity group as an evaluation saw it (and left it: ``target_count`` is the
+    count in force after the evaluation's action), for the status API."""
     return GroupView(
         group=name,
         capacity_class=CapacityClass(name.rpartition("/")[2]),
-        target_count=status.desired if status else 0,
+        target_count=target_count,
         desired=decision.desired,
         serving=signals.serving,
         starting=signals.starting,

@@ -1,14 +1,13 @@
 """The evaluation loop with a fake signal source, a fake scale target and an injected clock.
 
-The fakes implement the real contracts (:class:`SignalSource`, :class:`ScaleTarget`,
-:class:`LeaderLock`); the policy is the real one. Time is a number moved by the tests.
+The fakes (:mod:`tests.autoscaler_fakes`) implement the real contracts; the policy is the
+real one. Time is a number moved by the tests.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -18,158 +17,22 @@ from services.autoscaler.metrics import AutoscalerMetrics
 from services.autoscaler.policy import GroupLimits, PoolPolicy
 from services.autoscaler.records import Kind, Outcome, Phase
 from services.autoscaler.signals.base import InstanceLoad, PoolLoad
-from services.autoscaler.targets.base import (
-    CapacityClass,
-    GroupStatus,
-    Reclaim,
-    Refusal,
-    ScaleOutcome,
-    ScaleResult,
-    ScalingEvent,
-    TargetUnavailable,
+from services.autoscaler.targets.base import CapacityClass, Reclaim, Refusal, ScalingEvent
+from tests.autoscaler_fakes import (
+    OD,
+    PE,
+    POOL,
+    Clock,
+    FakeGroup,
+    FakeLock,
+    FakeSource,
+    FakeTarget,
 )
 from tests.conditions import wait_until_async
 from voxmesh.errors import NotFound
 
-POOL = "asr_small"
-OD = "asr_small/on-demand"
-PE = "asr_small/preemptible"
 WINDOW_S = 10.0
 COOLDOWN_S = 5.0
-
-
-class Clock:
-    """A monotonic clock moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class FakeSource:
-    """A :class:`SignalSource` whose loads the test sets."""
-
-    def __init__(self) -> None:
-        self.loads: dict[str, PoolLoad] = {}
-
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-    async def shutdown(self) -> None:
-        return None
-
-    def read(self, pool: str) -> PoolLoad:
-        return self.loads.get(pool, PoolLoad(pool, age_s=0.5, max_streams=1))
-
-    def instance_streams(self, instance_id: str) -> int | None:
-        del instance_id
-        return None
-
-    def demand(self, active: int = 0, queued: int = 0, *, age_s: float = 0.5) -> None:
-        self.loads[POOL] = PoolLoad(
-            POOL, active_streams=active, queued_realtime=queued, max_streams=1, age_s=age_s
-        )
-
-
-@dataclass
-class FakeGroup:
-    capacity_class: CapacityClass
-    count: int = 0
-    running: int = 0
-    max_count: int | None = None
-    external: ScalingEvent | None = None
-
-
-@dataclass
-class FakeTarget:
-    """A :class:`ScaleTarget`; instances start when the test says (``settle``)."""
-
-    groups: dict[str, FakeGroup] = field(
-        default_factory=lambda: {OD: FakeGroup(CapacityClass.ON_DEMAND, 1, 1)}
-    )
-    calls: list[tuple[str, int, str]] = field(default_factory=list)
-    status_calls: int = 0
-    refuse: Refusal | None = None
-    unavailable: bool = False
-    reclaims: list[Reclaim] = field(default_factory=list)
-
-    async def status(self) -> dict[str, GroupStatus]:
-        self.status_calls += 1
-        if self.unavailable:
-            raise TargetUnavailable("nomad answered 503: no leader")
-        return {
-            name: GroupStatus(
-                name=name,
-                pool=POOL,
-                capacity_class=g.capacity_class,
-                desired=g.count,
-                running=g.running,
-                placed=g.count,
-                healthy=g.running,
-                pending=g.count - g.running,
-                max_count=g.max_count,
-                external_change=g.external,
-            )
-            for name, g in self.groups.items()
-        }
-
-    async def scale(
-        self, group: str, count: int, reason: str, meta: Mapping[str, str] | None = None
-    ) -> ScaleResult:
-        self.calls.append((group, count, reason))
-        g = self.groups[group]
-        previous = g.count
-        if self.refuse is not None:
-            return ScaleResult(
-                group, ScaleOutcome.REFUSED, count, count, previous, self.refuse, "busy"
-            )
-        if count == previous:
-            return ScaleResult(group, ScaleOutcome.UNCHANGED, count, count, previous)
-        g.count = count
-        g.running = min(g.running, count)  # a scale-down stops instances at once
-        return ScaleResult(group, ScaleOutcome.APPLIED, count, count, previous)
-
-    async def reclaiming(self) -> list[Reclaim]:
-        return list(self.reclaims)
-
-    def settle(self) -> None:
-        for g in self.groups.values():
-            g.running = g.count
-
-
-class FakeLock:
-    """A :class:`LeaderLock` granted and taken away by the test."""
-
-    def __init__(self, grant: bool = True) -> None:
-        self.grant = grant
-        self.is_leader = False
-        self.released = 0
-        self.tries = 0
-        self._lost = asyncio.Event()
-
-    async def acquire(self) -> bool:
-        self.tries += 1
-        if self.grant:
-            self.is_leader = True
-            self._lost = asyncio.Event()
-        return self.is_leader
-
-    async def hold(self) -> None:
-        await self._lost.wait()
-
-    async def release(self) -> None:
-        self.released += 1
-        self.is_leader = False
-        self._lost.set()
-
-    def lose(self) -> None:
-        self.is_leader, self.grant = False, False
-        self._lost.set()
 
 
 def policy(*, od_max: int = 4, pe_max: int = 0) -> PoolPolicy:
