@@ -22,7 +22,7 @@ def wait_until(
 
 async def wait_until_async(
     predicate: Callable[[], object],
-    timeout: float = 5.0,  # noqa: ASYNC109 - the same signature as wait_until, on purpose
+    timeout: float = 5.0,
     interval: float = 0.01,
 ) -> None:
     """Like :func:`wait_until` but yields to the event loop between polls."""

@@ -66,7 +66,7 @@ def decode_to_pcm16(path: Path, rate: int | None = None) -> tuple[bytes, int]:
         stream = container.streams.audio[0]
         out_rate = rate or stream.rate
         resampler = av.AudioResampler(format="s16", layout="mono", rate=out_rate)
-        chunks = []
+        chunks: list[bytes] = []
         for frame in container.decode(stream):
             frame.pts = None
             chunks.extend(f.to_ndarray().tobytes() for f in resampler.resample(frame))

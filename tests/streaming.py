@@ -19,11 +19,11 @@ __all__ = ["StreamRun", "config_request", "run_stream"]
 def config_request(
     rate: int = 16000,
     *,
-    encoding: int = stt_pb2.AUDIO_ENCODING_LINEAR16,
+    encoding: stt_pb2.AudioEncoding.ValueType = stt_pb2.AUDIO_ENCODING_LINEAR16,
     model: str = "",
     interim: bool = True,
     words: bool = False,
-    priority: int = stt_pb2.PRIORITY_REALTIME,
+    priority: stt_pb2.Priority.ValueType = stt_pb2.PRIORITY_REALTIME,
     language: str = "",
     stream_id: str = "",
 ) -> stt_pb2.StreamingRecognizeRequest:
@@ -141,6 +141,7 @@ async def run_stream(
     writer = asyncio.create_task(write_all(call))
     try:
         while (response := await call.read()) != grpc.aio.EOF:
+            assert isinstance(response, stt_pb2.StreamingRecognizeResponse)
             run.responses.append((time.monotonic() - start, response))
     except grpc.aio.AioRpcError as err:
         run.error = err

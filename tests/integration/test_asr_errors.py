@@ -52,7 +52,9 @@ CASES: dict[str, tuple[list[Req], grpc.StatusCode, str]] = {
             Req(
                 streaming_config=stt_pb2.StreamingRecognitionConfig(
                     config=stt_pb2.RecognitionConfig(
-                        encoding=7, sample_rate_hertz=16000, priority=1
+                        encoding=7,  # type: ignore[arg-type]  # an unknown value on purpose
+                        sample_rate_hertz=16000,
+                        priority=stt_pb2.PRIORITY_REALTIME,
                     )
                 )
             )
@@ -64,7 +66,9 @@ CASES: dict[str, tuple[list[Req], grpc.StatusCode, str]] = {
         [
             Req(
                 streaming_config=stt_pb2.StreamingRecognitionConfig(
-                    config=stt_pb2.RecognitionConfig(sample_rate_hertz=16000, priority=1)
+                    config=stt_pb2.RecognitionConfig(
+                        sample_rate_hertz=16000, priority=stt_pb2.PRIORITY_REALTIME
+                    )
                 )
             )
         ],
@@ -75,7 +79,9 @@ CASES: dict[str, tuple[list[Req], grpc.StatusCode, str]] = {
         [
             Req(
                 streaming_config=stt_pb2.StreamingRecognitionConfig(
-                    config=stt_pb2.RecognitionConfig(encoding=1, sample_rate_hertz=16000)
+                    config=stt_pb2.RecognitionConfig(
+                        encoding=stt_pb2.AUDIO_ENCODING_LINEAR16, sample_rate_hertz=16000
+                    )
                 )
             )
         ],
@@ -149,9 +155,12 @@ async def _active(channel: grpc.aio.Channel) -> int:
     raise AssertionError("no snapshot")
 
 
-async def _hold_open(stub: stt_pb2_grpc.RecognizerServiceStub, timeout: float | None):
+Call = grpc.aio.StreamStreamCall[Req, stt_pb2.StreamingRecognizeResponse]
+
+
+async def _hold_open(stub: stt_pb2_grpc.RecognizerServiceAsyncStub, timeout: float | None) -> Call:
     """A stream that keeps sending silence (write API, so the status is the call's own)."""
-    call = stub.StreamingRecognize(timeout=timeout)
+    call: Call = stub.StreamingRecognize(timeout=timeout)
     await call.write(config_request())
     return call
 
@@ -240,7 +249,7 @@ async def test_metrics_and_telemetry_are_exposed(server: AsrServerThread) -> Non
         assert name in body, name
 
 
-async def _telemetry_error(stub: stt_pb2_grpc.TelemetryServiceStub) -> grpc.StatusCode:
+async def _telemetry_error(stub: stt_pb2_grpc.TelemetryServiceAsyncStub) -> grpc.StatusCode:
     from google.protobuf import duration_pb2
 
     call = stub.WatchTelemetry(

@@ -3,6 +3,7 @@ real and synthetic speech."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,7 +181,7 @@ async def test_long_utterance_is_cut_at_a_committed_word() -> None:
     assert run.error is None, run.error
     finals = run.finals
     assert len(finals) >= 2, "a 10 s utterance with max_utterance 4 s must be cut"
-    for a, b in zip(finals, finals[1:], strict=False):
+    for a, b in itertools.pairwise(finals):
         assert a.end_offset.ToMilliseconds() <= b.start_offset.ToMilliseconds() + 1
         assert b.start_offset.ToMilliseconds() - a.end_offset.ToMilliseconds() < 1000
     for f in finals:

@@ -33,8 +33,9 @@ def server() -> Iterator[AsrServerThread]:
 
 
 def _run(grpcurl: str, *args: str, deadline_ok: bool = False) -> str:
-    out = subprocess.run([grpcurl, "-plaintext", *args], capture_output=True, text=True,
-                         timeout=30, check=False)
+    out = subprocess.run(
+        [grpcurl, "-plaintext", *args], capture_output=True, text=True, timeout=30, check=False
+    )
     if deadline_ok and "DeadlineExceeded" in out.stderr:
         return out.stdout  # a server stream cut by grpcurl's -max-time, as asked
     assert out.returncode == 0, out.stderr
@@ -43,8 +44,12 @@ def _run(grpcurl: str, *args: str, deadline_ok: bool = False) -> str:
 
 def test_services_are_listed_and_described(grpcurl: str, server: AsrServerThread) -> None:
     listed = _run(grpcurl, server.target, "list").split()
-    for name in ("voxmesh.stt.v1.RecognizerService", "voxmesh.stt.v1.TelemetryService",
-                 "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"):
+    for name in (
+        "voxmesh.stt.v1.RecognizerService",
+        "voxmesh.stt.v1.TelemetryService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ):
         assert name in listed
     described = _run(grpcurl, server.target, "describe", "voxmesh.stt.v1.RecognizerService")
     request = ".voxmesh.stt.v1.StreamingRecognizeRequest"
@@ -54,8 +59,16 @@ def test_services_are_listed_and_described(grpcurl: str, server: AsrServerThread
 def test_health_and_telemetry_answer_grpcurl(grpcurl: str, server: AsrServerThread) -> None:
     health = json.loads(_run(grpcurl, server.target, "grpc.health.v1.Health/Check"))
     assert health["status"] == "SERVING"
-    out = _run(grpcurl, "-max-time", "3", "-d", '{"interval": "0.2s"}', server.target,
-               "voxmesh.stt.v1.TelemetryService/WatchTelemetry", deadline_ok=True).strip()
+    out = _run(
+        grpcurl,
+        "-max-time",
+        "3",
+        "-d",
+        '{"interval": "0.2s"}',
+        server.target,
+        "voxmesh.stt.v1.TelemetryService/WatchTelemetry",
+        deadline_ok=True,
+    ).strip()
     first = json.loads(out.split("\n}\n")[0] + "\n}")
     assert first["snapshot"]["pool"] == "asr_small"
     assert first["snapshot"]["role"] == "ROLE_ASR"

@@ -50,8 +50,12 @@ def test_endpointer_needs_min_speech_and_min_silence() -> None:
         (VadEvent.PAUSE_STARTED, 12 * FRAME_SAMPLES),
         (VadEvent.SPEECH_ENDED, 12 * FRAME_SAMPLES),
     ]
-    assert ep.state is VadState.IDLE
-    assert ep.force_end() is None
+    assert ep.force_end() is None, "the utterance already ended"
+
+
+def job(n: int) -> DecodeJob:
+    """A job of ``n`` samples (the fake decoder answers with the length)."""
+    return DecodeJob(audio=np.zeros(n, dtype=np.float32))
 
 
 class RecordingDecoder:
@@ -76,7 +80,6 @@ async def test_scheduler_batches_in_priority_order_and_drops_cancelled_jobs() ->
     scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=2, max_wait=0.0))
     scheduler.start()
     try:
-        job = lambda n: DecodeJob(audio=np.zeros(n, dtype=np.float32))  # noqa: E731
         # Occupy the worker so the next submissions queue up together.
         first = asyncio.create_task(scheduler.submit(job(1), realtime=True, final=True))
         await asyncio.sleep(0)
@@ -102,7 +105,6 @@ async def test_scheduler_fifo_when_not_prioritised() -> None:
     scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=1, prioritise=False))
     scheduler.start()
     try:
-        job = lambda n: DecodeJob(audio=np.zeros(n, dtype=np.float32))  # noqa: E731
         tasks = [
             asyncio.create_task(scheduler.submit(job(n), realtime=n % 2 == 0, final=n > 2))
             for n in (1, 2, 3, 4)
