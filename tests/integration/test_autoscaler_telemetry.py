@@ -1,0 +1,91 @@
+"""The telemetry signal source against a real router and fake ASR instances (real gRPC).
+
+The router is the real one with its real admission queue; the instances are
+:class:`~tests.doubles.fake_asr.FakeAsr` doubles; discovery is the in-memory double that
+both the router and the source follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+from services.autoscaler.signals.base import PoolLoad
+from services.autoscaler.signals.telemetry import StaticWatcher, TelemetrySource
+from tests.conditions import wait_until_async
+from tests.integration.router_harness import HeldStream, mesh, pcm
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _until(source: TelemetrySource, check: Callable[[PoolLoad], bool]) -> PoolLoad:
+    await wait_until_async(lambda: check(source.read("asr_small")), timeout=5.0)
+    return source.read("asr_small")
+
+
+async def test_demand_capacity_and_queue_come_from_instances_and_the_router() -> None:
+    async with mesh(queue_max_wait_s=20.0) as m:
+        fake = await m.add("a", max_streams=1, capacity_class="preemptible")
+        source = TelemetrySource(
+            ["asr_small"],
+            m.discovery.watcher,
+            StaticWatcher([m.router.target]),
+            interval_s=0.1,
+            backoff_s=(0.05, 0.2),
+        )
+        running = asyncio.create_task(source.run())
+        try:
+            idle = await _until(source, lambda load: not load.missing and bool(load.instances))
+            assert (idle.active_streams, idle.queued_realtime, idle.max_streams) == (0, 0, 1)
+            (instance,) = idle.instances
+            assert (instance.instance_id, instance.capacity_class) == ("a", "preemptible")
+            assert instance.serving and instance.gpu_utilisation is None
+
+            first = await HeldStream(m.channel).open(pcm(0.2))
+            await wait_until_async(first.got_results, 5)
+            second = await HeldStream(m.channel).open(pcm(0.2, seed=1))  # no slot: it queues
+            busy = await _until(source, lambda load: load.queued_realtime == 1)
+            assert busy.active_streams == 1 and busy.age_s < 1.0
+            assert source.instance_streams("a") == 1
+
+            # The instance drains: it leaves discovery but its stream still counts.
+            await fake.begin_drain()
+            m.discovery.remove("a")
+            draining = await _until(source, lambda load: not load.instances[0].serving)
+            assert draining.active_streams == 1
+            assert draining.max_streams is None  # nothing listed reports a limit any more
+
+            await first.finish()
+            await fake.stop()
+            await _until(source, lambda load: not load.instances)  # followed to its end
+            await second.cancel()
+        finally:
+            await source.shutdown()
+            await source.shutdown()  # idempotent
+            await asyncio.wait_for(running, 5)
+
+
+async def test_without_router_telemetry_the_pool_is_missing_and_ages() -> None:
+    async with mesh() as m:
+        await m.add("a", max_streams=2)
+        silent = StaticWatcher([f"127.0.0.1:{_free_port()}"])
+        source = TelemetrySource(
+            ["asr_small"], m.discovery.watcher, silent, interval_s=0.1, backoff_s=(0.05, 0.2)
+        )
+        running = asyncio.create_task(source.run())
+        try:
+            load = await _until(source, lambda load: bool(load.instances))
+            assert load.missing == "no telemetry from any router yet"
+            older = await _until(source, lambda later: later.age_s > load.age_s + 0.2)
+            assert older.missing and older.max_streams == 2
+        finally:
+            await source.shutdown()
+            await asyncio.wait_for(running, 5)
+
+        nothing = TelemetrySource(["asr_small"], m.discovery.watcher, StaticWatcher([]))
+        assert nothing.read("asr_small").missing.startswith("no router to follow")
