@@ -239,9 +239,10 @@ class AutoscalerApp:
         await asyncio.shield(self._shutdown)
 
     async def abort(self) -> None:
-        """Kills the local target's instances now (a second signal during shutdown)."""
+        """Kills the local target's instances and stops the server now (a second signal)."""
         if isinstance(self.target, LocalTarget):
             await self.target.kill_all()
+        await self.server.stop(0)
 
     async def _stop(self) -> None:
         grace = self.settings.drain_timeout

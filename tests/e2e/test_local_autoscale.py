@@ -196,5 +196,5 @@ async def test_a_spike_scales_up_then_down_by_draining_without_dropping_a_stream
         assert (down.actions[0].current, down.actions[0].drain) == (2, 1)
         assert "stabilised" not in down.reason
         log = (tmp_path / "autoscaler.log").read_text()
-        assert "drained, exit code 0" in log
+        assert "drained and exited" in log
         assert "serving after" in log  # the measured start-up of each instance

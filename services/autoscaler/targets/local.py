@@ -312,8 +312,12 @@ class LocalTarget:
         self._on_started(g.spec.pool, seconds)
         code = await instance.process.wait()
         g.instances.pop(instance.instance_id, None)
-        if instance.state is _State.DRAINING:
-            logger.info("%s: %s drained, exit code %s", g.spec.name, instance.instance_id, code)
+        if instance.state is _State.DRAINING and code == 0:
+            logger.info("%s: %s drained and exited", g.spec.name, instance.instance_id)
+        elif instance.state is _State.DRAINING:
+            logger.warning(
+                "%s: %s stopped with exit code %s", g.spec.name, instance.instance_id, code
+            )
         else:
             self._failed(g, f"{instance.instance_id} exited with code {code}")
 
