@@ -180,11 +180,15 @@ class StreamRelay:
             self._log.half_closed = True
             self._data.set()
         except VoxmeshError as err:
-            if self._error is None:
-                self._error = err
-                self._client_error.set_result(None)
-        except grpc.aio.AioRpcError:
-            logger.debug("stream %s: client stream ended abruptly", self._route.stream_id)
+            self._fail(err)
+        except Exception as err:  # the client's side of the call broke: end the stream
+            logger.debug("stream %s: client stream failed: %r", self._route.stream_id, err)
+            self._fail(Unavailable("the client stream failed"))
+
+    def _fail(self, err: VoxmeshError) -> None:
+        if self._error is None:
+            self._error = err
+            self._client_error.set_result(None)
 
     def _unsent_limit(self) -> int:
         if self._attached:

@@ -265,6 +265,13 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
         """Every active stream (and new one) fails with ``code`` at its next chunk."""
         self._fault = code
 
+    async def set_health(self, serving: bool) -> None:
+        """Flips only the health status (what a Consul gRPC check probes)."""
+        if serving:
+            await self._server.set_serving()
+        else:
+            await self._server.set_not_serving()
+
     async def begin_drain(self) -> None:
         """NOT_SERVING and DRAINING: new streams get UNAVAILABLE, active ones go on."""
         self._draining = True
