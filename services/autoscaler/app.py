@@ -60,7 +60,9 @@ def make_source(settings: AutoscalerSettings, clock: Callable[[], float]) -> Sig
         api = PyConsulApi.connect(host=host, port=port, scheme=scheme)
         instances = lambda pool: ConsulWatcher(api, pool)  # noqa: E731
         routers = (
-            StaticWatcher(settings.routers) if settings.routers else ConsulWatcher(api, "router")
+            StaticWatcher(settings.router_targets)
+            if settings.router_targets
+            else ConsulWatcher(api, "router")
         )
     else:
         from voxmesh.discovery.file import FileWatcher
@@ -68,7 +70,7 @@ def make_source(settings: AutoscalerSettings, clock: Callable[[], float]) -> Sig
         instances = lambda pool: FileWatcher(  # noqa: E731
             settings.registry_dir, pool, ttl=settings.registry_ttl
         )
-        routers = StaticWatcher(settings.routers)
+        routers = StaticWatcher(settings.router_targets)
     return TelemetrySource(
         settings.pools, instances, routers, interval_s=settings.telemetry_interval, clock=clock
     )

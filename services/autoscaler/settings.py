@@ -73,10 +73,11 @@ class AutoscalerSettings:
     consul_addr: str = setting("http://127.0.0.1:8500", "Consul agent HTTP address")
     """HTTP address of the Consul agent (discovery and the leader lock)."""
     routers: tuple[str, ...] = setting(
-        ("127.0.0.1:50051",), "router gRPC addresses (empty with consul: discover them)"
+        (), "router gRPC addresses (empty: 127.0.0.1:50051, or discovered with consul)"
     )
-    """Routers whose telemetry carries the admission queues; with ``discovery=consul`` and
-    none given, the ``voxmesh-router`` service is watched instead."""
+    """Routers whose telemetry carries the admission queues. When empty: the
+    ``voxmesh-router`` Consul service with ``discovery=consul``, else the local router
+    ``127.0.0.1:50051``."""
     telemetry_interval: float = setting(0.5, "interval asked of telemetry streams")
     """Interval asked of every telemetry subscription (at least 0.1 s)."""
     prometheus_url: str = setting("http://127.0.0.1:9090", "Prometheus HTTP API base URL")
@@ -149,6 +150,13 @@ class AutoscalerSettings:
         return self.instance_id or f"autoscaler-{socket.gethostname()}-{os.getpid()}"
 
     @property
+    def router_targets(self) -> tuple[str, ...]:
+        """The routers to follow by address; empty when Consul discovers them."""
+        if self.routers or self.discovery == "consul":
+            return self.routers
+        return ("127.0.0.1:50051",)
+
+    @property
     def leader_backend(self) -> str:
         """The leader lock in use: ``file``, ``consul`` or ``none``."""
         if self.leader != "auto":
@@ -208,13 +216,12 @@ class AutoscalerSettings:
             raise SettingsError(
                 f"setting telemetry_interval={self.telemetry_interval!r}: at least 0.1"
             )
-        if self.signals == "telemetry" and self.discovery == "file" and not self.routers:
-            raise SettingsError(
-                "setting routers=(): with file discovery the routers must be listed "
-                "(their telemetry carries the admission queues)"
-            )
         if self.history < 1:
             raise SettingsError(f"setting history={self.history!r}: at least 1")
+        for target in self.routers:
+            host, _, port = target.rpartition(":")
+            if not host or not port.isdigit():
+                raise SettingsError(f"setting routers: {target!r} is not host:port")
         for name in ("on_demand_min", "on_demand_max", "preemptible_max"):
             unknown = set(_pairs(name, getattr(self, name))) - set(self.pools)
             if unknown:

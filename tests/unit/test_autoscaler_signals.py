@@ -1,14 +1,17 @@
-"""The pure parts around the loop: combining signals and target status, PromQL answers,
-the decision log, and the settings."""
+"""The parts around the loop that need no sockets: combining signals and target status,
+PromQL answers, the decision log, the settings and how they wire the app."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import re
+import time
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from services.autoscaler.app import AutoscalerApp, make_lock, make_source
 from services.autoscaler.observe import bounded_policy, group_signals, pool_signals
 from services.autoscaler.policy import CapacityGroup, GroupLimits, GroupSignals, PoolPolicy
 from services.autoscaler.records import DecisionLog, GroupAction, Kind, Outcome
@@ -16,11 +19,15 @@ from services.autoscaler.settings import load_settings
 from services.autoscaler.signals.base import InstanceLoad, PoolLoad
 from services.autoscaler.signals.prometheus import (
     PrometheusError,
+    PrometheusSource,
     load_from_results,
     parse_vector,
 )
+from services.autoscaler.signals.telemetry import TelemetrySource
 from services.autoscaler.targets.base import CapacityClass, GroupStatus
+from services.autoscaler.targets.nomad import NomadTarget
 from voxmesh.errors import SettingsError
+from voxmesh.leader import ConsulLeaderLock, FileLeaderLock
 
 
 def _status(desired: int, running: int, **extra: object) -> GroupStatus:
@@ -172,7 +179,10 @@ def test_settings_from_flags_and_environment() -> None:
     assert large.on_demand.min_count == 0 and large.allow_scale_to_zero
     assert settings.fallback_max_streams("asr_large") == 2
     assert settings.leader_backend == "file"
-    assert load_settings([], {"VOXMESH_AUTOSCALER_DISCOVERY": "consul"}).leader_backend == "consul"
+    assert settings.router_targets == ("127.0.0.1:50051",)
+    cluster = load_settings([], {"VOXMESH_AUTOSCALER_DISCOVERY": "consul"})
+    assert cluster.leader_backend == "consul"
+    assert cluster.router_targets == ()  # discovered in Consul
 
 
 @pytest.mark.parametrize(
@@ -182,10 +192,30 @@ def test_settings_from_flags_and_environment() -> None:
         (["--on-demand-min=asr_huge=1"], "setting on_demand_min: ['asr_huge']"),
         (["--on-demand-max=asr_small=lots"], "setting on_demand_max[asr_small]='lots'"),
         (["--on-demand-min=asr_small=3", "--on-demand-max=asr_small=2"], "max_count"),
-        (["--routers="], "setting routers=()"),
+        (["--routers=router-1"], "setting routers: 'router-1' is not host:port"),
         (["--telemetry-interval=0.01"], "setting telemetry_interval=0.01"),
     ],
 )
 def test_invalid_settings_name_the_setting(argv: list[str], message: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(message)):
         load_settings(argv, {})
+
+
+async def test_cluster_settings_wire_consul_discovery_the_consul_lock_and_nomad() -> None:
+    settings = load_settings(
+        [],
+        {
+            "VOXMESH_AUTOSCALER_TARGET": "nomad",
+            "VOXMESH_AUTOSCALER_DISCOVERY": "consul",
+            "VOXMESH_AUTOSCALER_LEADER_KEY": "voxmesh/test/leader",
+            "VOXMESH_AUTOSCALER_PORT": "0",
+            "VOXMESH_AUTOSCALER_METRICS_PORT": "-1",
+        },
+    )
+    app = AutoscalerApp(settings, registry=CollectorRegistry())  # connects to nothing yet
+    assert isinstance(app.source, TelemetrySource)
+    assert isinstance(app.target, NomadTarget)
+    assert isinstance(make_lock(settings), ConsulLeaderLock)
+    local = load_settings(["--signals=prometheus"], {})
+    assert isinstance(make_source(local, time.monotonic), PrometheusSource)
+    assert isinstance(make_lock(local), FileLeaderLock)
