@@ -2,7 +2,7 @@
 drains, and after the stabilisation window it scales down by draining, dropping nothing.
 
 Everything runs as processes, as ``make run`` starts them: the router, the autoscaler with
-the local target (asr_small, 1 to 2 instances, a 10 s stabilisation window) and the
+the local target (asr_small, 1 to 2 instances, an 8 s stabilisation window) and the
 asr_small instances it starts (real tiny.en on CPU, one stream and one thread each). The
 audio is synthetic speech, sent in real time.
 """
@@ -26,7 +26,7 @@ from voxmesh.mesh.process import ServiceProcess
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
-WINDOW_S = 10
+WINDOW_S = 8
 PHRASES = (
     "the quick brown fox jumps over the lazy dog",
     "she sells sea shells by the sea shore",
@@ -168,7 +168,7 @@ async def test_a_spike_scales_up_then_down_by_draining_without_dropping_a_stream
     tmp_path: Path,
 ) -> None:
     phrases = [espeak_pcm(p, pause_s=0.6) for p in PHRASES]
-    long_one = b"".join(p + silence_pcm(1.5) for p in phrases * 2)  # about 16 s
+    long_one = b"".join(p + silence_pcm(1.5) for p in phrases)  # about 15 s
     async with local_mesh(tmp_path) as mesh:
         await mesh.until("the baseline instance serves", lambda g: g.serving == 1, 60)
 
