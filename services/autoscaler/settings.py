@@ -53,8 +53,9 @@ class AutoscalerSettings:
     """Compute and record decisions without applying them."""
     pools: tuple[str, ...] = setting(("asr_small", "asr_large"), "pools to manage")
     """The pools managed, in status order."""
-    interval: float = setting(1.0, "seconds between evaluations")
-    """Seconds between two evaluations of every pool."""
+    interval: float = setting(5.0, "seconds between evaluations")
+    """Seconds between two evaluations of every pool (the interval docs/autoscaling.md and the
+    simulator assume; the local mesh uses 1 s)."""
     cooldown: float = setting(30.0, "after a change settled, seconds before a scale-down")
     """After the target settled a change, how long scale-downs wait (scale-ups never wait)."""
     scaling_timeout: float = setting(300.0, "longest wait for a change to settle")

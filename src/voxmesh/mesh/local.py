@@ -62,6 +62,7 @@ async def run_mesh(run_dir: Path, asr_args: list[str], autoscaler_args: list[str
             "services.autoscaler",
             [
                 "--target=local",
+                "--interval=1",
                 f"--routers={router.target}",
                 f"--registry-dir={registry}",
                 f"--local-log-dir={logs}",
