@@ -102,6 +102,8 @@ def test_promql_vectors_are_parsed_and_errors_raised() -> None:
         parse_vector({"status": "error", "errorType": "bad_data", "error": "parse error"})
     with pytest.raises(PrometheusError, match="expected a vector"):
         parse_vector({"status": "success", "data": {"resultType": "scalar", "result": []}})
+    with pytest.raises(PrometheusError, match="malformed vector sample"):
+        parse_vector({"status": "success", "data": {"resultType": "vector", "result": [{}]}})
 
 
 def test_a_pool_load_from_promql_results() -> None:
@@ -219,3 +221,10 @@ async def test_cluster_settings_wire_consul_discovery_the_consul_lock_and_nomad(
     local = load_settings(["--signals=prometheus"], {})
     assert isinstance(make_source(local, time.monotonic), PrometheusSource)
     assert isinstance(make_lock(local), FileLeaderLock)
+
+    sole = make_lock(load_settings(["--leader=none"], {}))  # one replica: always the leader
+    assert await sole.acquire() and sole.is_leader
+    holding = asyncio.create_task(sole.hold())
+    await sole.release()
+    await asyncio.wait_for(holding, 1)
+    assert not sole.is_leader

@@ -79,9 +79,12 @@ def parse_vector(payload: Any) -> list[Sample]:
     if data.get("resultType") != "vector":
         raise PrometheusError(f"expected a vector, got {data.get('resultType')!r}")
     samples: list[Sample] = []
-    for item in data.get("result") or []:
-        labels = {str(k): str(v) for k, v in (item.get("metric") or {}).items()}
-        samples.append((labels, float(item["value"][1])))
+    try:
+        for item in data.get("result") or []:
+            labels = {str(k): str(v) for k, v in (item.get("metric") or {}).items()}
+            samples.append((labels, float(item["value"][1])))
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise PrometheusError(f"malformed vector sample: {exc!r}") from exc
     return samples
 
 
