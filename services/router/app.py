@@ -102,17 +102,19 @@ class RouterApp:
             language_pools=settings.language_pools(),
         )
         self.recognizer = RouterRecognizer(
-            resolver,
-            self.membership,
-            self.admission,
-            RelayLimits(
+            resolver=resolver,
+            membership=self.membership,
+            admission=self.admission,
+            limits=RelayLimits(
                 queue_max_bytes=settings.queue_max_bytes,
                 relay_buffer_bytes=settings.relay_buffer_bytes,
                 replay_max_bytes=settings.replay_max_bytes,
                 max_chunk_bytes=settings.max_chunk_bytes,
                 max_failovers=settings.max_failovers,
             ),
-            self.metrics,
+            metrics=self.metrics,
+            max_streams=settings.max_streams,
+            retry_after_s=settings.queue_retry_after_s,
         )
         self.telemetry_snapshot = snapshot_builder(
             settings.router_id, pools, self.recognizer, self.membership, self.admission

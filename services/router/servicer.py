@@ -24,7 +24,7 @@ from services.router.metrics import RouterMetrics
 from services.router.relay import FAILOVER_CODES, RelayLimits, StreamRelay, UpstreamError
 from services.router.routing import PoolResolver
 from voxmesh.asr.config import validate_recognition_config
-from voxmesh.errors import InvalidArgument, Unavailable, VoxmeshError
+from voxmesh.errors import InvalidArgument, ResourceExhausted, Unavailable, VoxmeshError
 from voxmesh.rpc import status
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
@@ -41,17 +41,22 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
 
     def __init__(
         self,
+        *,
         resolver: PoolResolver,
         membership: Membership,
         admission: Admission[Member],
         limits: RelayLimits,
         metrics: RouterMetrics,
+        max_streams: int = 0,
+        retry_after_s: float = 1.0,
     ) -> None:
         self._resolver = resolver
         self._membership = membership
         self._admission = admission
         self._limits = limits
         self._metrics = metrics
+        self._max_streams = max_streams
+        self._retry_after_s = retry_after_s
         self._draining = False
         self._active = 0
         self._idle = asyncio.Event()
@@ -93,8 +98,7 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
         pool = "unknown"
         self._enter()
         try:
-            if self._draining:
-                raise Unavailable("the router is draining; retry on another router")
+            self._check_open()
             first = await anext(aiter(request_iterator), None)
             if first is None:
                 raise InvalidArgument("empty stream: the first request must carry streaming_config")
@@ -142,8 +146,7 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
         pool = "unknown"
         self._enter()
         try:
-            if self._draining:
-                raise Unavailable("the router is draining; retry on another router")
+            self._check_open()
             validate_recognition_config(request.config)
             pool = self._resolver.resolve(request.config, self._membership.served_models())
             response = await self._recognize(pool, request, context)
@@ -197,6 +200,17 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
                 member.release()
             response.summary.failovers = failovers
             return response
+
+    def _check_open(self) -> None:
+        """Refuses a new stream while draining or past the router's own limit."""
+        if self._draining:
+            raise Unavailable("the router is draining; retry on another router")
+        if self._max_streams and self._active > self._max_streams:
+            self._metrics.rejected.labels("any", "router_full").inc()
+            raise ResourceExhausted(
+                f"the router is at capacity ({self._max_streams} streams); retry later",
+                retry_after=self._retry_after_s,
+            )
 
     def _enter(self) -> None:
         self._active += 1

@@ -75,8 +75,15 @@ class RouterSettings:
     queue_retry_after_s: float = setting(2.0, "retry hint sent with rejections")
     """Delay suggested to rejected clients (``RetryInfo``)."""
 
-    relay_buffer_bytes: int = setting(256 << 10, "unsent audio bytes per relayed stream")
-    """Audio bytes read from a client but not yet sent to its instance; beyond, reading pauses."""
+    max_streams: int = setting(0, "most streams this router serves at once (0: no limit)")
+    """The router's own admission limit (queued streams included); beyond, new streams get
+    ``RESOURCE_EXHAUSTED`` so an overloaded router sheds load instead of slowing every
+    stream. One core relays about 250-300 real-time streams of 100 ms chunks
+    (``bench/router_overhead.py``); 0 disables the limit."""
+    relay_buffer_bytes: int = setting(64 << 10, "unsent audio bytes per relayed stream")
+    """Audio bytes read from a client but not yet sent to its instance (2 s of 16 kHz
+    LINEAR16); beyond, reading pauses, so an overloaded instance or router slows the client
+    instead of growing a backlog."""
     replay_max_bytes: int = setting(16 << 20, "audio kept per stream for failover replay")
     """Audio kept per stream for replay on failover; a stream past it cannot fail over."""
     max_chunk_bytes: int = setting(1 << 20, "largest audio chunk accepted (as the instances)")
@@ -135,6 +142,7 @@ class RouterSettings:
                 raise SettingsError(f"setting {name}={value!r}: must be positive")
         non_negative = {
             "queue_max_streams": self.queue_max_streams,
+            "max_streams": self.max_streams,
             "replay_max_bytes": self.replay_max_bytes,
             "max_failovers": self.max_failovers,
             "queue_retry_after_s": self.queue_retry_after_s,

@@ -111,3 +111,18 @@ async def test_instance_resource_exhausted_is_absorbed() -> None:
                 audio, 16000, 1000
             )
         assert m.metric("voxmesh_router_instance_rejections_total", pool="asr_small") == 1
+
+
+async def test_router_sheds_load_past_its_own_limit() -> None:
+    async with mesh(max_streams=1, queue_retry_after_s=0.5) as m:
+        await m.add("a", max_streams=4)
+        holder = await HeldStream(m.channel).open()
+        await wait_until_async(holder.got_results)
+        run = await run_stream(m.channel, pcm(0.1), first=config_request(model="asr_small"))
+        assert run.error is not None
+        assert run.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "router is at capacity" in (run.error.details() or "")
+        assert retry_after_of(run.error) == 0.5
+        await holder.finish()
+        again = await run_stream(m.channel, pcm(0.1), first=config_request(model="asr_small"))
+        assert again.error is None

@@ -1,0 +1,76 @@
+"""The ``voxmesh`` CLI's rendering: finals as lines, interim text and a progress bar on a TTY."""
+
+from __future__ import annotations
+
+import io
+
+from voxmesh.client.cli import TranscriptView, format_status
+from voxmesh.stt.v1 import stt_pb2
+
+
+class Tty(io.StringIO):
+    """A string buffer that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def result(
+    text: str, final: bool, start_ms: int = 0, end_ms: int = 0
+) -> stt_pb2.StreamingRecognizeResponse:
+    res = stt_pb2.StreamingRecognitionResult(is_final=final)
+    res.start_offset.FromMilliseconds(start_ms)
+    res.end_offset.FromMilliseconds(end_ms)
+    res.alternatives.add(transcript=text)
+    return stt_pb2.StreamingRecognizeResponse(result=res)
+
+
+def test_pipe_output_has_only_final_lines() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    view = TranscriptView(out, err, total_s=60.0)
+    view.on_response(result("hello", False))
+    view.on_progress(1.0)
+    view.on_response(result(" hello world ", True, 0, 1500))
+    view.close()
+    assert out.getvalue() == "[00:00.0 - 00:01.5] hello world\n"
+    assert err.getvalue() == ""
+
+
+def test_terminal_shows_interim_text_and_a_progress_bar_for_long_files() -> None:
+    out, err = Tty(), Tty()
+    view = TranscriptView(out, err, total_s=60.0)
+    view.on_progress(30.0)
+    view.on_response(result("hello wor", False))
+    assert "... hello wor" in out.getvalue()
+    assert "[" + "#" * 15 + "." * 15 + "] 00:30.0 / 01:00.0" in err.getvalue()
+    view.on_response(result("hello world", True, 61_000, 62_500))
+    view.close()
+    assert "[01:01.0 - 01:02.5] hello world\n" in out.getvalue()
+    assert out.getvalue().endswith("\r\x1b[K")
+
+
+def test_short_files_get_no_progress_bar() -> None:
+    err = Tty()
+    view = TranscriptView(Tty(), err, total_s=5.0)
+    view.on_progress(2.0)
+    assert err.getvalue() == ""
+
+
+def test_router_status_lists_pools() -> None:
+    snap = stt_pb2.TelemetrySnapshot(
+        instance_id="router-1",
+        role=stt_pb2.ROLE_ROUTER,
+        state=stt_pb2.SERVING_STATE_SERVING,
+        active_streams=3,
+        max_streams=8,
+        pending_work=2,
+    )
+    snap.queues.add(
+        pool="asr_small", instances=2, active_streams=3, capacity_streams=8,
+        queued_realtime=1, queued_batch=1, oldest_wait_seconds=1.25, admitted_total=10,
+        rejected_total=1,
+    )  # fmt: skip
+    text = format_status(snap)
+    assert text.startswith("router router-1: serving, 3/8 streams, 2 pending")
+    row = next(line for line in text.splitlines() if line.startswith("asr_small"))
+    assert row.split() == ["asr_small", "2", "3/8", "1/1", "1.2", "s", "10", "1"]
