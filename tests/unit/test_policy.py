@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,12 @@ from services.autoscaler.policy import (
     PoolPolicy,
     PoolSignals,
     decide,
+)
+from services.autoscaler.policy.rises import (
+    OpenRise,
+    Rise,
+    rise_quantile,
+    track_rises,
 )
 from voxmesh.errors import SettingsError
 
@@ -164,6 +172,20 @@ def test_pool_without_scale_to_zero_must_keep_an_on_demand_instance() -> None:
         PoolPolicy(on_demand=GroupLimits(min_count=0))
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("rise_quantile", 0.0, r"rise_quantile must be in \(0, 1\], got 0.0"),
+        ("rise_quantile", 1.5, r"rise_quantile must be in \(0, 1\], got 1.5"),
+        ("rise_history_s", -1.0, r"rise_history_s must be >= 0, got -1.0"),
+    ],
+)
+def test_invalid_rise_settings_name_the_setting(setting: str, value: float, message: str) -> None:
+    overrides: dict[str, Any] = {setting: value}
+    with pytest.raises(SettingsError, match=message):
+        replace(PoolPolicy(), **overrides)
+
+
 def test_gpu_guard_counts_a_saturated_instance_as_full() -> None:
     config = PoolPolicy(burst_sigmas=0.0, target_utilisation=1.0)
 
@@ -216,25 +238,120 @@ def test_anticipated_growth_waits_for_the_cooldown_but_measured_demand_does_not(
 
 
 def test_failing_preemptible_placements_fall_back_to_on_demand_and_move_back() -> None:
-    config = PoolPolicy(burst_sigmas=0.0, target_utilisation=1.0)
+    config = PoolPolicy(burst_sigmas=0.0, target_utilisation=1.0, rise_history_s=0.0)
+    # An autoscaler that has been running for a whole window when placements start failing.
+    state = PolicyState(observing_since=-config.scale_down_window_s)
     od = GroupSignals(serving=1)
     failing = GroupSignals(starting=4, placement_failing=True)
-    decision, state = decide(signals(20, od=od, pe=failing), PolicyState(), config, 0.0)
+    decision, state = decide(signals(20, od=od, pe=failing), state, config, 0.0)
     assert decision.preemptible.desired == 4, "keep asking: placements resume when capacity does"
     assert decision.on_demand.desired == 5
     assert "preemptible placements failing: 4 on on-demand instead" in decision.reason
 
-    # Capacity returns: the preemptible instances serve, on-demand leaves slowly.
-    od, back = GroupSignals(serving=5), GroupSignals(serving=4)
-    now = 5.0
-    decision, state = decide(signals(20, od=od, pe=back), state, config, now)
-    assert decision.on_demand.desired == 5 and decision.preemptible.desired == 4
-    while decision.on_demand.desired == 5:
-        now += 5.0
-        decision, state = decide(signals(20, od=od, pe=back), state, config, now)
-    assert now > config.scale_down_window_s
+    # Capacity returns and the preemptible instances start: on-demand stays until they serve.
+    od = GroupSignals(serving=5)
+    young = GroupSignals(starting=4, oldest_starting_s=10.0)
+    decision, _ = decide(signals(20, od=od, pe=young), state, config, 5.0)
+    assert decision.on_demand.desired == 5, "a starting instance may never arrive"
+    assert decision.preemptible.desired == 4
+
+    # They serve: on-demand leaves at once, step by step, without waiting for the window.
+    back = GroupSignals(serving=4)
+    decision, state = decide(signals(20, od=od, pe=back), state, config, 5.0)
     assert decision.on_demand.desired == 5 - config.scale_down_step
     assert decision.on_demand.drain == config.scale_down_step
+    assert decision.preemptible.desired == 4, "no preemptible instance added meanwhile"
+    assert "on-demand leaves first (4 serving preemptible instances stay)" in decision.reason
+    od = GroupSignals(serving=decision.on_demand.desired)
+    decision, _ = decide(signals(20, od=od, pe=back), state, config, 10.0)
+    assert (decision.on_demand.desired, decision.preemptible.desired) == (1, 4)
+    assert config.scale_down_window_s > 10.0
+
+
+def test_a_shrinking_pool_drains_on_demand_before_preemptible() -> None:
+    config = PoolPolicy(burst_sigmas=0.0, target_utilisation=1.0, rise_history_s=0.0)
+    state = PolicyState(observing_since=-config.scale_down_window_s)
+    od, pe = GroupSignals(serving=3), GroupSignals(serving=4)
+    # 12 streams need 3 instances; the pool has 7 and sheds two per decision.
+    decision, _ = decide(signals(12, od=od, pe=pe), state, config, 0.0)
+    assert (decision.on_demand.desired, decision.preemptible.desired) == (1, 4)
+    assert decision.on_demand.drain == 2 and decision.preemptible.delta == 0
+    assert "on-demand leaves first" in decision.reason
+
+
+def test_measured_rises_widen_the_margin_for_bursty_demand() -> None:
+    measuring = PoolPolicy(rise_history_s=600.0)  # trusted after five minutes
+    bursty, poisson_only = Pool(config=measuring), Pool(config=PoolPolicy(rise_history_s=0.0))
+    for step in range(120):  # ten minutes; a burst to twice the demand every minute
+        active = 80 if step % 12 == 0 else 40
+        bursty.evaluate(active=active)
+        poisson_only.evaluate(active=active)
+    last = bursty.decisions[-1]
+    assert last.sizing is not None and poisson_only.decisions[-1].sizing is not None
+    # 40 streams: 40 + 3 sqrt(40) = 59 slots (15 instances) from the Poisson margin alone;
+    # demand rose by 40 = 6.3 sqrt(40) within every lead time: 80 slots (20 instances).
+    assert poisson_only.decisions[-1].sizing.spare == 15
+    assert last.sizing.spare == 20
+    assert "spare for rises of 6.3 sqrt(demand) seen within a lead time" in last.reason
+
+
+def test_rises_are_measured_over_one_lead_time_in_sqrt_demand_units() -> None:
+    open_rises: tuple[OpenRise, ...] = ()
+    rises: tuple[Rise, ...] = ()
+    for now, demand in ((0.0, 16), (5.0, 20), (10.0, 36), (15.0, 9), (20.0, 9)):
+        open_rises, rises = track_rises(open_rises, rises, now, demand, 10.0, 30.0)
+    # 16 at t=0 saw at most 36 within the next 10 s: a rise of 20 = 5 sqrt(16); 20 at t=5
+    # saw 36 too: 16 / sqrt(20). The evaluations younger than the lead time are still open.
+    assert [at for at, _ in rises] == [0.0, 5.0]
+    assert [value for _, value in rises] == pytest.approx([5.0, 16 / math.sqrt(20)])
+    assert [at for at, _, _ in open_rises] == [10.0, 15.0, 20.0]
+    # Falling demand is no rise; rises older than the history (30 s) are forgotten.
+    open_rises, rises = track_rises(open_rises, rises, 40.0, 9, 10.0, 30.0)
+    assert rises == ((10.0, 0.0), (15.0, 0.0), (20.0, 0.0))
+    assert [at for at, _, _ in open_rises] == [40.0]
+
+
+def test_the_rise_quantile_needs_enough_history() -> None:
+    rises = tuple((float(t), float(t % 100)) for t in range(200))
+    assert rise_quantile(rises, 0.95, now=250.0, min_span_s=300.0) is None
+    assert rise_quantile(rises, 0.95, now=300.0, min_span_s=300.0) == 94.0
+    assert rise_quantile(rises, 1.0, now=300.0, min_span_s=300.0) == 99.0
+    falling = tuple((float(t), -1.0) for t in range(40))
+    assert rise_quantile(falling, 0.5, now=40.0, min_span_s=0.0) == 0.0
+    assert rise_quantile((), 0.5, now=40.0, min_span_s=0.0) is None
+
+
+def test_a_spike_at_start_up_does_not_set_the_margin_for_the_next_hour() -> None:
+    pool = Pool()
+    pool.evaluate(active=4)
+    pool.evaluate(active=40)
+    for _ in range(72):  # six minutes of 4 streams
+        decision = pool.evaluate(active=4)
+    assert decision.sizing is not None
+    assert decision.sizing.spare == 3, "4 + 3 sqrt(4) = 10 slots: the statistical margin"
+    assert pool.total == 3, "and the pool is back down to it"
+
+
+def test_steady_demand_keeps_the_statistical_margin() -> None:
+    pool = Pool()
+    for _ in range(120):
+        pool.evaluate(active=40)
+    sizing = pool.decisions[-1].sizing
+    assert sizing is not None
+    assert (sizing.plain, sizing.spare, sizing.grown) == (10, 15, 15)
+    assert "rises" not in pool.decisions[-1].reason
+
+
+def test_sizing_says_what_each_step_added() -> None:
+    pool = Pool()
+    pool.evaluate(active=60)
+    for _ in range(10):
+        decision = pool.evaluate(active=4)
+    sizing = decision.sizing
+    assert sizing is not None
+    assert sizing.demand == 4 and sizing.plain == 1
+    assert sizing.plain <= sizing.spare <= sizing.grown
+    assert sizing.stabilised == pool.total > sizing.recommended, "held up by the window"
 
 
 def test_pending_past_the_deadline_counts_as_failing() -> None:

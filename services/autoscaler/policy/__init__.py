@@ -11,6 +11,7 @@ from services.autoscaler.policy.decision import (
     GroupDecision,
     PolicyState,
     Recommendation,
+    Sizing,
 )
 from services.autoscaler.policy.inputs import (
     CapacityGroup,
@@ -30,5 +31,6 @@ __all__ = [
     "PoolPolicy",
     "PoolSignals",
     "Recommendation",
+    "Sizing",
     "decide",
 ]

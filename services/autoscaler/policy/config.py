@@ -72,6 +72,13 @@ class PoolPolicy:
     burst_sigmas: float = 3.0
     """Spare slots as a multiple of sqrt(demand): the Poisson-like fluctuation of the number
     of concurrent streams over one lead time (3 sigma: ~0.1% chance of running out)."""
+    rise_quantile: float = 0.95
+    """Spare slots also cover this quantile of the rises of demand within one lead time,
+    measured over ``rise_history_s`` in units of sqrt(demand): the traffic's own burstiness,
+    where ``burst_sigmas`` assumes independent arrivals."""
+    rise_history_s: float = 3600.0
+    """How much history the measured rises come from; they count once they span half of it
+    (a short history is whatever happened in it). 0 disables the measurement."""
     trend_window_s: float = 120.0
     """Demand history used to estimate the growth rate (least-squares slope)."""
     trend_confidence_sigmas: float = 1.0
@@ -82,10 +89,11 @@ class PoolPolicy:
     scale_up_cooldown_s: float = 10.0
     """After a scale-up, a scale-up asked only by the anticipated growth waits this long;
     measured demand, queued real-time streams and preemption replacements never wait."""
-    scale_down_window_s: float = 300.0
-    """Scale-down stabilisation: a group's size is the largest recommendation in this window."""
+    scale_down_window_s: float = 200.0
+    """Scale-down stabilisation: the pool's size is the largest recommendation in this window
+    (the groups are split from it)."""
     scale_down_step: int = 2
-    """Most instances one decision removes from a group."""
+    """Most instances one decision removes from the pool."""
     gpu_utilisation_limit: float = 0.9
     """An instance whose GPU is busier than this counts as full, whatever its stream count."""
     gpu_memory_limit: float = 0.9
@@ -105,6 +113,7 @@ class PoolPolicy:
             "target_utilisation",
             "gpu_utilisation_limit",
             "gpu_memory_limit",
+            "rise_quantile",
         ):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
@@ -120,6 +129,7 @@ class PoolPolicy:
             "scale_down_window_s",
             "trend_window_s",
             "trend_confidence_sigmas",
+            "rise_history_s",
             "stale_after_s",
         ):
             value = getattr(self, name)
@@ -129,6 +139,11 @@ class PoolPolicy:
             raise SettingsError(
                 f"PoolPolicy.scale_down_step must be >= 1, got {self.scale_down_step}"
             )
+
+    @property
+    def longest_lead_time_s(self) -> float:
+        """The slower group's lead time: the horizon over which rises are measured."""
+        return max(self.on_demand.lead_time_s, self.preemptible.lead_time_s)
 
     def limits(self, group: CapacityGroup) -> GroupLimits:
         """The limits of one capacity group."""

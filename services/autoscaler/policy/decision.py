@@ -5,20 +5,43 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.autoscaler.policy.inputs import CapacityGroup
+from services.autoscaler.policy.rises import OpenRise, Rise
 
-__all__ = ["Decision", "GroupDecision", "PolicyState", "Recommendation"]
+__all__ = ["Decision", "GroupDecision", "PolicyState", "Recommendation", "Sizing"]
 
 
 @dataclass(frozen=True)
 class Recommendation:
-    """The unstabilised per-group sizes one evaluation asked for."""
+    """The pool's unstabilised size at one evaluation (both groups together)."""
 
     at: float
     """Evaluation time (the ``now`` given to ``decide``)."""
-    on_demand: int
-    """On-demand instances recommended."""
-    preemptible: int
-    """Preemptible instances recommended."""
+    total: int
+    """Instances the pool needed then, after the tolerance band, cooldown and bounds."""
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How one decision's pool size was built up, in instances, one step at a time.
+
+    Each figure includes the ones before it (``plain <= spare``, usually ``spare <= grown``);
+    the differences say what each step of the algorithm added. The simulator's cost breakdown
+    reads them; they are also what a dashboard needs to explain a pool's size.
+    """
+
+    demand: int
+    """Streams wanting a slot (active plus queued)."""
+    plain: int
+    """``ceil(demand / max_streams)``: instances with no spare slot at all."""
+    spare: int
+    """With the spare slots (statistical margin, measured rises, target utilisation) and the
+    GPU guard, for today's demand."""
+    grown: int
+    """With the growth anticipated over the lead time: the policy's need."""
+    recommended: int
+    """After the tolerance band, the scale-up cooldown and the bounds."""
+    stabilised: int
+    """After the scale-down stabilisation: the pool size the groups are split from."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +57,10 @@ class PolicyState:
     observing_since: float | None = None
     """Time of the first evaluation on fresh signals; no scale-down happens before a whole
     stabilisation window has been observed (a restarted autoscaler knows no history)."""
+    open_rises: tuple[OpenRise, ...] = ()
+    """Evaluations younger than one lead time, whose rise is still being measured."""
+    rises: tuple[Rise, ...] = ()
+    """Measured rises of demand within one lead time, inside ``rise_history_s``."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +101,8 @@ class Decision:
     """What to do with the preemptible group."""
     reason: str
     """Why, for people: ``"queue of 3 realtime streams: preemptible 2->4"``."""
+    sizing: Sizing | None = None
+    """How the pool size was derived; None when the policy held (stale signals)."""
 
     def group(self, group: CapacityGroup) -> GroupDecision:
         """The decision for one capacity group."""

@@ -26,6 +26,11 @@ class Need:
     """Estimated demand growth in streams per second (may be negative)."""
     saturated: int
     """Serving instances the GPU guard counts as full."""
+    rise_sigmas: float | None = None
+    """Measured rise of demand within one lead time (units of sqrt(demand)) that the spare
+    slots cover; None while there is not enough history."""
+    rise_sets_margin: bool = False
+    """Whether the measured rise, rather than the statistical margin, set the spare slots."""
 
 
 def trim_samples(
@@ -93,21 +98,29 @@ def guarded_waste(
 
 
 def instances_needed(
-    signals: PoolSignals, slope: float, lead_time_s: float, config: PoolPolicy
+    signals: PoolSignals,
+    slope: float,
+    lead_time_s: float,
+    config: PoolPolicy,
+    rise_sigmas: float | None = None,
 ) -> Need:
     """Instances the pool needs to serve the demand expected one lead time from now.
 
-    slots = max(D / target_utilisation, D + burst_sigmas * sqrt(D)) with
-    D = demand + max(0, slope) * lead_time; the hidden slots of GPU-saturated instances are
-    added, and the total is divided by the per-instance stream limit.
+    slots = max(D' / target_utilisation, D' + burst_sigmas * sqrt(D'), D + rise * sqrt(D))
+    with D the demand, D' = D + max(0, slope) * lead_time and ``rise_sigmas`` the measured
+    rise (ignored when None); the hidden slots of GPU-saturated instances are added, and the
+    total is divided by the per-instance stream limit.
     """
-    predicted = signals.demand + max(0.0, slope) * lead_time_s
+    demand = signals.demand
+    predicted = demand + max(0.0, slope) * lead_time_s
     if predicted <= 0:
-        slots = 0.0
+        slots = measured = 0.0
     else:
+        measured = demand + (rise_sigmas or 0.0) * math.sqrt(demand)
         slots = max(
             predicted / config.target_utilisation,
             predicted + config.burst_sigmas * math.sqrt(predicted),
+            measured,
         )
     saturated, waste = guarded_waste(signals.instances, signals.max_streams, config)
     exact = (slots + waste) / signals.max_streams
@@ -117,4 +130,6 @@ def instances_needed(
         predicted_demand=predicted,
         slope=slope,
         saturated=saturated,
+        rise_sigmas=rise_sigmas,
+        rise_sets_margin=rise_sigmas is not None and slots > 0 and measured >= slots,
     )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from services.autoscaler.policy.config import PoolPolicy
 from services.autoscaler.policy.inputs import GroupSignals
 
-__all__ = ["Split", "preemptible_unreliable", "split_total"]
+__all__ = ["Split", "counted_preemptible", "preemptible_unreliable", "split_total"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,12 @@ def preemptible_unreliable(group: GroupSignals, config: PoolPolicy) -> str:
     return ""
 
 
+def counted_preemptible(group: GroupSignals, config: PoolPolicy) -> int:
+    """Preemptible instances the pool can count on: serving and starting ones, or only the
+    serving ones while preemptible capacity is not trusted."""
+    return group.serving if preemptible_unreliable(group, config) else group.current
+
+
 def split_total(total: int, preemptible: GroupSignals, config: PoolPolicy) -> Split:
     """Baseline on on-demand, the rest on preemptible; on-demand covers what is missing.
 
@@ -43,8 +49,7 @@ def split_total(total: int, preemptible: GroupSignals, config: PoolPolicy) -> Sp
     placement state. When preemptible capacity cannot be counted on (placements failing,
     instances pending past the deadline, a reclaim notice), only *serving* preemptible
     instances count and on-demand takes the shortfall at once. When preemptible capacity
-    returns, its instances start and the on-demand recommendation falls back; the on-demand
-    group then shrinks through the normal, stabilised scale-down path.
+    returns, its instances start, and each one that serves takes the place of an on-demand one.
     """
     od, pe = config.on_demand, config.preemptible
     want_pe = pe.clamp(total - od.min_count)

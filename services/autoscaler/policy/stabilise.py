@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from operator import attrgetter
-
 from services.autoscaler.policy.config import PoolPolicy
 from services.autoscaler.policy.decision import PolicyState, Recommendation
-from services.autoscaler.policy.inputs import CapacityGroup
 
-__all__ = ["in_cooldown", "stabilised", "trim_history", "within_tolerance"]
+__all__ = ["in_cooldown", "stabilised_total", "trim_history", "within_tolerance"]
 
 
 def within_tolerance(exact_need: float, current_total: int, config: PoolPolicy) -> bool:
@@ -24,28 +21,23 @@ def in_cooldown(state: PolicyState, config: PoolPolicy, now: float) -> bool:
     return last is not None and now - last < config.scale_up_cooldown_s
 
 
-def stabilised(
-    group: CapacityGroup,
+def stabilised_total(
     recommended: int,
     current: int,
     history: tuple[Recommendation, ...],
     config: PoolPolicy,
-    *,
-    window_observed: bool,
 ) -> int:
-    """The size a group moves to now, given this and recent recommendations.
+    """The pool size to move to now, given this and recent recommendations.
 
     Up: at once. Down: to the largest recommendation inside the window (``history`` holds
-    only those, this evaluation's included), never below ``current - scale_down_step`` and
-    never below the group's minimum; not at all until a whole window has been observed.
+    only those, this evaluation's included), by at most ``scale_down_step`` instances. The
+    pool size is stabilised, not each group: a group that shrinks because the other one took
+    its place is not a scale-down.
     """
-    if recommended >= current or not window_observed:
-        return max(recommended, current)
-    field = "on_demand" if group is CapacityGroup.ON_DEMAND else "preemptible"
-    window_max = max(map(attrgetter(field), history), default=recommended)
-    target = min(current, max(recommended, window_max))
-    floor = max(current - config.scale_down_step, config.limits(group).min_count)
-    return max(target, floor)
+    if recommended >= current:
+        return recommended
+    window_max = max((r.total for r in history), default=recommended)
+    return max(recommended, min(current, window_max), current - config.scale_down_step)
 
 
 def trim_history(
