@@ -14,7 +14,7 @@ from bench.sim.mesh import MeshParams
 from bench.sim.record import RunRecord, Series
 from bench.sim.workload import Workload
 
-__all__ = ["Profile", "oracle", "profile"]
+__all__ = ["Profile", "fractional_gpu_hours", "oracle", "profile"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,14 @@ def oracle(workload: Workload, availability: AvailabilityTrace, params: MeshPara
     )
     record.horizon_s = horizon
     return record
+
+
+def fractional_gpu_hours(workload: Workload, params: MeshParams) -> float:
+    """GPU-hours if capacity came in fractions of an instance (``active / max_streams``): how
+    much of the oracle's cost is whole-instance granularity (the oracle itself rounds up)."""
+    horizon = (workload.arrivals[-1] if workload.arrivals else 0.0) + params.tail_s
+    prof = profile(workload, np.asarray([horizon]))
+    inside = prof.times <= horizon
+    times, active = prof.times[inside], prof.active[inside]
+    dt = np.diff(times, append=horizon)
+    return float((active * dt).sum() / params.calibration.max_streams / 3600.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bench.sim.breakdown import Ledger
 from bench.sim.calibration import Calibration
 from bench.sim.control import Actions, GroupActions, GroupView, MeshView
 from services.autoscaler.policy import (
@@ -68,6 +69,8 @@ class OurPolicy:
     """Carried between evaluations, as the real loop does."""
     reasons: list[str] = field(default_factory=list)
     """Reasons of the decisions that changed something (for the report's examples)."""
+    ledger: Ledger = field(default_factory=Ledger)
+    """GPU-hours held, by cause (for the report's cost breakdown)."""
 
     def initial_fleet(self, instances: int, preemptible_available: int) -> tuple[int, int]:
         """The split the policy steers to: baseline on on-demand, the rest preemptible."""
@@ -95,6 +98,7 @@ class OurPolicy:
             instances=tuple(loads),
         )
         decision, self.state = decide(signals, self.state, self.config, view.now)
+        self.ledger.add(view, decision, self.config, self.interval_s)
         if decision.changes:
             self.reasons.append(f"t={view.now:.0f}s {decision.reason}")
         return Actions(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from bench.sim.availability import (
     AvailabilityTrace,
@@ -17,6 +18,7 @@ from bench.sim.availability import (
     synthetic_spot_trace,
 )
 from bench.sim.baselines import HpaGpu, NomadTargetValue, SpotHedge, StaticPeak
+from bench.sim.bound import PerfectForecast
 from bench.sim.calibration import Calibration
 from bench.sim.control import Controller
 from bench.sim.mesh import MeshParams
@@ -33,6 +35,7 @@ from bench.sim.workload import (
 __all__ = [
     "CONTROLLERS",
     "ORACLE",
+    "PERFECT",
     "Scenario",
     "default_scenarios",
     "initial_instances",
@@ -42,6 +45,8 @@ __all__ = [
 ]
 
 ORACLE = "oracle"
+PERFECT = "perfect"
+"""The perfect-forecast reference controller: not a baseline, the floor a real one can reach."""
 CONTROLLERS = ("ours", "static", "hpa", "nomad", "spothedge")
 
 
@@ -65,8 +70,9 @@ class Scenario:
     """Ramp time of the synthetic bursts."""
     scale_to_zero: bool = False
     """Whether our policy may take the pool to zero instances."""
-    burst_sigmas: float | None = None
-    """Override of our policy's ``burst_sigmas`` (sensitivity runs only)."""
+    overrides: tuple[tuple[str, float], ...] = ()
+    """``(PoolPolicy field, value)`` pairs overriding our policy's defaults (sensitivity runs
+    only)."""
     note: str = ""
     """What the scenario shows."""
 
@@ -99,9 +105,8 @@ def make_controller(name: str, scenario: Scenario) -> Controller:
     calibration = scenario.params.calibration
     if name == "ours":
         config = policy_for(calibration, scale_to_zero=scenario.scale_to_zero)
-        if scenario.burst_sigmas is not None:
-            config = replace(config, burst_sigmas=scenario.burst_sigmas)
-        return OurPolicy(config)
+        overrides: dict[str, Any] = dict(scenario.overrides)
+        return OurPolicy(replace(config, **overrides))
     if name == "static":
         workload, _ = materialise(scenario)
         return StaticPeak(profile(workload).peak_instances(calibration.max_streams))
@@ -111,6 +116,14 @@ def make_controller(name: str, scenario: Scenario) -> Controller:
         return NomadTargetValue()
     if name == "spothedge":
         return SpotHedge(streams_per_replica=0.8 * calibration.max_streams)
+    if name == PERFECT:
+        workload, availability = materialise(scenario)
+        return PerfectForecast(
+            profile(workload),
+            availability,
+            calibration.on_demand_lead_s,
+            calibration.preemptible_lead_s,
+        )
     raise ValueError(f"unknown controller {name!r}")
 
 
@@ -191,11 +204,17 @@ def default_scenarios(
     )
 
 
-def sensitivity_scenarios(scenario: Scenario, sigmas: tuple[float, ...]) -> tuple[Scenario, ...]:
-    """``scenario`` with our policy's ``burst_sigmas`` overridden, one per value."""
+def sensitivity_scenarios(
+    scenario: Scenario, variants: tuple[tuple[tuple[str, float], ...], ...]
+) -> tuple[Scenario, ...]:
+    """``scenario`` once per variant of our policy's settings (``(field, value)`` pairs)."""
     return tuple(
-        replace(scenario, name=f"{scenario.name}@burst_sigmas={value:g}", burst_sigmas=value)
-        for value in sigmas
+        replace(
+            scenario,
+            name=f"{scenario.name}@" + ",".join(f"{k}={v:g}" for k, v in overrides),
+            overrides=overrides,
+        )
+        for overrides in variants
     )
 
 

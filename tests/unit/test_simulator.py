@@ -17,13 +17,16 @@ from bench.sim.availability import (
     synthetic_spot_trace,
 )
 from bench.sim.baselines import HpaGpu, NomadTargetValue, SpotHedge, StaticPeak
+from bench.sim.bound import PerfectForecast, perfect_forecast_bound, rises_beyond
+from bench.sim.breakdown import cost_breakdown
 from bench.sim.calibration import Calibration, load_calibration
 from bench.sim.control import Actions, Controller, GroupView, MeshView
 from bench.sim.engine import simulate
 from bench.sim.mesh import MeshParams
-from bench.sim.oracle import oracle, profile
+from bench.sim.oracle import fractional_gpu_hours, oracle, profile
 from bench.sim.ours import OurPolicy, policy_for
 from bench.sim.record import RunRecord, percentile_wait
+from bench.sim.report import metrics
 from bench.sim.workload import (
     AudioMapping,
     Workload,
@@ -47,7 +50,9 @@ def outage_at(start_tick: int, ticks: int = 20, gap_s: float = 300.0) -> Availab
     return AvailabilityTrace(name="test outage", gap_s=gap_s, data=data)
 
 
-def controllers(workload: Workload) -> list[Controller]:
+def controllers(
+    workload: Workload, availability: AvailabilityTrace | None = None
+) -> list[Controller]:
     peak = profile(workload).peak_instances(CAL.max_streams)
     return [
         OurPolicy(policy_for(CAL)),
@@ -55,7 +60,14 @@ def controllers(workload: Workload) -> list[Controller]:
         HpaGpu(),
         NomadTargetValue(),
         SpotHedge(),
+        perfect_forecast(workload, availability or always_available()),
     ]
+
+
+def perfect_forecast(workload: Workload, availability: AvailabilityTrace) -> PerfectForecast:
+    return PerfectForecast(
+        profile(workload), availability, CAL.on_demand_lead_s, CAL.preemptible_lead_s
+    )
 
 
 def run(
@@ -74,7 +86,7 @@ def test_every_arrival_is_admitted_or_dropped_and_every_interruption_accounted(
 ) -> None:
     workload = small_workload()
     params = replace(PARAMS, preemption_notice_s=notice_s)
-    for controller in controllers(workload):
+    for controller in controllers(workload, outage_at(3)):
         record = run(controller, workload, outage_at(3), params)
         assert record.arrivals == len(workload.arrivals)
         assert record.admitted + record.dropped_waiting == record.arrivals, controller.name
@@ -100,6 +112,8 @@ def test_oracle_never_queues_and_uses_the_cheapest_capacity_available() -> None:
         assert (od == 0) if t < outage_start else (pe == 0)
     assert record.slo_attainment == 1.0
     assert record.instance_hours[0] > 0 and record.instance_hours[1] > 0
+    fractional = fractional_gpu_hours(workload, PARAMS)
+    assert 0.8 * sum(record.instance_hours) < fractional < sum(record.instance_hours)
 
 
 def test_static_peak_never_queues_but_one_instance_less_does() -> None:
@@ -295,3 +309,60 @@ def test_calibration_is_read_flat_or_nested_with_defaults_for_the_rest(tmp_path:
     nested.write_text(json.dumps({"asr_large": {"max_streams": 2}}))
     assert load_calibration(nested, "asr_large").max_streams == 2
     assert load_calibration(nested, "asr_small") == Calibration()
+
+
+def test_the_perfect_forecast_bound_lies_between_the_oracle_and_the_reference_controller() -> None:
+    workload = small_workload()
+    for availability in (always_available(), outage_at(3)):
+        orc = oracle(workload, availability, PARAMS)
+        bound = perfect_forecast_bound(workload, availability, PARAMS)
+        reference = run(perfect_forecast(workload, availability), workload, availability)
+        cost = [metrics("", r, orc, orc, PARAMS).cost for r in (orc, bound, reference)]
+        assert cost[0] < cost[1] <= cost[2], cost
+        assert reference.slo_attainment >= 0.999, "a perfect forecast needs no margin"
+    # With preemptible capacity all the time, the bound is the oracle plus one preemptible
+    # lead time of the busiest moment ahead: more than the oracle, by less than the lead time
+    # of every instance at all times.
+    orc = oracle(workload, always_available(), PARAMS)
+    bound = perfect_forecast_bound(workload, always_available(), PARAMS)
+    assert bound.instance_hours[0] == 0.0
+    peak = profile(workload).peak_instances(CAL.max_streams)
+    assert bound.instance_hours[1] - orc.instance_hours[1] < peak * bound.horizon_s / 3600.0
+
+
+def test_the_ledger_accounts_for_every_billed_hour_and_explains_the_cost_gap() -> None:
+    workload = small_workload()
+    availability = outage_at(3)
+    policy = OurPolicy(policy_for(CAL))
+    record = run(policy, workload, availability)
+    orc = oracle(workload, availability, PARAMS)
+    ledger = policy.ledger
+    billed = sum(record.instance_hours)
+    assert sum(ledger.hours.values()) == pytest.approx(billed, rel=0.02)
+    assert sum(ledger.on_demand_hours.values()) == pytest.approx(record.instance_hours[0], rel=0.02)
+    assert ledger.on_demand_hours["baseline (on-demand minimum)"] == pytest.approx(
+        record.horizon_s / 3600.0, rel=0.02
+    ), "one on-demand instance all the time"
+    assert ledger.on_demand_hours["preemptible not trusted"] > 0, "the outage went on-demand"
+    assert ledger.hours["starting (lead time)"] > 0 and ledger.hours["spare slots"] > 0
+    breakdown = cost_breakdown(ledger, record, orc, PARAMS)
+    gap = breakdown["cost"] - breakdown["cost_oracle"]
+    assert gap > 0
+    assert sum(breakdown["cost_above_oracle_by_cause"].values()) == pytest.approx(gap, abs=0.02)
+    residual = "demand vs oracle (perfect packing, queueing, 5 s sampling)"
+    assert abs(breakdown["cost_above_oracle_by_cause"][residual]) < 0.1 * gap
+
+
+def test_rises_beyond_a_margin_are_counted_at_arrivals() -> None:
+    steady = Workload(
+        name="steady",
+        arrivals=tuple(float(t) for t in range(0, 3600, 2)),
+        durations=(20.0,) * 1800,
+        description="one 20 s stream every 2 s",
+    )
+    sigmas, share = rises_beyond(steady, 3900.0, 98.0, spare_slots=30.0, skip_s=300.0)
+    assert share == 0.0 and sigmas > 5
+    bursty = small_workload()
+    _, tight = rises_beyond(bursty, 2500.0, 98.0, spare_slots=1.0, skip_s=300.0)
+    _, loose = rises_beyond(bursty, 2500.0, 98.0, spare_slots=40.0, skip_s=300.0)
+    assert 0.0 <= loose < tight <= 1.0
