@@ -14,7 +14,9 @@ the rises of the recent past.
 
 from __future__ import annotations
 
+import bisect
 import math
+from operator import itemgetter
 
 from services.autoscaler.policy.config import PoolPolicy
 
@@ -40,14 +42,17 @@ def track_rises(
     closed rises no older than ``history_s``.
     """
     updated: list[OpenRise] = []
-    closed = list(rises)
+    closed: list[Rise] = []
     for at, then, highest in open_rises:
         if now - at > horizon_s:
             closed.append((at, (highest - then) / math.sqrt(max(then, 1))))
         else:
             updated.append((at, then, max(highest, demand)))
     updated.append((now, demand, demand))
-    return tuple(updated), tuple(r for r in closed if r[0] >= now - history_s)
+    cutoff = now - history_s
+    # Both are in time order and every closed rise is newer than the kept ones.
+    kept = rises[bisect.bisect_left(rises, (cutoff,)) :]
+    return tuple(updated), kept + tuple(r for r in closed if r[0] >= cutoff)
 
 
 def rise_quantile(
@@ -58,7 +63,7 @@ def rise_quantile(
     in those minutes (one spike at start-up would set the margin for the next hour)."""
     if not rises or now - rises[0][0] < min_span_s:
         return None
-    ordered = sorted(value for _, value in rises)
+    ordered: list[float] = sorted(map(itemgetter(1), rises))
     rank = min(len(ordered), max(1, math.ceil(quantile * len(ordered))))
     return max(0.0, ordered[rank - 1])
 
