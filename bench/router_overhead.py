@@ -16,6 +16,10 @@ proxy's processes over the measured window. Everything shares this machine's
 cores, so contention shows up in every figure; the JSON says how many cores.
 
     python -m bench.router_overhead --duration 10 --repeats 2
+
+A second series runs the highest levels again with the proxy alone on CPU 1
+(backend and load generator on CPU 0), which shows the proxy's own capacity
+on one core apart from contention with the rest of the benchmark.
 """
 
 from __future__ import annotations
@@ -195,11 +199,13 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _run_level(
-    target: str, streams: int, args: argparse.Namespace, pids: dict[str, int]
+    target: str, streams: int, args: argparse.Namespace, pids: dict[str, int], pinned: bool
 ) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.loadgen", "--target", target, "--streams", str(streams),
            "--channels", str(args.channels), "--ramp", str(args.ramp), "--warmup",
            str(args.warmup), "--duration", str(args.duration)]  # fmt: skip
+    if pinned:
+        cmd = ["taskset", "-c", "0", *cmd]
     gen = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True)
     assert gen.stdout is not None
     watched = {**pids, "loadgen": gen.pid}
@@ -241,15 +247,15 @@ def _added(proxy: dict[str, Any], direct: dict[str, Any]) -> dict[str, float]:
 def _ratios(row: dict[str, Any]) -> dict[str, float | None]:
     """Router over nginx: end-to-end p50/p99, added p50, proxy CPU."""
 
-    def ratio(a: float, b: float) -> float | None:
-        return round(a / b, 2) if b > 0.05 else None
+    def ratio(a: float, b: float, floor: float) -> float | None:
+        return round(a / b, 2) if b > floor else None  # None: too small to divide by
 
     router, nginx = row["router"], row["nginx"]
     return {
-        "p50": ratio(router["latency_ms"]["p50"], nginx["latency_ms"]["p50"]),
-        "p99": ratio(router["latency_ms"]["p99"], nginx["latency_ms"]["p99"]),
-        "added_p50": ratio(row["router_added_ms"]["p50"], row["nginx_added_ms"]["p50"]),
-        "cpu": ratio(router["cpu_cores"]["router"], nginx["cpu_cores"]["nginx"]),
+        "p50": ratio(router["latency_ms"]["p50"], nginx["latency_ms"]["p50"], 0.05),
+        "p99": ratio(router["latency_ms"]["p99"], nginx["latency_ms"]["p99"], 0.05),
+        "added_p50": ratio(row["router_added_ms"]["p50"], row["nginx_added_ms"]["p50"], 0.05),
+        "cpu": ratio(router["cpu_cores"]["router"], nginx["cpu_cores"]["nginx"], 0.001),
     }
 
 
@@ -267,46 +273,43 @@ def _combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs every level and mode, prints a table, writes bench/results/router_overhead.json."""
-    parser = argparse.ArgumentParser(description="router overhead vs direct and nginx")
-    parser.add_argument(
-        "--levels", default="50,100,150,200,250,300,400,500", help="concurrent streams"
-    )
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
-    parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--ramp", type=float, default=3.0)
-    parser.add_argument("--channels", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2, help="runs per mode and level")
-    args = parser.parse_args(argv)
-    if shutil.which(NGINX) is None and not Path(NGINX).exists():
-        raise SystemExit(f"{NGINX} not found (Debian package nginx)")
-    levels = [int(x) for x in args.levels.split(",")]
+def _series(
+    levels: list[int], args: argparse.Namespace, env: dict[str, Any], pinned: bool
+) -> list[dict[str, Any]]:
+    """Every level, every mode (interleaved repeats); ``pinned`` puts the proxies on CPU 1
+    and the backend and the load generator on CPU 0."""
+    pids = env["pids"]
+    if pinned:
+        psutil.Process(pids["backend"]).cpu_affinity([0])
+        for proxy in ("router", "nginx"):
+            for proc in [psutil.Process(pids[proxy]), *psutil.Process(pids[proxy]).children()]:
+                proc.cpu_affinity([1])
     rows: list[dict[str, Any]] = []
-    load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="voxmesh-bench-") as tmp, _processes(Path(tmp)) as env:
-        for streams in levels:
-            runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
-            for _ in range(args.repeats):
-                for mode in MODES:  # interleaved, so drifting background load hits all alike
-                    target = f"127.0.0.1:{env['ports'][mode]}"
-                    runs[mode].append(_run_level(target, streams, args, env["pids"]))
-            row: dict[str, Any] = {"streams": streams}
-            row.update({mode: _combine(runs[mode]) for mode in MODES})
-            row["router_added_ms"] = _added(row["router"], row["direct"])
-            row["nginx_added_ms"] = _added(row["nginx"], row["direct"])
-            row["router_vs_nginx"] = _ratios(row)
-            row["router_cpu_ms_per_stream_s"] = round(
-                1000 * row["router"]["cpu_cores"]["router"] / streams, 3
-            )
-            rows.append(row)
-            _print_row(row)
-    load_after = os.getloadavg()
+    for streams in levels:
+        runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+        for _ in range(args.repeats):
+            for mode in MODES:  # interleaved, so drifting background load hits all alike
+                target = f"127.0.0.1:{env['ports'][mode]}"
+                runs[mode].append(_run_level(target, streams, args, pids, pinned))
+        row: dict[str, Any] = {"streams": streams}
+        row.update({mode: _combine(runs[mode]) for mode in MODES})
+        row["router_added_ms"] = _added(row["router"], row["direct"])
+        row["nginx_added_ms"] = _added(row["nginx"], row["direct"])
+        row["router_vs_nginx"] = _ratios(row)
+        row["router_cpu_ms_per_stream_s"] = round(
+            1000 * row["router"]["cpu_cores"]["router"] / streams, 3
+        )
+        rows.append(row)
+        _print_row(row)
+    return rows
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     sustained = [r for r in rows if r["router"]["sustained"]]
     best = max(sustained, key=lambda r: r["streams"]) if sustained else None
     top = rows[-1]
     per_stream = [r["router_cpu_ms_per_stream_s"] for r in sustained]
-    summary = {
+    return {
         "largest_level_sustained_by_router": best["streams"] if best else 0,
         "at_largest_sustained_level": None
         if best is None
@@ -334,6 +337,41 @@ def main(argv: list[str] | None = None) -> int:
         if per_stream
         else None,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs every level and mode, prints a table, writes bench/results/router_overhead.json."""
+    parser = argparse.ArgumentParser(description="router overhead vs direct and nginx")
+    parser.add_argument("--levels", default="50,100,150,200,250,300,500", help="streams")
+    parser.add_argument(
+        "--pinned-levels",
+        default="300,350,400,500",
+        help="levels run again with the proxy alone on CPU 1 (empty: skip; needs 2 CPUs)",
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--ramp", type=float, default=3.0)
+    parser.add_argument("--channels", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per mode and level")
+    args = parser.parse_args(argv)
+    if shutil.which(NGINX) is None and not Path(NGINX).exists():
+        raise SystemExit(f"{NGINX} not found (Debian package nginx)")
+    levels = [int(x) for x in args.levels.split(",") if x]
+    pinned_levels = [int(x) for x in args.pinned_levels.split(",") if x]
+    if (os.cpu_count() or 1) < 2:
+        pinned_levels = []
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="voxmesh-bench-") as tmp, _processes(Path(tmp)) as env:
+        print("=== shared cores: load generator, backend and proxy on every CPU", flush=True)
+        rows = _series(levels, args, env, pinned=False)
+        pinned_rows: list[dict[str, Any]] = []
+        if pinned_levels:
+            print("=== pinned: proxy alone on CPU 1, backend and load generator on CPU 0")
+            pinned_rows = _series(pinned_levels, args, env, pinned=True)
+    load_after = os.getloadavg()
+    summary = {"shared_cores": _summary(rows)}
+    if pinned_rows:
+        summary["proxy_on_its_own_core"] = _summary(pinned_rows)
     write_result(
         "router_overhead",
         {
@@ -344,12 +382,14 @@ def main(argv: list[str] | None = None) -> int:
                 "repeats": args.repeats,
                 "figures": "median over repeats of each run's p50/p99 and CPU",
                 "nginx": "1 worker, grpc_pass, http2",
-                "note": "load generator, backend and proxy share this machine's cores; "
-                "other work on the machine shows in the load averages",
+                "note": "'levels': load generator, backend and proxy share this machine's "
+                "cores; 'pinned_levels': the proxy alone on CPU 1; other work on the "
+                "machine shows in the load averages",
                 "load_average_before": [round(x, 2) for x in load_before],
                 "load_average_after": [round(x, 2) for x in load_after],
             },
             "levels": rows,
+            "pinned_levels": pinned_rows,
             "summary": summary,
         },
     )
