@@ -43,6 +43,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "git_rev": rev,
         "gpu": "none",
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
 
 
