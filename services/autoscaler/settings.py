@@ -132,7 +132,7 @@ class AutoscalerSettings:
     """Relative band around the current size in which recommendations are ignored."""
     scale_up_cooldown: float = setting(10.0, "wait between trend-driven scale-ups")
     """After a scale-up, a scale-up asked only by the anticipated growth waits this long."""
-    scale_down_window: float = setting(200.0, "scale-down stabilisation window (s); docs/autoscaling.md says why 200")
+    scale_down_window: float = setting(200.0, "scale-down stabilisation window (s)")
     """A group shrinks to the largest recommendation of this window."""
     scale_down_step: int = setting(2, "most instances one decision removes from a group")
     """Most instances one decision removes from a group."""
