@@ -35,6 +35,7 @@ _MAX_PROMPT_TOKENS = 64
 _MAX_PREFIX_TOKENS = 120
 _PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 _APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"  # noqa: RUF001 - faster-whisper defaults
+_CLOSING_PUNCTUATION = ".,;:!?…"
 _SPACE_TOKEN = 220  # " " in the GPT-2 vocabulary every Whisper tokenizer shares
 
 
@@ -228,6 +229,8 @@ class WhisperDecoder:
                 new_tokens, tokens = tokens, prefix_tokens + tokens
             token_lists.append(tokens)
             text = tokenizer.decode(new_tokens).strip()
+            if prefix_tokens:  # punctuation that closes the prefix's sentence is not ours
+                text = text.lstrip(_CLOSING_PUNCTUATION).strip()
             count = len(tokens)
             avg_logprob = result.scores[0] * count / (count + 1)
             outputs.append(

@@ -186,6 +186,8 @@ class StreamSession:
         self._agreement = LocalAgreement()
         self._prompt = ""
         self._history: list[tuple[int, int, str]] = []
+        self._cursor = 0
+        """Sample position of the last VAD event the worker handled."""
         """(start, end, text) of recent final utterances still usable as context."""
         self._task = asyncio.create_task(self._work(), name=f"voxmesh-session-{params.stream_id}")
 
@@ -282,6 +284,7 @@ class StreamSession:
 
     async def _on_vad(self, kind: VadEvent, pos: int) -> None:
         pad = int(self._opt.speech_pad * SR)
+        self._cursor = pos
         if kind is VadEvent.SPEECH_STARTED:
             self._utt_open = True
             self._utt_start = max(self._buf_start, pos - pad)
@@ -365,7 +368,9 @@ class StreamSession:
 
     def _keep_from(self) -> int:
         """The oldest sample a future decode may need as context."""
-        horizon = self._total - int(self._opt.context * SR)
+        # Relative to where the worker is, not to the newest audio: when audio
+        # arrives faster than real time the worker lags behind it.
+        horizon = self._cursor - int(self._opt.context * SR)
         self._history = [h for h in self._history if h[0] >= horizon]
         return self._history[0][0] if self._history else self._total
 
