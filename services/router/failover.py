@@ -221,10 +221,6 @@ class ResultTracker:
         self._in_speech = started
         return response
 
-    def last_final_end_ms(self) -> float:
-        """End of the last final result sent, in ms (-1 before the first)."""
-        return self._last_end_ms
-
     def fix_summary(
         self, summary: stt_pb2.StreamSummary, stream_id: str, audio_seconds: float
     ) -> None:

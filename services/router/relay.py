@@ -129,11 +129,6 @@ class StreamRelay:
         self._requests = 0
         self._responses = 0
 
-    @property
-    def failovers(self) -> int:
-        """Times the stream moved to another instance after a failure."""
-        return self._tracker.failovers
-
     def audio_seconds(self) -> float:
         """Seconds of LINEAR16 audio received from the client (0 for containers)."""
         return self._log.audio_seconds()
