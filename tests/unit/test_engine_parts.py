@@ -142,3 +142,24 @@ def test_noise_rules() -> None:
     assert DecodeOutput(text="you", no_speech_prob=0.9, avg_logprob=-1.4).looks_like_noise()
     assert not DecodeOutput(text="hello", no_speech_prob=0.9, avg_logprob=-0.2).looks_like_noise()
     assert DecodeOutput(text="la " * 50, compression_ratio=5.0).looks_like_noise()
+
+
+async def test_scheduler_reports_recent_model_utilization() -> None:
+    now = [100.0]
+
+    class Slow(RecordingDecoder):
+        def decode(self, jobs: Sequence[DecodeJob]) -> list[DecodeOutput]:
+            now[0] += 2.0  # each model call takes 2 s of the fake clock
+            return super().decode(jobs)
+
+    scheduler = DecodeScheduler(Slow(), SchedulerOptions(max_batch=1), clock=lambda: now[0])
+    scheduler.start()
+    try:
+        assert scheduler.utilization() == 0.0
+        await scheduler.submit(job(1), realtime=True, final=True)
+        assert scheduler.utilization(window=5.0) == pytest.approx(0.4)
+        now[0] += 3.0  # idle: the busy interval slides out of a 4 s window
+        assert scheduler.utilization(window=4.0) == pytest.approx(0.25)
+        assert scheduler.utilization(window=1.0) == 0.0
+    finally:
+        await scheduler.shutdown()

@@ -17,6 +17,7 @@ interim decodes and that telemetry reports.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import itertools
@@ -97,11 +98,19 @@ class DecodeScheduler:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxmesh-decode")
         self._task: asyncio.Task[None] | None = None
         self.stats = SchedulerStats()
+        self._busy: collections.deque[tuple[float, float]] = collections.deque(maxlen=64)
 
     @property
     def pending(self) -> int:
         """Jobs waiting for the model (not counting the batch running)."""
         return sum(1 for e in self._heap if not e.future.done())
+
+    def utilization(self, window: float = 5.0) -> float:
+        """Share of the last ``window`` seconds the model was busy, in [0, 1]."""
+        now = self._clock()
+        since = now - window
+        busy = sum(max(0.0, end - max(start, since)) for start, end in self._busy if end > since)
+        return min(1.0, busy / window)
 
     @property
     def max_batch(self) -> int:
@@ -174,6 +183,7 @@ class DecodeScheduler:
             self.stats.batches += 1
             self.stats.jobs += len(batch)
             self.stats.busy_seconds += elapsed
+            self._busy.append((started, started + elapsed))
             if self._on_batch is not None:
                 self._on_batch(len(batch), elapsed, waits)
             for entry, output in zip(batch, outputs, strict=True):

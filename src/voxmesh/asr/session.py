@@ -87,9 +87,8 @@ class SessionOptions:
     max_stream: float = 4 * 3600.0
     """Longest stream; more audio fails it with OUT_OF_RANGE."""
     adaptive: bool = True
-    """Thin interim decodes when the scheduler is loaded; False decodes at a fixed cadence."""
-    interim_backlog: int = 4
-    """With ``adaptive``, skip interims while this many jobs wait per batch slot."""
+    """Shed interim decodes under load (none while jobs wait for the model, rarer the
+    busier it was); False decodes at a fixed cadence."""
     condition_on_previous: bool = True
     """Prompt each utterance with the stream's previous final text."""
     context: float = 15.0
@@ -350,10 +349,13 @@ class StreamSession:
         first = not self._interim_sent
         interval = self._opt.first_interim if first else self._opt.interim_interval
         if self._opt.adaptive:
-            per_slot = self._scheduler.pending / max(1, self._scheduler.max_batch)
-            if per_slot >= self._opt.interim_backlog:
+            # Interims are the work to shed: while jobs wait for the model, finals
+            # and other streams go first; the busier the model was lately, the
+            # rarer the interims (up to 5x the interval at full load).
+            if self._scheduler.pending > 0:
                 return False
-            interval *= 1.0 + per_slot
+            if not first:
+                interval *= 1.0 + 4.0 * self._scheduler.utilization()
         return self._total - self._decoded_until >= interval * SR
 
     def _context(self, start: int, end: int) -> tuple[int, str]:
