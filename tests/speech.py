@@ -95,26 +95,17 @@ def espeak_pcm(text: str, rate: int = 16000, voice: str = "en-us", pause_s: floa
     if not out.exists():
         wav = _CACHE / f"{key}.wav"
         subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(wav), text], check=True)
-        cmd = [
-            "sox",
-            str(wav),
-            "-r",
-            str(rate),
-            "-c",
-            "1",
-            "-b",
-            "16",
-            "-e",
-            "signed-integer",
-            "-t",
-            "raw",
-            str(out),
-        ]
+        cmd = ["sox", str(wav), *_raw_output(rate, out)]
         if pause_s:
             cmd += ["pad", "0", str(pause_s)]
         subprocess.run(cmd, check=True)
         wav.unlink()
     return out.read_bytes()
+
+
+def _raw_output(rate: int, out: Path) -> list[str]:
+    """sox arguments for 16-bit signed mono raw PCM at ``rate`` into ``out``."""
+    return ["-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "raw", str(out)]
 
 
 def silence_pcm(seconds: float, rate: int = 16000) -> bytes:
@@ -134,17 +125,7 @@ def noise_pcm(
                 "sox",
                 "-R",
                 "-n",
-                "-r",
-                str(rate),
-                "-c",
-                "1",
-                "-b",
-                "16",
-                "-e",
-                "signed-integer",
-                "-t",
-                "raw",
-                str(out),
+                *_raw_output(rate, out),
                 "synth",
                 str(seconds),
                 kind,

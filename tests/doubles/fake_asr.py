@@ -43,7 +43,7 @@ from google.protobuf import duration_pb2
 from prometheus_client import CollectorRegistry
 
 from voxmesh import errors
-from voxmesh.asr.config import check_model, validate_streaming_config
+from voxmesh.asr.config import audio_chunk, check_model, validate_streaming_config
 from voxmesh.discovery import CAPACITY_ON_DEMAND, InstanceInfo
 from voxmesh.rpc import status
 from voxmesh.rpc.server import ServerOptions, ServiceServer, wait_for_signal
@@ -347,17 +347,7 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
         async for request in iterator:
             if self._fault is not None:
                 await context.abort(self._fault, "fake instance failure")
-            if request.WhichOneof("streaming_request") == "streaming_config":
-                raise errors.InvalidArgument(
-                    "a stream carries exactly one streaming_config, as its first request"
-                )
-            data = request.audio_content
-            if len(data) > opts.max_chunk_bytes:
-                raise errors.ResourceExhausted(
-                    f"audio chunk of {len(data)} bytes exceeds the maximum chunk size of "
-                    f"{opts.max_chunk_bytes} bytes",
-                    retry_after=opts.retry_after_s,
-                )
+            data = audio_chunk(request, opts.max_chunk_bytes, opts.retry_after_s)
             if linear16 and len(data) % 2:
                 raise errors.InvalidArgument(
                     f"LINEAR16 audio chunk has an odd length ({len(data)} bytes)"

@@ -11,13 +11,14 @@ import uuid
 from dataclasses import dataclass
 
 from voxmesh.asr.audio import AudioDecoder, ContainerDecoder, Linear16Decoder
-from voxmesh.errors import InvalidArgument, NotFound
+from voxmesh.errors import InvalidArgument, NotFound, ResourceExhausted
 from voxmesh.stt.v1 import stt_pb2
 
 __all__ = [
     "MAX_SAMPLE_RATE",
     "MIN_SAMPLE_RATE",
     "ValidatedConfig",
+    "audio_chunk",
     "check_model",
     "make_decoder",
     "serves_model",
@@ -106,6 +107,22 @@ def check_model(requested: str, *, pool: str, model: str) -> None:
             f"model {requested!r} is not served here (this instance serves pool {pool!r}, "
             f"model {model!r})"
         )
+
+
+def audio_chunk(
+    request: stt_pb2.StreamingRecognizeRequest, max_chunk_bytes: int, retry_after: float
+) -> bytes:
+    """The audio of a request after the first; rejects a second config and oversized chunks."""
+    if request.WhichOneof("streaming_request") == "streaming_config":
+        raise InvalidArgument("a stream carries exactly one streaming_config, as its first request")
+    data = request.audio_content
+    if len(data) > max_chunk_bytes:
+        raise ResourceExhausted(
+            f"audio chunk of {len(data)} bytes exceeds the maximum chunk size of "
+            f"{max_chunk_bytes} bytes",
+            retry_after,
+        )
+    return data
 
 
 def make_decoder(config: ValidatedConfig) -> AudioDecoder:

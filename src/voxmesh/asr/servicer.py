@@ -28,6 +28,7 @@ from voxmesh import errors
 from voxmesh.asr.audio import MODEL_SAMPLE_RATE, AudioDecoder
 from voxmesh.asr.config import (
     ValidatedConfig,
+    audio_chunk,
     check_model,
     make_decoder,
     validate_recognition_config,
@@ -198,18 +199,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         threaded = config.encoding == stt_pb2.AUDIO_ENCODING_CONTAINER
         received = 0
         async for request in iterator:
-            kind = request.WhichOneof("streaming_request")
-            if kind == "streaming_config":
-                raise errors.InvalidArgument(
-                    "a stream carries exactly one streaming_config, as its first request"
-                )
-            data = request.audio_content
-            if len(data) > self._max_chunk:
-                raise errors.ResourceExhausted(
-                    f"audio chunk of {len(data)} bytes exceeds the maximum chunk size of "
-                    f"{self._max_chunk} bytes",
-                    self._instance.retry_after,
-                )
+            data = audio_chunk(request, self._max_chunk, self._instance.retry_after)
             received += len(data)
             samples = (
                 await asyncio.to_thread(decoder.feed, data) if threaded else decoder.feed(data)
