@@ -15,6 +15,7 @@ import sys
 from services.router.app import RouterApp
 from services.router.settings import RouterSettings, load_settings
 from voxmesh.mesh.process import READY_PREFIX
+from voxmesh.rpc import aio_compat
 from voxmesh.rpc.server import wait_for_signal
 
 logger = logging.getLogger("services.router")
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    aio_compat.install()  # instance statuses must reach the relay intact
     return asyncio.run(serve(settings))
 
 

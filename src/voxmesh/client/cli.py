@@ -24,6 +24,7 @@ import grpc
 from voxmesh.client.audio import SAMPLE_RATE, decode_file
 from voxmesh.client.client import RecognizerClient, StreamOptions
 from voxmesh.errors import VoxmeshError
+from voxmesh.rpc import aio_compat
 from voxmesh.stt.v1 import stt_pb2
 
 __all__ = ["main"]
@@ -211,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser(os.environ.get("VOXMESH_TARGET", DEFAULT_TARGET))
     args = parser.parse_args(argv)
     command = _transcribe if args.command == "transcribe" else _status
+    aio_compat.install()
     try:
         return asyncio.run(command(args))
     except grpc.aio.AioRpcError as err:
