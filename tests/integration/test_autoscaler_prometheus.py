@@ -136,7 +136,11 @@ async def test_pool_load_from_a_real_prometheus(scraped: Scraped) -> None:
 
     source = PrometheusSource(scraped.url, ["asr_small"], timeout_s=2.0)
     assert source.read("asr_small").missing.startswith("Prometheus not answered yet")
-    load = await _until(source, lambda load: not load.missing and load.queued_realtime == 3)
+    # The instance and the router are separate scrape targets: wait for both.
+    load = await _until(
+        source,
+        lambda load: not load.missing and load.queued_realtime == 3 and len(load.instances) == 1,
+    )
     assert (load.active_streams, load.queued_realtime, load.queued_batch) == (3, 3, 1)
     assert load.max_streams == 4
     assert 0 <= load.age_s < 5
