@@ -34,6 +34,7 @@ import numpy as np
 
 from voxmesh.asr.agreement import LocalAgreement
 from voxmesh.asr.audio import MODEL_SAMPLE_RATE, Samples
+from voxmesh.asr.context import StreamContext
 from voxmesh.asr.decoder import DecodeJob, DecodeOutput, Word
 from voxmesh.asr.scheduler import DecodeScheduler
 from voxmesh.asr.vad import Endpointer, EndpointerOptions, StreamingVad, VadEvent, VadState
@@ -55,7 +56,6 @@ logger = logging.getLogger(__name__)
 SR = MODEL_SAMPLE_RATE
 _WINDOW = int(29.5 * SR)
 """Whisper hears 30 s at most; context plus utterance stay below it."""
-_MAX_HISTORY = 8
 
 
 @dataclass(frozen=True)
@@ -183,10 +183,9 @@ class StreamSession:
         self._decoded_until = 0
         self._interim_sent = False
         self._agreement = LocalAgreement()
-        self._prompt = ""
-        self._history: list[tuple[int, int, str]] = []
-        self._cursor = 0
-        """Sample position of the last VAD event the worker handled."""
+        self._context = StreamContext(
+            context_samples=int(options.context * SR), window_samples=_WINDOW
+        )
         """(start, end, text) of recent final utterances still usable as context."""
         self._task = asyncio.create_task(self._work(), name=f"voxmesh-session-{params.stream_id}")
 
@@ -283,11 +282,11 @@ class StreamSession:
 
     async def _on_vad(self, kind: VadEvent, pos: int) -> None:
         pad = int(self._opt.speech_pad * SR)
-        self._cursor = pos
+        self._context.advance(pos)
         if kind is VadEvent.SPEECH_STARTED:
             self._utt_open = True
             self._utt_start = max(self._buf_start, pos - pad)
-            self._trim(min(self._utt_start, self._keep_from()))
+            self._trim(min(self._utt_start, self._context.keep_from(self._total)))
             self._speech_end = pos
             self._decoded_until = pos
             self._paused_at = None
@@ -306,7 +305,12 @@ class StreamSession:
     async def _step(self) -> bool:
         """Does one piece of decode work if any is due; False when idle."""
         if not self._utt_open:
-            self._trim(min(self._total - int(self._opt.speech_pad * SR), self._keep_from()))
+            self._trim(
+                min(
+                    self._total - int(self._opt.speech_pad * SR),
+                    self._context.keep_from(self._total),
+                )
+            )
             return False
         pad = int(self._opt.speech_pad * SR)
         if self._total - self._utt_start >= self._opt.max_utterance * SR:
@@ -358,34 +362,16 @@ class StreamSession:
                 interval *= 1.0 + 4.0 * self._scheduler.utilization()
         return self._total - self._decoded_until >= interval * SR
 
-    def _context(self, start: int, end: int) -> tuple[int, str]:
-        """Where the decode window starts and the final text of the audio before ``start``."""
-        room = min(self._opt.context * SR, _WINDOW - (end - start))
-        first = len(self._history)
-        while first > 0 and start - self._history[first - 1][0] <= room:
-            first -= 1
-        if first == len(self._history):
-            return start, ""
-        return self._history[first][0], " ".join(t for _, _, t in self._history[first:] if t)
-
-    def _keep_from(self) -> int:
-        """The oldest sample a future decode may need as context."""
-        # Relative to where the worker is, not to the newest audio: when audio
-        # arrives faster than real time the worker lags behind it.
-        horizon = self._cursor - int(self._opt.context * SR)
-        self._history = [h for h in self._history if h[0] >= horizon]
-        return self._history[0][0] if self._history else self._total
-
     async def _decode(
         self, start: int, end: int, *, final: bool, words: bool = False
     ) -> tuple[DecodeOutput, int]:
         """Decodes the utterance [start, end) behind its context; returns the output and
         the sample where its window (and word times) start."""
-        window, prefix = self._context(start, end)
+        window, prefix = self._context.window(start, end)
         job = DecodeJob(
             audio=self._audio(window, end).copy(),
             language=self.params.language,
-            prompt=self._prompt if self._opt.condition_on_previous else "",
+            prompt=self._context.prompt if self._opt.condition_on_previous else "",
             prefix=prefix,
             words=words or (final and self.params.word_offsets),
         )
@@ -409,7 +395,7 @@ class StreamSession:
         self._utt_open = False
         self._speculative = None
         self._paused_at = None
-        self._trim(min(end, self._keep_from()))
+        self._trim(min(end, self._context.keep_from(self._total)))
 
     async def _publish_final(self, output: DecodeOutput, start: int, end: int, window: int) -> None:
         noise = output.looks_like_noise()
@@ -430,11 +416,7 @@ class StreamSession:
         )
         self.finals += 1
         self._interim_sent = False
-        if text:
-            self._history.append((start, end, text))
-            if len(self._history) > _MAX_HISTORY:
-                evicted = self._history.pop(0)
-                self._prompt = " ".join((self._prompt + " " + evicted[2]).split()[-40:])
+        self._context.add(start, end, text)
 
     async def _cut(self) -> None:
         """Finalises the committed part of an over-long utterance."""
@@ -465,7 +447,7 @@ class StreamSession:
         self._decoded_until = cut
         self._speculative = None
         self._agreement.reset()
-        self._trim(min(cut, self._keep_from()))
+        self._trim(min(cut, self._context.keep_from(self._total)))
 
 
 def _shift(words: list[Word], by: float) -> list[Word]:
