@@ -142,6 +142,22 @@ async def registrars() -> AsyncIterator[list[ConsulRegistrar]]:
         await registrar.deregister()
 
 
+async def registered_and_seen(
+    double: ConsulDouble,
+    instance: Instance,
+    registrars: list[ConsulRegistrar],
+    collectors: list[Collector],
+) -> tuple[ConsulRegistrar, Collector]:
+    """Registers ``instance`` and waits until a watcher sees it passing."""
+    registrar = registrar_for(double)
+    registrars.append(registrar)
+    await registrar.register(info_for(instance.port))
+    collector = Collector(watcher_for(double))
+    collectors.append(collector)
+    await collector.until(["asr-small-1"])
+    return registrar, collector
+
+
 async def test_registration_shape(
     double: ConsulDouble, instance: Instance, registrars: list[ConsulRegistrar]
 ) -> None:
@@ -253,12 +269,7 @@ async def test_draining_drops_instance_via_maintenance_mode(
     registrars: list[ConsulRegistrar],
     collectors: list[Collector],
 ) -> None:
-    registrar = registrar_for(double)
-    registrars.append(registrar)
-    await registrar.register(info_for(instance.port))
-    collector = Collector(watcher_for(double))
-    collectors.append(collector)
-    await collector.until(["asr-small-1"])
+    registrar, collector = await registered_and_seen(double, instance, registrars, collectors)
 
     await registrar.set_draining()
     await collector.until([])
@@ -292,12 +303,7 @@ async def test_agent_that_forgot_the_instance_gets_it_back(
     registrars: list[ConsulRegistrar],
     collectors: list[Collector],
 ) -> None:
-    registrar = registrar_for(double)
-    registrars.append(registrar)
-    await registrar.register(info_for(instance.port))
-    collector = Collector(watcher_for(double))
-    collectors.append(collector)
-    await collector.until(["asr-small-1"])
+    _registrar, collector = await registered_and_seen(double, instance, registrars, collectors)
 
     double.wipe()  # a -dev agent restart: registrations and indexes are gone
     await wait_until_async(lambda: double.service("asr-small-1") is not None)
@@ -322,12 +328,7 @@ async def test_watcher_keeps_last_set_while_consul_refuses_and_recovers(
     collectors: list[Collector],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    registrar = registrar_for(double)
-    registrars.append(registrar)
-    await registrar.register(info_for(instance.port))
-    collector = Collector(watcher_for(double))
-    collectors.append(collector)
-    await collector.until(["asr-small-1"])
+    _registrar, collector = await registered_and_seen(double, instance, registrars, collectors)
     yielded = len(collector.sets)
 
     with caplog.at_level(logging.WARNING, logger="voxmesh.discovery.consul"):
@@ -351,12 +352,7 @@ async def test_watcher_rides_out_500s(
     registrars: list[ConsulRegistrar],
     collectors: list[Collector],
 ) -> None:
-    registrar = registrar_for(double)
-    registrars.append(registrar)
-    await registrar.register(info_for(instance.port))
-    collector = Collector(watcher_for(double))
-    collectors.append(collector)
-    await collector.until(["asr-small-1"])
+    _registrar, collector = await registered_and_seen(double, instance, registrars, collectors)
 
     double.pause("error")
     mark = len(double.requests)
@@ -429,12 +425,7 @@ async def test_node_failure_drops_every_instance(
     registrars: list[ConsulRegistrar],
     collectors: list[Collector],
 ) -> None:
-    registrar = registrar_for(double)
-    registrars.append(registrar)
-    await registrar.register(info_for(instance.port))
-    collector = Collector(watcher_for(double))
-    collectors.append(collector)
-    await collector.until(["asr-small-1"])
+    _registrar, collector = await registered_and_seen(double, instance, registrars, collectors)
     double.node_fail()
     await collector.until([])
     double.node_recover()
