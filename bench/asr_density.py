@@ -31,10 +31,9 @@ from typing import Any
 import grpc
 import psutil
 
-from bench.asr_latency import latencies
+from bench.asr_latency import latencies, realtime_run
 from bench.common import RESULTS, percentile, write_result
 from bench.speech_sets import Clip, composed_real_set
-from tests.streaming import config_request, run_stream
 from voxmesh.mesh.process import ServiceProcess
 from voxmesh.rpc import aio_compat
 
@@ -63,14 +62,7 @@ async def level(target: str, clip: Clip, n: int, proc: psutil.Process) -> dict[s
     async def one(delay: float) -> tuple[list[float], bool]:
         await asyncio.sleep(delay)
         async with grpc.aio.insecure_channel(target) as channel:
-            run = await run_stream(
-                channel,
-                clip.pcm,
-                clip.rate,
-                speed=1.0,
-                first=config_request(clip.rate),
-                timeout=300,
-            )
+            run = await realtime_run(channel, clip, timeout=300)
         if run.error is not None:
             return [], False
         return latencies(clip, run)[0], True

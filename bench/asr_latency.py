@@ -57,6 +57,13 @@ def latencies(clip: Clip, run: StreamRun) -> tuple[list[float], list[float]]:
     return final_lat, first_lat
 
 
+async def realtime_run(channel: grpc.aio.Channel, clip: Clip, timeout: float) -> StreamRun:
+    """Streams ``clip`` at real time with its own sample rate."""
+    return await run_stream(
+        channel, clip.pcm, clip.rate, speed=1.0, first=config_request(clip.rate), timeout=timeout
+    )
+
+
 async def measure(clips: list[Clip], args: list[str]) -> dict[str, Any]:
     proc = ServiceProcess(
         "services.asr_small", ["--cpu-threads", "2", "--metrics-port", "-1", *args]
@@ -68,14 +75,7 @@ async def measure(clips: list[Clip], args: list[str]) -> dict[str, Any]:
     try:
         async with grpc.aio.insecure_channel(proc.target) as channel:
             for clip in clips:
-                run = await run_stream(
-                    channel,
-                    clip.pcm,
-                    clip.rate,
-                    speed=1.0,
-                    first=config_request(clip.rate),
-                    timeout=600,
-                )
+                run = await realtime_run(channel, clip, timeout=600)
                 if run.error is not None:
                     raise RuntimeError(f"{clip.name}: {run.error}")
                 f, i = latencies(clip, run)
