@@ -112,7 +112,7 @@ async def serve(
         identity,
         decoder,
         SchedulerOptions(
-            max_batch=settings.max_batch,
+            max_batch=settings.max_batch or (8 if decoder.device == "cuda" else 1),
             max_wait=settings.max_batch_wait_ms / 1000,
             prioritise=settings.prioritise,
         ),

@@ -8,7 +8,9 @@ them in priority order and runs them on the model in batches:
   worker waits up to ``max_wait`` for more (0 on CPU, where batching does
   not pay; a few milliseconds on a GPU);
 * the model runs in a single-thread executor, off the event loop;
-* a job whose submitter was cancelled (stream gone) is dropped before it runs.
+* a job whose submitter was cancelled (stream gone), or that its session
+  withdrew (:meth:`DecodeTicket.withdraw`: an interim made pointless by the
+  pause that just began), is dropped before it runs.
 
 ``pending`` (jobs waiting) is the load signal sessions use to thin out their
 interim decodes and that telemetry reports.
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 
 from voxmesh.asr.decoder import DecodeJob, DecodeOutput, Decoder
 
-__all__ = ["DecodeScheduler", "JobKind", "SchedulerOptions", "SchedulerStats"]
+__all__ = ["DecodeScheduler", "DecodeTicket", "JobKind", "SchedulerOptions", "SchedulerStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,31 @@ class _Entry:
     key: tuple[int, float, int]
     job: DecodeJob = field(compare=False)
     future: asyncio.Future[DecodeOutput] = field(compare=False)
+    started: bool = field(default=False, compare=False)
+
+
+class DecodeTicket:
+    """A queued job: its output, and a way to take it back while it has not started."""
+
+    def __init__(self, entry: _Entry) -> None:
+        self._entry = entry
+
+    @property
+    def future(self) -> asyncio.Future[DecodeOutput]:
+        """Resolves to the job's output (cancelled if withdrawn or dropped)."""
+        return self._entry.future
+
+    @property
+    def started(self) -> bool:
+        """The model has taken the job (it can no longer be withdrawn)."""
+        return self._entry.started
+
+    def withdraw(self) -> bool:
+        """Drops the job if the model has not taken it yet; True if it was dropped."""
+        if self._entry.started or self._entry.future.done():
+            return False
+        self._entry.future.cancel()
+        return True
 
 
 class DecodeScheduler:
@@ -122,15 +149,20 @@ class DecodeScheduler:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="voxmesh-decode-scheduler")
 
-    async def submit(self, job: DecodeJob, *, realtime: bool, final: bool) -> DecodeOutput:
-        """Queues ``job`` and waits for its output; cancelling drops the job."""
+    def enqueue(self, job: DecodeJob, *, realtime: bool, final: bool) -> DecodeTicket:
+        """Queues ``job``; the ticket's future resolves to its output."""
         if self._task is None or self._task.done():
             raise RuntimeError("decode scheduler is not running")
         kind = JobKind.of(realtime=realtime, final=final) if self._options.prioritise else 0
         future: asyncio.Future[DecodeOutput] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._heap, _Entry((kind, self._clock(), next(self._seq)), job, future))
+        entry = _Entry((kind, self._clock(), next(self._seq)), job, future)
+        heapq.heappush(self._heap, entry)
         self._wake.set()
-        return await future
+        return DecodeTicket(entry)
+
+    async def submit(self, job: DecodeJob, *, realtime: bool, final: bool) -> DecodeOutput:
+        """Queues ``job`` and waits for its output; cancelling drops the job."""
+        return await self.enqueue(job, realtime=realtime, final=final).future
 
     async def _next_batch(self) -> list[_Entry]:
         while True:
@@ -153,6 +185,7 @@ class DecodeScheduler:
             if entry.future.done():
                 self.stats.dropped += 1
                 continue
+            entry.started = True
             batch.append(entry)
         return batch
 
@@ -180,6 +213,13 @@ class DecodeScheduler:
                         entry.future.set_exception(err)
                 continue
             elapsed = self._clock() - started
+            logger.debug(
+                "batch kinds=%s waits=%s took %.3f s (%d pending)",
+                [e.key[0] for e in batch],
+                [round(w, 3) for w in waits],
+                elapsed,
+                self.pending,
+            )
             self.stats.batches += 1
             self.stats.jobs += len(batch)
             self.stats.busy_seconds += elapsed

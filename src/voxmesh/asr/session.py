@@ -20,15 +20,20 @@ Inside RECEIVING the worker follows the endpointer (see :mod:`.vad`):
 * an utterance longer than ``max_utterance`` is cut after its last committed
   word, and goes on as a new utterance;
 * silence is never decoded; output that looks like noise (Whisper's
-  no-speech and log-probability rules) is dropped.
+  no-speech and log-probability rules) is dropped;
+* under load (adaptive mode), a decode still queued when it becomes pointless
+  is withdrawn: an interim once a pause begins (the speculative final goes
+  first), a speculative final once speech resumes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +61,8 @@ logger = logging.getLogger(__name__)
 SR = MODEL_SAMPLE_RATE
 _WINDOW = int(29.5 * SR)
 """Whisper hears 30 s at most; context plus utterance stay below it."""
+_PAUSING = (VadEvent.PAUSE_STARTED, VadEvent.SPEECH_ENDED)
+"""Endpointer events after which a queued interim decode is not worth running."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,8 @@ class SessionOptions:
     """Longest stream; more audio fails it with OUT_OF_RANGE."""
     adaptive: bool = True
     """Shed interim decodes under load (none while jobs wait for the model, rarer the
-    busier it was); False decodes at a fixed cadence."""
+    busier it was, withdrawn if a pause begins before the model takes them); False
+    decodes at a fixed cadence."""
     condition_on_previous: bool = True
     """Prompt each utterance with the stream's previous final text."""
     context: float = 15.0
@@ -166,6 +174,10 @@ class StreamSession:
         self._total = 0
         self._vad_events: list[tuple[VadEvent, int]] = []
         self._wake = asyncio.Event()
+        # Endpointer events seen by feed(), by kind, and a wake-up for each batch of
+        # them: a decode still queued when they make it pointless is withdrawn.
+        self._vad_seen: collections.Counter[VadEvent] = collections.Counter()
+        self._vad_changed = asyncio.Event()
         # Buffer size above which feeding waits: an utterance is cut before it
         # grows this long, so the worker always frees room without new audio.
         self._room_limit = int((options.max_utterance + options.context + 1.0) * SR)
@@ -210,7 +222,11 @@ class StreamSession:
         limit = self._room_limit + 15 * SR
         if len(self._buf) > limit:
             raise ResourceExhausted("instance overloaded: decoding fell behind this stream", 2.0)
-        self._vad_events.extend(self._endpointer.push(self._vad.process(samples)))
+        events = self._endpointer.push(self._vad.process(samples))
+        if events:
+            self._vad_seen.update(kind for kind, _ in events)
+            self._vad_changed.set()
+        self._vad_events.extend(events)
         self._wake.set()
 
     async def wait_for_room(self) -> None:
@@ -324,12 +340,20 @@ class StreamSession:
             and (self._speculative is None or self._speculative[1] != paused)
         ):
             end = min(self._total, paused + pad)
-            decoded = await self._decode(self._utt_start, end, final=True)
-            self._speculative = (self._utt_start, paused, decoded)
+            decoded = await self._decode_unless(
+                self._utt_start, end, final=True, stale_after=(VadEvent.SPEECH_RESUMED,)
+            )
+            if decoded is not None:
+                self._speculative = (self._utt_start, paused, decoded)
             return True
         if self.params.interim_results and self._interim_due():
             end = self._total
-            output, _ = await self._decode(self._utt_start, end, final=False)
+            interim = await self._decode_unless(
+                self._utt_start, end, final=False, stale_after=_PAUSING
+            )
+            if interim is None:
+                return True  # withdrawn: the pause's decode comes first
+            output, _ = interim
             self._decoded_until = end
             if not output.looks_like_noise():
                 committed, tail = self._agreement.update(output.text.split())
@@ -362,21 +386,55 @@ class StreamSession:
                 interval *= 1.0 + 4.0 * self._scheduler.utilization()
         return self._total - self._decoded_until >= interval * SR
 
-    async def _decode(
-        self, start: int, end: int, *, final: bool, words: bool = False
-    ) -> tuple[DecodeOutput, int]:
-        """Decodes the utterance [start, end) behind its context; returns the output and
-        the sample where its window (and word times) start."""
+    def _job(self, start: int, end: int, *, words: bool) -> tuple[DecodeJob, int]:
+        """The decode of utterance [start, end) behind its context, and the sample where
+        its window (and word times) start."""
         window, prefix = self._context.window(start, end)
         job = DecodeJob(
             audio=self._audio(window, end).copy(),
             language=self.params.language,
             prompt=self._context.prompt if self._opt.condition_on_previous else "",
             prefix=prefix,
-            words=words or (final and self.params.word_offsets),
+            words=words,
         )
+        return job, window
+
+    async def _decode(
+        self, start: int, end: int, *, final: bool, words: bool = False
+    ) -> tuple[DecodeOutput, int]:
+        """Decodes the utterance [start, end) behind its context; returns the output and
+        the sample where its window (and word times) start."""
+        job, window = self._job(start, end, words=words or (final and self.params.word_offsets))
         output = await self._scheduler.submit(job, realtime=self.params.realtime, final=final)
         return output, window
+
+    async def _decode_unless(
+        self, start: int, end: int, *, final: bool, stale_after: tuple[VadEvent, ...]
+    ) -> tuple[DecodeOutput, int] | None:
+        """Decodes [start, end) like :meth:`_decode`, except that (adaptive mode) the job
+        is withdrawn, and None returned, if one of ``stale_after`` happens while it still
+        waits for the model: an interim once a pause begins, a speculative final once
+        speech resumes. Under load that work would only delay other streams' finals."""
+        job, window = self._job(start, end, words=final and self.params.word_offsets)
+        ticket = self._scheduler.enqueue(job, realtime=self.params.realtime, final=final)
+        if not self._opt.adaptive:
+            return await ticket.future, window
+        seen = [self._vad_seen[kind] for kind in stale_after]
+        try:
+            while not ticket.future.done():
+                self._vad_changed.clear()
+                changed = asyncio.ensure_future(self._vad_changed.wait())
+                waiting: set[asyncio.Future[Any]] = {ticket.future, changed}
+                try:
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+                stale = seen != [self._vad_seen[kind] for kind in stale_after]
+                if stale and ticket.withdraw():
+                    return None
+            return ticket.future.result(), window
+        finally:
+            ticket.future.cancel()  # no-op once done; drops the job if we were cancelled
 
     async def _finalise(self, speech_end: int) -> None:
         pad = int(self._opt.speech_pad * SR)

@@ -32,7 +32,11 @@ class AsrSettings:
     max_streams: int = setting(
         4, "admission limit: concurrent streams (calibrate with bench/asr_density.py)"
     )
-    max_batch: int = setting(4, "most decode jobs per model call")
+    max_batch: int = setting(
+        0,
+        "most decode jobs per model call (0: 1 on CPU, where a batch costs the sum of its "
+        "jobs and holds the first one back; 8 on GPU)",
+    )
     max_batch_wait_ms: float = setting(0.0, "wait for a fuller batch (ms); 0 on CPU, ~5 on GPU")
     interim_interval: float = setting(1.0, "seconds of new speech between interim decodes")
     adaptive_interims: bool = setting(True, "thin interim decodes while the decode queue is long")
@@ -64,13 +68,14 @@ class AsrSettings:
         """Raises SettingsError naming the bad setting."""
         positive = {
             "max_streams": self.max_streams,
-            "max_batch": self.max_batch,
             "max_chunk_bytes": self.max_chunk_bytes,
             "max_unary_bytes": self.max_unary_bytes,
         }
         for name, value in positive.items():
             if value < 1:
                 raise SettingsError(f"setting {name}={value}: must be at least 1")
+        if self.max_batch < 0:
+            raise SettingsError(f"setting max_batch={self.max_batch}: must be 0 (auto) or more")
         if self.discovery not in ("none", "file", "consul"):
             raise SettingsError(
                 f"setting discovery={self.discovery!r}: expected none, file or consul"

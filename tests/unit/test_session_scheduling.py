@@ -1,0 +1,138 @@
+"""A stream session's decode work under load: what it withdraws from the scheduler.
+
+No model and no Silero: a fake decoder that holds the model busy until released,
+and a fake VAD network that calls a frame speech when it is loud.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from tests.conditions import wait_until_async
+from voxmesh.asr.decoder import DecodeJob, DecodeOutput
+from voxmesh.asr.scheduler import DecodeScheduler, SchedulerOptions
+from voxmesh.asr.session import (
+    Final,
+    Interim,
+    SessionEvent,
+    SessionOptions,
+    StreamParams,
+    StreamSession,
+)
+from voxmesh.asr.vad import FRAME_SAMPLES, StreamingVad
+
+SR = 16000
+
+
+class LoudnessVad:
+    """Stands in for the Silero ONNX session: probability 1 for a loud frame, else 0."""
+
+    def run(self, _outputs: Any, inputs: dict[str, np.ndarray]) -> tuple[Any, Any, Any]:
+        frames = inputs["input"][:, -FRAME_SAMPLES:]
+        probs = (np.abs(frames).max(axis=1) > 0.1).astype(np.float32)
+        return probs, inputs["h"], inputs["c"]
+
+
+class GatedDecoder:
+    """A fake model that blocks every decode until ``gate`` opens; records the jobs."""
+
+    name = "fake"
+    is_multilingual = False
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.jobs: list[DecodeJob] = []
+
+    def supports_language(self, code: str) -> bool:
+        return code == "en"
+
+    def decode(self, jobs: Sequence[DecodeJob]) -> list[DecodeOutput]:
+        if not self.gate.wait(timeout=10):
+            raise TimeoutError("test never opened the gate")
+        self.jobs.extend(jobs)
+        return [DecodeOutput(text="hello world", avg_logprob=-0.1) for _ in jobs]
+
+
+def speech(seconds: float) -> np.ndarray:
+    return np.full(int(seconds * SR), 0.5, dtype=np.float32)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SR), dtype=np.float32)
+
+
+async def run_utterance_behind_a_busy_model(
+    adaptive: bool,
+) -> tuple[GatedDecoder, list[SessionEvent]]:
+    """One utterance (1 s of speech, then silence) while another stream's decode holds
+    the model; returns what the model decoded and what the session emitted."""
+    decoder = GatedDecoder()
+    scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=1))
+    scheduler.start()
+    session = StreamSession(
+        StreamParams(stream_id="s1"),
+        SessionOptions(adaptive=adaptive, context=0.0),
+        scheduler,
+        vad=StreamingVad(session=LoudnessVad()),
+    )
+    try:
+        blocker = scheduler.enqueue(DecodeJob(audio=silence(0.1)), realtime=True, final=True)
+        await wait_until_async(lambda: blocker.started)
+        session.feed(speech(1.0))
+        # The first interim (after 0.5 s of speech) waits behind the running decode.
+        await wait_until_async(lambda: scheduler.pending == 1)
+        session.feed(silence(0.1))  # the pause begins
+        if adaptive:
+            await wait_until_async(lambda: scheduler.pending == 0)
+        session.feed(silence(0.6))  # long enough for the speculative decode and the end
+        await wait_until_async(lambda: scheduler.pending >= 1)
+        decoder.gate.set()
+        session.finish()
+        events: list[SessionEvent] = []
+        while (event := await session.events.get()) is not None:
+            events.append(event)
+        return decoder, events
+    finally:
+        decoder.gate.set()
+        await session.close()
+        await scheduler.shutdown()
+
+
+async def test_an_interim_still_queued_when_the_pause_begins_is_withdrawn() -> None:
+    decoder, events = await run_utterance_behind_a_busy_model(adaptive=True)
+    # The model ran the other stream's decode and this utterance's final: no interim.
+    assert len(decoder.jobs) == 2
+    assert [type(e) for e in events if isinstance(e, Final | Interim)] == [Final]
+    final = next(e for e in events if isinstance(e, Final))
+    assert final.text == "hello world"
+
+
+async def test_without_adaptive_scheduling_the_queued_interim_still_runs() -> None:
+    decoder, events = await run_utterance_behind_a_busy_model(adaptive=False)
+    assert len(decoder.jobs) == 3
+    assert [type(e) for e in events if isinstance(e, Final | Interim)] == [Interim, Final]
+
+
+async def test_a_queued_job_can_be_withdrawn_but_not_once_the_model_took_it() -> None:
+    decoder = GatedDecoder()
+    scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=1))
+    scheduler.start()
+    try:
+        running = scheduler.enqueue(DecodeJob(audio=silence(0.1)), realtime=True, final=True)
+        queued = scheduler.enqueue(DecodeJob(audio=silence(0.2)), realtime=True, final=False)
+        kept = scheduler.enqueue(DecodeJob(audio=silence(0.3)), realtime=True, final=False)
+        await wait_until_async(lambda: running.started)
+        assert not running.withdraw()
+        assert not queued.started and queued.withdraw()
+        assert queued.future.cancelled() and not queued.withdraw()
+        decoder.gate.set()
+        await kept.future
+        assert [len(j.audio) for j in decoder.jobs] == [int(0.1 * SR), int(0.3 * SR)]
+        assert scheduler.stats.dropped == 1
+    finally:
+        decoder.gate.set()
+        await scheduler.shutdown()
