@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -45,7 +46,11 @@ class Member:
     """One instance as the router sees it; a :class:`~services.router.admission.Slot`."""
 
     def __init__(
-        self, info: InstanceInfo, channel: grpc.aio.Channel, on_change: Callable[[], None]
+        self,
+        info: InstanceInfo,
+        channel: grpc.aio.Channel,
+        on_change: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.info = info
         self.channel = channel
@@ -61,8 +66,10 @@ class Member:
         self.snapshot: stt_pb2.TelemetrySnapshot | None = None
         """The last telemetry snapshot."""
         self._inflight_at_snapshot = 0
+        self._snapshot_at = 0.0
         self._full = False
         self._on_change = on_change
+        self._clock = clock
 
     @property
     def instance_id(self) -> str:
@@ -97,6 +104,12 @@ class Member:
             return self.inflight
         since = self.inflight - self._inflight_at_snapshot
         return max(self.inflight, self.snapshot.active_streams + since)
+
+    def telemetry_age_s(self) -> float | None:
+        """Seconds since the last snapshot arrived; None before the first."""
+        if self.snapshot is None:
+            return None
+        return self._clock() - self._snapshot_at
 
     def accepting(self) -> bool:
         """True while the instance may get new streams."""
@@ -134,6 +147,7 @@ class Member:
     def update(self, snapshot: stt_pb2.TelemetrySnapshot) -> None:
         """Takes a new telemetry snapshot."""
         self.snapshot = snapshot
+        self._snapshot_at = self._clock()
         self._inflight_at_snapshot = self.inflight
         self._full = False
         self.reachable = True
@@ -164,6 +178,7 @@ class Membership:
         metrics: RouterMetrics,
         telemetry_interval_s: float,
         on_change: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pools = list(pools)
         self._watcher_for = watcher_for
@@ -171,6 +186,7 @@ class Membership:
         self._interval = duration_pb2.Duration()
         self._interval.FromMilliseconds(round(telemetry_interval_s * 1000))
         self._on_change = on_change
+        self._clock = clock
         self._members: dict[str, dict[str, Member]] = {p: {} for p in self._pools}
         self._retired: set[Member] = set()
         self._followers: dict[Member, asyncio.Task[None]] = {}
@@ -185,6 +201,15 @@ class Membership:
     def candidates(self, pool: str) -> list[Member]:
         """The listed instances of ``pool`` (accepting or not)."""
         return list(self._members[pool].values())
+
+    def instances(self) -> list[Member]:
+        """Every instance known, sorted by pool then id: listed, or gone but still in use.
+
+        An instance that left discovery stays until this router's last stream on it ends.
+        """
+        members = [m for ms in self._members.values() for m in ms.values()]
+        members.extend(self._retired)
+        return sorted(members, key=lambda m: (m.info.pool, m.instance_id, m.info.target))
 
     def served_models(self) -> dict[str, str]:
         """Model -> pool, from the instances discovered."""
@@ -257,7 +282,7 @@ class Membership:
 
     def _add(self, info: InstanceInfo) -> Member:
         channel = grpc.aio.insecure_channel(info.target, options=_CHANNEL_OPTIONS)
-        member = Member(info, channel, lambda: self._changed(member))
+        member = Member(info, channel, lambda: self._changed(member), self._clock)
         self._followers[member] = self._spawn(self._follow(member), f"follow-{info.instance_id}")
         return member
 

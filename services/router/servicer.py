@@ -223,7 +223,7 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
 
 
 class RouterTelemetry(stt_pb2_grpc.TelemetryServiceServicer):
-    """TelemetryService of the router: its streams and the admission queues."""
+    """TelemetryService of the router: its streams, the admission queues and each instance."""
 
     def __init__(self, snapshot: Callable[[], stt_pb2.TelemetrySnapshot]) -> None:
         self._snapshot = snapshot
@@ -251,7 +251,11 @@ def snapshot_builder(
     membership: Membership,
     admission: Admission[Member],
 ) -> Callable[[], stt_pb2.TelemetrySnapshot]:
-    """A function that builds the router's current telemetry snapshot."""
+    """A function that builds the router's current telemetry snapshot.
+
+    Besides its own figures, the snapshot carries one ``QueueStats`` per pool and one
+    ``InstanceLoad`` per instance the membership knows (sorted by pool, then id).
+    """
     started = time.time()
     process = psutil.Process()
     cpu_count = psutil.cpu_count() or 1
@@ -288,6 +292,7 @@ def snapshot_builder(
                 capacity_streams=stats.capacity_streams,
             )
         snap.max_streams = capacity
+        snap.instances.extend(_instance_load(member) for member in membership.instances())
         memory = psutil.virtual_memory()
         snap.host.cpu_utilization_ratio = psutil.cpu_percent(None) / 100.0
         snap.host.cpu_count = cpu_count
@@ -300,6 +305,37 @@ def snapshot_builder(
         return snap
 
     return build
+
+
+def _instance_load(member: Member) -> stt_pb2.InstanceLoad:
+    """One instance's row: its discovery record, its last snapshot and this router's streams."""
+    info = member.info
+    row = stt_pb2.InstanceLoad(
+        instance_id=info.instance_id,
+        pool=info.pool,
+        model=info.model,
+        address=info.target,
+        capacity_class=info.capacity_class,
+        region=info.region,
+        gpu_type=info.gpu_type,
+        accepting=member.accepting(),
+        listed=member.listed,
+        router_streams=member.inflight,
+        max_streams=member.max_streams,
+    )
+    snapshot = member.snapshot
+    age = member.telemetry_age_s()
+    if snapshot is not None and age is not None:
+        row.state = snapshot.state
+        row.active_streams = snapshot.active_streams
+        row.pending_work = snapshot.pending_work
+        row.gpu_available = snapshot.gpu_available
+        if snapshot.gpu_available:
+            row.gpu_utilization_ratio = max(
+                (gpu.utilization_ratio for gpu in snapshot.gpus), default=0.0
+            )
+        row.telemetry_age.CopyFrom(_duration(age))
+    return row
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:

@@ -16,10 +16,15 @@ from tests.streaming import config_request, run_stream
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 
-async def test_router_telemetry_stream_carries_queue_stats_per_pool() -> None:
+def instance_rows(snap: stt_pb2.TelemetrySnapshot) -> dict[str, stt_pb2.InstanceLoad]:
+    """The router snapshot's instance rows by instance id."""
+    return {row.instance_id: row for row in snap.instances}
+
+
+async def test_router_telemetry_stream_carries_queue_stats_and_instance_rows() -> None:
     async with mesh() as m:
-        await m.add("a", max_streams=3)
-        await m.add("big", pool="asr_large", model="base", max_streams=5)
+        small = await m.add("a", max_streams=3, region="eu", capacity_class="preemptible")
+        big = await m.add("big", pool="asr_large", model="base", max_streams=5, gpu_type="L4")
         stub = stt_pb2_grpc.TelemetryServiceStub(m.channel)
         interval = duration_pb2.Duration()
         interval.FromMilliseconds(100)
@@ -38,6 +43,41 @@ async def test_router_telemetry_stream_carries_queue_stats_per_pool() -> None:
         assert (queues["asr_small"].instances, queues["asr_small"].capacity_streams) == (1, 3)
         assert (queues["asr_large"].instances, queues["asr_large"].capacity_streams) == (1, 5)
         assert first.max_streams == 8
+
+        # One row per instance, sorted by pool: asr_large before asr_small.
+        assert [row.instance_id for row in first.instances] == ["big", "a"]
+        rows = instance_rows(first)
+        assert (rows["a"].pool, rows["a"].model, rows["a"].address) == (
+            "asr_small",
+            "tiny.en",
+            small.target,
+        )
+        assert (rows["a"].region, rows["a"].capacity_class) == ("eu", "preemptible")
+        assert (rows["big"].address, rows["big"].gpu_type) == (big.target, "L4")
+        assert (rows["a"].max_streams, rows["big"].max_streams) == (3, 5)
+        for row in rows.values():
+            assert row.state == stt_pb2.SERVING_STATE_SERVING
+            assert row.accepting and row.listed
+            assert (row.router_streams, row.active_streams) == (0, 0)
+            assert not row.gpu_available and row.gpu_utilization_ratio == 0.0
+            assert row.HasField("telemetry_age")
+            assert 0.0 <= row.telemetry_age.ToTimedelta().total_seconds() < 5.0
+
+        # A stream of the router on "a": its row counts it, the instance reports it.
+        held = await HeldStream(m.channel).open()
+        await wait_until_async(held.got_results)
+        await m.known("a", active=1)
+        rows = instance_rows(m.snapshot())
+        assert (rows["a"].router_streams, rows["a"].active_streams) == (1, 1)
+        assert rows["big"].router_streams == 0
+
+        # Gone from discovery, "a" stays listed as gone while the stream lasts.
+        m.discovery.remove("a")
+        await wait_until_async(lambda: not instance_rows(m.snapshot())["a"].listed)
+        row = instance_rows(m.snapshot())["a"]
+        assert not row.accepting and row.router_streams == 1
+        await held.finish()
+        await wait_until_async(lambda: set(instance_rows(m.snapshot())) == {"big"})
 
         too_fast = duration_pb2.Duration()
         too_fast.FromMilliseconds(50)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+from google.protobuf import duration_pb2
+
 from voxmesh.client.cli import TranscriptView, format_status
 from voxmesh.stt.v1 import stt_pb2
 
@@ -74,3 +76,57 @@ def test_router_status_lists_pools() -> None:
     assert text.startswith("router router-1: serving, 3/8 streams, 2 pending")
     row = next(line for line in text.splitlines() if line.startswith("asr_small"))
     assert row.split() == ["asr_small", "2", "3/8", "1/1", "1.2", "s", "10", "1"]
+    assert len(text.splitlines()) == 4  # no instance rows: no instance table
+
+
+def test_router_status_lists_instances_after_the_pools() -> None:
+    snap = stt_pb2.TelemetrySnapshot(instance_id="router-1", role=stt_pb2.ROLE_ROUTER)
+    snap.queues.add(pool="asr_small", instances=2)
+    age = duration_pb2.Duration()
+    age.FromMilliseconds(300)
+    snap.instances.add(
+        instance_id="small-a", pool="asr_small", capacity_class="on-demand", region="eu",
+        gpu_type="L4", state=stt_pb2.SERVING_STATE_SERVING, accepting=True, listed=True,
+        active_streams=3, router_streams=2, max_streams=4, pending_work=1,
+        gpu_available=True, gpu_utilization_ratio=0.42, telemetry_age=age,
+    )  # fmt: skip
+    snap.instances.add(
+        instance_id="small-b-with-a-long-id", pool="asr_small", capacity_class="preemptible",
+        region="eu", gpu_type="cpu", accepting=True, listed=True, max_streams=8,
+    )  # fmt: skip
+    snap.instances.add(
+        instance_id="small-c", pool="asr_small", capacity_class="on-demand", region="eu",
+        gpu_type="cpu", state=stt_pb2.SERVING_STATE_DRAINING, router_streams=1, max_streams=4,
+        active_streams=1, telemetry_age=age,
+    )  # fmt: skip
+    lines = format_status(snap).splitlines()
+    table = lines[lines.index("") + 1 : -1]  # between the pool table and the host line
+    assert table[0].split() == [
+        "instance", "pool", "class", "region", "gpu", "state", "accepts",
+        "streams", "router", "pending", "gpu", "util", "telemetry",
+    ]  # fmt: skip
+    assert [line.split() for line in table[1:]] == [
+        ["small-a", "asr_small", "on-demand", "eu", "L4", "serving", "yes",
+         "3/4", "2", "1", "42%", "0.3", "s", "ago"],
+        ["small-b-with-a-long-id", "asr_small", "preemptible", "eu", "cpu", "unknown", "yes",
+         "0/8", "0", "0", "-", "none", "yet"],
+        ["small-c", "asr_small", "on-demand", "eu", "cpu", "draining", "gone",
+         "1/4", "1", "0", "-", "0.3", "s", "ago"],
+    ]  # fmt: skip
+    # Columns line up: every text column starts where its header does, the last
+    # (right-aligned) column ends where its header ends.
+    pool_at = table[0].index("pool")
+    assert all(line[pool_at:].startswith("asr_small") for line in table[1:])
+    assert len({len(line) for line in table}) == 1
+
+
+def test_instance_status_has_no_instance_table() -> None:
+    snap = stt_pb2.TelemetrySnapshot(
+        instance_id="small-a", role=stt_pb2.ROLE_ASR, pool="asr_small", model="tiny.en",
+        state=stt_pb2.SERVING_STATE_SERVING, active_streams=1, max_streams=4,
+        gpu_unavailable_reason="no NVML",
+    )  # fmt: skip
+    lines = format_status(snap).splitlines()
+    assert lines[0].startswith("instance small-a: serving, 1/4 streams, 0 pending")
+    assert lines[1].startswith("pool asr_small, model tiny.en")
+    assert lines[2:] == ["no GPU: no NVML", lines[-1]] and lines[-1].startswith("host: ")

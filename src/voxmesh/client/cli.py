@@ -135,6 +135,48 @@ async def _transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+_INSTANCE_COLUMNS = (
+    "instance", "pool", "class", "region", "gpu", "state", "accepts",
+    "streams", "router", "pending", "gpu util", "telemetry",
+)  # fmt: skip
+_RIGHT_ALIGNED = frozenset(range(7, len(_INSTANCE_COLUMNS)))
+
+
+def _instance_cells(row: stt_pb2.InstanceLoad) -> tuple[str, ...]:
+    """One instance row of a router's status, in the order of ``_INSTANCE_COLUMNS``."""
+    accepts = "gone" if not row.listed else "yes" if row.accepting else "no"
+    age = f"{row.telemetry_age.ToTimedelta().total_seconds():.1f} s ago"
+    return (
+        row.instance_id,
+        row.pool,
+        row.capacity_class,
+        row.region,
+        row.gpu_type,
+        _STATES.get(row.state, "unknown"),
+        accepts,
+        f"{row.active_streams}/{row.max_streams}",
+        str(row.router_streams),
+        str(row.pending_work),
+        f"{row.gpu_utilization_ratio:.0%}" if row.gpu_available else "-",
+        age if row.HasField("telemetry_age") else "none yet",
+    )
+
+
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int]
+) -> list[str]:
+    """Columns as wide as their widest cell, two spaces apart; those in ``right`` right-aligned."""
+    widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return [line(header)] + [line(cells) for cells in rows]
+
+
 def format_status(snap: stt_pb2.TelemetrySnapshot) -> str:
     """A human-readable view of one telemetry snapshot."""
     role = "router" if snap.role == stt_pb2.ROLE_ROUTER else "instance"
@@ -155,6 +197,10 @@ def format_status(snap: stt_pb2.TelemetrySnapshot) -> str:
                 f"{f'{q.oldest_wait_seconds:.1f} s':>13}{q.admitted_total:>10}"
                 f"{q.rejected_total:>10}"
             )
+        if snap.instances:
+            lines.append("")
+            rows = [_instance_cells(row) for row in snap.instances]
+            lines.extend(_table(_INSTANCE_COLUMNS, rows, _RIGHT_ALIGNED))
     else:
         lines.append(
             f"pool {snap.pool}, model {snap.model}, {snap.capacity_class}, region {snap.region}, "

@@ -153,7 +153,9 @@ class _ServingState:
 class _ServingStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServingState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SERVING_STATE_UNSPECIFIED: _ServingState.ValueType  # 0
-    """Not specified. Never sent."""
+    """Not specified. Never sent as a snapshot's own state; in an
+    `InstanceLoad` it means that no snapshot of the instance has arrived yet.
+    """
     SERVING_STATE_STARTING: _ServingState.ValueType  # 1
     """Loading or warming up the model; takes no streams yet."""
     SERVING_STATE_SERVING: _ServingState.ValueType  # 2
@@ -165,7 +167,9 @@ class ServingState(_ServingState, metaclass=_ServingStateEnumTypeWrapper):
     """The lifecycle state of an instance."""
 
 SERVING_STATE_UNSPECIFIED: ServingState.ValueType  # 0
-"""Not specified. Never sent."""
+"""Not specified. Never sent as a snapshot's own state; in an
+`InstanceLoad` it means that no snapshot of the instance has arrived yet.
+"""
 SERVING_STATE_STARTING: ServingState.ValueType  # 1
 """Loading or warming up the model; takes no streams yet."""
 SERVING_STATE_SERVING: ServingState.ValueType  # 2
@@ -686,6 +690,7 @@ class TelemetrySnapshot(_message.Message):
     QUEUES_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     UPTIME_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """Unique id of the instance (also its discovery id)."""
     role: Global___Role.ValueType
@@ -742,6 +747,13 @@ class TelemetrySnapshot(_message.Message):
     def uptime(self) -> _duration_pb2.Duration:
         """Time since the process started."""
 
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceLoad]:
+        """One row per ASR instance the router knows, sorted by pool and then
+        instance id (router only): the instances discovery lists, and those it
+        dropped that still carry streams of the router.
+        """
+
     def __init__(
         self,
         *,
@@ -765,10 +777,11 @@ class TelemetrySnapshot(_message.Message):
         queues: _abc.Iterable[Global___QueueStats] | None = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         uptime: _duration_pb2.Duration | None = ...,
+        instances: _abc.Iterable[Global___InstanceLoad] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "time", b"time", "uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_streams", b"active_streams", "audio_seconds_total", b"audio_seconds_total", "capacity_class", b"capacity_class", "gpu_available", b"gpu_available", "gpu_type", b"gpu_type", "gpu_unavailable_reason", b"gpu_unavailable_reason", "gpus", b"gpus", "host", b"host", "instance_id", b"instance_id", "max_streams", b"max_streams", "model", b"model", "pending_work", b"pending_work", "pool", b"pool", "queues", b"queues", "real_time_factor", b"real_time_factor", "region", b"region", "role", b"role", "state", b"state", "time", b"time", "uptime", b"uptime"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_streams", b"active_streams", "audio_seconds_total", b"audio_seconds_total", "capacity_class", b"capacity_class", "gpu_available", b"gpu_available", "gpu_type", b"gpu_type", "gpu_unavailable_reason", b"gpu_unavailable_reason", "gpus", b"gpus", "host", b"host", "instance_id", b"instance_id", "instances", b"instances", "max_streams", b"max_streams", "model", b"model", "pending_work", b"pending_work", "pool", b"pool", "queues", b"queues", "real_time_factor", b"real_time_factor", "region", b"region", "role", b"role", "state", b"state", "time", b"time", "uptime", b"uptime"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -915,3 +928,110 @@ class QueueStats(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueueStats: _TypeAlias = QueueStats  # noqa: Y015
+
+@_typing.final
+class InstanceLoad(_message.Message):
+    """The load of one ASR instance as the router sees it: the instance's last
+    telemetry snapshot combined with the router's own streams on it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    CAPACITY_CLASS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    GPU_TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ACCEPTING_FIELD_NUMBER: _builtins.int
+    LISTED_FIELD_NUMBER: _builtins.int
+    ACTIVE_STREAMS_FIELD_NUMBER: _builtins.int
+    ROUTER_STREAMS_FIELD_NUMBER: _builtins.int
+    MAX_STREAMS_FIELD_NUMBER: _builtins.int
+    PENDING_WORK_FIELD_NUMBER: _builtins.int
+    GPU_AVAILABLE_FIELD_NUMBER: _builtins.int
+    GPU_UTILIZATION_RATIO_FIELD_NUMBER: _builtins.int
+    TELEMETRY_AGE_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """Unique id of the instance (also its discovery id)."""
+    pool: _builtins.str
+    """The pool the instance serves."""
+    model: _builtins.str
+    """The model the instance serves."""
+    address: _builtins.str
+    """The `host:port` the router dials."""
+    capacity_class: _builtins.str
+    """The capacity class of the node: `on-demand` or `preemptible`."""
+    region: _builtins.str
+    """The region the instance runs in."""
+    gpu_type: _builtins.str
+    """GPU model (`H100`, `L4`) or `cpu`."""
+    state: Global___ServingState.ValueType
+    """Lifecycle state from the instance's last snapshot;
+    SERVING_STATE_UNSPECIFIED while none has arrived.
+    """
+    accepting: _builtins.bool
+    """True while the router sends the instance new streams: listed by
+    discovery, not draining, its telemetry reachable, its health and state
+    SERVING.
+    """
+    listed: _builtins.bool
+    """False once discovery no longer lists the instance; the row stays until
+    the router's last stream on it ends.
+    """
+    active_streams: _builtins.int
+    """Streams being served on the instance, as its last snapshot reported
+    them (all clients, not only this router). 0 while none has arrived.
+    """
+    router_streams: _builtins.int
+    """Streams this router has in flight on the instance now."""
+    max_streams: _builtins.int
+    """The instance's admission limit: from its last snapshot, from discovery
+    until one arrives.
+    """
+    pending_work: _builtins.int
+    """Decode jobs waiting for the model, as the instance last reported them."""
+    gpu_available: _builtins.bool
+    """True when the instance's last snapshot reported at least one GPU."""
+    gpu_utilization_ratio: _builtins.float
+    """The highest utilisation of the instance's GPUs in its last snapshot, in
+    [0, 1]. Meaningful only when `gpu_available` is true; 0 otherwise.
+    """
+    @_builtins.property
+    def telemetry_age(self) -> _duration_pb2.Duration:
+        """Time since the router received the instance's last snapshot, measured on
+        the router's clock. Unset while none has arrived. A value well above
+        the telemetry interval shows an instance that stopped reporting
+        (unreachable or stuck).
+        """
+
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        pool: _builtins.str = ...,
+        model: _builtins.str = ...,
+        address: _builtins.str = ...,
+        capacity_class: _builtins.str = ...,
+        region: _builtins.str = ...,
+        gpu_type: _builtins.str = ...,
+        state: Global___ServingState.ValueType = ...,
+        accepting: _builtins.bool = ...,
+        listed: _builtins.bool = ...,
+        active_streams: _builtins.int = ...,
+        router_streams: _builtins.int = ...,
+        max_streams: _builtins.int = ...,
+        pending_work: _builtins.int = ...,
+        gpu_available: _builtins.bool = ...,
+        gpu_utilization_ratio: _builtins.float = ...,
+        telemetry_age: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["telemetry_age", b"telemetry_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepting", b"accepting", "active_streams", b"active_streams", "address", b"address", "capacity_class", b"capacity_class", "gpu_available", b"gpu_available", "gpu_type", b"gpu_type", "gpu_utilization_ratio", b"gpu_utilization_ratio", "instance_id", b"instance_id", "listed", b"listed", "max_streams", b"max_streams", "model", b"model", "pending_work", b"pending_work", "pool", b"pool", "region", b"region", "router_streams", b"router_streams", "state", b"state", "telemetry_age", b"telemetry_age"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceLoad: _TypeAlias = InstanceLoad  # noqa: Y015
