@@ -6,6 +6,9 @@ timed until the interim result the backend sends for it) against:
 
 * ``direct``: the backend itself;
 * ``router``: ``python -m services.router`` in front of it (file discovery);
+* ``floor``: ``bench/grpc_relay_floor.py`` in front of it, the least any
+  grpc.aio proxy does per message (raw bytes handed through, nothing else), so
+  the router's cost reads against what its Python gRPC stack alone costs;
 * ``nginx``: Debian nginx with ``grpc_pass`` in front of it (one worker, like
   the single-process router), as a proxy baseline.
 
@@ -46,7 +49,8 @@ from bench.common import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX = "/usr/sbin/nginx"
-MODES = ("direct", "router", "nginx")
+MODES = ("direct", "router", "floor", "nginx")
+PROXY_PROCESS = {"direct": "backend", "router": "router", "floor": "floor", "nginx": "nginx"}
 SUSTAINED_P99_MS = 100.0
 """A level is sustained only while p99 stays within one 100 ms chunk period."""
 
@@ -138,6 +142,12 @@ def _processes(work: Path) -> Iterator[dict[str, Any]]:
             r"^VOXMESH_READY .*\"port\": (\d+)", work / "router.log",
         )  # fmt: skip
         procs.append(router)
+        floor, floor_port = _spawn(
+            [sys.executable, "-m", "bench.grpc_relay_floor", "--port", "0",
+             "--backend", f"127.0.0.1:{backend_port}"],
+            r"^PORT (\d+)", work / "floor.log",
+        )  # fmt: skip
+        procs.append(floor)
         nginx_port = _free_port()
         conf = _nginx_conf(work / "nginx", nginx_port, backend_port)
         nginx = subprocess.Popen(
@@ -148,8 +158,18 @@ def _processes(work: Path) -> Iterator[dict[str, Any]]:
         _wait_listening(nginx_port)
         _wait_router_ready(router_port)
         yield {
-            "ports": {"direct": backend_port, "router": router_port, "nginx": nginx_port},
-            "pids": {"backend": backend.pid, "router": router.pid, "nginx": nginx.pid},
+            "ports": {
+                "direct": backend_port,
+                "router": router_port,
+                "floor": floor_port,
+                "nginx": nginx_port,
+            },
+            "pids": {
+                "backend": backend.pid,
+                "router": router.pid,
+                "floor": floor.pid,
+                "nginx": nginx.pid,
+            },
         }
     finally:
         for proc in reversed(procs):
@@ -245,7 +265,8 @@ def _added(proxy: dict[str, Any], direct: dict[str, Any]) -> dict[str, float]:
 
 
 def _ratios(row: dict[str, Any]) -> dict[str, float | None]:
-    """Router over nginx: end-to-end p50/p99, added p50, proxy CPU."""
+    """Router over nginx: end-to-end p50/p99, added p50, proxy CPU; and router CPU over
+    the grpc.aio floor's."""
 
     def ratio(a: float, b: float, floor: float) -> float | None:
         return round(a / b, 2) if b > floor else None  # None: too small to divide by
@@ -256,6 +277,9 @@ def _ratios(row: dict[str, Any]) -> dict[str, float | None]:
         "p99": ratio(router["latency_ms"]["p99"], nginx["latency_ms"]["p99"], 0.05),
         "added_p50": ratio(row["router_added_ms"]["p50"], row["nginx_added_ms"]["p50"], 0.05),
         "cpu": ratio(router["cpu_cores"]["router"], nginx["cpu_cores"]["nginx"], 0.001),
+        "cpu_vs_grpc_aio_floor": ratio(
+            router["cpu_cores"]["router"], row["floor"]["cpu_cores"]["floor"], 0.001
+        ),
     }
 
 
@@ -281,7 +305,7 @@ def _series(
     pids = env["pids"]
     if pinned:
         psutil.Process(pids["backend"]).cpu_affinity([0])
-        for proxy in ("router", "nginx"):
+        for proxy in ("router", "floor", "nginx"):
             for proc in [psutil.Process(pids[proxy]), *psutil.Process(pids[proxy]).children()]:
                 proc.cpu_affinity([1])
     rows: list[dict[str, Any]] = []
@@ -294,10 +318,14 @@ def _series(
         row: dict[str, Any] = {"streams": streams}
         row.update({mode: _combine(runs[mode]) for mode in MODES})
         row["router_added_ms"] = _added(row["router"], row["direct"])
+        row["floor_added_ms"] = _added(row["floor"], row["direct"])
         row["nginx_added_ms"] = _added(row["nginx"], row["direct"])
         row["router_vs_nginx"] = _ratios(row)
         row["router_cpu_ms_per_stream_s"] = round(
             1000 * row["router"]["cpu_cores"]["router"] / streams, 3
+        )
+        row["floor_cpu_ms_per_stream_s"] = round(
+            1000 * row["floor"]["cpu_cores"]["floor"] / streams, 3
         )
         rows.append(row)
         _print_row(row)
@@ -309,6 +337,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     best = max(sustained, key=lambda r: r["streams"]) if sustained else None
     top = rows[-1]
     per_stream = [r["router_cpu_ms_per_stream_s"] for r in sustained]
+    floor_per_stream = [r["floor_cpu_ms_per_stream_s"] for r in rows if r["floor"]["sustained"]]
     return {
         "largest_level_sustained_by_router": best["streams"] if best else 0,
         "at_largest_sustained_level": None
@@ -319,6 +348,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "router_added_p99_ms": best["router_added_ms"]["p99"],
             "nginx_added_p99_ms": best["nginx_added_ms"]["p99"],
             "router_cpu_cores": best["router"]["cpu_cores"]["router"],
+            "grpc_aio_floor_cpu_cores": best["floor"]["cpu_cores"]["floor"],
             "nginx_cpu_cores": best["nginx"]["cpu_cores"]["nginx"],
             "router_vs_nginx": best["router_vs_nginx"],
         },
@@ -335,6 +365,12 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "router_cpu_ms_per_stream_s_median": _median(per_stream) if per_stream else None,
         "router_cores_at_500_extrapolated": round(0.5 * _median(per_stream), 2)
         if per_stream
+        else None,
+        "grpc_aio_floor_cpu_ms_per_stream_s_median": _median(floor_per_stream)
+        if floor_per_stream
+        else None,
+        "grpc_aio_floor_cores_at_500_extrapolated": round(0.5 * _median(floor_per_stream), 2)
+        if floor_per_stream
         else None,
     }
 
@@ -382,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                 "repeats": args.repeats,
                 "figures": "median over repeats of each run's p50/p99 and CPU",
                 "nginx": "1 worker, grpc_pass, http2",
+                "floor": "bench/grpc_relay_floor.py: grpc.aio relay of raw bytes, nothing else",
                 "note": "'levels': load generator, backend and proxy share this machine's "
                 "cores; 'pinned_levels': the proxy alone on CPU 1; other work on the "
                 "machine shows in the load averages",
@@ -401,7 +438,7 @@ def _print_row(row: dict[str, Any]) -> None:
     def cell(mode: str) -> str:
         r = row[mode]
         lat = r["latency_ms"]
-        proc = {"direct": "backend", "router": "router", "nginx": "nginx"}[mode]
+        proc = PROXY_PROCESS[mode]
         return (
             f"{mode:>6}: p50 {lat['p50']:7.2f} p99 {lat['p99']:7.2f} ms "
             f"{proc} {r['cpu_cores'][proc]:.2f} cores "
@@ -414,9 +451,11 @@ def _print_row(row: dict[str, Any]) -> None:
     ratios = row["router_vs_nginx"]
     print(
         f"  added p50/p99: router {row['router_added_ms']['p50']:.2f}/"
-        f"{row['router_added_ms']['p99']:.2f} ms, nginx {row['nginx_added_ms']['p50']:.2f}/"
+        f"{row['router_added_ms']['p99']:.2f} ms, floor {row['floor_added_ms']['p50']:.2f}/"
+        f"{row['floor_added_ms']['p99']:.2f} ms, nginx {row['nginx_added_ms']['p50']:.2f}/"
         f"{row['nginx_added_ms']['p99']:.2f} ms; router/nginx: p50 x{ratios['p50']}, "
-        f"p99 x{ratios['p99']}, added p50 x{ratios['added_p50']}, CPU x{ratios['cpu']}",
+        f"p99 x{ratios['p99']}, added p50 x{ratios['added_p50']}, CPU x{ratios['cpu']}; "
+        f"router/grpc.aio floor CPU x{ratios['cpu_vs_grpc_aio_floor']}",
         flush=True,
     )
 
