@@ -76,6 +76,7 @@ class RouterApp:
             self.metrics,
             settings.telemetry_interval_s,
             on_change=self._capacity_changed,
+            clock=clock,
         )
         balancer = PowerOfTwoBalancer(
             Preference(region=settings.region, gpu_types=settings.gpu_preference),
