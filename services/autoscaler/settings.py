@@ -128,6 +128,20 @@ class AutoscalerSettings:
     """Share of the slots the policy plans to fill."""
     burst_sigmas: float = setting(3.0, "spare slots as a multiple of sqrt(demand)")
     """Spare slots as a multiple of the square root of demand."""
+    rise_quantile: float = setting(0.95, "quantile of measured demand rises the spare covers")
+    """Spare slots also cover this quantile of the rises of demand seen within one lead time."""
+    rise_history_s: float = setting(3600.0, "history the measured rises come from (s; 0: off)")
+    """How much history the measured rises come from; 0 disables the measurement."""
+    trend_window: float = setting(120.0, "demand history for the growth estimate (s)")
+    """Demand history used to estimate the growth rate."""
+    trend_confidence_sigmas: float = setting(1.0, "growth anticipated beyond this many sigmas")
+    """Growth is anticipated only beyond this many standard errors of its estimate."""
+    gpu_utilisation_limit: float = setting(0.9, "an instance busier than this GPU share is full")
+    """An instance whose GPU is busier than this counts as full, whatever its streams."""
+    gpu_memory_limit: float = setting(0.9, "an instance with fuller GPU memory is full")
+    """An instance whose GPU memory is fuller than this counts as full."""
+    real_time_factor_limit: float = setting(0.9, "an instance above this real-time factor is full")
+    """An instance whose real-time factor is above this counts as full (it barely keeps up)."""
     tolerance: float = setting(0.05, "relative band in which a recommendation is ignored")
     """Relative band around the current size in which recommendations are ignored."""
     scale_up_cooldown: float = setting(10.0, "wait between trend-driven scale-ups")
@@ -188,6 +202,13 @@ class AutoscalerSettings:
             allow_scale_to_zero=od_min == 0,
             target_utilisation=self.target_utilisation,
             burst_sigmas=self.burst_sigmas,
+            rise_quantile=self.rise_quantile,
+            rise_history_s=self.rise_history_s,
+            trend_window_s=self.trend_window,
+            trend_confidence_sigmas=self.trend_confidence_sigmas,
+            gpu_utilisation_limit=self.gpu_utilisation_limit,
+            gpu_memory_limit=self.gpu_memory_limit,
+            real_time_factor_limit=self.real_time_factor_limit,
             tolerance=self.tolerance,
             scale_up_cooldown_s=self.scale_up_cooldown,
             scale_down_window_s=self.scale_down_window,

@@ -170,6 +170,8 @@ def test_settings_from_flags_and_environment() -> None:
             "--on-demand-min=asr_large=0",
             "--on-demand-max=asr_small=2",
             "--local-asr-args=--max-streams=1,--cpu-threads=1",
+            "--rise-quantile=0.99",
+            "--gpu-utilisation-limit=0.8",
         ],
         {"VOXMESH_AUTOSCALER_SCALE_DOWN_WINDOW": "10", "VOXMESH_AUTOSCALER_TARGET": "nomad"},
     )
@@ -178,6 +180,8 @@ def test_settings_from_flags_and_environment() -> None:
     small, large = settings.pool_policy("asr_small"), settings.pool_policy("asr_large")
     assert (small.on_demand.min_count, small.on_demand.max_count) == (1, 2)
     assert small.scale_down_window_s == 10 and not small.allow_scale_to_zero
+    assert (small.rise_quantile, small.gpu_utilisation_limit) == (0.99, 0.8)
+    assert large.rise_history_s == PoolPolicy().rise_history_s
     assert large.on_demand.min_count == 0 and large.allow_scale_to_zero
     assert settings.fallback_max_streams("asr_large") == 2
     assert settings.leader_backend == "file"
