@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -90,12 +91,14 @@ def eval_recordings() -> tuple[Recording, ...]:
 def espeak_pcm(text: str, rate: int = 16000, voice: str = "en-us", pause_s: float = 0.0) -> bytes:
     """Synthetic speech as 16-bit mono PCM at ``rate`` (cached on disk)."""
     _CACHE.mkdir(parents=True, exist_ok=True)
-    key = f"{abs(hash((text, rate, voice, pause_s))):x}"
+    # A stable key (str hashes change per process) and no dither: the same text gives the
+    # same samples in every run, so WER figures do not move with sox's random dither.
+    key = hashlib.sha256(repr((text, rate, voice, pause_s)).encode()).hexdigest()[:24]
     out = _CACHE / f"{key}.raw"
     if not out.exists():
         wav = _CACHE / f"{key}.wav"
         subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(wav), text], check=True)
-        cmd = ["sox", str(wav), *_raw_output(rate, out)]
+        cmd = ["sox", "-D", str(wav), *_raw_output(rate, out)]
         if pause_s:
             cmd += ["pad", "0", str(pause_s)]
         subprocess.run(cmd, check=True)
