@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
 
 from services.autoscaler.loop import EvaluationLoop
 from services.autoscaler.records import DecisionRecord, GroupView, Kind, Outcome, Phase, PoolView
@@ -21,6 +20,7 @@ from voxmesh import errors
 from voxmesh.autoscaler.v1 import autoscaler_pb2 as pb
 from voxmesh.autoscaler.v1 import autoscaler_pb2_grpc
 from voxmesh.rpc.status import abort
+from voxmesh.rpc.wellknown import duration, timestamp
 
 __all__ = ["AutoscalerServicer", "decision_message", "pool_message"]
 
@@ -136,13 +136,13 @@ def pool_message(view: PoolView) -> pb.PoolStatus:
                 queued_realtime=load.queued_realtime,
                 queued_batch=load.queued_batch,
                 max_streams=view.max_streams,
-                age=_duration(load.age_s),
+                age=duration(load.age_s),
                 missing_reason=load.missing,
-                oldest_wait=_duration(load.oldest_wait_s),
+                oldest_wait=duration(load.oldest_wait_s),
             )
         )
     if view.evaluated_at is not None:
-        message.evaluated_time.CopyFrom(_timestamp(view.evaluated_at))
+        message.evaluated_time.CopyFrom(timestamp(view.evaluated_at))
     return message
 
 
@@ -150,7 +150,7 @@ def decision_message(record: DecisionRecord) -> pb.Decision:
     """A decision record as a ``Decision``."""
     return pb.Decision(
         sequence=record.sequence,
-        time=_timestamp(record.time),
+        time=timestamp(record.time),
         pool=record.pool,
         kind=_KINDS[record.kind],
         reason=record.reason,
@@ -184,16 +184,3 @@ def _group_message(view: GroupView) -> pb.GroupStatus:
         placement_failing=view.placement_failing,
         placement_reason=view.placement_reason,
     )
-
-
-def _timestamp(epoch: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(round(epoch * 1e9))
-    return stamp
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    """A Duration; an infinite age (no signal at all) is sent as the largest one."""
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(round(min(seconds, 315_576_000_000.0) * 1e9))
-    return duration

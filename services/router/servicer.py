@@ -16,7 +16,6 @@ from typing import Any
 
 import grpc
 import psutil
-from google.protobuf import duration_pb2, timestamp_pb2
 
 from services.router.admission import Admission
 from services.router.membership import Member, Membership
@@ -26,6 +25,7 @@ from services.router.routing import PoolResolver
 from voxmesh.asr.config import validate_recognition_config
 from voxmesh.errors import InvalidArgument, ResourceExhausted, Unavailable, VoxmeshError
 from voxmesh.rpc import status
+from voxmesh.rpc.wellknown import duration, timestamp
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 __all__ = ["RouterRecognizer", "RouterTelemetry", "snapshot_builder"]
@@ -300,8 +300,8 @@ def snapshot_builder(
         snap.host.memory_total_bytes = memory.total
         snap.host.process_resident_bytes = process.memory_info().rss
         now = time.time()
-        snap.time.CopyFrom(_timestamp(now))
-        snap.uptime.CopyFrom(_duration(now - started))
+        snap.time.CopyFrom(timestamp(now))
+        snap.uptime.CopyFrom(duration(now - started))
         return snap
 
     return build
@@ -334,17 +334,5 @@ def _instance_load(member: Member) -> stt_pb2.InstanceLoad:
             row.gpu_utilization_ratio = max(
                 (gpu.utilization_ratio for gpu in snapshot.gpus), default=0.0
             )
-        row.telemetry_age.CopyFrom(_duration(age))
+        row.telemetry_age.CopyFrom(duration(age))
     return row
-
-
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    value = duration_pb2.Duration()
-    value.FromNanoseconds(int(seconds * 1e9))
-    return value
