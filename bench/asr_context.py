@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 
-import jiwer
 import numpy as np
-from faster_whisper import WhisperModel
 
+from bench.asr_accuracy import corpus_wer, offline
 from bench.common import write_result
 from bench.speech_sets import Clip, espeak_set
-from tests.speech import normalise_text
 from voxmesh.asr.decoder import DecodeJob, WhisperDecoder, WhisperOptions
 from voxmesh.asr.models import resolve_model
 
@@ -82,22 +80,15 @@ def main() -> None:
     parser.add_argument("--model", default="tiny.en")
     args = parser.parse_args()
     clips = espeak_set()
-    refs = [normalise_text(s) for c in clips for s in _sentences(c)]
+    refs = [s for c in clips for s in _sentences(c)]
     model_dir = resolve_model(args.model)
     decoder = WhisperDecoder(model_dir, args.model, WhisperOptions(cpu_threads=2))
     report: dict[str, float] = {}
     for variant in VARIANTS:
-        hyps = [normalise_text(t) for c in clips for t in sentence_by_sentence(decoder, c, variant)]
-        report[variant] = round(100 * float(jiwer.wer(refs, hyps)), 2)
-    whisper = WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=2)
-    offline = []
-    for clip in clips:
-        segments, _ = whisper.transcribe(
-            _samples(clip), beam_size=1, vad_filter=True, language="en"
-        )
-        offline.append(normalise_text(" ".join(s.text.strip() for s in segments)))
+        hyps = [t for c in clips for t in sentence_by_sentence(decoder, c, variant)]
+        report[variant] = round(100 * corpus_wer(refs, hyps), 2)
     report["offline (whole clip, one window)"] = round(
-        100 * float(jiwer.wer([normalise_text(c.text) for c in clips], offline)), 2
+        100 * corpus_wer([c.text for c in clips], offline(clips, args.model, beam=1)), 2
     )
     print(f"{args.model}, espeak-ng set, greedy: WER by the audio a decode hears")
     for name, value in report.items():
