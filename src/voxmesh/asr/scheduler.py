@@ -213,13 +213,14 @@ class DecodeScheduler:
                         entry.future.set_exception(err)
                 continue
             elapsed = self._clock() - started
-            logger.debug(
-                "batch kinds=%s waits=%s took %.3f s (%d pending)",
-                [e.key[0] for e in batch],
-                [round(w, 3) for w in waits],
-                elapsed,
-                self.pending,
-            )
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "batch kinds=%s waits=%s took %.3f s (%d pending)",
+                    [e.key[0] for e in batch],
+                    [round(w, 3) for w in waits],
+                    elapsed,
+                    self.pending,
+                )
             self.stats.batches += 1
             self.stats.jobs += len(batch)
             self.stats.busy_seconds += elapsed
