@@ -47,8 +47,8 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
         admission: Admission[Member],
         limits: RelayLimits,
         metrics: RouterMetrics,
-        max_streams: int = 0,
-        retry_after_s: float = 1.0,
+        max_streams: int,
+        retry_after_s: float,
     ) -> None:
         self._resolver = resolver
         self._membership = membership
