@@ -139,13 +139,17 @@ _INSTANCE_COLUMNS = (
     "instance", "pool", "class", "region", "gpu", "state", "accepts",
     "streams", "router", "pending", "gpu util", "telemetry",
 )  # fmt: skip
-_RIGHT_ALIGNED = frozenset(range(7, len(_INSTANCE_COLUMNS)))
+_RIGHT_ALIGNED = frozenset(range(_INSTANCE_COLUMNS.index("streams"), len(_INSTANCE_COLUMNS)))
+"""The figures, from ``streams`` on."""
 
 
 def _instance_cells(row: stt_pb2.InstanceLoad) -> tuple[str, ...]:
     """One instance row of a router's status, in the order of ``_INSTANCE_COLUMNS``."""
     accepts = "gone" if not row.listed else "yes" if row.accepting else "no"
-    age = f"{row.telemetry_age.ToTimedelta().total_seconds():.1f} s ago"
+    if row.HasField("telemetry_age"):
+        telemetry = f"{row.telemetry_age.ToTimedelta().total_seconds():.1f} s ago"
+    else:
+        telemetry = "none yet"
     return (
         row.instance_id,
         row.pool,
@@ -158,7 +162,7 @@ def _instance_cells(row: stt_pb2.InstanceLoad) -> tuple[str, ...]:
         str(row.router_streams),
         str(row.pending_work),
         f"{row.gpu_utilization_ratio:.0%}" if row.gpu_available else "-",
-        age if row.HasField("telemetry_age") else "none yet",
+        telemetry,
     )
 
 
