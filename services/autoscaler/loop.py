@@ -331,7 +331,8 @@ class EvaluationLoop:
         pool.load, pool.max_streams, pool.evaluated_at = load, signals.max_streams, time.time()
         pool.groups = tuple(
             observe.group_view(
-                group_name(name, cc),
+                name,
+                cc,
                 status[cg],
                 counts[cg],
                 groups[cg],

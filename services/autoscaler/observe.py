@@ -30,7 +30,7 @@ from services.autoscaler.policy import (
 )
 from services.autoscaler.records import GroupView
 from services.autoscaler.signals.base import PoolLoad
-from services.autoscaler.targets.base import CapacityClass, GroupStatus
+from services.autoscaler.targets.base import CapacityClass, GroupStatus, group_name
 
 __all__ = [
     "Observation",
@@ -175,7 +175,8 @@ def _narrow(limits: GroupLimits, status: GroupStatus | None) -> GroupLimits:
 
 
 def group_view(
-    name: str,
+    pool: str,
+    capacity_class: CapacityClass,
     status: GroupStatus | None,
     target_count: int,
     signals: GroupSignals,
@@ -185,8 +186,8 @@ def group_view(
     """One capacity group as an evaluation saw it (and left it: ``target_count`` is the
     count in force after the evaluation's action), for the status API."""
     return GroupView(
-        group=name,
-        capacity_class=CapacityClass(name.rpartition("/")[2]),
+        group=group_name(pool, capacity_class),
+        capacity_class=capacity_class,
         target_count=target_count,
         desired=decision.desired,
         serving=signals.serving,
