@@ -57,7 +57,8 @@ class RouterMetrics:
         )
         self.rejected = Counter(
             "voxmesh_router_rejected_total",
-            "Streams rejected with RESOURCE_EXHAUSTED by the admission queue.",
+            "Streams rejected with RESOURCE_EXHAUSTED: by a pool's admission queue, or by the "
+            "router's own stream limit (pool any, reason router_full).",
             ["pool", "reason"],
             registry=registry,
         )

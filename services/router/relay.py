@@ -177,7 +177,12 @@ class StreamRelay:
         except VoxmeshError as err:
             self._fail(err)
         except Exception as err:  # the client's side of the call broke: end the stream
-            logger.debug("stream %s: client stream failed: %r", self._route.stream_id, err)
+            if isinstance(err, grpc.RpcError):
+                logger.debug("stream %s: client stream failed: %r", self._route.stream_id, err)
+            else:  # not the client's doing: a bug must not pass for a hang-up
+                logger.exception(
+                    "stream %s: reading the client stream failed", self._route.stream_id
+                )
             self._fail(Unavailable("the client stream failed"))
 
     def _fail(self, err: VoxmeshError) -> None:
