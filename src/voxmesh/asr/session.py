@@ -84,9 +84,9 @@ class SessionOptions:
     speech_pad: float = 0.2
     """Audio kept before an utterance's first and after its last speech frame."""
     interim_interval: float = 1.0
+    """New speech between two interim decodes (unloaded)."""
     first_interim: float = 0.5
     """Speech before an utterance's first interim decode."""
-    """New speech between two interim decodes (unloaded)."""
     speculative_pause: float = 0.2
     """Pause after which the utterance so far is decoded speculatively."""
     max_utterance: float = 25.0
@@ -198,7 +198,6 @@ class StreamSession:
         self._context = StreamContext(
             context_samples=int(options.context * SR), window_samples=_WINDOW
         )
-        """(start, end, text) of recent final utterances still usable as context."""
         self._task = asyncio.create_task(self._work(), name=f"voxmesh-session-{params.stream_id}")
 
     # -- producer side (RPC handler) ---------------------------------------
