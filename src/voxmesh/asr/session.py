@@ -29,7 +29,6 @@ Inside RECEIVING the worker follows the endpointer (see :mod:`.vad`):
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -174,9 +173,8 @@ class StreamSession:
         self._total = 0
         self._vad_events: list[tuple[VadEvent, int]] = []
         self._wake = asyncio.Event()
-        # Endpointer events seen by feed(), by kind, and a wake-up for each batch of
-        # them: a decode still queued when they make it pointless is withdrawn.
-        self._vad_seen: collections.Counter[VadEvent] = collections.Counter()
+        # Set by feed() for each batch of endpointer events: a decode still queued
+        # when they make it pointless is withdrawn.
         self._vad_changed = asyncio.Event()
         # Buffer size above which feeding waits: an utterance is cut before it
         # grows this long, so the worker always frees room without new audio.
@@ -223,7 +221,6 @@ class StreamSession:
             raise ResourceExhausted("instance overloaded: decoding fell behind this stream", 2.0)
         events = self._endpointer.push(self._vad.process(samples))
         if events:
-            self._vad_seen.update(kind for kind, _ in events)
             self._vad_changed.set()
         self._vad_events.extend(events)
         self._wake.set()
@@ -418,7 +415,9 @@ class StreamSession:
         ticket = self._scheduler.enqueue(job, realtime=self.params.realtime, final=final)
         if not self._opt.adaptive:
             return await ticket.future, window
-        seen = [self._vad_seen[kind] for kind in stale_after]
+        # The worker (us) consumes no events while it waits: the ones queued from here
+        # on are those that happened during the wait.
+        queued = len(self._vad_events)
         try:
             while not ticket.future.done():
                 self._vad_changed.clear()
@@ -428,7 +427,7 @@ class StreamSession:
                     await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     changed.cancel()
-                stale = seen != [self._vad_seen[kind] for kind in stale_after]
+                stale = any(kind in stale_after for kind, _ in self._vad_events[queued:])
                 if stale and ticket.withdraw():
                     return None
             return ticket.future.result(), window
