@@ -50,6 +50,7 @@ from services.autoscaler.policy import (
     PoolPolicy,
     PoolSignals,
     decide,
+    hold,
 )
 from services.autoscaler.records import (
     DecisionLog,
@@ -312,9 +313,9 @@ class EvaluationLoop:
         signals, groups, policy = seen.signals, seen.groups, seen.policy
         if status[CapacityGroup.ON_DEMAND] is None:
             missing = group_name(name, CapacityClass.ON_DEMAND)
-            decision = _hold(signals, f"holding: the target has no group {missing}")
+            decision = hold(signals, f"holding: the target has no group {missing}")
         elif load.missing:
-            decision = _hold(signals, f"holding: {load.missing} (missing signals never scale down)")
+            decision = hold(signals, f"holding: {load.missing} (missing signals never scale down)")
         else:
             decision, pool.state = decide(signals, pool.state, policy, now)
         self._advance(pool, signals, now)
@@ -461,9 +462,3 @@ class EvaluationLoop:
             f"{a.group} {a.outcome.value}" for a in actions if a.desired != a.current
         )
         logger.info("%s: %s%s", pool.spec.name, reason, f" [{changes}]" if changes else "")
-
-
-def _hold(signals: PoolSignals, reason: str) -> Decision:
-    """A decision that changes nothing."""
-    od, pe = signals.on_demand.current, signals.preemptible.current
-    return Decision(GroupDecision(od, od), GroupDecision(pe, pe), reason)

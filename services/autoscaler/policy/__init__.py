@@ -5,7 +5,7 @@ The algorithm and the reasons for its defaults are in docs/autoscaling.md.
 """
 
 from services.autoscaler.policy.config import GroupLimits, PoolPolicy
-from services.autoscaler.policy.core import decide
+from services.autoscaler.policy.core import decide, hold
 from services.autoscaler.policy.decision import (
     Decision,
     GroupDecision,
@@ -33,4 +33,5 @@ __all__ = [
     "Recommendation",
     "Sizing",
     "decide",
+    "hold",
 ]

@@ -50,7 +50,7 @@ from services.autoscaler.policy.stabilise import (
     within_tolerance,
 )
 
-__all__ = ["decide"]
+__all__ = ["decide", "hold"]
 
 _LABELS = {CapacityGroup.ON_DEMAND: "on-demand", CapacityGroup.PREEMPTIBLE: "preemptible"}
 
@@ -64,7 +64,7 @@ def decide(
     returned for this pool (``PolicyState()`` the first time).
     """
     if signals.age_s > config.stale_after_s:
-        return _hold(signals, f"holding: signals stale for {signals.age_s:.0f} s"), state
+        return hold(signals, f"holding: signals stale for {signals.age_s:.0f} s"), state
 
     samples = trim_samples(
         (*state.demand_samples, (now, signals.demand)), now, config.trend_window_s
@@ -185,8 +185,8 @@ def _group_decision(desired: int, signals: GroupSignals) -> GroupDecision:
     )
 
 
-def _hold(signals: PoolSignals, reason: str) -> Decision:
-    """A decision that changes nothing."""
+def hold(signals: PoolSignals, reason: str) -> Decision:
+    """A decision that changes nothing (also the loop's, when it cannot ask the policy)."""
     return Decision(
         on_demand=GroupDecision(signals.on_demand.current, signals.on_demand.current),
         preemptible=GroupDecision(signals.preemptible.current, signals.preemptible.current),
