@@ -39,7 +39,11 @@ class AsrSettings:
     )
     max_batch_wait_ms: float = setting(0.0, "wait for a fuller batch (ms); 0 on CPU, ~5 on GPU")
     interim_interval: float = setting(1.0, "seconds of new speech between interim decodes")
-    adaptive_interims: bool = setting(True, "thin interim decodes while the decode queue is long")
+    adaptive_interims: bool = setting(
+        True,
+        "shed interim decodes under load (none while decodes wait for the model, rarer the "
+        "busier it was, withdrawn if a pause begins first)",
+    )
     prioritise: bool = setting(True, "decode realtime before batch and finals before interims")
     speculative_pause: float = setting(0.2, "pause (s) after which an utterance is decoded ahead")
     min_silence: float = setting(0.45, "pause (s) that ends an utterance")
