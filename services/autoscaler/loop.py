@@ -322,9 +322,10 @@ class EvaluationLoop:
         actions, counts = [], {}
         for cg, cc in _GROUPS:
             part, current = decision.group(cg), status[cg]
-            counts[cg] = current.desired if current else 0
             outcome, detail, count = await self._act(pool, cc, current, part, decision.reason, now)
-            counts[cg] = counts[cg] if count is None else count
+            if count is None:  # not applied (held back, refused or failed): the count stands
+                count = current.desired if current else 0
+            counts[cg] = count
             action = (group_name(name, cc), cc, part.current, part.desired, part.drain)
             actions.append(GroupAction(*action, outcome, detail))
         if any(a.outcome is Outcome.APPLIED for a in actions):
