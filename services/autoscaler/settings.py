@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from services.autoscaler.policy import GroupLimits, PoolPolicy
 from voxmesh.errors import SettingsError
-from voxmesh.settings import load, setting
+from voxmesh.settings import load, pairs, setting
 
 __all__ = ["ENV_PREFIX", "AutoscalerSettings", "load_settings"]
 
@@ -245,7 +245,7 @@ class AutoscalerSettings:
             if not host or not port.isdigit():
                 raise SettingsError(f"setting routers: {target!r} is not host:port")
         for name in ("on_demand_min", "on_demand_max", "preemptible_max"):
-            unknown = set(_pairs(name, getattr(self, name))) - set(self.pools)
+            unknown = set(pairs(name, getattr(self, name), "pool=value")) - set(self.pools)
             if unknown:
                 raise SettingsError(
                     f"setting {name}: {sorted(unknown)} not among pools {self.pools}"
@@ -256,18 +256,8 @@ class AutoscalerSettings:
                 raise SettingsError(f"setting max_streams[{pool}]: must be at least 1")
 
 
-def _pairs(name: str, items: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise SettingsError(f"setting {name}: {item!r} is not pool=value")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _per_pool(name: str, items: Sequence[str], pool: str, default: int) -> int:
-    raw = _pairs(name, items).get(pool)
+    raw = pairs(name, items, "pool=value").get(pool)
     if raw is None:
         return default
     try:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from voxmesh.errors import SettingsError
-from voxmesh.settings import load, setting
+from voxmesh.settings import load, pairs, setting
 
 __all__ = ["ENV_PREFIX", "RouterSettings", "load_settings"]
 
@@ -105,11 +105,11 @@ class RouterSettings:
 
     def model_aliases(self) -> dict[str, str]:
         """``models`` as a mapping model -> pool."""
-        return _pairs("models", self.models)
+        return pairs("models", self.models)
 
     def language_pools(self) -> dict[str, str]:
         """``auto_language_pools`` as a mapping language -> pool."""
-        return _pairs("auto_language_pools", self.auto_language_pools)
+        return pairs("auto_language_pools", self.auto_language_pools)
 
     def validate(self) -> None:
         """Raises :class:`SettingsError` naming the first invalid setting."""
@@ -155,16 +155,6 @@ class RouterSettings:
             raise SettingsError(
                 f"setting telemetry_interval_s={self.telemetry_interval_s!r}: at least 0.1"
             )
-
-
-def _pairs(name: str, items: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise SettingsError(f"setting {name}: {item!r} is not key=value")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def load_settings(

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from voxmesh.errors import SettingsError
 
-__all__ = ["load", "setting"]
+__all__ = ["load", "pairs", "setting"]
 
 T = TypeVar("T")
 
@@ -106,3 +106,15 @@ def load(
     if callable(validate):
         validate()
     return obj
+
+
+def pairs(name: str, items: Sequence[str], form: str = "key=value") -> dict[str, str]:
+    """A ``key=value`` list setting as a dict; an item without both sides raises
+    SettingsError naming the setting and the expected ``form``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise SettingsError(f"setting {name}: {item!r} is not {form}")
+        out[key.strip()] = value.strip()
+    return out
