@@ -6,14 +6,12 @@
 
 from __future__ import annotations
 
-import math
-
 import grpc
-from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from voxmesh import errors
+from voxmesh.rpc.wellknown import duration
 
 __all__ = ["RETRY_AFTER_KEY", "abort", "code_of", "retry_after_of", "to_status"]
 
@@ -46,10 +44,7 @@ def to_status(err: BaseException) -> grpc.Status:
     trailing: tuple[tuple[str, str], ...] = ()
     if isinstance(err, errors.ResourceExhausted):
         seconds = max(0.0, err.retry_after)
-        whole = math.floor(seconds)
-        info = error_details_pb2.RetryInfo(
-            retry_delay=duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
-        )
+        info = error_details_pb2.RetryInfo(retry_delay=duration(seconds))
         detail.details.add().Pack(info)
         trailing = ((RETRY_AFTER_KEY, str(int(seconds * 1000))),)
     status: grpc.Status = rpc_status.to_status(detail)
