@@ -26,6 +26,7 @@ __all__ = [
     "noise_pcm",
     "normalise_text",
     "silence_pcm",
+    "spell_number",
     "wer",
 ]
 
@@ -48,9 +49,57 @@ class Recording:
         return len(self.pcm) / 2 / self.rate
 
 
+_ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+
+
+def spell_number(n: int) -> str:
+    """``n`` (0 to 999,999) in words, as the references write numbers: 'fifty',
+    'one hundred twenty three'; larger numbers stay digits."""
+    if n >= 1_000_000:
+        return str(n)
+    if n >= 1000:
+        thousands, rest = divmod(n, 1000)
+        tail = f" {spell_number(rest)}" if rest else ""
+        return f"{spell_number(thousands)} thousand{tail}"
+    if n >= 100:
+        hundreds, rest = divmod(n, 100)
+        tail = f" {spell_number(rest)}" if rest else ""
+        return f"{_ONES[hundreds]} hundred{tail}"
+    if n >= 20:
+        tens, rest = divmod(n, 10)
+        return _TENS[tens] + (f" {_ONES[rest]}" if rest else "")
+    return _ONES[n]
+
+
 def normalise_text(text: str) -> str:
-    """Lower case, no punctuation, 'mr.' spelled out, single spaces."""
+    """Lower case, no punctuation, 'mr.' spelled out, whole numbers spelled out
+    (the eval references spell them: Whisper writes '50' where they say 'fifty'),
+    single spaces."""
     text = text.lower().replace("mr.", "mister").replace("mrs.", "missus")
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,000 -> 1000
+    text = re.sub(r"\b\d+\b", lambda m: spell_number(int(m.group())), text)
     text = re.sub(r"[^a-z0-9' ]+", " ", text.replace("-", " "))
     return " ".join(text.replace("'", "").split())
 
