@@ -2,7 +2,7 @@
 
 A thin layer over :class:`~services.autoscaler.loop.EvaluationLoop`: it converts the
 loop's views and records to protobuf messages. Errors go through
-:func:`voxmesh.rpc.status.abort` (an unknown pool is NOT_FOUND).
+:func:`voxmesh.rpc.status.aborting` (an unknown pool is NOT_FOUND).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from services.autoscaler.targets.base import CapacityClass
 from voxmesh import errors
 from voxmesh.autoscaler.v1 import autoscaler_pb2 as pb
 from voxmesh.autoscaler.v1 import autoscaler_pb2_grpc
-from voxmesh.rpc.status import abort
+from voxmesh.rpc.status import aborting
 from voxmesh.rpc.wellknown import duration, timestamp
 
 __all__ = ["AutoscalerServicer", "decision_message", "pool_message"]
@@ -66,11 +66,8 @@ class AutoscalerServicer(autoscaler_pb2_grpc.AutoscalerServiceServicer):
         self, request: pb.GetStatusRequest, context: Context
     ) -> pb.GetStatusResponse:
         """See the proto."""
-        try:
+        async with aborting(context):
             views = [self._loop.view(request.pool)] if request.pool else self._loop.views()
-        except errors.NotFound as err:
-            await abort(context, err)
-            raise
         response = pb.GetStatusResponse(
             replica_id=self._replica_id,
             role=pb.REPLICA_ROLE_LEADER if self._loop.is_leader else pb.REPLICA_ROLE_STANDBY,
@@ -85,13 +82,11 @@ class AutoscalerServicer(autoscaler_pb2_grpc.AutoscalerServiceServicer):
         self, request: pb.WatchDecisionsRequest, context: Context
     ) -> AsyncIterator[pb.WatchDecisionsResponse]:
         """See the proto."""
-        if request.pool:
-            try:
+        async with aborting(context):
+            if request.pool:
                 self._loop.view(request.pool)
-            except errors.NotFound as err:
-                await abort(context, err)
-        if request.replay < 0:
-            await abort(context, errors.InvalidArgument("replay must not be negative"))
+            if request.replay < 0:
+                raise errors.InvalidArgument("replay must not be negative")
         async for record in self._loop.log.watch(request.pool or None, request.replay):
             yield pb.WatchDecisionsResponse(decision=decision_message(record))
 
@@ -99,22 +94,16 @@ class AutoscalerServicer(autoscaler_pb2_grpc.AutoscalerServiceServicer):
         self, request: pb.PausePoolRequest, context: Context
     ) -> pb.PausePoolResponse:
         """See the proto."""
-        try:
+        async with aborting(context):
             view = self._loop.pause(request.pool, request.reason)
-        except errors.NotFound as err:
-            await abort(context, err)
-            raise
         return pb.PausePoolResponse(pool=pool_message(view))
 
     async def ResumePool(
         self, request: pb.ResumePoolRequest, context: Context
     ) -> pb.ResumePoolResponse:
         """See the proto."""
-        try:
+        async with aborting(context):
             view = self._loop.resume(request.pool)
-        except errors.NotFound as err:
-            await abort(context, err)
-            raise
         return pb.ResumePoolResponse(pool=pool_message(view))
 
 

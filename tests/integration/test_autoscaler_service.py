@@ -190,6 +190,14 @@ async def test_unknown_pools_are_not_found(running: Running) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_negative_replay_is_an_invalid_argument(running: Running) -> None:
+    stream = running.stub.WatchDecisions(pb.WatchDecisionsRequest(replay=-1))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stream.read()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "replay" in (err.value.details() or "")
+
+
 async def test_shutdown_ends_streams_releases_the_lock_and_reports_not_serving(
     running: Running,
 ) -> None:

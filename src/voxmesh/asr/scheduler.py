@@ -70,7 +70,6 @@ class SchedulerStats:
     jobs: int = 0
     dropped: int = 0
     busy_seconds: float = 0.0
-    batch_sizes: list[int] = field(default_factory=list)
 
 
 @dataclass(order=True)

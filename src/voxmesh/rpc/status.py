@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -13,7 +16,7 @@ from grpc_status import rpc_status
 from voxmesh import errors
 from voxmesh.rpc.wellknown import duration
 
-__all__ = ["RETRY_AFTER_KEY", "abort", "code_of", "retry_after_of", "to_status"]
+__all__ = ["RETRY_AFTER_KEY", "abort", "aborting", "code_of", "retry_after_of", "to_status"]
 
 RETRY_AFTER_KEY = "retry-after-ms"
 
@@ -63,6 +66,16 @@ class _WithTrailing(grpc.Status):
 async def abort(context: grpc.aio.ServicerContext[object, object], err: BaseException) -> None:
     """Ends the RPC with the status of ``err``. Never returns."""
     await context.abort_with_status(to_status(err))
+
+
+@contextlib.asynccontextmanager
+async def aborting(context: grpc.aio.ServicerContext[object, object]) -> AsyncIterator[None]:
+    """Ends the RPC with the status of a voxmesh error raised inside the block."""
+    try:
+        yield
+    except errors.VoxmeshError as err:
+        await abort(context, err)
+        raise  # unreachable: abort raises
 
 
 def retry_after_of(error: grpc.aio.AioRpcError) -> float | None:
