@@ -11,8 +11,10 @@ the agent source (``agent/agent_endpoint.go``, ``agent/session_endpoint.go``,
   ``service:<id>`` / ``service:<id>:<n>``, initial status ``critical``, status kept
   on re-registration, ``?replace-existing-checks``), ``/deregister/:id``,
   ``/maintenance/:id`` (check ``_service_maintenance:<id>``), ``GET /v1/agent/service/:id``;
-* ``PUT /v1/agent/check/pass|warn|fail/:id`` and ``/update/:id`` (TTL checks only),
-  TTL expiry, ``DeregisterCriticalServiceAfter`` reaping;
+  an unknown service ID answers 404 (``agent/acl.go`` ``vetServiceUpdateWithAuthorizer``);
+* ``PUT /v1/agent/check/pass|warn|fail/:id`` and ``/update/:id`` (TTL checks only:
+  an unknown check ID is a 404, a check without TTL a 500), TTL expiry,
+  ``DeregisterCriticalServiceAfter`` reaping;
 * ``GET /v1/health/service/:name`` with ``passing``, ``tag``, a subset of ``filter``;
 * sessions (``create`` with the ``LockDelay``/``Checks`` quirks, ``renew``,
   ``destroy``, ``info``; TTL and check invalidation) and KV (``acquire``,
@@ -645,8 +647,20 @@ class ConsulDouble:
         )  # fmt: skip
 
     def _deregister(self, query: dict[str, str], body: bytes, gen: int, sid: str) -> Response:
+        self._known_service(sid)
         self._remove_service(sid)
         return _empty()
+
+    def _known_service(self, sid: str) -> _Service:
+        """The service, or the agent's 404 (``vetServiceUpdateWithAuthorizer``)."""
+        svc = self._services.get(sid)
+        if svc is None:
+            raise _HttpError(
+                404,
+                f'Unknown service ID "{sid}". '
+                "Ensure that the service ID is passed, not the service name.",
+            )
+        return svc
 
     def _maintenance(self, query: dict[str, str], body: bytes, gen: int, sid: str) -> Response:
         if not sid:
@@ -657,9 +671,7 @@ class ConsulDouble:
             enable = _parse_bool(query["enable"])
         except ValueError as exc:
             raise _HttpError(400, f'Invalid value for enable: "{query["enable"]}"') from exc
-        svc = self._services.get(sid)
-        if svc is None:
-            raise _HttpError(404, f'No service registered with ID "{sid}"')
+        svc = self._known_service(sid)
         check_id = f"_service_maintenance:{sid}"
         if enable and check_id not in self._checks:
             reason = query.get("reason") or (
@@ -697,7 +709,13 @@ class ConsulDouble:
 
     def _ttl_set(self, check_id: str, status: str, output: str) -> Response:
         chk = self._checks.get(check_id)
-        if chk is None or not chk.ttl:
+        if chk is None:  # vetCheckUpdateWithAuthorizer
+            raise _HttpError(
+                404,
+                f'Unknown check ID "{check_id}". '
+                "Ensure that the check ID is passed, not the check name.",
+            )
+        if not chk.ttl:
             raise _HttpError(500, f'CheckID "{check_id}" does not have associated TTL')
         chk.ttl_deadline = time.monotonic() + chk.ttl
         self._set_status(chk, status, output)

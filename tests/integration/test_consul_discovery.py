@@ -464,8 +464,16 @@ def test_double_kv_put_answers_literal_true_and_value_is_base64(double: ConsulDo
 
 def test_double_errors_are_text_plain(double: ConsulDouble) -> None:
     status, headers, body = http(double, "PUT", "/v1/agent/check/pass/nope")
-    assert status == 500 and headers["Content-Type"].startswith("text/plain")
-    assert body == b'CheckID "nope" does not have associated TTL'
+    assert status == 404 and headers["Content-Type"].startswith("text/plain")
+    assert body == (
+        b'Unknown check ID "nope". Ensure that the check ID is passed, not the check name.'
+    )
+    client = consul.Consul(host="127.0.0.1", port=double.port)
+    client.agent.service.register(
+        SERVICE, service_id="grpc", port=1, check={"GRPC": "127.0.0.1:1", "Interval": "1h"}
+    )
+    status, _, body = http(double, "PUT", "/v1/agent/check/pass/service:grpc")
+    assert (status, body) == (500, b'CheckID "service:grpc" does not have associated TTL')
     status, _, body = http(double, "PUT", "/v1/session/renew/nope")
     assert (status, body) == (404, b"Session id 'nope' not found")
     status, _, body = http(double, "PUT", "/v1/kv/k?acquire=nope", b"x")
@@ -474,6 +482,21 @@ def test_double_errors_are_text_plain(double: ConsulDouble) -> None:
     assert (status, body) == (400, b"Missing service name")
     status, _, body = http(double, "GET", "/v1/health/service/x?passing=maybe")
     assert (status, body) == (400, b"Invalid value for ?passing")
+
+
+async def test_unknown_service_ids_are_404_on_the_agent_and_no_error_for_the_api(
+    double: ConsulDouble,
+) -> None:
+    unknown = (
+        b'Unknown service ID "gone". Ensure that the service ID is passed, not the service name.'
+    )
+    assert http(double, "PUT", "/v1/agent/service/deregister/gone")[::2] == (404, unknown)
+    path = "/v1/agent/service/maintenance/gone?enable=true"
+    assert http(double, "PUT", path)[::2] == (404, unknown)
+
+    api = PyConsulApi.connect("127.0.0.1", double.port)
+    await api.deregister_service("gone")  # an agent that forgot it: nothing left to do
+    assert not await api.set_maintenance("gone", True, "draining")
 
 
 def test_double_unknown_service_is_empty_list_with_index(double: ConsulDouble) -> None:

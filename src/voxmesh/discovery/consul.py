@@ -214,7 +214,7 @@ class ConsulApi(Protocol):
         """``PUT /v1/agent/service/register``."""
 
     async def deregister_service(self, service_id: str) -> None:
-        """``PUT /v1/agent/service/deregister/:id`` (no-op for an unknown ID)."""
+        """``PUT /v1/agent/service/deregister/:id``; an unknown ID (agent 404) is no error."""
 
     async def set_maintenance(self, service_id: str, enable: bool, reason: str) -> bool:
         """``PUT /v1/agent/service/maintenance/:id``; False if the agent does not know it."""
