@@ -66,6 +66,8 @@ _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _STATUSES = ("passing", "warning", "critical")
 _META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
 _SERF = "serfHealth"
+_MAX_LOCK_DELAY_NS = 60_000_000_000
+"""``structs.MaxLockDelay``, enforced when a session is invalidated."""
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 
@@ -171,9 +173,16 @@ class _Session:
     ttl: str
     ttl_s: float
     node_checks: list[str]
+    checks: list[str]
+    """The deprecated ``Checks`` field as kept after ``fixupEmptySessionChecks``."""
     service_checks: list[Json] | None
     create_index: int
     expires_at: float | None
+
+    def check_ids(self) -> list[str]:
+        """Every check the session depends on (``Session.CheckIDs``)."""
+        service = [str(c.get("ID", "")) for c in self.service_checks or []]
+        return self.checks + self.node_checks + service
 
 
 @dataclass
@@ -406,8 +415,7 @@ class ConsulDouble:
         chk.modify_index = self._touch(*([chk.service_name] if chk.service_id else []))
         if status == "critical":
             for sess in list(self._sessions.values()):
-                service_ids = [c.get("ID") for c in sess.service_checks or []]
-                if chk.check_id in sess.node_checks or chk.check_id in service_ids:
+                if chk.check_id in sess.check_ids():
                     self._invalidate(sess.id)
 
     def _remove_service(self, service_id: str) -> None:
@@ -423,7 +431,7 @@ class ConsulDouble:
         if chk.prober is not None:
             chk.prober.set()
         for sess in list(self._sessions.values()):
-            if chk.check_id in [c.get("ID") for c in sess.service_checks or []]:
+            if chk.check_id in sess.check_ids():
                 self._invalidate(sess.id)
 
     def _stop_probers(self) -> None:
@@ -437,7 +445,8 @@ class ConsulDouble:
             return
         idx = self._bump()
         self._session_index = idx
-        until = time.monotonic() + sess.lock_delay_ns / 1e9
+        # The stored LockDelay is not capped; invalidation enforces MaxLockDelay (60s).
+        until = time.monotonic() + min(sess.lock_delay_ns, _MAX_LOCK_DELAY_NS) / 1e9
         for entry in [e for e in self._kv.values() if e.session == session_id]:
             if sess.lock_delay_ns:
                 self._lock_delay[entry.key] = until
@@ -758,18 +767,17 @@ class ConsulDouble:
                 ns = int(parse_duration(raw) * 1e9) if isinstance(raw, str) else int(raw)
             except (TypeError, ValueError) as exc:
                 raise _HttpError(400, f"Request decode failed: {exc}") from exc
-            lock_delay_ns = min(ns * 1_000_000_000 if ns < 1000 else ns, 60_000_000_000)
+            lock_delay_ns = ns * 1_000_000_000 if ns < 1000 else ns
         if args.get("node", self.node) != self.node:
             raise _HttpError(500, "Missing node registration")
-        node_checks = list(args.get("checks") or []) if "checks" in args else [_SERF]
-        node_checks += [c for c in args.get("nodechecks") or [] if c not in node_checks]
+        checks, node_checks = _fixup_session_checks(args)
         raw_service_checks = args.get("servicechecks")
         service_checks = None
         if raw_service_checks is not None:
             service_checks = [
                 {"ID": _norm(c).get("id", ""), "Namespace": ""} for c in raw_service_checks
             ]
-        for check_id in node_checks + [c["ID"] for c in service_checks or []]:
+        for check_id in checks + node_checks + [c["ID"] for c in service_checks or []]:
             if check_id not in self._checks:
                 raise _HttpError(500, f"Missing check '{check_id}' registration")
             if self._checks[check_id].status == "critical":
@@ -791,7 +799,7 @@ class ConsulDouble:
         self._session_index = idx
         sess = _Session(
             str(uuid.uuid4()), args.get("name") or "", lock_delay_ns, behavior, ttl, ttl_s,
-            node_checks, service_checks, idx, self._expiry(ttl_s),
+            node_checks, checks, service_checks, idx, self._expiry(ttl_s),
         )  # fmt: skip
         self._sessions[sess.id] = sess
         return _json({"ID": sess.id})
@@ -925,12 +933,15 @@ class ConsulDouble:
         }  # fmt: skip
 
     def _session_json(self, sess: _Session) -> Json:
-        return {
+        out: Json = {
             "ID": sess.id, "Name": sess.name, "Node": self.node, "LockDelay": sess.lock_delay_ns,
             "Behavior": sess.behavior, "TTL": sess.ttl, "NodeChecks": sess.node_checks,
             "ServiceChecks": sess.service_checks, "CreateIndex": sess.create_index,
             "ModifyIndex": sess.create_index,
         }  # fmt: skip
+        if sess.checks:  # `json:",omitempty"`
+            out["Checks"] = sess.checks
+        return out
 
     @staticmethod
     def _entry_json(entry: _Entry) -> Json:
@@ -1006,6 +1017,24 @@ def _decode(body: bytes) -> Any:
         return json.loads(body or b"{}")
     except ValueError as exc:
         raise _HttpError(400, f"Request decode failed: {exc}") from exc
+
+
+def _fixup_session_checks(args: Json) -> tuple[list[str], list[str]]:
+    """``Checks`` and ``NodeChecks`` of a new session, as ``agent/session_endpoint.go`` sets them.
+
+    Both default to ``["serfHealth"]`` and the body overwrites either (a JSON
+    ``null`` or ``[]`` empties it); then ``fixupEmptySessionChecks``: an empty
+    ``Checks`` empties ``NodeChecks`` too, a ``Checks`` of just ``serfHealth``
+    is dropped, and an empty ``NodeChecks`` drops ``Checks``. So a body with
+    ``NodeChecks`` replaces the ``serfHealth`` default.
+    """
+    checks = [str(c) for c in args["checks"] or []] if "checks" in args else [_SERF]
+    node_checks = [str(c) for c in args["nodechecks"] or []] if "nodechecks" in args else [_SERF]
+    if not checks:
+        return [], []
+    if checks == [_SERF] or not node_checks:
+        return [], node_checks
+    return checks, node_checks
 
 
 def _validate_meta(meta: dict[str, str]) -> None:

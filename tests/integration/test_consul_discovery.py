@@ -522,6 +522,31 @@ def test_double_session_defaults_and_lock_delay_quirk(double: ConsulDouble) -> N
     assert status == 500 and body.startswith(b"Invalid Session TTL")
 
 
+def test_double_session_checks_follow_the_agents_fixup(double: ConsulDouble) -> None:
+    client = consul.Consul(host="127.0.0.1", port=double.port)
+    check = {"TTL": "1h", "Status": "passing"}
+    client.agent.service.register(SERVICE, service_id="ttl", port=1, check=check)
+
+    def create(body: dict[str, object]) -> dict[str, object]:
+        status, _, raw = http(double, "PUT", "/v1/session/create", json.dumps(body).encode())
+        assert status == 200, raw
+        sid = json.loads(raw)["ID"]
+        info: dict[str, object] = json.loads(http(double, "GET", f"/v1/session/info/{sid}")[2])[0]
+        return info
+
+    only_service = create({"NodeChecks": ["service:ttl"]})
+    assert only_service["NodeChecks"] == ["service:ttl"], "NodeChecks replaces serfHealth"
+    assert "Checks" not in only_service
+    assert create({"NodeChecks": []})["NodeChecks"] == [], "no serfHealth either"
+    both = create({"Checks": ["service:ttl"]})
+    assert (both["NodeChecks"], both["Checks"]) == (["serfHealth"], ["service:ttl"])
+    assert create({"LockDelay": "90s"})["LockDelay"] == 90_000_000_000, "capped only when used"
+
+    double.node_fail()
+    alive = double.session_ids()
+    assert only_service["ID"] in alive and both["ID"] not in alive, "serfHealth is only in one"
+
+
 def test_double_blocking_query_waits_for_change_or_timeout(double: ConsulDouble) -> None:
     _, headers, _ = http(double, "GET", "/v1/kv/k")
     index = headers["X-Consul-Index"]
