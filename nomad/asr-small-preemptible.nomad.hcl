@@ -69,10 +69,14 @@ job "asr-small-preemptible" {
       driver = "docker"
 
       # SIGTERM starts the instance's drain: NOT_SERVING, Consul maintenance, streams
-      # finish within VOXMESH_ASR_DRAIN_TIMEOUT (30 s), deregister, exit. kill_timeout
-      # must exceed that drain timeout (the client's max_kill_timeout must allow 45s).
+      # finish within VOXMESH_ASR_DRAIN_TIMEOUT, deregister, exit. Here that is 100 s, most
+      # of a spot reclaim's two-minute notice: the streams stay on the reclaimed node until
+      # the on-demand replacements the autoscaler requests on the notice (about a minute to
+      # serve) can take them, instead of moving after 30 s to a mesh with no room yet.
+      # kill_timeout must exceed the drain timeout (the client's max_kill_timeout must
+      # allow 110s).
       kill_signal  = "SIGTERM"
-      kill_timeout = "45s"
+      kill_timeout = "110s"
 
       config {
         image   = var.image
@@ -94,7 +98,7 @@ job "asr-small-preemptible" {
         VOXMESH_ASR_REGION         = "${node.datacenter}"
         VOXMESH_ASR_DISCOVERY      = "consul"
         VOXMESH_ASR_CONSUL_ADDR    = "http://${attr.unique.network.ip-address}:8500"
-        VOXMESH_ASR_DRAIN_TIMEOUT  = "30"
+        VOXMESH_ASR_DRAIN_TIMEOUT  = "100"
         # PLACEHOLDER: streams per GPU from bench/results/asr_density.json (not measured yet).
         VOXMESH_ASR_MAX_STREAMS = "16"
       }

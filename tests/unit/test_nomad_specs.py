@@ -186,6 +186,21 @@ def test_kill_timeout_is_longer_than_the_drain_timeout(job_id: str) -> None:
         assert _seconds(task["kill_timeout"]) > float(env[drain_key])
 
 
+PREEMPTIBLE_DRAIN_S = (90.0, 120.0)
+"""A preemptible instance drains through most of a spot reclaim's two-minute notice: longer
+than an on-demand replacement takes to serve (60 s provisioning + start-up), shorter than the
+notice."""
+
+
+@pytest.mark.parametrize(
+    "job_id", sorted(j for j, spec in JOBS.items() if spec["node_pool"] == "gpu-preemptible")
+)
+def test_preemptible_instances_drain_until_replacements_can_serve(job_id: str) -> None:
+    (task,) = _tasks(JOBS[job_id])
+    low, high = PREEMPTIBLE_DRAIN_S
+    assert low <= float(_env(task)["VOXMESH_ASR_DRAIN_TIMEOUT"]) < high
+
+
 @pytest.mark.parametrize("job_id", sorted(JOBS))
 def test_update_and_migrate_blocks_are_present(job_id: str) -> None:
     job = JOBS[job_id]
