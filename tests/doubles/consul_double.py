@@ -126,6 +126,8 @@ class RequestRecord:
     path: str
     query: dict[str, str]
     paused: bool
+    headers: dict[str, str] = field(default_factory=dict)
+    """The request headers (``X-Consul-Token`` among them)."""
 
 
 @dataclass
@@ -510,7 +512,9 @@ class ConsulDouble:
             channel.close()
 
     # ------------------------------------------------------------- HTTP
-    def _handle(self, method: str, raw_path: str, body: bytes) -> Response:
+    def _handle(
+        self, method: str, raw_path: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> Response:
         parts = urlsplit(raw_path)
         path = unquote(parts.path)
         # One value per parameter; the repeatable ``tag`` keeps all, newline-joined.
@@ -520,7 +524,8 @@ class ConsulDouble:
         }
         with self._cond:
             gen = self._gen
-            self.requests.append(RequestRecord(method, path, query, self._pause is not None))
+            paused = self._pause is not None
+            self.requests.append(RequestRecord(method, path, query, paused, dict(headers or {})))
             if self._pause == "refuse" or self._stopped.is_set():
                 raise _Dropped
             if self._pause == "error":
@@ -988,7 +993,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         try:
-            status, headers, payload = self.server.double._handle(method, self.path, body)
+            status, headers, payload = self.server.double._handle(
+                method, self.path, body, dict(self.headers.items())
+            )
         except _Dropped:
             self.close_connection = True
             return

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import consul
 import pytest
 
 from tests.conditions import wait_until_async
@@ -57,6 +58,24 @@ async def holding(lock: ConsulLeaderLock) -> AsyncIterator[asyncio.Task[None]]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_every_session_call_carries_the_acl_token_and_datacenter(
+    double: ConsulDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN", raising=False)
+    api = PyConsulSessionApi(
+        consul.Consul(host="127.0.0.1", port=double.port, token="s3cret", dc="dc1")
+    )
+    session = await api.create_session("voxmesh leader t", "10s", "1s")
+    assert await api.acquire(KEY, session, b"t")
+    await api.renew_session(session)
+    assert await api.release(KEY, session)
+    await api.destroy_session(session)
+    sent = [r for r in double.requests if r.path.startswith(("/v1/session/", "/v1/kv/"))]
+    assert [r.path.split("/")[3] for r in sent[:1]] == ["create"]
+    assert all(r.headers.get("X-Consul-Token") == "s3cret" for r in sent), sent
+    assert all(r.query.get("dc") == "dc1" for r in sent), sent
 
 
 async def test_two_contenders_one_wins(double: ConsulDouble, locks: list[ConsulLeaderLock]) -> None:

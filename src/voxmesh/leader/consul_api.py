@@ -38,7 +38,9 @@ class PyConsulSessionApi:
 
     Sessions are created through py-consul's HTTP layer directly because its
     ``session.create`` accepts only whole seconds and TTLs of 10 s or more,
-    while Consul's minimum is a server setting (``session_ttl_min``).
+    while Consul's minimum is a server setting (``session_ttl_min``). That call
+    adds the ACL token (``X-Consul-Token``) and ``?dc`` itself, as py-consul's
+    own methods do.
     """
 
     def __init__(self, client: consul.Consul) -> None:
@@ -56,10 +58,15 @@ class PyConsulSessionApi:
         body = json.dumps(
             {"Name": name, "TTL": ttl, "LockDelay": lock_delay, "Behavior": "release"}
         )
-        put = self._consul.http.put
-        return str(
-            await call_consul(lambda: put(CB.json(is_id=True), "/v1/session/create", data=body))
-        )
+        params = [("dc", self._consul.dc)] if self._consul.dc else []
+        headers = self._consul.prepare_headers()
+
+        def create() -> object:
+            return self._consul.http.put(
+                CB.json(is_id=True), "/v1/session/create", params, data=body, headers=headers
+            )
+
+        return str(await call_consul(create))
 
     async def renew_session(self, session_id: str) -> float | None:
         """See :meth:`ConsulSessionApi.renew_session`."""
