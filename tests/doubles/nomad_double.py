@@ -21,7 +21,8 @@ in-memory cluster and scheduler:
   ``PUT/POST /v1/node/:id/drain`` and ``/eligibility``.
 - Errors are plain text with Nomad's codes and messages; reads carry
   ``X-Nomad-Index``, ``X-Nomad-KnownLeader`` and ``X-Nomad-LastContact`` and
-  block on ``?index=&wait=`` (default 5 min, at most 10 min, plus up to
+  block on ``?index=&wait=`` (default 5 min, at most 5 min although the docs
+  say 10, plus up to
   wait/16 jitter), writes carry ``X-Nomad-Index``.
 
 The scheduler places allocations on ready, eligible, non-draining nodes of the
@@ -68,7 +69,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["ManualClock", "NomadDouble", "NomadError", "gpu_service_job"]
+__all__ = ["ManualClock", "NomadDouble", "NomadError", "blocking_wait", "gpu_service_job"]
 
 Json = dict[str, Any]
 
@@ -76,7 +77,9 @@ NS = 1_000_000_000
 MAX_SCALING_EVENTS = 20
 """``structs.JobTrackedScalingEvents``."""
 DEFAULT_WAIT_S = 300.0
-MAX_WAIT_S = 600.0
+"""``structs.DefaultBlockingRPCQueryTime``."""
+MAX_WAIT_S = 300.0
+"""``structs.MaxBlockingRPCQueryTime``: the server's cap (api-docs/index.mdx says 10 min)."""
 _ACTIVE_DEPLOYMENT = {"running", "paused", "pending", "blocked", "unblocking", "initializing"}
 _TERMINAL_CLIENT = {"complete", "failed", "lost"}
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -173,6 +176,19 @@ def parse_go_duration(text: str) -> float:
     if not parts or "".join(n + u for n, u in parts) != text.lstrip("+"):
         raise ValueError(text)
     return sum(float(n) * _GO_UNITS[u] for n, u in parts)
+
+
+def blocking_wait(query: dict[str, str]) -> float:
+    """Seconds a blocking query waits before jitter (``QueryOptions.TimeToBlock``).
+
+    ``?wait`` unset or not positive means 5 min, and longer waits are cut to
+    5 min; a value that is not a Go duration is a 400.
+    """
+    try:
+        wait = parse_go_duration(query["wait"]) if "wait" in query else 0.0
+    except ValueError:
+        raise NomadError(400, "Invalid wait time") from None
+    return min(wait, MAX_WAIT_S) if wait > 0 else DEFAULT_WAIT_S
 
 
 def _size(text: str) -> float | None:
@@ -611,17 +627,13 @@ class NomadDouble:
         """A blocking query: waits while the result's index is not above ``?index``."""
         if method != "GET":
             raise NomadError(405, "Invalid method")
-        try:
-            wait = parse_go_duration(query["wait"]) if "wait" in query else DEFAULT_WAIT_S
-        except ValueError:
-            raise NomadError(400, "Invalid wait time") from None
+        wait = blocking_wait(query)
         try:
             min_index = int(query.get("index", "0"))
             if min_index < 0:
                 raise ValueError(min_index)
         except ValueError:
             raise NomadError(400, "Invalid index") from None
-        wait = min(wait or DEFAULT_WAIT_S, MAX_WAIT_S)
         deadline = time.monotonic() + wait + random.uniform(0, wait / 16)
         with self._cond:
             while True:

@@ -18,6 +18,7 @@ from tests.doubles.nomad_double import (
     ManualClock,
     NomadDouble,
     NomadError,
+    blocking_wait,
     gpu_service_job,
     parse_go_duration,
 )
@@ -408,6 +409,16 @@ def test_a_blocking_query_times_out_with_the_same_index(nomad: NomadDouble) -> N
     _, same = nomad.handle("GET", "/v1/nodes", {"index": str(index), "wait": "50ms"}, b"")
     assert same == index
     assert 0.05 <= time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize(
+    ("query", "seconds"),
+    [({}, 300.0), ({"wait": "0s"}, 300.0), ({"wait": "30s"}, 30.0), ({"wait": "10m"}, 300.0)],
+)
+def test_blocking_waits_default_to_and_are_capped_at_five_minutes(
+    query: dict[str, str], seconds: float
+) -> None:
+    assert blocking_wait(query) == seconds
 
 
 @pytest.mark.parametrize(
