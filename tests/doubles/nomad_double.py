@@ -80,6 +80,8 @@ DEFAULT_WAIT_S = 300.0
 """``structs.DefaultBlockingRPCQueryTime``."""
 MAX_WAIT_S = 300.0
 """``structs.MaxBlockingRPCQueryTime``: the server's cap (api-docs/index.mdx says 10 min)."""
+_ZERO_TIME = "0001-01-01T00:00:00Z"
+"""Go's zero ``time.Time`` in JSON."""
 _ACTIVE_DEPLOYMENT = {"running", "paused", "pending", "blocked", "unblocking", "initializing"}
 _TERMINAL_CLIENT = {"complete", "failed", "lost"}
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -918,14 +920,17 @@ class NomadDouble:
                 self._unblock()
         else:
             deadline_ns = int(spec.get("Deadline") or 0)
-            force = (
-                now + deadline_ns / NS if deadline_ns > 0 else (now if deadline_ns < 0 else None)
-            )
+            # Node.UpdateDrain sets ForceDeadline only for a positive Deadline: a force
+            # drain (< 0) and one without deadline (0) keep Go's zero time. An update
+            # of a running drain keeps its StartedAt.
+            started = node.drain["StartedAt"] if node.drain else _go_time(now)
             node.drain = {
                 "Deadline": deadline_ns,
                 "IgnoreSystemJobs": bool(spec.get("IgnoreSystemJobs", False)),
-                "ForceDeadline": _go_time(force) if force is not None else "0001-01-01T00:00:00Z",
-                "StartedAt": _go_time(now),
+                "ForceDeadline": (
+                    _go_time(now + deadline_ns / NS) if deadline_ns > 0 else _ZERO_TIME
+                ),
+                "StartedAt": started,
             }
             node.last_drain = {
                 "StartedAt": _go_time(now),

@@ -342,6 +342,22 @@ async def test_a_drained_preemptible_node_is_reclaiming(
     assert await target.reclaiming() == []
 
 
+async def test_a_force_drain_reclaims_at_once(
+    target: NomadTarget, nomad: NomadDouble, clock: ManualClock
+) -> None:
+    await target.scale(PREEMPTIBLE, 1, "burst")
+    nomad.advance(SETTLE_S)
+    spot = next(n for n in _http(nomad, "GET", "/v1/nodes") if n["Name"] == "spot-1")
+    started = clock()
+    _http(nomad, "POST", f"/v1/node/{spot['ID']}/drain", {"DrainSpec": {"Deadline": -1}})
+    strategy = _http(nomad, "GET", f"/v1/node/{spot['ID']}")["DrainStrategy"]
+    assert strategy["ForceDeadline"] == "0001-01-01T00:00:00Z", "Nomad sets it only for > 0"
+
+    (reclaim,) = await target.reclaiming()
+    assert reclaim.reason == "node draining"
+    assert reclaim.deadline == pytest.approx(started, abs=1e-3)
+
+
 async def test_an_ineligible_preemptible_node_is_reclaiming_and_on_demand_is_not(
     target: NomadTarget, nomad: NomadDouble
 ) -> None:

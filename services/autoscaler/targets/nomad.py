@@ -380,10 +380,15 @@ def describe_placement_failure(metric: Mapping[str, Any]) -> str:
 
 
 def _leaving_reason(node: Json) -> tuple[str, float | None]:
-    """Why a node's allocations are going away, and the drain's force deadline if any."""
+    """Why a node's allocations are going away, and the drain's force deadline if any.
+
+    ``Deadline`` < 0 is a force drain: its allocations stop at once, and Nomad
+    leaves ``ForceDeadline`` at the zero time, so the deadline is ``StartedAt``.
+    """
     strategy = node.get("DrainStrategy")
     if strategy:
-        deadline = _go_time(strategy.get("ForceDeadline"))
+        forced = int(strategy.get("Deadline") or 0) < 0
+        deadline = _go_time(strategy.get("StartedAt" if forced else "ForceDeadline"))
         return ("node draining", deadline)
     if node.get("Status") not in ("ready", None):
         return (f"node {node.get('Status')}", None)
