@@ -27,7 +27,7 @@ from bench.sim.scenarios import (
     materialise,
 )
 
-__all__ = ["run_benchmark"]
+__all__ = ["PolicyRun", "run_benchmark", "run_one"]
 
 _EXAMPLE_MARKERS = (
     "queue of",
@@ -41,7 +41,7 @@ _EXAMPLE_MARKERS = (
 
 
 @dataclass(frozen=True)
-class _Run:
+class PolicyRun:
     """One policy's run of one scenario, as a worker process returns it."""
 
     scenario: str
@@ -52,22 +52,22 @@ class _Run:
     ledger: Ledger | None
 
 
-def _run_one(task: tuple[Scenario, str]) -> _Run:
+def run_one(task: tuple[Scenario, str]) -> PolicyRun:
     """One policy (or the oracle) on one scenario."""
     scenario, key = task
     workload, availability = materialise(scenario)
     if key == ORACLE:
         record = oracle(workload, availability, scenario.params)
-        return _Run(scenario.name, key, "oracle (no delay, cheapest)", record, [], None)
+        return PolicyRun(scenario.name, key, "oracle (no delay, cheapest)", record, [], None)
     controller = make_controller(key, scenario)
     record = simulate(
         workload, availability, controller, scenario.params, initial_instances(scenario)
     )
     if isinstance(controller, OurPolicy):
-        return _Run(
+        return PolicyRun(
             scenario.name, key, controller.name, record, controller.reasons, controller.ledger
         )
-    return _Run(scenario.name, key, controller.name, record, [], None)
+    return PolicyRun(scenario.name, key, controller.name, record, [], None)
 
 
 def _examples(reasons: list[str]) -> list[str]:
@@ -102,7 +102,7 @@ def _why_not_1_3x(
 
 
 def _scenario_report(
-    scenario: Scenario, runs: dict[str, _Run], out_dir: Path
+    scenario: Scenario, runs: dict[str, PolicyRun], out_dir: Path
 ) -> tuple[dict[str, Any], str]:
     workload, availability = materialise(scenario)
     params = scenario.params
@@ -161,7 +161,7 @@ def _scenario_report(
 
 
 def _sensitivity_row(
-    scenario: Scenario, record: RunRecord, base: dict[str, _Run]
+    scenario: Scenario, record: RunRecord, base: dict[str, PolicyRun]
 ) -> dict[str, Any]:
     row = metrics("ours", record, base[ORACLE].record, base["static"].record, scenario.params)
     return {"overrides": dict(scenario.overrides), **row.as_json()}
@@ -183,10 +183,10 @@ def run_benchmark(
     workers = workers or os.cpu_count() or 1
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            outputs = list(pool.map(_run_one, tasks))
+            outputs = list(pool.map(run_one, tasks))
     else:
-        outputs = [_run_one(task) for task in tasks]
-    by_scenario: dict[str, dict[str, _Run]] = {}
+        outputs = [run_one(task) for task in tasks]
+    by_scenario: dict[str, dict[str, PolicyRun]] = {}
     for run in outputs:
         by_scenario.setdefault(run.scenario, {})[run.key] = run
     out_dir.mkdir(parents=True, exist_ok=True)
