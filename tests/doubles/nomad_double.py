@@ -48,7 +48,8 @@ periodic/parameterized/system/batch specifics, canaries and auto-revert,
 preemption, reschedule policies, client restarts and failures, and the
 allocation endpoints. Evaluations are processed at once (a client never sees
 one ``pending``). A drain migrates every allocation of the node at once,
-ignoring ``migrate.max_parallel``.
+ignoring ``migrate.max_parallel``; as with Nomad's drainer, its ``node-drain``
+evaluations are not in the drain's answer (``EvalIDs`` null).
 """
 
 from __future__ import annotations
@@ -910,14 +911,16 @@ class NomadDouble:
         now = self._clock()
         index = self._bump("nodes")
         node.modify_index = index
-        eval_ids: list[str] = []
+        eval_ids: list[str] | None = None
+        eval_index = 0
         if spec is None:
             node.drain = None
             if node.last_drain:
                 node.last_drain.update(Status="canceled", UpdatedAt=_go_time(now))
-            if request.get("MarkEligible"):
+            if request.get("MarkEligible") and node.eligibility == "ineligible":
                 node.eligibility = "eligible"
                 self._unblock()
+                eval_ids, eval_index = self._node_evals(node, index)
         else:
             deadline_ns = int(spec.get("Deadline") or 0)
             # Node.UpdateDrain sets ForceDeadline only for a positive Deadline: a force
@@ -940,14 +943,13 @@ class NomadDouble:
                 "Meta": request.get("Meta"),
             }
             node.eligibility = "ineligible"
-            eval_ids = self._migrate(node)
-        answer: Json = {
-            "EvalCreateIndex": st.index if eval_ids else 0,
-            "EvalIDs": eval_ids or None,
+            self._migrate(node)  # Nomad's drainer does this after answering
+        return {
+            "EvalCreateIndex": eval_index,
+            "EvalIDs": eval_ids,
             "Index": index,
             "NodeModifyIndex": index,
         }
-        return answer
 
     def _eligibility(self, node_id: str, request: Json) -> Json:
         st = self._state
@@ -961,17 +963,38 @@ class NomadDouble:
             raise NomadError(
                 500, "can not set node's scheduling eligibility to eligible while it is draining"
             )
+        # Node.UpdateEligibility never sets NodeModifyIndex in its reply, and a
+        # request that changes nothing returns before any write: all zeros.
+        answer: Json = {"EvalCreateIndex": 0, "EvalIDs": None, "Index": 0, "NodeModifyIndex": 0}
         if node.eligibility != eligibility:
-            node.modify_index = self._bump("nodes")
+            answer["Index"] = node.modify_index = self._bump("nodes")
             node.eligibility = eligibility
             if eligibility == "eligible":
                 self._unblock()
-        return {
-            "EvalCreateIndex": 0,
-            "EvalIDs": None,
-            "Index": st.index,
-            "NodeModifyIndex": node.modify_index,
-        }
+                answer["EvalIDs"], answer["EvalCreateIndex"] = self._node_evals(
+                    node, node.modify_index
+                )
+        return answer
+
+    def _node_evals(self, node: _Node, node_index: int) -> tuple[list[str] | None, int]:
+        """``Node.createNodeEvals``: a ``node-update`` evaluation per job with allocations
+        on the node; (None, 0) when there is none."""
+        jobs = sorted(
+            {a.job_id for a in self._state.allocs.values() if a.node_id == node.id}
+            & set(self._state.jobs)
+        )
+        created = []
+        for job_id in jobs:
+            evaluation = self._new_eval(
+                job_id, "node-update", self._state.jobs[job_id]["JobModifyIndex"]
+            )
+            evaluation.update(NodeID=node.id, NodeModifyIndex=node_index)
+            created.append(evaluation)
+        for evaluation in created:
+            self._process(evaluation)
+        if not created:
+            return None, 0
+        return [e["ID"] for e in created], max(e["CreateIndex"] for e in created)
 
     # --------------------------------------------------------------- scheduler
 
@@ -1279,7 +1302,7 @@ class NomadDouble:
         }
         st.deployments[deployment["ID"]] = deployment
 
-    def _migrate(self, node: _Node) -> list[str]:
+    def _migrate(self, node: _Node) -> None:
         """Drains a node: every live allocation is stopped and replaced elsewhere."""
         jobs = sorted(
             {a.job_id for a in self._state.allocs.values() if a.node_id == node.id and a.live()}
@@ -1288,16 +1311,13 @@ class NomadDouble:
             if alloc.node_id == node.id and alloc.live():
                 alloc.migrate = True
                 alloc.modify_index = self._bump("allocs")
-        eval_ids = []
         for job_id in jobs:
             evaluation = self._new_eval(
                 job_id, "node-drain", self._state.jobs[job_id]["JobModifyIndex"]
             )
             evaluation["NodeID"] = node.id
             self._process(evaluation)
-            eval_ids.append(evaluation["ID"])
         self._finish_drains()
-        return eval_ids
 
     def _stop(self, alloc: _Alloc, why: str) -> None:
         alloc.desired, alloc.desired_description = "stop", why

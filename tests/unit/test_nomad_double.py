@@ -334,8 +334,9 @@ def test_draining_a_node_migrates_its_allocations(nomad: NomadDouble) -> None:
     drained = node_id(nomad, "gpu-1")
     answer = call(nomad, "POST", f"/v1/node/{drained}/drain", {"DrainSpec": {"Deadline": 60 * NS}})
     assert set(answer) == {"EvalCreateIndex", "EvalIDs", "Index", "NodeModifyIndex"}
-    (eval_id,) = answer["EvalIDs"]
-    assert call(nomad, "GET", f"/v1/evaluation/{eval_id}")["TriggeredBy"] == "node-drain"
+    assert (answer["EvalIDs"], answer["EvalCreateIndex"]) == (None, 0), "the drainer's, later"
+    assert answer["Index"] == answer["NodeModifyIndex"] > 0
+    assert evals(nomad)[-1]["TriggeredBy"] == "node-drain"
 
     stub = next(n for n in call(nomad, "GET", "/v1/nodes") if n["ID"] == drained)
     assert (stub["Drain"], stub["SchedulingEligibility"]) == (True, "ineligible")
@@ -358,7 +359,11 @@ def test_draining_a_node_migrates_its_allocations(nomad: NomadDouble) -> None:
 def test_cancelling_a_drain_with_mark_eligible(nomad: NomadDouble) -> None:
     node = node_id(nomad, "gpu-1")
     call(nomad, "PUT", f"/v1/node/{node}/drain", {"DrainSpec": {"Deadline": -1}})
-    call(nomad, "PUT", f"/v1/node/{node}/drain", {"DrainSpec": None, "MarkEligible": True})
+    answer = call(nomad, "PUT", f"/v1/node/{node}/drain", {"DrainSpec": None, "MarkEligible": True})
+    (eval_id,) = answer["EvalIDs"]
+    evaluation = call(nomad, "GET", f"/v1/evaluation/{eval_id}")
+    assert (evaluation["TriggeredBy"], evaluation["NodeID"]) == ("node-update", node)
+    assert answer["EvalCreateIndex"] == evaluation["CreateIndex"]
     after = call(nomad, "GET", f"/v1/node/{node}")
     assert (after["DrainStrategy"], after["SchedulingEligibility"]) == (None, "eligible")
     assert after["LastDrain"]["Status"] == "canceled"
@@ -367,8 +372,18 @@ def test_cancelling_a_drain_with_mark_eligible(nomad: NomadDouble) -> None:
 def test_eligibility_changes_and_their_errors(nomad: NomadDouble) -> None:
     node = node_id(nomad, "gpu-1")
     answer = call(nomad, "POST", f"/v1/node/{node}/eligibility", {"Eligibility": "ineligible"})
-    assert answer["NodeModifyIndex"] == call(nomad, "GET", f"/v1/node/{node}")["ModifyIndex"]
-    assert (answer["EvalIDs"], answer["EvalCreateIndex"]) == (None, 0)
+    assert answer["Index"] == call(nomad, "GET", f"/v1/node/{node}")["ModifyIndex"]
+    assert (answer["NodeModifyIndex"], answer["EvalIDs"], answer["EvalCreateIndex"]) == (
+        0,
+        None,
+        0,
+    ), "UpdateEligibility never fills NodeModifyIndex"
+    same = call(nomad, "POST", f"/v1/node/{node}/eligibility", {"Eligibility": "ineligible"})
+    assert same == {"EvalCreateIndex": 0, "EvalIDs": None, "Index": 0, "NodeModifyIndex": 0}
+    back = call(nomad, "POST", f"/v1/node/{node}/eligibility", {"Eligibility": "eligible"})
+    (eval_id,) = back["EvalIDs"]
+    assert call(nomad, "GET", f"/v1/evaluation/{eval_id}")["TriggeredBy"] == "node-update"
+    call(nomad, "POST", f"/v1/node/{node}/eligibility", {"Eligibility": "ineligible"})
 
     bad = fails(nomad, "POST", f"/v1/node/{node}/eligibility", {"Eligibility": "maybe"})
     assert (bad.code, bad.message) == (500, 'invalid scheduling eligibility "maybe"')
