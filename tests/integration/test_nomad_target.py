@@ -8,8 +8,10 @@ never slept on.
 
 from __future__ import annotations
 
+import http.server
 import json
 import math
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -397,6 +399,39 @@ async def test_an_unreachable_nomad_raises_target_unavailable(
     target = _target(nomad, clock, PythonNomadApi(url, timeout_s=2))
     with pytest.raises(TargetUnavailable):
         await target.status()
+
+
+async def test_a_200_that_is_not_json_raises_target_unavailable() -> None:
+    """Something other than Nomad answering (a proxy's HTML page) is an unavailable target."""
+
+    class NotNomad(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"<html>sign in</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotNomad)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02})
+    thread.start()
+    try:
+        api = PythonNomadApi(f"http://127.0.0.1:{server.server_address[1]}", timeout_s=2)
+        with pytest.raises(TargetUnavailable):
+            await api.job_state("asr-small-ondemand")
+        with pytest.raises(TargetUnavailable):
+            await api.scale_job("asr-small-ondemand", {"Count": 1, "Target": {"Group": "asr"}})
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def test_the_double_answers_errors_in_plain_text_with_nomad_headers(nomad: NomadDouble) -> None:

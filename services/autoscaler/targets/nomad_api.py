@@ -123,8 +123,9 @@ class PythonNomadApi:
     async def job_state(self, job_id: str) -> JobState:
         """See :meth:`NomadApi.job_state`."""
         job = self._client.job
-        response = await self._run(functools.partial(job.request, job_id, "scale", method="get"))
-        scale: Json = self._json(response)
+        scale: Json = await self._run(
+            self._json, functools.partial(job.request, job_id, "scale", method="get")
+        )
         deployment = await self._run(job.get_deployment, job_id)
         evaluations = await self._run(job.get_evaluations, job_id)
         allocations = await self._run(job.get_allocations, job_id)
@@ -145,13 +146,13 @@ class PythonNomadApi:
         request = functools.partial(
             self._client.job.request, job_id, "scale", method="post", json=body
         )
-        response = await self._run(request)
-        answer: Json = self._json(response)
+        answer: Json = await self._run(self._json, request)
         return answer
 
     @staticmethod
-    def _json(response: Any) -> Any:
-        return response.json()
+    def _json(request: Callable[[], Any]) -> Any:
+        """Sends a raw python-nomad request and decodes its body (in the worker thread)."""
+        return request().json()
 
     @staticmethod
     async def _run(call: Callable[..., T], *args: Any) -> T:
