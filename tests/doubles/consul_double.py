@@ -11,10 +11,15 @@ the agent source (``agent/agent_endpoint.go``, ``agent/session_endpoint.go``,
   ``service:<id>`` / ``service:<id>:<n>``, initial status ``critical``, status kept
   on re-registration, ``?replace-existing-checks``), ``/deregister/:id``,
   ``/maintenance/:id`` (check ``_service_maintenance:<id>``), ``GET /v1/agent/service/:id``;
-  an unknown service ID answers 404 (``agent/acl.go`` ``vetServiceUpdateWithAuthorizer``);
+  deregistering an unknown service is a no-op (200), as the API docs say;
 * ``PUT /v1/agent/check/pass|warn|fail/:id`` and ``/update/:id`` (TTL checks only:
-  an unknown check ID is a 404, a check without TTL a 500), TTL expiry,
+  an unknown check, or one without TTL, is a 500), TTL expiry,
   ``DeregisterCriticalServiceAfter`` reaping;
+* with ``acl_vetting=True``: unknown service and check IDs on those writes answer
+  404 ``Unknown service ID ...`` / ``Unknown check ID ...`` instead, as the agent
+  source's ``vetServiceUpdateWithAuthorizer`` / ``vetCheckUpdateWithAuthorizer``
+  (``agent/acl.go``) read; the default follows the documented answers, and the
+  client code must take either;
 * ``GET /v1/health/service/:name`` with ``passing``, ``tag``, a subset of ``filter``;
 * sessions (``create`` with the ``LockDelay``/``Checks`` quirks, ``renew``,
   ``destroy``, ``info``; TTL and check invalidation) and KV (``acquire``,
@@ -215,8 +220,10 @@ class ConsulDouble:
         session_ttl_multiplier: float = 2.0,
         tick: float = 0.02,
         rng: random.Random | None = None,
+        acl_vetting: bool = False,
     ) -> None:
         self.node, self.node_address, self.datacenter = node, node_address, datacenter
+        self._acl_vetting = acl_vetting
         self._grpc_probes, self._min_interval = grpc_probes, min_check_interval
         self._reap_interval, self._deregister_min = reap_interval, deregister_min
         self._ttl_min, self._ttl_multiplier, self._tick = (
@@ -661,19 +668,22 @@ class ConsulDouble:
         )  # fmt: skip
 
     def _deregister(self, query: dict[str, str], body: bytes, gen: int, sid: str) -> Response:
-        self._known_service(sid)
-        self._remove_service(sid)
+        if self._acl_vetting:
+            self._known_service(sid)
+        self._remove_service(sid)  # "If the service does not exist, no action is taken."
         return _empty()
 
     def _known_service(self, sid: str) -> _Service:
-        """The service, or the agent's 404 (``vetServiceUpdateWithAuthorizer``)."""
+        """The service, or a 404 (``vetServiceUpdateWithAuthorizer``'s with ``acl_vetting``)."""
         svc = self._services.get(sid)
-        if svc is None:
+        if svc is None and self._acl_vetting:
             raise _HttpError(
                 404,
                 f'Unknown service ID "{sid}". '
                 "Ensure that the service ID is passed, not the service name.",
             )
+        if svc is None:
+            raise _HttpError(404, f'No service registered with ID "{sid}"')
         return svc
 
     def _maintenance(self, query: dict[str, str], body: bytes, gen: int, sid: str) -> Response:
@@ -723,13 +733,13 @@ class ConsulDouble:
 
     def _ttl_set(self, check_id: str, status: str, output: str) -> Response:
         chk = self._checks.get(check_id)
-        if chk is None:  # vetCheckUpdateWithAuthorizer
+        if chk is None and self._acl_vetting:  # vetCheckUpdateWithAuthorizer
             raise _HttpError(
                 404,
                 f'Unknown check ID "{check_id}". '
                 "Ensure that the check ID is passed, not the check name.",
             )
-        if not chk.ttl:
+        if chk is None or not chk.ttl:  # agent/agent.go updateTTLCheck
             raise _HttpError(500, f'CheckID "{check_id}" does not have associated TTL')
         chk.ttl_deadline = time.monotonic() + chk.ttl
         self._set_status(chk, status, output)
@@ -1027,21 +1037,18 @@ def _decode(body: bytes) -> Any:
 
 
 def _fixup_session_checks(args: Json) -> tuple[list[str], list[str]]:
-    """``Checks`` and ``NodeChecks`` of a new session, as ``agent/session_endpoint.go`` sets them.
+    """``Checks`` and ``NodeChecks`` of a new session, as the API reference documents them.
 
-    Both default to ``["serfHealth"]`` and the body overwrites either (a JSON
-    ``null`` or ``[]`` empties it); then ``fixupEmptySessionChecks``: an empty
-    ``Checks`` empties ``NodeChecks`` too, a ``Checks`` of just ``serfHealth``
-    is dropped, and an empty ``NodeChecks`` drops ``Checks``. So a body with
-    ``NodeChecks`` replaces the ``serfHealth`` default.
+    ``serfHealth`` is added unless the body has a ``Checks`` key (``"Checks": []``
+    removes it; the deprecated ``Checks`` are node checks); ``NodeChecks`` come on top,
+    so a body with an empty ``NodeChecks`` and no ``Checks`` key still gets
+    ``serfHealth``. (The stored ``fixupEmptySessionChecks`` source reads as if such a
+    body dropped ``serfHealth``; the double keeps the documented answer, and voxmesh's
+    lock sends neither field.)
     """
-    checks = [str(c) for c in args["checks"] or []] if "checks" in args else [_SERF]
-    node_checks = [str(c) for c in args["nodechecks"] or []] if "nodechecks" in args else [_SERF]
-    if not checks:
-        return [], []
-    if checks == [_SERF] or not node_checks:
-        return [], node_checks
-    return checks, node_checks
+    base = [str(c) for c in args["checks"] or []] if "checks" in args else [_SERF]
+    extra = [str(c) for c in args.get("nodechecks") or []]
+    return [], base + [c for c in extra if c not in base]
 
 
 def _validate_meta(meta: dict[str, str]) -> None:

@@ -464,10 +464,8 @@ def test_double_kv_put_answers_literal_true_and_value_is_base64(double: ConsulDo
 
 def test_double_errors_are_text_plain(double: ConsulDouble) -> None:
     status, headers, body = http(double, "PUT", "/v1/agent/check/pass/nope")
-    assert status == 404 and headers["Content-Type"].startswith("text/plain")
-    assert body == (
-        b'Unknown check ID "nope". Ensure that the check ID is passed, not the check name.'
-    )
+    assert status == 500 and headers["Content-Type"].startswith("text/plain")
+    assert body == b'CheckID "nope" does not have associated TTL'
     client = consul.Consul(host="127.0.0.1", port=double.port)
     client.agent.service.register(
         SERVICE, service_id="grpc", port=1, check={"GRPC": "127.0.0.1:1", "Interval": "1h"}
@@ -484,19 +482,36 @@ def test_double_errors_are_text_plain(double: ConsulDouble) -> None:
     assert (status, body) == (400, b"Invalid value for ?passing")
 
 
-async def test_unknown_service_ids_are_404_on_the_agent_and_no_error_for_the_api(
+async def test_unknown_service_ids_are_no_error_for_the_api_as_documented_or_as_vetted(
     double: ConsulDouble,
 ) -> None:
-    unknown = (
-        b'Unknown service ID "gone". Ensure that the service ID is passed, not the service name.'
-    )
-    assert http(double, "PUT", "/v1/agent/service/deregister/gone")[::2] == (404, unknown)
-    path = "/v1/agent/service/maintenance/gone?enable=true"
-    assert http(double, "PUT", path)[::2] == (404, unknown)
-
+    # Documented: deregistering an unknown service is a no-op (200).
+    assert http(double, "PUT", "/v1/agent/service/deregister/gone")[::2] == (200, b"")
     api = PyConsulApi.connect("127.0.0.1", double.port)
-    await api.deregister_service("gone")  # an agent that forgot it: nothing left to do
+    await api.deregister_service("gone")
     assert not await api.set_maintenance("gone", True, "draining")
+
+    # The agent source's ACL vetting answers 404 instead: the client takes that too.
+    vetting = ConsulDouble(acl_vetting=True)
+    vetting.start()
+    try:
+        unknown = (
+            b'Unknown service ID "gone". '
+            b"Ensure that the service ID is passed, not the service name."
+        )
+        assert http(vetting, "PUT", "/v1/agent/service/deregister/gone")[::2] == (404, unknown)
+        path = "/v1/agent/service/maintenance/gone?enable=true"
+        assert http(vetting, "PUT", path)[::2] == (404, unknown)
+        status, _, body = http(vetting, "PUT", "/v1/agent/check/pass/nope")
+        assert (status, body) == (
+            404,
+            b'Unknown check ID "nope". Ensure that the check ID is passed, not the check name.',
+        )
+        api = PyConsulApi.connect("127.0.0.1", vetting.port)
+        await api.deregister_service("gone")  # an agent that forgot it: nothing left to do
+        assert not await api.set_maintenance("gone", True, "draining")
+    finally:
+        vetting.stop()
 
 
 def test_double_unknown_service_is_empty_list_with_index(double: ConsulDouble) -> None:
@@ -522,7 +537,7 @@ def test_double_session_defaults_and_lock_delay_quirk(double: ConsulDouble) -> N
     assert status == 500 and body.startswith(b"Invalid Session TTL")
 
 
-def test_double_session_checks_follow_the_agents_fixup(double: ConsulDouble) -> None:
+def test_double_session_checks_follow_the_documented_defaults(double: ConsulDouble) -> None:
     client = consul.Consul(host="127.0.0.1", port=double.port)
     check = {"TTL": "1h", "Status": "passing"}
     client.agent.service.register(SERVICE, service_id="ttl", port=1, check=check)
@@ -534,12 +549,13 @@ def test_double_session_checks_follow_the_agents_fixup(double: ConsulDouble) -> 
         info: dict[str, object] = json.loads(http(double, "GET", f"/v1/session/info/{sid}")[2])[0]
         return info
 
-    only_service = create({"NodeChecks": ["service:ttl"]})
-    assert only_service["NodeChecks"] == ["service:ttl"], "NodeChecks replaces serfHealth"
-    assert "Checks" not in only_service
-    assert create({"NodeChecks": []})["NodeChecks"] == [], "no serfHealth either"
-    both = create({"Checks": ["service:ttl"]})
-    assert (both["NodeChecks"], both["Checks"]) == (["serfHealth"], ["service:ttl"])
+    both = create({"NodeChecks": ["service:ttl"]})
+    assert both["NodeChecks"] == ["serfHealth", "service:ttl"], "serfHealth unless Checks"
+    assert "Checks" not in both
+    assert create({"NodeChecks": []})["NodeChecks"] == ["serfHealth"], "an empty list keeps it"
+    only_service = create({"Checks": ["service:ttl"]})
+    assert only_service["NodeChecks"] == ["service:ttl"], "a Checks key replaces serfHealth"
+    assert create({"Checks": []})["NodeChecks"] == []
     assert create({"LockDelay": "90s"})["LockDelay"] == 90_000_000_000, "capped only when used"
 
     double.node_fail()
