@@ -69,3 +69,17 @@ def test_settings_precedence_and_errors() -> None:
         load(AsrSettings, prefix="VOXMESH_ASR", env={"VOXMESH_ASR_MAX_STREAMS": "0"})
     with pytest.raises(SettingsError, match="discovery='etcd'"):
         load(AsrSettings, prefix="VOXMESH_ASR", argv=["--discovery", "etcd"])
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::]"])
+def test_a_wildcard_host_needs_an_advertised_address_for_discovery(host: str) -> None:
+    with pytest.raises(SettingsError, match="advertise_host is required"):
+        load(AsrSettings, prefix="VOXMESH_ASR", argv=["--host", host, "--discovery", "consul"])
+    advertised = load(
+        AsrSettings,
+        prefix="VOXMESH_ASR",
+        argv=["--host", host, "--discovery", "consul", "--advertise-host", "10.0.0.7"],
+    )
+    assert advertised.advertise_host == "10.0.0.7"
+    alone = load(AsrSettings, prefix="VOXMESH_ASR", argv=["--host", host])
+    assert alone.discovery == "none"  # nothing published: no address needed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import uuid
 from dataclasses import dataclass
@@ -84,6 +85,12 @@ class AsrSettings:
             raise SettingsError(
                 f"setting discovery={self.discovery!r}: expected none, file or consul"
             )
+        if self.discovery != "none" and not self.advertise_host and _unspecified(self.host):
+            raise SettingsError(
+                f"setting advertise_host is required with host={self.host!r} and "
+                f"discovery={self.discovery}: discovery must publish an address others can "
+                "reach (Consul refuses an unspecified one)"
+            )
         if self.capacity_class not in ("on-demand", "preemptible"):
             raise SettingsError(
                 f"setting capacity_class={self.capacity_class!r}: expected on-demand or preemptible"
@@ -97,3 +104,11 @@ class AsrSettings:
     def resolved_instance_id(self) -> str:
         """The configured id, or a generated one."""
         return self.instance_id or f"{self.pool}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+def _unspecified(host: str) -> bool:
+    """True for a wildcard listen address (``0.0.0.0``, ``::``, empty)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return not host
