@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.conditions import wait_until_async
-from voxmesh.discovery.base import InstanceInfo
+from voxmesh.discovery.base import CAPACITY_PREEMPTIBLE, InstanceInfo
+from voxmesh.discovery.consul import service_definition
 from voxmesh.discovery.file import FileRegistrar, FileWatcher
 
 
@@ -82,11 +84,45 @@ async def test_register_writes_record_and_file_sd(
     assert file_sd == [
         {
             "targets": ["127.0.0.1:9100"],
-            "labels": {"pool": "asr_small", "model": "tiny.en", "instance_id": "asr-1"},
+            "labels": {
+                "service": "voxmesh-asr-small",
+                "pool": "asr_small",
+                "model": "tiny.en",
+                "instance_id": "asr-1",
+                "capacity_class": "on-demand",
+                "gpu_type": "H100",
+                "region": "local",
+            },
         }
     ]
     assert FileWatcher(tmp_path, "asr_small", clock=clock).scan() == [me]
     assert not hidden_files(tmp_path), "temp file left behind"
+
+
+async def test_file_sd_labels_are_the_consul_meta_prometheus_relabels(
+    tmp_path: Path, clock: Clock, registrars: list[FileRegistrar]
+) -> None:
+    """Both deployments label a target alike: file_sd here, Consul meta relabelled there."""
+    me = dataclasses.replace(
+        info(pool="asr_large"), capacity_class=CAPACITY_PREEMPTIBLE, region="eu-west-1"
+    )
+    await new_registrar(registrars, tmp_path, clock).register(me)
+
+    (target,) = json.loads((tmp_path / "file_sd" / "asr-1.json").read_text())
+    labels = target["labels"]
+    definition = service_definition(
+        me, check_interval="5s", check_timeout="2s", deregister_after="1m"
+    )
+    assert labels.pop("service") == definition.name == "voxmesh-asr-large"
+    assert labels == {key: definition.meta[key] for key in labels}
+    assert labels == {
+        "pool": "asr_large",
+        "model": "tiny.en",
+        "instance_id": "asr-1",
+        "capacity_class": "preemptible",
+        "gpu_type": "H100",
+        "region": "eu-west-1",
+    }
 
 
 async def test_no_file_sd_target_without_metrics_port(

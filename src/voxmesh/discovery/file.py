@@ -5,6 +5,11 @@ Layout of the registry directory::
     <dir>/<instance_id>.json          InstanceInfo fields + "heartbeat_unix"
     <dir>/file_sd/<instance_id>.json  Prometheus file_sd target for the metrics port
 
+The file_sd target carries the labels ``service`` (the Consul service name of the
+pool), ``pool``, ``model``, ``instance_id``, ``capacity_class``, ``gpu_type`` and
+``region``: the ones ``prometheus/prometheus.yml`` derives from the Consul service
+meta, so both deployments label the series alike (``prometheus/README.md``).
+
 :class:`FileRegistrar` writes its record atomically (a temporary file renamed
 over the old one) and rewrites it every ``heartbeat_interval`` with a fresh
 ``heartbeat_unix``; an instance that crashed stops refreshing and drops out
@@ -29,7 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from voxmesh.discovery.base import InstanceInfo
+from voxmesh.discovery.base import InstanceInfo, consul_service_name
 
 __all__ = ["FileRegistrar", "FileWatcher", "read_record", "record_of"]
 
@@ -123,7 +128,16 @@ class FileRegistrar:
         assert self._info is not None
         info = self._info
         record, target = self._paths(info)
-        labels = {"pool": info.pool, "model": info.model, "instance_id": info.instance_id}
+        # The same target labels as prometheus/prometheus.yml relabels from Consul meta.
+        labels = {
+            "service": consul_service_name(info.pool),
+            "pool": info.pool,
+            "model": info.model,
+            "instance_id": info.instance_id,
+            "capacity_class": info.capacity_class,
+            "gpu_type": info.gpu_type,
+            "region": info.region,
+        }
         file_sd = [{"targets": [f"{info.address}:{info.metrics_port}"], "labels": labels}]
         # Written on the loop on purpose: a few hundred bytes to a local file, and a
         # write finished in a thread after deregister() would resurrect the record.
