@@ -43,6 +43,11 @@ class Candidate(Protocol):
         """False while draining, NOT_SERVING, unreachable or gone from discovery."""
         ...
 
+    def last_resort(self) -> bool:
+        """True while it does not accept but, draining, may still take a stream sent as a
+        last resort (reachable, and its drain has long enough left)."""
+        ...
+
     def has_room(self) -> bool:
         """True when it can take one more stream now."""
         ...
@@ -83,8 +88,12 @@ class PowerOfTwoBalancer:
        Sampling two instead of scanning all keeps herds from piling onto the
        instance that looked least loaded in a stale snapshot, and is within a
        constant of the optimum (Mitzenmacher, "The Power of Two Choices").
-    5. No candidate with room anywhere: return None; the caller queues the
-       stream (see :mod:`.admission`).
+    5. No accepting candidate with room anywhere: the same over the draining
+       candidates that may take a last-resort stream (:meth:`Candidate.last_resort`:
+       reachable, drain long enough left, room). A stream served there now beats one
+       waiting in the queue; if it outlives the drain, the router fails it over.
+    6. None of those either: return None; the caller queues the stream (see
+       :mod:`.admission`).
     """
 
     def __init__(self, preference: Preference, rng: random.Random) -> None:
@@ -110,10 +119,18 @@ class PowerOfTwoBalancer:
         exclude: Collection[str] = (),
     ) -> C | None:
         """The instance for a new stream, or None when none has room."""
+        usable = [c for c in candidates if c.instance_id not in exclude and c.has_room()]
+        chosen = self._pick([c for c in usable if c.accepting()], realtime)
+        if chosen is None:
+            chosen = self._pick(
+                [c for c in usable if not c.accepting() and c.last_resort()], realtime
+            )
+        return chosen
+
+    def _pick(self, candidates: Sequence[C], realtime: bool) -> C | None:
+        """Power of two choices in the best preference tier of ``candidates``."""
         tiers: dict[tuple[int, int, int], list[C]] = {}
         for cand in candidates:
-            if cand.instance_id in exclude or not cand.accepting() or not cand.has_room():
-                continue
             tiers.setdefault(self.tier(cand, realtime), []).append(cand)
         if not tiers:
             return None

@@ -31,14 +31,10 @@ from dataclasses import dataclass
 
 from google.protobuf import duration_pb2
 
+from voxmesh.rpc.metadata import OFFSET_KEY, SKIP_KEY
 from voxmesh.stt.v1 import stt_pb2
 
-__all__ = ["OFFSET_KEY", "SKIP_KEY", "ReplayLog", "ResultTracker"]
-
-OFFSET_KEY = "voxmesh-offset-ms"
-"""Request metadata: the first audio byte of this stream is at stream time N ms."""
-SKIP_KEY = "voxmesh-skip-ms"
-"""Request metadata: decode from the start but discard the first N ms of audio."""
+__all__ = ["ReplayLog", "ResultTracker"]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ the live load the balancer uses.
 An instance takes new streams only while it is listed by discovery, its
 telemetry stream is up (or was never tried), its health is SERVING and its
 telemetry state is SERVING. One that leaves discovery keeps its channel until
-the router's last stream on it ends.
+the router's last stream on it ends; one that leaves it because it drains
+(health NOT_SERVING or telemetry DRAINING) is also followed until it goes away,
+since while its drain has ``last_resort_min_drain_s`` left it may take a stream
+the balancer sends as a last resort (see :meth:`Member.last_resort`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.router.metrics import RouterMetrics
 from voxmesh.discovery import InstanceInfo, Watcher
+from voxmesh.rpc.metadata import LAST_RESORT_KEY
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 __all__ = ["Member", "Membership", "PoolStats"]
@@ -51,6 +55,7 @@ class Member:
         channel: grpc.aio.Channel,
         on_change: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        last_resort_min_drain_s: float = 30.0,
     ) -> None:
         self.info = info
         self.channel = channel
@@ -70,6 +75,7 @@ class Member:
         self._full = False
         self._on_change = on_change
         self._clock = clock
+        self._last_resort_min_drain_s = last_resort_min_drain_s
 
     @property
     def instance_id(self) -> str:
@@ -116,6 +122,29 @@ class Member:
         if not (self.listed and self.reachable and self.health_serving) or self.info.draining:
             return False
         return self.snapshot is None or self.snapshot.state == stt_pb2.SERVING_STATE_SERVING
+
+    def draining(self) -> bool:
+        """True once the instance drains: health NOT_SERVING or telemetry DRAINING."""
+        if self.snapshot is not None and self.snapshot.state == stt_pb2.SERVING_STATE_DRAINING:
+            return True
+        return not self.health_serving or self.info.draining
+
+    def last_resort(self) -> bool:
+        """True while, draining, it may still take a stream sent as a last resort:
+        reachable, and its telemetry says its drain has at least
+        ``last_resort_min_drain_s`` left (counted down since that snapshot)."""
+        snap = self.snapshot
+        if not self.reachable or snap is None or snap.state != stt_pb2.SERVING_STATE_DRAINING:
+            return False
+        if not snap.HasField("drain_remaining"):
+            return False
+        left = snap.drain_remaining.ToMilliseconds() / 1000 - (self._clock() - self._snapshot_at)
+        return left >= self._last_resort_min_drain_s
+
+    def open_metadata(self) -> tuple[tuple[str, str], ...]:
+        """What a stream opened here now carries: the last-resort mark when the instance
+        no longer accepts (the balancer chose it as a last resort)."""
+        return () if self.accepting() else ((LAST_RESORT_KEY, "1"),)
 
     def has_room(self) -> bool:
         """True when the instance can take one more stream."""
@@ -179,8 +208,10 @@ class Membership:
         telemetry_interval_s: float,
         on_change: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
+        last_resort_min_drain_s: float = 30.0,
     ) -> None:
         self._pools = list(pools)
+        self._last_resort_min_drain_s = last_resort_min_drain_s
         self._watcher_for = watcher_for
         self._metrics = metrics
         self._interval = duration_pb2.Duration()
@@ -189,6 +220,10 @@ class Membership:
         self._clock = clock
         self._members: dict[str, dict[str, Member]] = {p: {} for p in self._pools}
         self._retired: set[Member] = set()
+        self._grace: set[Member] = set()
+        # How long a member that left discovery is still followed to see whether it
+        # drains: its health or telemetry may say so just after discovery does.
+        self._grace_s = max(0.5, 3 * telemetry_interval_s)
         self._followers: dict[Member, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -199,8 +234,11 @@ class Membership:
             self._spawn(self._watch_pool(pool), f"discovery-{pool}")
 
     def candidates(self, pool: str) -> list[Member]:
-        """The listed instances of ``pool`` (accepting or not)."""
-        return list(self._members[pool].values())
+        """The listed instances of ``pool`` (accepting or not), and those discovery
+        dropped while they drain that may take a last-resort stream."""
+        listed = list(self._members[pool].values())
+        draining = [m for m in self._retired if m.info.pool == pool and m.last_resort()]
+        return listed + sorted(draining, key=lambda m: m.instance_id)
 
     def instances(self) -> list[Member]:
         """Every instance known, sorted by pool then id: listed, or gone but still in use.
@@ -241,6 +279,7 @@ class Membership:
         members = [m for ms in self._members.values() for m in ms.values()] + list(self._retired)
         self._members = {p: {} for p in self._pools}
         self._retired.clear()
+        self._grace.clear()
         await asyncio.gather(*(m.channel.close() for m in members), return_exceptions=True)
 
     def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
@@ -282,18 +321,37 @@ class Membership:
 
     def _add(self, info: InstanceInfo) -> Member:
         channel = grpc.aio.insecure_channel(info.target, options=_CHANNEL_OPTIONS)
-        member = Member(info, channel, lambda: self._changed(member), self._clock)
+        member = Member(
+            info, channel, lambda: self._changed(member), self._clock, self._last_resort_min_drain_s
+        )
         self._followers[member] = self._spawn(self._follow(member), f"follow-{info.instance_id}")
         return member
 
     def _retire(self, member: Member) -> None:
         logger.info("pool %s: instance %s left discovery", member.info.pool, member.instance_id)
         member.listed = False
+        self._retired.add(member)
+        if not member.draining():
+            self._grace.add(member)
+            self._spawn(self._end_grace(member), f"grace-{member.instance_id}")
+        self._close_if_idle(member)
+
+    async def _end_grace(self, member: Member) -> None:
+        try:
+            await asyncio.sleep(self._grace_s)
+        finally:
+            self._grace.discard(member)
+        self._close_if_idle(member)
+
+    def _still_followed(self, member: Member) -> bool:
+        """A member out of discovery is still followed while it is reachable and drains
+        (it may take last-resort streams until it goes away), or has just left."""
+        return member.reachable and (member.draining() or member in self._grace)
+
+    def _stop_following(self, member: Member) -> None:
         follower = self._followers.pop(member, None)
         if follower is not None:
             follower.cancel()
-        self._retired.add(member)
-        self._close_if_idle(member)
 
     def _changed(self, member: Member) -> None:
         if not member.listed:
@@ -303,9 +361,13 @@ class Membership:
             self._on_change(member.info.pool)
 
     def _close_if_idle(self, member: Member) -> None:
-        if member.inflight == 0 and member in self._retired and not self._closed:
-            self._retired.discard(member)
-            self._spawn(member.channel.close(), f"close-{member.instance_id}")
+        if member.inflight or member not in self._retired or self._closed:
+            return
+        if self._still_followed(member):
+            return
+        self._retired.discard(member)
+        self._stop_following(member)
+        self._spawn(member.channel.close(), f"close-{member.instance_id}")
 
     def _refresh(self, pool: str) -> None:
         stats = self.stats(pool)

@@ -68,6 +68,12 @@ class RouterMetrics:
             ["pool"],
             registry=registry,
         )
+        self.last_resort = Counter(
+            "voxmesh_router_last_resort_total",
+            "Streams sent to a draining instance because no accepting one had room.",
+            ["pool"],
+            registry=registry,
+        )
         self.failovers = Counter(
             "voxmesh_router_failovers_total",
             "Streams moved to another instance after a failure.",

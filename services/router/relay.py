@@ -245,7 +245,10 @@ class StreamRelay:
         if not self._log.restart():
             raise Unavailable("the stream cannot be replayed: it outgrew the replay buffer")
         self._tracker.begin_attempt(resumed)
-        metadata = self._log.resume_metadata()
+        last_resort = member.open_metadata()
+        metadata = self._log.resume_metadata() + last_resort
+        if last_resort:
+            self._metrics.last_resort.labels(self._route.pool).inc()
         remaining = self._context.time_remaining()
         call: Any = member.recognizer.StreamingRecognize(
             metadata=metadata or None, timeout=remaining

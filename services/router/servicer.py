@@ -178,9 +178,12 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
             member = await self._admission.admit(
                 pool, realtime, exclude=exclude, resumed=failovers > 0
             )
+            last_resort = member.open_metadata()
+            if last_resort:
+                self._metrics.last_resort.labels(pool).inc()
             try:
                 response: stt_pb2.RecognizeResponse = await member.recognizer.Recognize(
-                    forwarded, timeout=context.time_remaining()
+                    forwarded, timeout=context.time_remaining(), metadata=last_resort or None
                 )
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:

@@ -95,6 +95,12 @@ class RouterSettings:
     """Interval asked of each instance's telemetry stream (and of the router's own default)."""
     drain_timeout_s: float = setting(30.0, "time active streams get to finish on SIGTERM")
     """On SIGTERM, how long active streams may run before they are cancelled."""
+    last_resort_min_drain_s: float = setting(
+        30.0, "drain time an instance must have left to get a last-resort stream"
+    )
+    """When no accepting instance of a pool has room, a new stream goes to a draining
+    instance whose telemetry says at least this much of its drain is left (the instance
+    applies its own limit too) instead of waiting in the queue."""
     log_level: str = setting("INFO", "log level")
     """Log level of the entry point."""
 
@@ -147,6 +153,7 @@ class RouterSettings:
             "max_failovers": self.max_failovers,
             "queue_retry_after_s": self.queue_retry_after_s,
             "drain_timeout_s": self.drain_timeout_s,
+            "last_resort_min_drain_s": self.last_resort_min_drain_s,
         }
         for name, value in non_negative.items():
             if value < 0:

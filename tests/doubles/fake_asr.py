@@ -13,11 +13,14 @@ count as 16 kHz 16-bit samples (32 bytes per ms).
 
 Failover metadata is honoured as by the real instances: ``voxmesh-offset-ms``
 (the first byte is at that stream time) and ``voxmesh-skip-ms`` (discard
-that much audio first, offsets from the stream start).
+that much audio first, offsets from the stream start); so is
+``voxmesh-last-resort: 1`` (taken while draining if the drain has
+``last_resort_min_drain_s`` left, reported as ``drain_remaining``).
 
 Controls for tests: :meth:`FakeAsr.set_capacity`, :meth:`FakeAsr.fail_streams`
 (every active stream fails with the given status at its next chunk),
-:meth:`FakeAsr.begin_drain` (NOT_SERVING + DRAINING, active streams go on),
+:meth:`FakeAsr.begin_drain` (NOT_SERVING + DRAINING, active streams go on; with a
+timeout, last-resort streams are taken while enough of it is left),
 :meth:`FakeAsr.drain` (the same, then stops once they finished),
 :meth:`FakeAsr.stop` (like a crash when ``grace`` is 0). As a process::
 
@@ -46,13 +49,12 @@ from voxmesh import errors
 from voxmesh.asr.config import audio_chunk, check_model, validate_streaming_config
 from voxmesh.discovery import CAPACITY_ON_DEMAND, InstanceInfo
 from voxmesh.rpc import status
+from voxmesh.rpc.metadata import LAST_RESORT_KEY, OFFSET_KEY, SKIP_KEY, value_of
 from voxmesh.rpc.server import ServerOptions, ServiceServer, wait_for_signal
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 __all__ = ["FakeAsr", "FakeAsrOptions", "expected_finals", "serve_main"]
 
-OFFSET_KEY = "voxmesh-offset-ms"
-SKIP_KEY = "voxmesh-skip-ms"
 CONTAINER_RATE = 16000
 """Container bytes count as 16-bit samples at this rate (the fake decodes nothing)."""
 
@@ -83,6 +85,8 @@ class FakeAsrOptions:
     """GPU type reported."""
     retry_after_s: float = 0.5
     """Retry hint of its RESOURCE_EXHAUSTED answers."""
+    last_resort_min_drain_s: float = 30.0
+    """Drain time that must be left to take a last-resort stream while draining."""
     host: str = "127.0.0.1"
     """Interface to bind."""
     port: int = 0
@@ -124,10 +128,7 @@ def _duration(ms: float) -> duration_pb2.Duration:
 
 
 def _metadata_int(context: grpc.aio.ServicerContext[Any, Any], key: str) -> int:
-    for k, v in context.invocation_metadata() or ():
-        if k == key:
-            return int(v)
-    return 0
+    return int(value_of(context.invocation_metadata(), key) or 0)
 
 
 class _Stream:
@@ -233,6 +234,9 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
         """(offset ms, skip ms) of every stream that arrived with failover metadata."""
         self._fault: grpc.StatusCode | None = None
         self._draining = False
+        self._drain_ends: float | None = None
+        self.last_resort_streams = 0
+        """Streams taken while draining, sent as a last resort."""
         self._idle = asyncio.Event()
         self._idle.set()
         self._started = time.monotonic()
@@ -272,14 +276,22 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
         else:
             await self._server.set_not_serving()
 
-    async def begin_drain(self) -> None:
-        """NOT_SERVING and DRAINING: new streams get UNAVAILABLE, active ones go on."""
+    async def begin_drain(self, timeout: float | None = None) -> None:
+        """NOT_SERVING and DRAINING: new streams get UNAVAILABLE (but last-resort ones
+        while ``timeout`` leaves enough), active ones go on."""
         self._draining = True
+        self._drain_ends = None if timeout is None else time.monotonic() + timeout
         await self._server.set_not_serving()
+
+    def drain_remaining(self) -> float | None:
+        """Seconds left of a drain begun with a timeout; None otherwise."""
+        if self._drain_ends is None:
+            return None
+        return max(0.0, self._drain_ends - time.monotonic())
 
     async def drain(self, limit_s: float = 30.0) -> None:
         """:meth:`begin_drain`, then waits for the active streams and stops."""
-        await self.begin_drain()
+        await self.begin_drain(limit_s)
         try:
             async with asyncio.timeout(limit_s):
                 await self._idle.wait()
@@ -298,8 +310,14 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
     ) -> AsyncIterator[stt_pb2.StreamingRecognizeResponse]:
         """The fake recognition (see the module docstring)."""
         try:
-            if self._draining:
-                raise errors.Draining("the instance is draining; retry on another instance")
+            last_resort = self._draining
+            if last_resort:
+                remaining = self.drain_remaining()
+                asked = value_of(context.invocation_metadata(), LAST_RESORT_KEY) == "1"
+                if not asked or remaining is None:
+                    raise errors.Draining("the instance is draining; retry on another instance")
+                if remaining < self.options.last_resort_min_drain_s:
+                    raise errors.Draining("the instance's drain ends too soon for a new stream")
             if self.active >= self.options.max_streams:
                 raise errors.ResourceExhausted(
                     f"instance is at capacity ({self.options.max_streams} streams)",
@@ -307,6 +325,7 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
                 )
             self.active += 1
             self.streams_total += 1
+            self.last_resort_streams += last_resort
             self._idle.clear()
             try:
                 async for response in self._serve(request_iterator, context):
@@ -428,6 +447,9 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
         snap.host.cpu_count = os.cpu_count() or 1
         snap.time.GetCurrentTime()
         snap.uptime.FromNanoseconds(int((time.monotonic() - self._started) * 1e9))
+        remaining = self.drain_remaining()
+        if self._draining and remaining is not None:
+            snap.drain_remaining.FromMilliseconds(round(remaining * 1000))
         return snap
 
 

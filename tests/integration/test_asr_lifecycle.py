@@ -19,6 +19,8 @@ from tests.doubles.consul_double import ConsulDouble
 from tests.speech import eval_recordings, silence_pcm, wer
 from tests.streaming import run_stream
 from voxmesh.mesh.process import ServiceProcess
+from voxmesh.rpc.metadata import LAST_RESORT_KEY
+from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 pytestmark = pytest.mark.model
 
@@ -76,6 +78,8 @@ async def test_sigterm_drains_active_streams_then_deregisters(tmp_path: Path) ->
             "2",
             "--drain-timeout",
             "30",
+            "--last-resort-min-drain",
+            "10",
         ],
         log_path=tmp_path / "asr.log",
     )
@@ -95,8 +99,22 @@ async def test_sigterm_drains_active_streams_then_deregisters(tmp_path: Path) ->
             proc.signal_drain()
             await wait_until_async(lambda: json.loads(record.read_text())["draining"], timeout=10)
             late = await run_stream(channel, silence_pcm(0.5))
+            # The router's last resort: taken while 10 s of the 30 s drain are left.
+            last_resort = await run_stream(
+                channel, silence_pcm(0.5), metadata=[(LAST_RESORT_KEY, "1")]
+            )
+            telemetry = stt_pb2_grpc.TelemetryServiceStub(channel).WatchTelemetry(
+                stt_pb2.WatchTelemetryRequest()
+            )
+            first = await telemetry.read()
+            assert isinstance(first, stt_pb2.WatchTelemetryResponse)
+            snapshot = first.snapshot
+            telemetry.cancel()
             results = await asyncio.gather(*streams)
         assert late.error is not None and late.error.code() == grpc.StatusCode.UNAVAILABLE
+        assert last_resort.error is None and last_resort.summary is not None
+        assert snapshot.state == stt_pb2.SERVING_STATE_DRAINING
+        assert 10 < snapshot.drain_remaining.ToMilliseconds() / 1000 <= 30
         for run in results:
             assert run.error is None, run.error
             assert run.summary is not None

@@ -32,6 +32,9 @@ class Slot:
     def accepting(self) -> bool:
         return True
 
+    def last_resort(self) -> bool:
+        return False
+
     def has_room(self) -> bool:
         return self.active < self.capacity
 

@@ -21,9 +21,13 @@ class Inst:
     gpu_type: str = "L4"
     capacity_class: str = CAPACITY_ON_DEMAND
     serving: bool = True
+    draining_time_left: bool = False
 
     def accepting(self) -> bool:
         return self.serving
+
+    def last_resort(self) -> bool:
+        return not self.serving and self.draining_time_left
 
     def has_room(self) -> bool:
         return self.active < self.max_streams
@@ -115,3 +119,26 @@ def test_region_outranks_capacity_class() -> None:
     local_pre = Inst("local", region="eu", capacity_class=CAPACITY_PREEMPTIBLE)
     remote_od = Inst("remote", region="us", capacity_class=CAPACITY_ON_DEMAND)
     assert picks(b, [local_pre, remote_od], realtime=True) == Counter({"local": 300})
+
+
+def test_a_draining_instance_is_only_a_last_resort() -> None:
+    draining = Inst("draining", serving=False, draining_time_left=True)
+    cands = [Inst("full", active=4), draining]
+    assert picks(balancer(), cands, n=20) == Counter({"draining": 20})
+    cands = [Inst("room", active=3), draining]
+    assert picks(balancer(), cands, n=20) == Counter({"room": 20}), "accepting ones first"
+
+
+def test_a_last_resort_needs_drain_time_left_room_and_no_exclusion() -> None:
+    b = balancer()
+    full = Inst("full", active=4)
+    assert b.choose([full, Inst("ending", serving=False)], True) is None, "drain ending"
+    spent = Inst("spent", serving=False, draining_time_left=True, active=4)
+    assert b.choose([full, spent], True) is None, "no room"
+    failed = Inst("failed", serving=False, draining_time_left=True)
+    assert b.choose([full, failed], True, exclude={"failed"}) is None
+    least = [
+        Inst("a", 3, serving=False, draining_time_left=True),
+        Inst("b", 1, serving=False, draining_time_left=True),
+    ]
+    assert picks(b, [full, *least], n=20) == Counter({"b": 20}), "the less loaded of two"

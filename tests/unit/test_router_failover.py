@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from services.router.failover import OFFSET_KEY, SKIP_KEY, ReplayLog, ResultTracker
+from services.router.failover import ReplayLog, ResultTracker
+from voxmesh.rpc.metadata import OFFSET_KEY, SKIP_KEY
 from voxmesh.stt.v1 import stt_pb2
 
 

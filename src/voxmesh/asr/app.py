@@ -128,6 +128,7 @@ async def serve(
         retry_after=settings.retry_after,
         metrics=metrics,
         gpu=gpu,
+        last_resort_min_drain=settings.last_resort_min_drain,
     )
     server = ServiceServer(
         ServerOptions(
@@ -192,7 +193,7 @@ async def serve(
         else:
             await stop.wait()
     finally:
-        instance.begin_drain()
+        instance.begin_drain(settings.drain_timeout)
         await server.set_not_serving()
         await registrar.set_draining()
         drained = await instance.wait_idle(settings.drain_timeout)

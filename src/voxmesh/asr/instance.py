@@ -6,7 +6,11 @@ Lifecycle (one per process)::
 
 Admission: at most ``max_streams`` streams at once; above it, and while
 draining, a new stream is refused at once (RESOURCE_EXHAUSTED with a retry
-hint, or UNAVAILABLE) so the router can place it elsewhere.
+hint, or UNAVAILABLE) so the router can place it elsewhere. One exception: a
+stream the router sends as a last resort (no accepting instance had room) is
+taken while draining if a slot is free and at least ``last_resort_min_drain``
+seconds of the drain are left; the streams still running when the drain ends
+are failed over by the router.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class AsrInstance:
         retry_after: float,
         metrics: AsrMetrics,
         gpu: GpuSampler | None = None,
+        last_resort_min_drain: float = 30.0,
     ) -> None:
         self.identity = identity
         self.decoder = decoder
@@ -64,6 +69,8 @@ class AsrInstance:
         self.max_streams = max_streams
         self.retry_after = retry_after
         self.metrics = metrics
+        self.last_resort_min_drain = last_resort_min_drain
+        self._drain_ends: float | None = None
         self.scheduler = DecodeScheduler(decoder, scheduler_options, on_batch=metrics.on_batch)
         self.state = stt_pb2.SERVING_STATE_STARTING
         self.active = 0
@@ -80,16 +87,27 @@ class AsrInstance:
         self.scheduler.start()
         self.state = stt_pb2.SERVING_STATE_SERVING
 
-    def begin_drain(self) -> None:
-        """No new streams from now on."""
+    def begin_drain(self, timeout: float | None = None) -> None:
+        """No new streams from now on (but last-resort ones); the active streams have
+        ``timeout`` seconds to finish (None: unbounded, so no last-resort streams)."""
         self.state = stt_pb2.SERVING_STATE_DRAINING
+        self._drain_ends = None if timeout is None else time.monotonic() + timeout
+
+    def drain_remaining(self) -> float | None:
+        """Seconds left of the drain; None when not draining or unbounded."""
+        if self.state != stt_pb2.SERVING_STATE_DRAINING or self._drain_ends is None:
+            return None
+        return max(0.0, self._drain_ends - time.monotonic())
 
     @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
-        """Holds one stream slot; raises when none is free or while draining."""
+    def admit(self, *, last_resort: bool = False) -> Iterator[None]:
+        """Holds one stream slot; raises when none is free or while draining (unless
+        ``last_resort`` and the drain has at least ``last_resort_min_drain`` s left)."""
         if self.state == stt_pb2.SERVING_STATE_DRAINING:
-            raise Draining(f"instance {self.identity.instance_id} is draining: retry elsewhere")
-        if self.state != stt_pb2.SERVING_STATE_SERVING:
+            remaining = self.drain_remaining()
+            if not last_resort or remaining is None or remaining < self.last_resort_min_drain:
+                raise Draining(f"instance {self.identity.instance_id} is draining: retry elsewhere")
+        elif self.state != stt_pb2.SERVING_STATE_SERVING:
             raise Draining(f"instance {self.identity.instance_id} is still starting")
         if self.active >= self.max_streams:
             raise ResourceExhausted(
@@ -165,6 +183,9 @@ class AsrInstance:
             time=now,
             uptime=duration(time.monotonic() - self._started),
         )
+        remaining = self.drain_remaining()
+        if remaining is not None:
+            snap.drain_remaining.CopyFrom(duration(remaining))
         for g in self._gpu.read():
             snap.gpus.add(
                 index=g.index,

@@ -37,31 +37,35 @@ from voxmesh.asr.config import (
 from voxmesh.asr.instance import AsrInstance
 from voxmesh.asr.results import duration, final_result, to_response
 from voxmesh.asr.session import Final, StreamParams, StreamSession
+from voxmesh.rpc.metadata import LAST_RESORT_KEY, OFFSET_KEY, SKIP_KEY, value_of
 from voxmesh.rpc.status import abort, code_of
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
-__all__ = ["OFFSET_KEY", "SKIP_KEY", "RecognizerServicer", "TelemetryServicer"]
+__all__ = ["RecognizerServicer", "TelemetryServicer"]
 
 logger = logging.getLogger(__name__)
 
-OFFSET_KEY = "voxmesh-offset-ms"
-SKIP_KEY = "voxmesh-skip-ms"
 _END = object()
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _metadata_ms(context: Context, key: str) -> float:
-    for k, v in context.invocation_metadata() or ():
-        if k == key:
-            try:
-                value = int(v if isinstance(v, str) else v.decode())
-            except ValueError:
-                raise errors.InvalidArgument(f"metadata {key}={v!r} is not an integer") from None
-            if value < 0:
-                raise errors.InvalidArgument(f"metadata {key}={value} is negative")
-            return value / 1000.0
-    return 0.0
+    text = value_of(context.invocation_metadata(), key)
+    if text is None:
+        return 0.0
+    try:
+        value = int(text)
+    except ValueError:
+        raise errors.InvalidArgument(f"metadata {key}={text!r} is not an integer") from None
+    if value < 0:
+        raise errors.InvalidArgument(f"metadata {key}={value} is negative")
+    return value / 1000.0
+
+
+def _last_resort(context: Context) -> bool:
+    """The router sends this stream to a draining instance as a last resort."""
+    return value_of(context.invocation_metadata(), LAST_RESORT_KEY) == "1"
 
 
 class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
@@ -118,7 +122,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         context: Context,
     ) -> AsyncIterator[stt_pb2.StreamingRecognizeResponse]:
         try:
-            with self._instance.admit():
+            with self._instance.admit(last_resort=_last_resort(context)):
                 async for response in self._stream(request_iterator, context):
                     yield response
         except errors.VoxmeshError as err:
@@ -224,7 +228,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         self, request: stt_pb2.RecognizeRequest, context: Context
     ) -> stt_pb2.RecognizeResponse:
         try:
-            with self._instance.admit():
+            with self._instance.admit(last_resort=_last_resort(context)):
                 return await self._recognize(request)
         except errors.VoxmeshError as err:
             self._failed(err)

@@ -59,6 +59,11 @@ class AsrSettings:
     max_unary_seconds: float = setting(600.0, "longest Recognize request audio (s)")
     retry_after: float = setting(2.0, "retry hint (s) sent with RESOURCE_EXHAUSTED")
     drain_timeout: float = setting(30.0, "seconds active streams get to finish on SIGTERM")
+    last_resort_min_drain: float = setting(
+        30.0,
+        "while draining, a stream the router sends as a last resort (no accepting instance "
+        "had room) is still taken while at least this many seconds of the drain are left",
+    )
     discovery: str = setting("none", "none, file or consul")
     registry_dir: str = setting(".run/registry", "file discovery directory")
     consul_addr: str = setting("http://127.0.0.1:8500", "Consul agent HTTP address")

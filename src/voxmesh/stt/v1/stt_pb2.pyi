@@ -161,7 +161,9 @@ class _ServingStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServingS
     SERVING_STATE_SERVING: _ServingState.ValueType  # 2
     """Accepting new streams."""
     SERVING_STATE_DRAINING: _ServingState.ValueType  # 3
-    """Finishing its active streams; takes no new ones."""
+    """Finishing its active streams; takes no new ones, except the router's
+    last-resort streams while `drain_remaining` allows (see there).
+    """
 
 class ServingState(_ServingState, metaclass=_ServingStateEnumTypeWrapper):
     """The lifecycle state of an instance."""
@@ -175,7 +177,9 @@ SERVING_STATE_STARTING: ServingState.ValueType  # 1
 SERVING_STATE_SERVING: ServingState.ValueType  # 2
 """Accepting new streams."""
 SERVING_STATE_DRAINING: ServingState.ValueType  # 3
-"""Finishing its active streams; takes no new ones."""
+"""Finishing its active streams; takes no new ones, except the router's
+last-resort streams while `drain_remaining` allows (see there).
+"""
 Global___ServingState: _TypeAlias = ServingState  # noqa: Y015
 
 @_typing.final
@@ -691,6 +695,7 @@ class TelemetrySnapshot(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     UPTIME_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
+    DRAIN_REMAINING_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """Unique id of the instance (also its discovery id)."""
     role: Global___Role.ValueType
@@ -754,6 +759,16 @@ class TelemetrySnapshot(_message.Message):
         dropped that still carry streams of the router.
         """
 
+    @_builtins.property
+    def drain_remaining(self) -> _duration_pb2.Duration:
+        """While DRAINING: how long the instance still serves its streams before it
+        stops (what is left of its drain timeout). A router sends a draining
+        instance new streams only as a last resort, when no accepting instance of
+        the pool has room and this is long enough, marking them with the request
+        metadata `voxmesh-last-resort: 1`; streams still running when the drain
+        ends are failed over. Unset when not draining.
+        """
+
     def __init__(
         self,
         *,
@@ -778,10 +793,11 @@ class TelemetrySnapshot(_message.Message):
         time: _timestamp_pb2.Timestamp | None = ...,
         uptime: _duration_pb2.Duration | None = ...,
         instances: _abc.Iterable[Global___InstanceLoad] | None = ...,
+        drain_remaining: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "time", b"time", "uptime", b"uptime"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain_remaining", b"drain_remaining", "host", b"host", "time", b"time", "uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_streams", b"active_streams", "audio_seconds_total", b"audio_seconds_total", "capacity_class", b"capacity_class", "gpu_available", b"gpu_available", "gpu_type", b"gpu_type", "gpu_unavailable_reason", b"gpu_unavailable_reason", "gpus", b"gpus", "host", b"host", "instance_id", b"instance_id", "instances", b"instances", "max_streams", b"max_streams", "model", b"model", "pending_work", b"pending_work", "pool", b"pool", "queues", b"queues", "real_time_factor", b"real_time_factor", "region", b"region", "role", b"role", "state", b"state", "time", b"time", "uptime", b"uptime"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_streams", b"active_streams", "audio_seconds_total", b"audio_seconds_total", "capacity_class", b"capacity_class", "drain_remaining", b"drain_remaining", "gpu_available", b"gpu_available", "gpu_type", b"gpu_type", "gpu_unavailable_reason", b"gpu_unavailable_reason", "gpus", b"gpus", "host", b"host", "instance_id", b"instance_id", "instances", b"instances", "max_streams", b"max_streams", "model", b"model", "pending_work", b"pending_work", "pool", b"pool", "queues", b"queues", "real_time_factor", b"real_time_factor", "region", b"region", "role", b"role", "state", b"state", "time", b"time", "uptime", b"uptime"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
