@@ -35,7 +35,7 @@ from bench.sim.workload import Workload
 __all__ = ["OD", "PE", "Mesh", "MeshParams"]
 
 OD, PE = 0, 1
-_DEPART, _READY, _KILL = 0, 1, 2
+_DEPART, _READY, _KILL, _OVERFLOW_END = 0, 1, 2, 3
 
 
 class State(enum.Enum):
@@ -62,9 +62,12 @@ class MeshParams:
     preemption_notice_s: float = 120.0
     """Warning between a reclaim notice and the instance vanishing (AWS: 2 min, the cloud
     SkyPilot's V100 traces come from; GCP and Azure: 30 s)."""
-    overflow_to_reclaiming: bool = False
-    """Whether the router may still place a *new* stream on an instance under a preemption
-    notice when no other slot is free (False: such instances drain, as the router does)."""
+    overflow_window_s: float = 0.0
+    """How long after a preemption notice an instance still takes a *new* stream when no
+    other slot is free: the router's last resort (``services/router/balancer.py``) uses a
+    draining instance while at least ``last_resort_min_drain_s`` (30 s) of its drain is
+    left, and the preemptible jobs drain for 100 s, so 70 s. 0: such instances only
+    drain (the router before the last resort)."""
     on_demand_price: float = 1.0
     """Price of an on-demand GPU-hour, in units."""
     preemptible_price: float = 0.35
@@ -81,7 +84,16 @@ class MeshParams:
 class Instance:
     """One ASR instance."""
 
-    __slots__ = ("active", "group", "iid", "placed_at", "requested_at", "state", "streams")
+    __slots__ = (
+        "active",
+        "group",
+        "iid",
+        "overflow_until",
+        "placed_at",
+        "requested_at",
+        "state",
+        "streams",
+    )
 
     def __init__(self, iid: int, group: int, now: float) -> None:
         self.iid = iid
@@ -91,6 +103,7 @@ class Instance:
         self.streams: set[int] = set()
         self.requested_at = now
         self.placed_at: float | None = None
+        self.overflow_until = 0.0
 
 
 class Mesh:
@@ -121,6 +134,7 @@ class Mesh:
 
     def _move(self, inst: Instance, state: State, now: float) -> None:
         groups = self.by_state[inst.group]
+        served = inst.state in (State.SERVING, State.DRAINING)
         del groups[inst.state][inst.iid]
         if inst.state is State.SERVING and inst.active < self.cap:
             del self.buckets[inst.active][inst.iid]
@@ -129,8 +143,13 @@ class Mesh:
             self.overflow.pop(inst.iid, None)
         inst.state = state
         groups[state][inst.iid] = inst
-        if state is State.RECLAIMING and self.p.overflow_to_reclaiming and inst.active < self.cap:
-            self.overflow[inst.iid] = inst
+        if state is State.RECLAIMING and served and self.p.overflow_window_s > 0:
+            # A started instance, draining or not, may take a last-resort stream; one
+            # still starting never serves before it vanishes.
+            inst.overflow_until = now + self.p.overflow_window_s
+            self._push(inst.overflow_until, _OVERFLOW_END, inst.iid)
+            if inst.active < self.cap:
+                self.overflow[inst.iid] = inst
         if state is State.SERVING:
             self.buckets[inst.active][inst.iid] = inst
             self.free_slots += self.cap - inst.active
@@ -279,7 +298,7 @@ class Mesh:
                 inst.active -= 1
                 if inst.state is State.DRAINING and not inst.active:
                     self._move(inst, State.GONE, now)
-                elif inst.state is State.RECLAIMING and self.p.overflow_to_reclaiming:
+                elif inst.state is State.RECLAIMING and now < inst.overflow_until:
                     self.overflow[inst.iid] = inst
         else:
             starting = self.by_state[OD][State.STARTING].get(payload)
@@ -292,6 +311,8 @@ class Mesh:
                     self.cold_since = None
             elif kind == _KILL:
                 self._kill(payload, now)
+            elif kind == _OVERFLOW_END:
+                self.overflow.pop(payload, None)
         self.admit(now)
 
     def _kill(self, iid: int, now: float) -> None:

@@ -34,6 +34,7 @@ from bench.sim.workload import (
 
 __all__ = [
     "CONTROLLERS",
+    "LAST_RESORT_WINDOW_S",
     "ORACLE",
     "PERFECT",
     "Scenario",
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 ORACLE = "oracle"
+LAST_RESORT_WINDOW_S = 70.0
+"""How long after a notice a reclaimed instance takes last-resort streams: the preemptible
+jobs drain for 100 s and the router needs 30 s of drain left (``nomad/README.md``)."""
 PERFECT = "perfect"
 """The perfect-forecast reference controller: not a baseline, the floor a real one can reach."""
 CONTROLLERS = ("ours", "static", "hpa", "nomad", "spothedge")
@@ -166,30 +170,32 @@ def default_scenarios(
             name=diurnal,
             workload="diurnal",
             seed=seed,
+            params=replace(daily, overflow_window_s=LAST_RESORT_WINDOW_S),
+            availability=availability,
+            days=days,
+            note="days of diurnal load, hours-long preemptible outages, 2 min notice; "
+            "instances under notice drain and take last-resort streams for the first "
+            f"{LAST_RESORT_WINDOW_S:g} s (the router as built)",
+        ),
+        Scenario(
+            name=f"{diurnal}_no_last_resort",
+            workload="diurnal",
+            seed=seed,
             params=daily,
             availability=availability,
             days=days,
-            note="days of diurnal load, hours-long preemptible outages, 2 min notice, "
-            "instances drain on the notice (the router as built)",
-        ),
-        Scenario(
-            name=f"{diurnal}_overflow",
-            workload="diurnal",
-            seed=seed,
-            params=replace(daily, overflow_to_reclaiming=True),
-            availability=availability,
-            days=days,
-            note="as above, but the router may still place a new stream on an instance "
-            "under notice when no other slot is free",
+            note="as above, but instances under notice take no new stream (the router "
+            "before its last resort)",
         ),
         Scenario(
             name=f"{diurnal}_notice30",
             workload="diurnal",
             seed=seed,
-            params=replace(daily, overflow_to_reclaiming=True, preemption_notice_s=30.0),
+            params=replace(daily, preemption_notice_s=30.0),
             availability=availability,
             days=days,
-            note="as above with a 30 s notice (GCP, Azure): replacements cannot arrive in time",
+            note="as above with a 30 s notice (GCP, Azure), the preemptible drain set below "
+            "it, so no last resort: replacements cannot arrive in time",
         ),
         Scenario(
             name="sparse_night",

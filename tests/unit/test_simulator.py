@@ -27,6 +27,7 @@ from bench.sim.oracle import fractional_gpu_hours, oracle, profile
 from bench.sim.ours import OurPolicy, policy_for
 from bench.sim.record import RunRecord, percentile_wait
 from bench.sim.report import metrics
+from bench.sim.scenarios import LAST_RESORT_WINDOW_S
 from bench.sim.workload import (
     AudioMapping,
     Workload,
@@ -193,6 +194,25 @@ def test_a_reclaim_interrupts_streams_and_requeues_them_first() -> None:
     assert record.instance_hours[1] == pytest.approx(3 * (300 + 120) / 3600.0)
 
 
+def test_instances_under_notice_take_new_streams_only_within_the_last_resort_window() -> None:
+    workload = Workload(
+        name="steady",
+        arrivals=tuple(float(t) for t in range(0, 900, 20)),
+        durations=(200.0,) * 45,
+        description="one 200 s stream every 20 s",
+    )
+    admitted = {}
+    for window in (0.0, LAST_RESORT_WINDOW_S, math.inf):
+        record = run(
+            HoldPreemptible(), workload, outage_at(1), replace(PARAMS, overflow_window_s=window)
+        )
+        assert record.interrupted == record.resumed + record.dropped_preemption
+        admitted[window] = record.admitted
+    # Slots free up on the reclaimed instances all through the notice: the window lets the
+    # early ones take new streams, an unbounded one (the instance alive to the end) more.
+    assert admitted[0.0] < admitted[LAST_RESORT_WINDOW_S] < admitted[math.inf]
+
+
 def test_our_policy_replaces_reclaimed_instances_on_the_notice() -> None:
     workload = small_workload()
     starts: list[tuple[float, int]] = []
@@ -212,7 +232,7 @@ def test_our_policy_replaces_reclaimed_instances_on_the_notice() -> None:
                 starts.append((view.now, actions.on_demand.start))
             return actions
 
-    params = replace(PARAMS, overflow_to_reclaiming=True)
+    params = replace(PARAMS, overflow_window_s=LAST_RESORT_WINDOW_S)
     record = run(Spy(), workload, outage_at(3), params)
     notice_at = 3 * 300.0
     first_at, first_start = starts[0]
