@@ -6,6 +6,8 @@ from __future__ import annotations
 from tests.conditions import wait_until_async
 from tests.doubles.fake_asr import expected_finals
 from tests.integration.router_harness import HeldStream, Mesh, mesh, pcm
+from tests.streaming import config_request
+from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 
 async def _last_resort_known(m: Mesh, instance_id: str) -> None:
@@ -89,3 +91,25 @@ async def test_a_last_resort_stream_outliving_the_drain_fails_over_intact() -> N
         await wait_until_async(
             lambda: "draining" not in {x.instance_id for x in m.router.membership.instances()}
         )
+
+
+async def test_a_unary_request_takes_the_last_resort_too() -> None:
+    async with mesh() as m:
+        await m.add("full", max_streams=1)
+        holder = await HeldStream(m.channel).open()
+        await wait_until_async(holder.got_results)
+        draining = await m.add("draining", max_streams=2)
+        await draining.begin_drain(timeout=60.0)
+        await _last_resort_known(m, "draining")
+        audio = pcm(2.0, 8)
+        request = stt_pb2.RecognizeRequest(
+            config=config_request(model="asr_small").streaming_config.config,
+            audio_content=audio,
+        )
+        stub = stt_pb2_grpc.RecognizerServiceStub(m.channel)
+        response = await stub.Recognize(request, timeout=10)
+        assert response.summary.instance_id == "draining" and response.summary.failovers == 0
+        finals = [r.alternatives[0].transcript for r in response.results]
+        assert finals == expected_finals(audio, 16000, 1000)
+        assert m.metric("voxmesh_router_last_resort_total", pool="asr_small") == 1
+        await holder.finish()
