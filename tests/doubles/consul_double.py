@@ -21,6 +21,13 @@ the agent source (``agent/agent_endpoint.go``, ``agent/session_endpoint.go``,
   (``agent/acl.go``) read; the default follows the documented answers, and the
   client code must take either;
 * ``GET /v1/health/service/:name`` with ``passing``, ``tag``, a subset of ``filter``;
+* the catalog reads (``catalog.mdx``): ``GET /v1/catalog/services`` (service name to
+  the union of its instances' tags, sorted; ``[]`` when none) and
+  ``GET /v1/catalog/service/:name`` (``ServiceNode`` entries), both blocking, with
+  ``node-meta`` and the ``filter`` subset against the ``ServiceNode`` shape (``tag``
+  too on the second). The services list blocks on the catalog index, which check
+  status changes move as well as registrations (a return is no guarantee of change);
+  that is what Prometheus's ``consul_sd_configs`` reads, with the health endpoint;
 * sessions (``create`` with the ``LockDelay``/``Checks`` quirks, ``renew``,
   ``destroy``, ``info``; TTL and check invalidation) and KV (``acquire``,
   ``release``, ``cas``, ``flags``, ``recurse``, ``raw``, lock-delay);
@@ -30,7 +37,8 @@ the agent source (``agent/agent_endpoint.go``, ``agent/session_endpoint.go``,
 gRPC checks are probed for real with ``grpc.health.v1.Health/Check`` on a
 thread per check when ``grpc_probes`` is true; HTTP, TCP and script checks are
 accepted but never run (they keep their initial status). Left out: ACLs,
-namespaces/partitions, datacenters, the catalog endpoints, Connect, prepared
+namespaces/partitions, datacenters, catalog writes and the node and datacenter
+lists, the ``consul`` service a server agent lists, Connect, prepared
 queries, transactions, ``?keys``/``?separator``, consistency modes, agent
 caching, check output rate limiting, the random stagger before a first probe,
 and most of the bexpr ``filter`` language (only ``Sel == "v"``, ``!=``,
@@ -73,6 +81,8 @@ _META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
 _SERF = "serfHealth"
 _MAX_LOCK_DELAY_NS = 60_000_000_000
 """``structs.MaxLockDelay``, enforced when a session is invalidated."""
+_REPEATABLE = ("tag", "node-meta")
+"""Query parameters that may be given several times."""
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 
@@ -524,9 +534,9 @@ class ConsulDouble:
     ) -> Response:
         parts = urlsplit(raw_path)
         path = unquote(parts.path)
-        # One value per parameter; the repeatable ``tag`` keeps all, newline-joined.
+        # One value per parameter; the repeatable ones keep all, newline-joined.
         query = {
-            k: "\n".join(v) if k == "tag" else v[-1]
+            k: "\n".join(v) if k in _REPEATABLE else v[-1]
             for k, v in parse_qs(parts.query, keep_blank_values=True).items()
         }
         with self._cond:
@@ -564,6 +574,8 @@ class ConsulDouble:
             ("PUT", r"/v1/agent/check/(pass|warn|fail)/(.+)", self._ttl_update),
             ("PUT", r"/v1/agent/check/update/(.+)", self._ttl_update_body),
             ("GET", r"/v1/health/service/(.+)", self._health),
+            ("GET", r"/v1/catalog/services", self._catalog_services),
+            ("GET", r"/v1/catalog/service/(.+)", self._catalog_service),
             ("PUT", r"/v1/session/create", self._session_create),
             ("PUT", r"/v1/session/renew/(.+)", self._session_renew),
             ("PUT", r"/v1/session/destroy/(.+)", self._session_destroy),
@@ -773,6 +785,35 @@ class ConsulDouble:
                 result.append(entry)
         return _json(result, self._svc_index.get(name, self._catalog_index))
 
+    def _catalog_nodes(self, query: dict[str, str], name: str | None) -> list[Json]:
+        """The ``ServiceNode`` entries that pass ``node-meta``, ``tag`` and ``filter``."""
+        keep = _compile_filter(query.get("filter", ""))
+        wanted_meta = query["node-meta"].split("\n") if "node-meta" in query else []
+        node_meta = self._node_json()["Meta"]
+        if any(node_meta.get(k) != v for k, _, v in (m.partition(":") for m in wanted_meta)):
+            return []  # the only node lacks the metadata asked for
+        tags = query["tag"].split("\n") if "tag" in query else []
+        entries = [
+            self._service_node_json(svc)
+            for svc in sorted(self._services.values(), key=lambda s: s.id)
+            if (name is None or svc.name == name) and all(t in svc.tags for t in tags)
+        ]
+        return [entry for entry in entries if keep(entry)]
+
+    def _catalog_services(self, query: dict[str, str], body: bytes, gen: int) -> Response:
+        self._catalog_nodes(query, None)  # a bad filter is a 400 before blocking
+        self._block(query, gen, lambda: self._catalog_index)
+        tags: dict[str, set[str]] = {}
+        for entry in self._catalog_nodes(query, None):
+            tags.setdefault(entry["ServiceName"], set()).update(entry["ServiceTags"])
+        return _json({k: sorted(v) for k, v in sorted(tags.items())}, self._catalog_index)
+
+    def _catalog_service(self, query: dict[str, str], body: bytes, gen: int, name: str) -> Response:
+        self._catalog_nodes(query, name)  # a bad filter is a 400 before blocking
+        self._block(query, gen, lambda: self._svc_index.get(name, self._catalog_index))
+        entries = self._catalog_nodes(query, name)
+        return _json(entries, self._svc_index.get(name, self._catalog_index))
+
     def _session_create(self, query: dict[str, str], body: bytes, gen: int) -> Response:
         args = _norm(_decode(body)) if body else {}
         lock_delay_ns = 15_000_000_000
@@ -936,6 +977,21 @@ class ConsulDouble:
             "Port": svc.port, "Address": svc.address, "Weights": svc.weights,
             "EnableTagOverride": False, "CreateIndex": svc.create_index,
             "ModifyIndex": svc.modify_index, "Datacenter": self.datacenter,
+        }  # fmt: skip
+
+    def _service_node_json(self, svc: _Service) -> Json:
+        """One instance as ``/v1/catalog/service/:name`` lists it (``structs.ServiceNode``)."""
+        node = self._node_json()
+        return {
+            "ID": node["ID"], "Node": self.node, "Address": self.node_address,
+            "Datacenter": self.datacenter, "TaggedAddresses": node["TaggedAddresses"],
+            "NodeMeta": node["Meta"], "ServiceKind": "", "ServiceID": svc.id,
+            "ServiceName": svc.name, "ServiceTags": list(svc.tags), "ServiceAddress": svc.address,
+            "ServiceWeights": svc.weights, "ServiceMeta": dict(svc.meta), "ServicePort": svc.port,
+            "ServiceEnableTagOverride": False,
+            "ServiceProxy": {"Mode": "", "MeshGateway": {}, "Expose": {}},
+            "ServiceConnect": {}, "CreateIndex": svc.create_index,
+            "ModifyIndex": svc.modify_index,
         }  # fmt: skip
 
     def _check_json(self, chk: _Check) -> Json:
