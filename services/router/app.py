@@ -77,7 +77,9 @@ class RouterApp:
             settings.telemetry_interval_s,
             on_change=self._capacity_changed,
             clock=clock,
-            last_resort_min_drain_s=settings.last_resort_min_drain_s,
+            last_resort_min_drain_s=(
+                settings.last_resort_min_drain_s if settings.last_resort else None
+            ),
         )
         balancer = PowerOfTwoBalancer(
             Preference(region=settings.region, gpu_types=settings.gpu_preference),

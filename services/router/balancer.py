@@ -90,8 +90,9 @@ class PowerOfTwoBalancer:
        constant of the optimum (Mitzenmacher, "The Power of Two Choices").
     5. No accepting candidate with room anywhere: the same over the draining
        candidates that may take a last-resort stream (:meth:`Candidate.last_resort`:
-       reachable, drain long enough left, room). A stream served there now beats one
-       waiting in the queue; if it outlives the drain, the router fails it over.
+       the router's opt-in ``last_resort`` is on, reachable, drain long enough left,
+       room). A stream served there now beats one waiting in the queue; if it
+       outlives the drain, the router fails it over.
     6. None of those either: return None; the caller queues the stream (see
        :mod:`.admission`).
     """

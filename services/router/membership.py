@@ -10,10 +10,11 @@ the live load the balancer uses.
 An instance takes new streams only while it is listed by discovery, its
 telemetry stream is up (or was never tried), its health is SERVING and its
 telemetry state is SERVING. One that leaves discovery keeps its channel until
-the router's last stream on it ends; one that leaves it because it drains
-(health NOT_SERVING or telemetry DRAINING) is also followed until it goes away,
-since while its drain has ``last_resort_min_drain_s`` left it may take a stream
-the balancer sends as a last resort (see :meth:`Member.last_resort`).
+the router's last stream on it ends. With the last resort on
+(``last_resort_min_drain_s`` set), one that leaves it because it drains (health
+NOT_SERVING or telemetry DRAINING) is also followed until it goes away, since
+while its drain has that much left it may take a stream the balancer sends as a
+last resort (see :meth:`Member.last_resort`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Member:
         channel: grpc.aio.Channel,
         on_change: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
-        last_resort_min_drain_s: float = 30.0,
+        last_resort_min_drain_s: float | None = None,
     ) -> None:
         self.info = info
         self.channel = channel
@@ -132,14 +133,15 @@ class Member:
     def last_resort(self) -> bool:
         """True while, draining, it may still take a stream sent as a last resort:
         reachable, and its telemetry says its drain has at least
-        ``last_resort_min_drain_s`` left (counted down since that snapshot)."""
-        snap = self.snapshot
-        if not self.reachable or snap is None or snap.state != stt_pb2.SERVING_STATE_DRAINING:
+        ``last_resort_min_drain_s`` left (counted down since that snapshot). Never
+        when that is None (the last resort is off)."""
+        snap, min_drain = self.snapshot, self._last_resort_min_drain_s
+        if min_drain is None or not self.reachable or snap is None:
             return False
-        if not snap.HasField("drain_remaining"):
+        if snap.state != stt_pb2.SERVING_STATE_DRAINING or not snap.HasField("drain_remaining"):
             return False
         left = snap.drain_remaining.ToMilliseconds() / 1000 - (self._clock() - self._snapshot_at)
-        return left >= self._last_resort_min_drain_s
+        return left >= min_drain
 
     def open_metadata(self) -> tuple[tuple[str, str], ...]:
         """What a stream opened here now carries: the last-resort mark when the instance
@@ -208,7 +210,7 @@ class Membership:
         telemetry_interval_s: float,
         on_change: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
-        last_resort_min_drain_s: float = 30.0,
+        last_resort_min_drain_s: float | None = None,
     ) -> None:
         self._pools = list(pools)
         self._last_resort_min_drain_s = last_resort_min_drain_s
@@ -331,7 +333,7 @@ class Membership:
         logger.info("pool %s: instance %s left discovery", member.info.pool, member.instance_id)
         member.listed = False
         self._retired.add(member)
-        if not member.draining():
+        if self._last_resort_min_drain_s is not None and not member.draining():
             self._grace.add(member)
             self._spawn(self._end_grace(member), f"grace-{member.instance_id}")
         self._close_if_idle(member)
@@ -345,8 +347,11 @@ class Membership:
 
     def _still_followed(self, member: Member) -> bool:
         """A member out of discovery is still followed while it is reachable and drains
-        (it may take last-resort streams until it goes away), or has just left."""
-        return member.reachable and (member.draining() or member in self._grace)
+        (it may take last-resort streams until it goes away), or has just left; only
+        with the last resort on."""
+        if self._last_resort_min_drain_s is None or not member.reachable:
+            return False
+        return member.draining() or member in self._grace
 
     def _stop_following(self, member: Member) -> None:
         follower = self._followers.pop(member, None)

@@ -95,12 +95,19 @@ class RouterSettings:
     """Interval asked of each instance's telemetry stream (and of the router's own default)."""
     drain_timeout_s: float = setting(30.0, "time active streams get to finish on SIGTERM")
     """On SIGTERM, how long active streams may run before they are cancelled."""
+    last_resort: bool = setting(
+        False, "send a stream to a draining instance when no accepting one has room"
+    )
+    """Off (the default), a draining instance gets no new stream: its active streams finish
+    there and new ones queue. On, when no accepting instance of a pool has room, a new stream
+    goes to a draining instance whose drain has at least ``last_resort_min_drain_s`` left
+    instead of waiting in the queue (and fails over if it outlives the drain). Meant for
+    preemptible pools with a long notice: see nomad/README.md and docs/autoscaling.md."""
     last_resort_min_drain_s: float = setting(
         30.0, "drain time an instance must have left to get a last-resort stream"
     )
-    """When no accepting instance of a pool has room, a new stream goes to a draining
-    instance whose telemetry says at least this much of its drain is left (the instance
-    applies its own limit too) instead of waiting in the queue."""
+    """With ``last_resort``: the drain an instance must still have, by its telemetry (the
+    instance applies its own limit too)."""
     log_level: str = setting("INFO", "log level")
     """Log level of the entry point."""
 

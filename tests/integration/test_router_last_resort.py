@@ -1,5 +1,6 @@
-"""Last-resort streams through the real router: a draining instance with drain time left
-takes a new stream when no accepting instance has room, instead of the queue."""
+"""Last-resort streams through the real router (``last_resort`` on): a draining instance with
+drain time left takes a new stream when no accepting instance has room, instead of the
+queue. Off, the default, a draining instance gets nothing new."""
 
 from __future__ import annotations
 
@@ -18,8 +19,31 @@ async def _last_resort_known(m: Mesh, instance_id: str) -> None:
     await wait_until_async(ready, timeout=5.0)
 
 
-async def test_a_draining_instance_takes_a_stream_when_nothing_else_has_room() -> None:
+async def test_by_default_a_draining_instance_gets_nothing_new_and_the_stream_queues() -> None:
     async with mesh() as m:
+        await m.add("full", max_streams=1)
+        holder = await HeldStream(m.channel).open()
+        await wait_until_async(holder.got_results)
+        draining = await m.add("draining", max_streams=2)
+        await draining.begin_drain(timeout=60.0)
+        await wait_until_async(
+            lambda: (
+                (mm := m.member("draining")) is not None
+                and mm.snapshot is not None
+                and mm.snapshot.HasField("drain_remaining")
+            )
+        )
+        waiting = await HeldStream(m.channel).open(pcm(0.3, 9))
+        await wait_until_async(lambda: m.queue().queued_realtime == 1)
+        assert draining.last_resort_streams == 0 and draining.active == 0
+        await holder.finish()
+        await wait_until_async(waiting.got_results)
+        assert (await waiting.finish()).instance_id == "full"
+        assert m.metric("voxmesh_router_last_resort_total", pool="asr_small") == 0
+
+
+async def test_a_draining_instance_takes_a_stream_when_nothing_else_has_room() -> None:
+    async with mesh(last_resort=True) as m:
         await m.add("full", max_streams=1)
         holder = await HeldStream(m.channel).open()
         await wait_until_async(holder.got_results)
@@ -41,7 +65,7 @@ async def test_a_draining_instance_takes_a_stream_when_nothing_else_has_room() -
 
 
 async def test_accepting_instances_with_room_come_first() -> None:
-    async with mesh() as m:
+    async with mesh(last_resort=True) as m:
         draining = await m.add("draining", max_streams=2)
         await draining.begin_drain(timeout=60.0)
         await _last_resort_known(m, "draining")
@@ -52,7 +76,7 @@ async def test_accepting_instances_with_room_come_first() -> None:
 
 
 async def test_a_drain_ending_soon_is_not_used_and_the_stream_queues() -> None:
-    async with mesh() as m:
+    async with mesh(last_resort=True) as m:
         await m.add("full", max_streams=1)
         holder = await HeldStream(m.channel).open()
         await wait_until_async(holder.got_results)
@@ -71,7 +95,7 @@ async def test_a_drain_ending_soon_is_not_used_and_the_stream_queues() -> None:
 
 
 async def test_a_last_resort_stream_outliving_the_drain_fails_over_intact() -> None:
-    async with mesh() as m:
+    async with mesh(last_resort=True) as m:
         await m.add("full", max_streams=1)
         holder = await HeldStream(m.channel).open()
         await wait_until_async(holder.got_results)
@@ -94,7 +118,7 @@ async def test_a_last_resort_stream_outliving_the_drain_fails_over_intact() -> N
 
 
 async def test_a_unary_request_takes_the_last_resort_too() -> None:
-    async with mesh() as m:
+    async with mesh(last_resort=True) as m:
         await m.add("full", max_streams=1)
         holder = await HeldStream(m.channel).open()
         await wait_until_async(holder.got_results)

@@ -40,5 +40,9 @@ async def test_a_draining_member_is_a_last_resort_while_its_drain_has_time_left(
         member.update(_snapshot(stt_pb2.SERVING_STATE_DRAINING, drain_s=60))
         member.mark_failed()
         assert not member.last_resort(), "unreachable"
+
+        off = Member(info, channel, lambda: None, lambda: now[0])  # the default: no last resort
+        off.update(_snapshot(stt_pb2.SERVING_STATE_DRAINING, drain_s=600))
+        assert off.draining() and not off.last_resort()
     finally:
         await channel.close()

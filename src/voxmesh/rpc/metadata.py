@@ -7,9 +7,10 @@ instances:
   at stream time N ms, so every offset is shifted by N.
 * ``voxmesh-skip-ms: N``: a failed-over compressed stream, replayed from its
   start; the first N ms of decoded audio were already recognised: skip them.
-* ``voxmesh-last-resort: 1``: no accepting instance of the pool had room, so the
-  router sends the stream to a draining one; it takes it while its drain has
-  long enough left (``TelemetrySnapshot.drain_remaining``).
+* ``voxmesh-last-resort: 1``: no accepting instance of the pool had room, so a
+  router with its (opt-in) last resort on sends the stream to a draining one; it
+  takes it while its drain has long enough left
+  (``TelemetrySnapshot.drain_remaining``).
 """
 
 from __future__ import annotations

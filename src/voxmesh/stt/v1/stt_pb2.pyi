@@ -161,7 +161,7 @@ class _ServingStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServingS
     SERVING_STATE_SERVING: _ServingState.ValueType  # 2
     """Accepting new streams."""
     SERVING_STATE_DRAINING: _ServingState.ValueType  # 3
-    """Finishing its active streams; takes no new ones, except the router's
+    """Finishing its active streams; takes no new ones, except a router's
     last-resort streams while `drain_remaining` allows (see there).
     """
 
@@ -177,7 +177,7 @@ SERVING_STATE_STARTING: ServingState.ValueType  # 1
 SERVING_STATE_SERVING: ServingState.ValueType  # 2
 """Accepting new streams."""
 SERVING_STATE_DRAINING: ServingState.ValueType  # 3
-"""Finishing its active streams; takes no new ones, except the router's
+"""Finishing its active streams; takes no new ones, except a router's
 last-resort streams while `drain_remaining` allows (see there).
 """
 Global___ServingState: _TypeAlias = ServingState  # noqa: Y015
@@ -763,10 +763,10 @@ class TelemetrySnapshot(_message.Message):
     def drain_remaining(self) -> _duration_pb2.Duration:
         """While DRAINING: how long the instance still serves its streams before it
         stops (what is left of its drain timeout). A router sends a draining
-        instance new streams only as a last resort, when no accepting instance of
-        the pool has room and this is long enough, marking them with the request
-        metadata `voxmesh-last-resort: 1`; streams still running when the drain
-        ends are failed over. Unset when not draining.
+        instance no new stream, unless its opt-in last resort is on: then, when no
+        accepting instance of the pool has room and this is long enough, it sends
+        one marked with the request metadata `voxmesh-last-resort: 1`, and fails it
+        over if it outlives the drain. Unset when not draining.
         """
 
     def __init__(
