@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     sensitivity = [
         (scenario.name, variant)
         for scenario in scenarios
-        if scenario.name in ("azure_conv_1h", f"azure_diurnal_{args.days:g}d")
+        if scenario.name in ("azure_conv_1h", f"azure_diurnal_{args.days:g}d_last_resort")
         for variant in sensitivity_scenarios(scenario, SENSITIVITY_VARIANTS)
     ]
     started = time.monotonic()

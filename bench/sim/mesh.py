@@ -64,10 +64,10 @@ class MeshParams:
     SkyPilot's V100 traces come from; GCP and Azure: 30 s)."""
     overflow_window_s: float = 0.0
     """How long after a preemption notice an instance still takes a *new* stream when no
-    other slot is free: the router's last resort (``services/router/balancer.py``) uses a
-    draining instance while at least ``last_resort_min_drain_s`` (30 s) of its drain is
-    left, and the preemptible jobs drain for 100 s, so 70 s. 0: such instances only
-    drain (the router before the last resort)."""
+    other slot is free: the router's opt-in last resort (``services/router/balancer.py``)
+    uses a draining instance while at least ``last_resort_min_drain_s`` (30 s) of its drain
+    is left, and the preemptible jobs drain for 100 s, so 70 s. 0 (the router's default):
+    such instances only drain."""
     on_demand_price: float = 1.0
     """Price of an on-demand GPU-hour, in units."""
     preemptible_price: float = 0.35

@@ -47,8 +47,9 @@ __all__ = [
 
 ORACLE = "oracle"
 LAST_RESORT_WINDOW_S = 70.0
-"""How long after a notice a reclaimed instance takes last-resort streams: the preemptible
-jobs drain for 100 s and the router needs 30 s of drain left (``nomad/README.md``)."""
+"""How long after a notice a reclaimed instance takes last-resort streams with the router's
+opt-in ``last_resort`` on: the preemptible jobs drain for 100 s and the router needs 30 s of
+drain left (``nomad/README.md``)."""
 PERFECT = "perfect"
 """The perfect-forecast reference controller: not a baseline, the floor a real one can reach."""
 CONTROLLERS = ("ours", "static", "hpa", "nomad", "spothedge")
@@ -170,22 +171,21 @@ def default_scenarios(
             name=diurnal,
             workload="diurnal",
             seed=seed,
-            params=replace(daily, overflow_window_s=LAST_RESORT_WINDOW_S),
-            availability=availability,
-            days=days,
-            note="days of diurnal load, hours-long preemptible outages, 2 min notice; "
-            "instances under notice drain and take last-resort streams for the first "
-            f"{LAST_RESORT_WINDOW_S:g} s (the router as built)",
-        ),
-        Scenario(
-            name=f"{diurnal}_no_last_resort",
-            workload="diurnal",
-            seed=seed,
             params=daily,
             availability=availability,
             days=days,
-            note="as above, but instances under notice take no new stream (the router "
-            "before its last resort)",
+            note="days of diurnal load, hours-long preemptible outages, 2 min notice; "
+            "instances under notice drain and take no new stream (the router's default)",
+        ),
+        Scenario(
+            name=f"{diurnal}_last_resort",
+            workload="diurnal",
+            seed=seed,
+            params=replace(daily, overflow_window_s=LAST_RESORT_WINDOW_S),
+            availability=availability,
+            days=days,
+            note="as above with the router's opt-in last resort: instances under notice take "
+            f"new streams for the first {LAST_RESORT_WINDOW_S:g} s when no other slot is free",
         ),
         Scenario(
             name=f"{diurnal}_notice30",
