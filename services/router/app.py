@@ -70,6 +70,7 @@ class RouterApp:
         self.registry = registry or CollectorRegistry()
         self.metrics = RouterMetrics(self.registry)
         pools = list(settings.pools)
+        self.metrics.start_at_zero(pools)
         self.membership = Membership(
             pools,
             watcher_for or discovery_watchers(settings),

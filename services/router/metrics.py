@@ -111,3 +111,15 @@ class RouterMetrics:
             ["pool"],
             registry=registry,
         )
+
+    def start_at_zero(self, pools: list[str]) -> None:
+        """Creates every pool's event counters at 0, so that the first event is an increase
+        that ``rate()``/``increase()`` see (a series that appears at 1 is not)."""
+        for pool in pools:
+            for reason in ("queue_full", "timeout"):
+                self.rejected.labels(pool, reason)
+            self.admitted.labels(pool)
+            self.instance_rejections.labels(pool)
+            self.failovers.labels(pool)
+            self.last_resort.labels(pool)
+        self.rejected.labels("any", "router_full")

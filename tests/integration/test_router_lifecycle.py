@@ -112,6 +112,10 @@ async def test_metrics_are_served_over_http() -> None:
             "voxmesh_router_streams_active",
             "voxmesh_router_added_latency_seconds_bucket",
             'voxmesh_router_streams_total{code="OK",pool="asr_small"} 1.0',
+            # Event counters exist at 0 before their first event, for increase() to see it.
+            'voxmesh_router_failovers_total{pool="asr_large"} 0.0',
+            'voxmesh_router_rejected_total{pool="asr_small",reason="timeout"} 0.0',
+            'voxmesh_router_last_resort_total{pool="asr_small"} 0.0',
         ):
             assert name in body
 
