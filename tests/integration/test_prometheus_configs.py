@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from services.autoscaler.metrics import AutoscalerMetrics
