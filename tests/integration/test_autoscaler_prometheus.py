@@ -9,47 +9,20 @@ metrics endpoints served here with the services' own metric classes (an ASR inst
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from services.autoscaler.signals.base import PoolLoad
 from services.autoscaler.signals.prometheus import PrometheusSource
 from services.router.metrics import RouterMetrics
+from tests.prometheus_server import Endpoint, binary, free_port, running, serving
 from voxmesh.asr.metrics import AsrMetrics
 
-PROMETHEUS = "/usr/bin/prometheus"
 SCRAPE = "250ms"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Endpoint:
-    """A metrics HTTP endpoint of one registry."""
-
-    server: Any
-    port: int
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _serve(registry: CollectorRegistry) -> Endpoint:
-    server, _thread = start_http_server(0, addr="127.0.0.1", registry=registry)
-    return Endpoint(server, int(server.server_port))
 
 
 @dataclass
@@ -62,14 +35,14 @@ class Scraped:
 
 @pytest.fixture
 def scraped(tmp_path: Path) -> Iterator[Scraped]:
-    binary = shutil.which("prometheus") or (PROMETHEUS if Path(PROMETHEUS).exists() else None)
-    if binary is None:
+    prometheus = binary("prometheus")
+    if prometheus is None:
         pytest.skip("the Debian package prometheus is not installed (no prometheus binary)")
     asr, router = AsrMetrics.create(), RouterMetrics(CollectorRegistry())
-    asr_endpoint, router_endpoint = _serve(asr.registry), _serve(router.registry)
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        f"""
+    with serving(asr.registry) as asr_endpoint, serving(router.registry) as router_endpoint:
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            f"""
 global:
   scrape_interval: {SCRAPE}
   scrape_timeout: 200ms
@@ -82,30 +55,9 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:{router_endpoint.port}"]
 """
-    )
-    port = _free_port()
-    with (tmp_path / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
         )
-    try:
-        yield Scraped(f"http://127.0.0.1:{port}", asr, router, router_endpoint)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        asr_endpoint.stop()
-        router_endpoint.stop()
+        with running(prometheus, config, tmp_path) as url:
+            yield Scraped(url, asr, router, router_endpoint)
 
 
 async def _until(
@@ -160,7 +112,7 @@ async def test_pool_load_from_a_real_prometheus(scraped: Scraped) -> None:
 
 
 async def test_an_unreachable_prometheus_keeps_the_pool_missing() -> None:
-    source = PrometheusSource(f"http://127.0.0.1:{_free_port()}", ["asr_small"], timeout_s=1.0)
+    source = PrometheusSource(f"http://127.0.0.1:{free_port()}", ["asr_small"], timeout_s=1.0)
     await source.poll()
     load = source.read("asr_small")
     assert load.missing.startswith("Prometheus not answered yet: cannot query")

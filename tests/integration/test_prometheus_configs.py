@@ -29,27 +29,26 @@ import contextlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from services.autoscaler.metrics import AutoscalerMetrics
 from services.autoscaler.signals.prometheus import PrometheusSource
 from services.router.metrics import RouterMetrics
 from tests.conditions import wait_until, wait_until_async
 from tests.doubles.consul_double import ConsulDouble
+from tests.prometheus_server import binary, running, serving
 from voxmesh.asr.metrics import AsrMetrics
 from voxmesh.discovery.base import CAPACITY_PREEMPTIBLE, InstanceInfo, consul_service_name
 from voxmesh.discovery.consul import ConsulRegistrar, PyConsulApi
@@ -64,28 +63,20 @@ TARGET_LABELS = ("service", "pool", "model", "instance_id", "capacity_class", "g
 
 
 # ----------------------------------------------------------------- binaries
-def _binary(name: str) -> str | None:
-    """``.tools/bin/<name>`` (a build from source) if present, else the Debian package's."""
-    built = REPO / ".tools" / "bin" / name
-    if built.exists():
-        return str(built)
-    return shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
-
-
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    binary = _binary("promtool")
-    if binary is None:
+    found = binary("promtool")
+    if found is None:
         pytest.skip("promtool is not installed (Debian package prometheus, make system-deps)")
-    return binary
+    return found
 
 
 @pytest.fixture(scope="module")
 def prometheus() -> str:
-    binary = _binary("prometheus")
-    if binary is None:
+    found = binary("prometheus")
+    if found is None:
         pytest.skip("prometheus is not installed (Debian package prometheus, make system-deps)")
-    return binary
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -224,34 +215,6 @@ def test_alerts_use_only_metrics_the_services_export() -> None:
 
 
 # ------------------------------------------------------- running Prometheus
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Endpoint:
-    """A metrics HTTP endpoint of one registry."""
-
-    server: Any
-    port: int
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@contextlib.contextmanager
-def _serving(registry: CollectorRegistry) -> Iterator[Endpoint]:
-    server, _thread = start_http_server(0, addr="127.0.0.1", registry=registry)
-    endpoint = Endpoint(server, int(server.server_port))
-    try:
-        yield endpoint
-    finally:
-        endpoint.stop()
-
-
 def _retime(config: dict[str, Any]) -> None:
     """Shortens the intervals of a config copy; nothing else of its jobs changes."""
     config["global"].update(scrape_interval=SCRAPE, evaluation_interval=SCRAPE)
@@ -264,38 +227,8 @@ def _running(binary: str, config: dict[str, Any], folder: Path) -> Iterator[str]
     """Prometheus on ``config`` (written to ``folder`` with alerts.yml); yields its URL."""
     shutil.copy(SHIPPED / "alerts.yml", folder)
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
-    with (folder / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={folder / 'prometheus.yml'}",
-                f"--storage.tsdb.path={folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _ready(url) or process.poll() is not None, timeout=15, interval=0.05)
-        assert process.poll() is None, (folder / "prometheus.log").read_text()
+    with running(binary, folder / "prometheus.yml", folder) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def _api(url: str, path: str, **params: str) -> Any:
@@ -363,9 +296,9 @@ async def test_local_config_scrapes_the_file_registry_for_the_autoscaler(
     autoscaler.leader.set(1)
 
     with (
-        _serving(asr.registry) as asr_endpoint,
-        _serving(router.registry) as router_endpoint,
-        _serving(autoscaler.registry) as autoscaler_endpoint,
+        serving(asr.registry) as asr_endpoint,
+        serving(router.registry) as router_endpoint,
+        serving(autoscaler.registry) as autoscaler_endpoint,
     ):
         info = _instance("asr-small-7", "asr_small", asr_endpoint.port)
         await file_registrar.register(info)
@@ -550,8 +483,8 @@ async def test_consul_config_scrapes_registered_services_with_meta_labels(
     router = RouterMetrics(CollectorRegistry())
     router.queue_depth.labels("asr_small", "realtime").set(0)
     with contextlib.ExitStack() as stack:
-        small, large, unexported = (stack.enter_context(_serving(r)) for r in registries)
-        router_endpoint = stack.enter_context(_serving(router.registry))
+        small, large, unexported = (stack.enter_context(serving(r)) for r in registries)
+        router_endpoint = stack.enter_context(serving(router.registry))
         small_info = _instance("asr-small-1", "asr_small", small.port)
         large_info = _instance("asr-large-1", "asr_large", large.port)
         quiet_info = _instance("asr-small-2", "asr_small", 0)

@@ -5,10 +5,23 @@ queue. Off, the default, a draining instance gets nothing new."""
 from __future__ import annotations
 
 from tests.conditions import wait_until_async
-from tests.doubles.fake_asr import expected_finals
+from tests.doubles.fake_asr import FakeAsr, expected_finals
 from tests.integration.router_harness import HeldStream, Mesh, mesh, pcm
 from tests.streaming import config_request
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
+
+
+async def _full_and_draining(
+    m: Mesh, drain_s: float = 60.0, name: str = "draining"
+) -> tuple[HeldStream, FakeAsr]:
+    """Instance ``full`` (one slot, held by the returned stream) and instance ``name``
+    (two slots) draining for ``drain_s``."""
+    await m.add("full", max_streams=1)
+    holder = await HeldStream(m.channel).open()
+    await wait_until_async(holder.got_results)
+    draining = await m.add(name, max_streams=2)
+    await draining.begin_drain(timeout=drain_s)
+    return holder, draining
 
 
 async def _last_resort_known(m: Mesh, instance_id: str) -> None:
@@ -21,11 +34,7 @@ async def _last_resort_known(m: Mesh, instance_id: str) -> None:
 
 async def test_by_default_a_draining_instance_gets_nothing_new_and_the_stream_queues() -> None:
     async with mesh() as m:
-        await m.add("full", max_streams=1)
-        holder = await HeldStream(m.channel).open()
-        await wait_until_async(holder.got_results)
-        draining = await m.add("draining", max_streams=2)
-        await draining.begin_drain(timeout=60.0)
+        holder, draining = await _full_and_draining(m)
         await wait_until_async(
             lambda: (
                 (mm := m.member("draining")) is not None
@@ -44,11 +53,7 @@ async def test_by_default_a_draining_instance_gets_nothing_new_and_the_stream_qu
 
 async def test_a_draining_instance_takes_a_stream_when_nothing_else_has_room() -> None:
     async with mesh(last_resort=True) as m:
-        await m.add("full", max_streams=1)
-        holder = await HeldStream(m.channel).open()
-        await wait_until_async(holder.got_results)
-        draining = await m.add("draining", max_streams=2)
-        await draining.begin_drain(timeout=60.0)
+        holder, draining = await _full_and_draining(m)
         m.discovery.remove("draining")  # as Consul's ?passing drops it in maintenance
         await _last_resort_known(m, "draining")
 
@@ -77,11 +82,8 @@ async def test_accepting_instances_with_room_come_first() -> None:
 
 async def test_a_drain_ending_soon_is_not_used_and_the_stream_queues() -> None:
     async with mesh(last_resort=True) as m:
-        await m.add("full", max_streams=1)
-        holder = await HeldStream(m.channel).open()
-        await wait_until_async(holder.got_results)
-        ending = await m.add("ending", max_streams=2)
-        await ending.begin_drain(timeout=10.0)  # below the 30 s the router and it require
+        # A drain below the 30 s the router and the instance require.
+        holder, ending = await _full_and_draining(m, drain_s=10.0, name="ending")
         await wait_until_async(
             lambda: (mm := m.member("ending")) is not None and not mm.accepting()
         )
@@ -96,11 +98,7 @@ async def test_a_drain_ending_soon_is_not_used_and_the_stream_queues() -> None:
 
 async def test_a_last_resort_stream_outliving_the_drain_fails_over_intact() -> None:
     async with mesh(last_resort=True) as m:
-        await m.add("full", max_streams=1)
-        holder = await HeldStream(m.channel).open()
-        await wait_until_async(holder.got_results)
-        draining = await m.add("draining", max_streams=2)
-        await draining.begin_drain(timeout=60.0)
+        holder, draining = await _full_and_draining(m)
         m.discovery.remove("draining")
         await _last_resort_known(m, "draining")
         stream = await HeldStream(m.channel).open(pcm(1.5, 6))
@@ -119,11 +117,7 @@ async def test_a_last_resort_stream_outliving_the_drain_fails_over_intact() -> N
 
 async def test_a_unary_request_takes_the_last_resort_too() -> None:
     async with mesh(last_resort=True) as m:
-        await m.add("full", max_streams=1)
-        holder = await HeldStream(m.channel).open()
-        await wait_until_async(holder.got_results)
-        draining = await m.add("draining", max_streams=2)
-        await draining.begin_drain(timeout=60.0)
+        holder, _ = await _full_and_draining(m)
         await _last_resort_known(m, "draining")
         audio = pcm(2.0, 8)
         request = stt_pb2.RecognizeRequest(
