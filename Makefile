@@ -46,7 +46,7 @@ run: install ## Install everything and run the local mesh (embedded mode, real m
 
 .PHONY: test
 test: install ## Run the test suite (real models, real gRPC)
-	@set -o pipefail; $(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
+	@set -o pipefail; $(PY) -m pytest -q -rs -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 .PHONY: lint
