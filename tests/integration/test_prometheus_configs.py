@@ -50,7 +50,12 @@ from tests.conditions import wait_until, wait_until_async
 from tests.doubles.consul_double import ConsulDouble
 from tests.prometheus_server import binary, running, serving
 from voxmesh.asr.metrics import AsrMetrics
-from voxmesh.discovery.base import CAPACITY_PREEMPTIBLE, InstanceInfo, consul_service_name
+from voxmesh.discovery.base import (
+    CAPACITY_PREEMPTIBLE,
+    InstanceInfo,
+    consul_service_name,
+    scrape_labels,
+)
 from voxmesh.discovery.consul import ConsulRegistrar, PyConsulApi
 from voxmesh.discovery.file import FileRegistrar
 
@@ -63,20 +68,21 @@ TARGET_LABELS = ("service", "pool", "model", "instance_id", "capacity_class", "g
 
 
 # ----------------------------------------------------------------- binaries
+def _required(name: str) -> str:
+    found = binary(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (Debian package prometheus, make system-deps)")
+    return found
+
+
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    found = binary("promtool")
-    if found is None:
-        pytest.skip("promtool is not installed (Debian package prometheus, make system-deps)")
-    return found
+    return _required("promtool")
 
 
 @pytest.fixture(scope="module")
 def prometheus() -> str:
-    found = binary("prometheus")
-    if found is None:
-        pytest.skip("prometheus is not installed (Debian package prometheus, make system-deps)")
-    return found
+    return _required("prometheus")
 
 
 @pytest.fixture(scope="module")
@@ -244,18 +250,6 @@ def _series(url: str, promql: str) -> list[dict[str, str]]:
     return [item["metric"] for item in _api(url, "query", query=promql)["result"]]
 
 
-def _expected_labels(info: InstanceInfo) -> dict[str, str]:
-    return {
-        "service": consul_service_name(info.pool),
-        "pool": info.pool,
-        "model": info.model,
-        "instance_id": info.instance_id,
-        "capacity_class": info.capacity_class,
-        "gpu_type": info.gpu_type,
-        "region": info.region,
-    }
-
-
 def _instance(instance_id: str, pool: str, metrics_port: int) -> InstanceInfo:
     return InstanceInfo(
         instance_id=instance_id,
@@ -319,7 +313,7 @@ async def test_local_config_scrapes_the_file_registry_for_the_autoscaler(
             query = 'voxmesh_asr_streams_active{instance_id="asr-small-7"}'
             wait_until(lambda: _series(url, query), timeout=15, interval=0.1)
             (labels,) = _series(url, query)
-            assert labels.items() >= _expected_labels(info).items(), labels
+            assert labels.items() >= scrape_labels(info).items(), labels
             assert labels["capacity_class"] == "preemptible"
 
             wait_until(lambda: _series(url, "voxmesh_router_queue_depth"), 15, 0.1)
@@ -535,7 +529,7 @@ async def test_consul_config_scrapes_registered_services_with_meta_labels(
         }
         for info, port in ((small_info, small.port), (large_info, large.port)):
             labels = scraped[f"{consul_service_name(info.pool)}/{info.instance_id}"]
-            assert labels.items() >= _expected_labels(info).items(), labels
+            assert labels.items() >= scrape_labels(info).items(), labels
             assert labels["instance"] == f"127.0.0.1:{port}"
         router_labels = scraped["voxmesh-router/"]
         assert router_labels["instance"] == f"127.0.0.1:{router_endpoint.port}"  # node address

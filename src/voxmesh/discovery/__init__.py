@@ -9,6 +9,7 @@ from voxmesh.discovery.base import (
     Registrar,
     Watcher,
     consul_service_name,
+    scrape_labels,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "Registrar",
     "Watcher",
     "consul_service_name",
+    "scrape_labels",
 ]

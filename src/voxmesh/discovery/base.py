@@ -19,6 +19,7 @@ __all__ = [
     "Registrar",
     "Watcher",
     "consul_service_name",
+    "scrape_labels",
 ]
 
 CAPACITY_ON_DEMAND = "on-demand"
@@ -28,6 +29,20 @@ CAPACITY_PREEMPTIBLE = "preemptible"
 def consul_service_name(pool: str) -> str:
     """The Consul service name of a pool: ``asr_small`` -> ``voxmesh-asr-small``."""
     return "voxmesh-" + pool.replace("_", "-")
+
+
+def scrape_labels(info: InstanceInfo) -> dict[str, str]:
+    """The Prometheus target labels of an instance: what the file registry writes into its
+    ``file_sd`` targets and prometheus/prometheus.yml derives from the Consul meta."""
+    return {
+        "service": consul_service_name(info.pool),
+        "pool": info.pool,
+        "model": info.model,
+        "instance_id": info.instance_id,
+        "capacity_class": info.capacity_class,
+        "gpu_type": info.gpu_type,
+        "region": info.region,
+    }
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from voxmesh.discovery.base import InstanceInfo, consul_service_name
+from voxmesh.discovery.base import InstanceInfo, scrape_labels
 
 __all__ = ["FileRegistrar", "FileWatcher", "read_record", "record_of"]
 
@@ -129,15 +129,7 @@ class FileRegistrar:
         info = self._info
         record, target = self._paths(info)
         # The same target labels as prometheus/prometheus.yml relabels from Consul meta.
-        labels = {
-            "service": consul_service_name(info.pool),
-            "pool": info.pool,
-            "model": info.model,
-            "instance_id": info.instance_id,
-            "capacity_class": info.capacity_class,
-            "gpu_type": info.gpu_type,
-            "region": info.region,
-        }
+        labels = scrape_labels(info)
         file_sd = [{"targets": [f"{info.address}:{info.metrics_port}"], "labels": labels}]
         # Written on the loop on purpose: a few hundred bytes to a local file, and a
         # write finished in a thread after deregister() would resurrect the record.
