@@ -25,6 +25,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import merge_punctuations
 
 from voxmesh.asr.audio import MODEL_SAMPLE_RATE, Samples
+from voxmesh.errors import SettingsError
 
 __all__ = ["DecodeJob", "DecodeOutput", "Decoder", "WhisperDecoder", "WhisperOptions", "Word"]
 
@@ -145,9 +146,15 @@ class WhisperDecoder:
         self.compute_type = compute
         self._name = name
         self._options = options
-        self._model = WhisperModel(
-            str(model_dir), device=device, compute_type=compute, cpu_threads=options.cpu_threads
-        )
+        try:
+            self._model = WhisperModel(
+                str(model_dir), device=device, compute_type=compute, cpu_threads=options.cpu_threads
+            )
+        except (RuntimeError, ValueError) as err:  # no CUDA, unsupported compute type, ...
+            raise SettingsError(
+                f"cannot load model {name!r} on device {device} with compute type {compute}: "
+                f"{err} (settings device, compute_type)"
+            ) from err
         self._tokenizers: dict[str | None, Tokenizer] = {}
 
     @property
