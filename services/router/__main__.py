@@ -14,6 +14,7 @@ import sys
 
 from services.router.app import RouterApp
 from services.router.settings import RouterSettings, load_settings
+from voxmesh.errors import SettingsError
 from voxmesh.mesh.process import READY_PREFIX
 from voxmesh.rpc import aio_compat
 from voxmesh.rpc.server import wait_for_signal
@@ -41,7 +42,11 @@ async def serve(settings: RouterSettings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parses settings from flags and environment and runs the router."""
-    settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
