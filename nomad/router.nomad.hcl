@@ -96,6 +96,10 @@ job "router" {
         VOXMESH_ROUTER_DISCOVERY       = "consul"
         VOXMESH_ROUTER_CONSUL_ADDRESS  = "http://${attr.unique.network.ip-address}:8500"
         VOXMESH_ROUTER_DRAIN_TIMEOUT_S = "30"
+        # Off: a draining instance gets no new stream. "true" sends a stream to a
+        # preemptible instance under a spot notice (100 s drain, 30 s must be left) when
+        # no other instance has room, instead of queueing it (nomad/README.md, Stopping).
+        VOXMESH_ROUTER_LAST_RESORT = "false"
       }
 
       resources {
