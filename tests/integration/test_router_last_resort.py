@@ -65,6 +65,9 @@ async def test_a_draining_instance_takes_a_stream_when_nothing_else_has_room() -
         assert stream.finals() == expected_finals(stream.sent, 16000, 1000)
         assert draining.last_resort_streams == 1
         assert m.metric("voxmesh_router_last_resort_total", pool="asr_small") == 1
+        (row,) = [r for r in m.snapshot().instances if r.instance_id == "draining"]
+        assert row.state == stt_pb2.SERVING_STATE_DRAINING and not row.listed
+        assert 30 < row.drain_remaining.ToMilliseconds() / 1000 <= 60
         assert m.queue().queued_realtime == 0
         await holder.finish()
 

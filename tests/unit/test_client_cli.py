@@ -97,7 +97,7 @@ def test_router_status_lists_instances_after_the_pools() -> None:
     snap.instances.add(
         instance_id="small-c", pool="asr_small", capacity_class="on-demand", region="eu",
         gpu_type="cpu", state=stt_pb2.SERVING_STATE_DRAINING, router_streams=1, max_streams=4,
-        active_streams=1, telemetry_age=age,
+        active_streams=1, telemetry_age=age, drain_remaining=duration_pb2.Duration(seconds=62),
     )  # fmt: skip
     lines = format_status(snap).splitlines()
     table = lines[lines.index("") + 1 : -1]  # between the pool table and the host line
@@ -110,7 +110,7 @@ def test_router_status_lists_instances_after_the_pools() -> None:
          "3/4", "2", "1", "42%", "0.3", "s", "ago"],
         ["small-b-with-a-long-id", "asr_small", "preemptible", "eu", "cpu", "unknown", "yes",
          "0/8", "0", "0", "-", "none", "yet"],
-        ["small-c", "asr_small", "on-demand", "eu", "cpu", "draining", "gone",
+        ["small-c", "asr_small", "on-demand", "eu", "cpu", "draining", "62s", "gone",
          "1/4", "1", "0", "-", "0.3", "s", "ago"],
     ]  # fmt: skip
     # Columns line up: every text column starts where its header does, the last

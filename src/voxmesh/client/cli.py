@@ -146,6 +146,9 @@ _RIGHT_ALIGNED = frozenset(range(_INSTANCE_COLUMNS.index("streams"), len(_INSTAN
 def _instance_cells(row: stt_pb2.InstanceLoad) -> tuple[str, ...]:
     """One instance row of a router's status, in the order of ``_INSTANCE_COLUMNS``."""
     accepts = "gone" if not row.listed else "yes" if row.accepting else "no"
+    state = _STATES.get(row.state, "unknown")
+    if row.HasField("drain_remaining"):
+        state += f" {row.drain_remaining.ToTimedelta().total_seconds():.0f}s"
     if row.HasField("telemetry_age"):
         telemetry = f"{row.telemetry_age.ToTimedelta().total_seconds():.1f} s ago"
     else:
@@ -156,7 +159,7 @@ def _instance_cells(row: stt_pb2.InstanceLoad) -> tuple[str, ...]:
         row.capacity_class,
         row.region,
         row.gpu_type,
-        _STATES.get(row.state, "unknown"),
+        state,
         accepts,
         f"{row.active_streams}/{row.max_streams}",
         str(row.router_streams),

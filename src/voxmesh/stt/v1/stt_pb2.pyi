@@ -970,6 +970,7 @@ class InstanceLoad(_message.Message):
     GPU_AVAILABLE_FIELD_NUMBER: _builtins.int
     GPU_UTILIZATION_RATIO_FIELD_NUMBER: _builtins.int
     TELEMETRY_AGE_FIELD_NUMBER: _builtins.int
+    DRAIN_REMAINING_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """Unique id of the instance (also its discovery id)."""
     pool: _builtins.str
@@ -1023,6 +1024,13 @@ class InstanceLoad(_message.Message):
         (unreachable or stuck).
         """
 
+    @_builtins.property
+    def drain_remaining(self) -> _duration_pb2.Duration:
+        """What is left of the instance's drain: its last snapshot's
+        `drain_remaining`, counted down on the router's clock since. Unset unless
+        the instance drains with a bounded timeout.
+        """
+
     def __init__(
         self,
         *,
@@ -1043,10 +1051,11 @@ class InstanceLoad(_message.Message):
         gpu_available: _builtins.bool = ...,
         gpu_utilization_ratio: _builtins.float = ...,
         telemetry_age: _duration_pb2.Duration | None = ...,
+        drain_remaining: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["telemetry_age", b"telemetry_age"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain_remaining", b"drain_remaining", "telemetry_age", b"telemetry_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepting", b"accepting", "active_streams", b"active_streams", "address", b"address", "capacity_class", b"capacity_class", "gpu_available", b"gpu_available", "gpu_type", b"gpu_type", "gpu_utilization_ratio", b"gpu_utilization_ratio", "instance_id", b"instance_id", "listed", b"listed", "max_streams", b"max_streams", "model", b"model", "pending_work", b"pending_work", "pool", b"pool", "region", b"region", "router_streams", b"router_streams", "state", b"state", "telemetry_age", b"telemetry_age"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepting", b"accepting", "active_streams", b"active_streams", "address", b"address", "capacity_class", b"capacity_class", "drain_remaining", b"drain_remaining", "gpu_available", b"gpu_available", "gpu_type", b"gpu_type", "gpu_utilization_ratio", b"gpu_utilization_ratio", "instance_id", b"instance_id", "listed", b"listed", "max_streams", b"max_streams", "model", b"model", "pending_work", b"pending_work", "pool", b"pool", "region", b"region", "router_streams", b"router_streams", "state", b"state", "telemetry_age", b"telemetry_age"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
