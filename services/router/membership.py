@@ -138,10 +138,18 @@ class Member:
         snap, min_drain = self.snapshot, self._last_resort_min_drain_s
         if min_drain is None or not self.reachable or snap is None:
             return False
-        if snap.state != stt_pb2.SERVING_STATE_DRAINING or not snap.HasField("drain_remaining"):
+        if snap.state != stt_pb2.SERVING_STATE_DRAINING:
             return False
-        left = snap.drain_remaining.ToMilliseconds() / 1000 - (self._clock() - self._snapshot_at)
-        return left >= min_drain
+        left = self.drain_left_s()
+        return left is not None and left >= min_drain
+
+    def drain_left_s(self) -> float | None:
+        """Seconds left of the instance's drain: its last snapshot's ``drain_remaining``
+        counted down since; None unless that snapshot reports a bounded drain."""
+        if self.snapshot is None or not self.snapshot.HasField("drain_remaining"):
+            return None
+        reported = self.snapshot.drain_remaining.ToMilliseconds() / 1000
+        return max(0.0, reported - (self._clock() - self._snapshot_at))
 
     def open_metadata(self) -> tuple[tuple[str, str], ...]:
         """What a stream opened here now carries: the last-resort mark when the instance

@@ -338,7 +338,7 @@ def _instance_load(member: Member) -> stt_pb2.InstanceLoad:
                 (gpu.utilization_ratio for gpu in snapshot.gpus), default=0.0
             )
         row.telemetry_age.CopyFrom(duration(age))
-        if snapshot.HasField("drain_remaining"):
-            left = snapshot.drain_remaining.ToMilliseconds() / 1000 - age
-            row.drain_remaining.CopyFrom(duration(max(0.0, left)))
+        drain_left = member.drain_left_s()
+        if drain_left is not None:
+            row.drain_remaining.CopyFrom(duration(drain_left))
     return row
