@@ -49,7 +49,7 @@ from voxmesh import errors
 from voxmesh.asr.config import audio_chunk, check_model, validate_streaming_config
 from voxmesh.discovery import CAPACITY_ON_DEMAND, InstanceInfo
 from voxmesh.rpc import status
-from voxmesh.rpc.metadata import LAST_RESORT_KEY, OFFSET_KEY, SKIP_KEY, value_of
+from voxmesh.rpc.metadata import OFFSET_KEY, SKIP_KEY, last_resort_asked, value_of
 from voxmesh.rpc.server import ServerOptions, ServiceServer, wait_for_signal
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
@@ -313,7 +313,7 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
             last_resort = self._draining
             if last_resort:
                 remaining = self.drain_remaining()
-                asked = value_of(context.invocation_metadata(), LAST_RESORT_KEY) == "1"
+                asked = last_resort_asked(context.invocation_metadata())
                 if not asked or remaining is None:
                     raise errors.Draining("the instance is draining; retry on another instance")
                 if remaining < self.options.last_resort_min_drain_s:

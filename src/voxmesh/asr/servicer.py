@@ -37,7 +37,7 @@ from voxmesh.asr.config import (
 from voxmesh.asr.instance import AsrInstance
 from voxmesh.asr.results import duration, final_result, to_response
 from voxmesh.asr.session import Final, StreamParams, StreamSession
-from voxmesh.rpc.metadata import LAST_RESORT_KEY, OFFSET_KEY, SKIP_KEY, value_of
+from voxmesh.rpc.metadata import OFFSET_KEY, SKIP_KEY, last_resort_asked, value_of
 from voxmesh.rpc.status import abort, code_of
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
@@ -61,11 +61,6 @@ def _metadata_ms(context: Context, key: str) -> float:
     if value < 0:
         raise errors.InvalidArgument(f"metadata {key}={value} is negative")
     return value / 1000.0
-
-
-def _last_resort(context: Context) -> bool:
-    """The router sends this stream to a draining instance as a last resort."""
-    return value_of(context.invocation_metadata(), LAST_RESORT_KEY) == "1"
 
 
 class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
@@ -122,7 +117,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         context: Context,
     ) -> AsyncIterator[stt_pb2.StreamingRecognizeResponse]:
         try:
-            with self._instance.admit(last_resort=_last_resort(context)):
+            with self._instance.admit(last_resort=last_resort_asked(context.invocation_metadata())):
                 async for response in self._stream(request_iterator, context):
                     yield response
         except errors.VoxmeshError as err:
@@ -228,7 +223,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         self, request: stt_pb2.RecognizeRequest, context: Context
     ) -> stt_pb2.RecognizeResponse:
         try:
-            with self._instance.admit(last_resort=_last_resort(context)):
+            with self._instance.admit(last_resort=last_resort_asked(context.invocation_metadata())):
                 return await self._recognize(request)
         except errors.VoxmeshError as err:
             self._failed(err)

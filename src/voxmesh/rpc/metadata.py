@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["LAST_RESORT_KEY", "OFFSET_KEY", "SKIP_KEY", "value_of"]
+__all__ = ["LAST_RESORT_KEY", "OFFSET_KEY", "SKIP_KEY", "last_resort_asked", "value_of"]
 
 OFFSET_KEY = "voxmesh-offset-ms"
 SKIP_KEY = "voxmesh-skip-ms"
@@ -30,3 +30,8 @@ def value_of(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> st
         if k == key:
             return v if isinstance(v, str) else v.decode()
     return None
+
+
+def last_resort_asked(metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
+    """True when a router sent this stream to a draining instance as a last resort."""
+    return value_of(metadata, LAST_RESORT_KEY) == "1"
