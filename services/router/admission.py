@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from services.router.balancer import Candidate, PowerOfTwoBalancer
-from services.router.metrics import RouterMetrics
+from services.router.metrics import QUEUE_FULL, QUEUE_TIMEOUT, RouterMetrics
 from voxmesh.errors import ResourceExhausted, Unavailable
 
 __all__ = ["Admission", "QueueLimits", "QueueSnapshot", "Slot"]
@@ -143,14 +143,14 @@ class Admission(Generic[S]):
             full = len(queue.waiters) > self._limits.max_streams
             if full and not resumed:
                 self._leave(pool, waiter)
-                raise self._reject(pool, waiter, "queue_full")
+                raise self._reject(pool, waiter, QUEUE_FULL)
             self._gauge(pool)
         try:
             async with asyncio.timeout(self._limits.max_wait_s):
                 slot = await waiter.future
         except TimeoutError:
             self._leave(pool, waiter)
-            raise self._reject(pool, waiter, "timeout") from None
+            raise self._reject(pool, waiter, QUEUE_TIMEOUT) from None
         except BaseException:
             self._leave(pool, waiter)
             fut = waiter.future
@@ -227,7 +227,7 @@ class Admission(Generic[S]):
         self._metrics.rejected.labels(pool, reason).inc()
         self._observe_wait(pool, waiter)
         logger.info("pool %s: stream rejected (%s)", pool, reason)
-        detail = "queue is full" if reason == "queue_full" else "no instance freed up in time"
+        detail = "queue is full" if reason == QUEUE_FULL else "no instance freed up in time"
         return ResourceExhausted(
             f"pool {pool} is at capacity: {detail}; retry later",
             retry_after=self._limits.retry_after_s,

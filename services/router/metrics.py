@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["RouterMetrics"]
+__all__ = ["QUEUE_FULL", "QUEUE_TIMEOUT", "ROUTER_FULL", "RouterMetrics"]
+
+QUEUE_FULL = "queue_full"
+"""``rejected_total`` reason: the pool's admission queue is full."""
+QUEUE_TIMEOUT = "timeout"
+"""``rejected_total`` reason: no instance freed up within the queue's max wait."""
+ROUTER_FULL = "router_full"
+"""``rejected_total`` reason (pool ``any``): the router's own stream limit."""
 
 _WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LATENCY_BUCKETS = (
@@ -116,10 +123,10 @@ class RouterMetrics:
         """Creates every pool's event counters at 0, so that the first event is an increase
         that ``rate()``/``increase()`` see (a series that appears at 1 is not)."""
         for pool in pools:
-            for reason in ("queue_full", "timeout"):
+            for reason in (QUEUE_FULL, QUEUE_TIMEOUT):
                 self.rejected.labels(pool, reason)
             self.admitted.labels(pool)
             self.instance_rejections.labels(pool)
             self.failovers.labels(pool)
             self.last_resort.labels(pool)
-        self.rejected.labels("any", "router_full")
+        self.rejected.labels("any", ROUTER_FULL)

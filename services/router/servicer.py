@@ -19,7 +19,7 @@ import psutil
 
 from services.router.admission import Admission
 from services.router.membership import Member, Membership
-from services.router.metrics import RouterMetrics
+from services.router.metrics import ROUTER_FULL, RouterMetrics
 from services.router.relay import FAILOVER_CODES, RelayLimits, StreamRelay, UpstreamError
 from services.router.routing import PoolResolver
 from voxmesh.asr.config import validate_recognition_config
@@ -209,7 +209,7 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
         if self._draining:
             raise Unavailable("the router is draining; retry on another router")
         if self._max_streams and self._active > self._max_streams:
-            self._metrics.rejected.labels("any", "router_full").inc()
+            self._metrics.rejected.labels("any", ROUTER_FULL).inc()
             raise ResourceExhausted(
                 f"the router is at capacity ({self._max_streams} streams); retry later",
                 retry_after=self._retry_after_s,
