@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed
-APT_PACKAGES := espeak-ng sox libsox-fmt-all prometheus nginx
+APT_PACKAGES := espeak-ng sox libsox-fmt-all prometheus nginx openssl
 
 .DEFAULT_GOAL := help
 
@@ -14,7 +14,7 @@ help: ## List the targets
 install: system-deps $(VENV_STAMP) node_modules/.bin/buf .tools/bin/grpcurl models ## Install everything (Debian packages, venv, models, buf, grpcurl)
 
 .PHONY: system-deps
-system-deps: ## Debian packages the tests and benchmarks use (espeak-ng, sox, prometheus, nginx)
+system-deps: ## Debian packages the tests and benchmarks use (espeak-ng, sox, prometheus, nginx, openssl)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

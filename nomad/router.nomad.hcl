@@ -100,6 +100,11 @@ job "router" {
         # preemptible instance under a spot notice (100 s drain, 30 s must be left) when
         # no other instance has room, instead of queueing it (nomad/README.md, Stopping).
         VOXMESH_ROUTER_LAST_RESORT = "false"
+        # TLS on the public endpoint (docs/router.md, TLS): render the pair into the
+        # secrets dir (a template from Vault PKI, change_mode "noop": the router re-reads
+        # changed files at the next handshake) and set grpc_use_tls on the check above.
+        # VOXMESH_ROUTER_TLS_CERT_FILE = "${NOMAD_SECRETS_DIR}/tls.pem"
+        # VOXMESH_ROUTER_TLS_KEY_FILE  = "${NOMAD_SECRETS_DIR}/tls.key"
       }
 
       resources {

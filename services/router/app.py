@@ -128,7 +128,12 @@ class RouterApp:
         telemetry = RouterTelemetry(self.telemetry_snapshot)
         metrics_port = None if settings.metrics_port < 0 else settings.metrics_port
         self.server = ServiceServer(
-            ServerOptions(host=settings.host, port=settings.port, metrics_port=metrics_port),
+            ServerOptions(
+                host=settings.host,
+                port=settings.port,
+                metrics_port=metrics_port,
+                tls=settings.tls,
+            ),
             self.registry,
         )
         services = stt_pb2.DESCRIPTOR.services_by_name

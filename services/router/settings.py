@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from voxmesh.errors import SettingsError
+from voxmesh.rpc.tls import ServerTls
 from voxmesh.settings import load, pairs, setting
 
 __all__ = ["ENV_PREFIX", "RouterSettings", "load_settings"]
@@ -31,6 +32,14 @@ class RouterSettings:
     """gRPC port of the public endpoint; 0 picks a free one."""
     metrics_port: int = setting(9101, "Prometheus HTTP port (0 picks a free one, -1 disables)")
     """Prometheus HTTP port; 0 picks a free one, -1 disables it."""
+    tls_cert_file: str = setting("", "PEM certificate chain: serve the public endpoint over TLS")
+    """PEM certificate chain of the public endpoint; with ``tls_key_file`` it serves TLS
+    only. The files are re-read when they change (rotation without a restart)."""
+    tls_key_file: str = setting("", "PEM private key of tls_cert_file")
+    """PEM private key of ``tls_cert_file``."""
+    tls_client_ca_file: str = setting("", "PEM CA bundle: require client certificates (mTLS)")
+    """PEM CA bundle; set, clients must present a certificate that chains to it (mutual
+    TLS). Instances, the autoscaler and Consul are reached in plaintext: see docs/router.md."""
     instance_id: str = setting("", "id in the router's telemetry (default router-<hostname>)")
     """Identifier of this router in its telemetry; ``router-<hostname>`` when empty."""
     region: str = setting("", "preferred region of instances (empty: no preference)")
@@ -124,8 +133,16 @@ class RouterSettings:
         """``auto_language_pools`` as a mapping language -> pool."""
         return pairs("auto_language_pools", self.auto_language_pools)
 
+    @property
+    def tls(self) -> ServerTls | None:
+        """The public endpoint's TLS files, checked (None: plaintext)."""
+        return ServerTls.from_settings(
+            self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file
+        )
+
     def validate(self) -> None:
         """Raises :class:`SettingsError` naming the first invalid setting."""
+        _ = self.tls
         if self.discovery not in DISCOVERY_BACKENDS:
             raise SettingsError(f"setting discovery={self.discovery!r}: expected file or consul")
         if self.auto_policy not in AUTO_POLICIES:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
+import pytest
 from google.protobuf import duration_pb2
 
-from voxmesh.client.cli import TranscriptView, format_status
+from voxmesh.client.cli import TranscriptView, format_status, main
 from voxmesh.stt.v1 import stt_pb2
 
 
@@ -130,3 +132,20 @@ def test_instance_status_has_no_instance_table() -> None:
     assert lines[0].startswith("instance small-a: serving, 1/4 streams, 0 pending")
     assert lines[1].startswith("pool asr_small, model tiny.en")
     assert lines[2:] == ["no GPU: no NVML", lines[-1]] and lines[-1].startswith("host: ")
+
+
+def test_a_client_certificate_without_its_key_is_bad_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "--cert", "client.pem"])
+    assert exited.value.code == 2
+    assert "--cert and --key go together" in capsys.readouterr().err
+
+
+def test_an_unreadable_ca_file_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "absent-ca.pem"
+    assert main(["status", "--target", "127.0.0.1:1", "--ca", str(missing)]) == 1
+    assert capsys.readouterr().err == f"error: No such file or directory: {missing}\n"

@@ -5,8 +5,11 @@
     voxmesh transcribe talk.mp3                 # real time, interim + final text
     voxmesh transcribe talk.mp3 --fast --priority batch
     voxmesh status --target 127.0.0.1:50051     # instances, load, queues
+    voxmesh status --target mesh.example:443 --tls --ca ca.pem  # a TLS router
 
-The target defaults to ``$VOXMESH_TARGET`` or the router's default port.
+The target defaults to ``$VOXMESH_TARGET`` or the router's default port. ``--ca``,
+``--cert`` and ``--key`` imply ``--tls``; ``--cert``/``--key`` present a client
+certificate (a router that requires one: ``tls_client_ca_file``).
 Exit status: 0 on success, 1 on an RPC or input error, 2 on bad usage.
 """
 
@@ -17,6 +20,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 import grpc
@@ -25,6 +29,7 @@ from voxmesh.client.audio import SAMPLE_RATE, decode_file
 from voxmesh.client.client import RecognizerClient, StreamOptions
 from voxmesh.errors import VoxmeshError
 from voxmesh.rpc import aio_compat
+from voxmesh.rpc.tls import ClientTls
 from voxmesh.stt.v1 import stt_pb2
 
 __all__ = ["main"]
@@ -116,7 +121,7 @@ async def _transcribe(args: argparse.Namespace) -> int:
         stream_id=args.stream_id,
     )
     view = TranscriptView(sys.stdout, sys.stderr, total)
-    async with RecognizerClient(args.target) as client:
+    async with RecognizerClient(args.target, tls=_tls(args)) as client:
         try:
             transcript = await client.transcribe_pcm(
                 pcm, SAMPLE_RATE, options, view.on_response, view.on_progress
@@ -229,7 +234,7 @@ def format_status(snap: stt_pb2.TelemetrySnapshot) -> str:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    async with RecognizerClient(args.target) as client:
+    async with RecognizerClient(args.target, tls=_tls(args)) as client:
         if not args.watch:
             print(format_status(await client.telemetry()))
             return 0
@@ -238,12 +243,35 @@ async def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tls(args: argparse.Namespace) -> ClientTls | None:
+    """The TLS the connection flags ask for (None: plaintext)."""
+    if not (args.tls or args.ca or args.cert or args.key):
+        return None
+    return ClientTls(
+        ca_file=Path(args.ca) if args.ca else None,
+        cert_file=Path(args.cert) if args.cert else None,
+        key_file=Path(args.key) if args.key else None,
+    )
+
+
+def _connection_flags(default_target: str) -> argparse.ArgumentParser:
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--target", default=default_target, help="router or instance host:port")
+    flags.add_argument("--tls", action="store_true", help="connect over TLS (system CA roots)")
+    flags.add_argument("--ca", default="", help="PEM CA bundle to verify the server (TLS)")
+    flags.add_argument("--cert", default="", help="PEM client certificate (mutual TLS)")
+    flags.add_argument("--key", default="", help="PEM private key of --cert")
+    return flags
+
+
 def _parser(default_target: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voxmesh", description="voxmesh speech-to-text client")
     commands = parser.add_subparsers(dest="command", required=True)
-    tr = commands.add_parser("transcribe", help="transcribe an audio file (any FFmpeg format)")
+    connection = _connection_flags(default_target)
+    tr = commands.add_parser(
+        "transcribe", parents=[connection], help="transcribe an audio file (any FFmpeg format)"
+    )
     tr.add_argument("file", help="audio file; decoded to 16 kHz LINEAR16 with PyAV")
-    tr.add_argument("--target", default=default_target, help="router or instance host:port")
     pace = tr.add_mutually_exclusive_group()
     pace.add_argument("--realtime", action="store_true", help="send at real time (default)")
     pace.add_argument("--fast", action="store_true", help="send as fast as the server reads")
@@ -253,8 +281,7 @@ def _parser(default_target: str) -> argparse.ArgumentParser:
     tr.add_argument("--language", default="", help="ISO 639-1 code (default: model's)")
     tr.add_argument("--no-interim", action="store_true", help="final results only")
     tr.add_argument("--stream-id", default="", help="id echoed in logs and the summary")
-    st = commands.add_parser("status", help="show instances, load and queues")
-    st.add_argument("--target", default=default_target, help="router or instance host:port")
+    st = commands.add_parser("status", parents=[connection], help="show instances, load and queues")
     st.add_argument("--watch", action="store_true", help="keep printing snapshots")
     st.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots")
     return parser
@@ -264,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``voxmesh`` command."""
     parser = _parser(os.environ.get("VOXMESH_TARGET", DEFAULT_TARGET))
     args = parser.parse_args(argv)
+    if bool(args.cert) != bool(args.key):
+        parser.error("--cert and --key go together (a client certificate and its key)")
     command = _transcribe if args.command == "transcribe" else _status
     aio_compat.install()
     try:
@@ -272,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
     except VoxmeshError as err:
         print(f"error: {err}", file=sys.stderr)
+    except OSError as err:  # a TLS file that cannot be read
+        print(f"error: {err.strerror}: {err.filename}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     return 1

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from voxmesh.errors import Unavailable
+from voxmesh.rpc.tls import ClientTls
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 __all__ = ["RecognizerClient", "StreamOptions", "Transcript"]
@@ -93,19 +94,30 @@ class Transcript:
         ).strip()
 
 
+def _channel(target: str, tls: ClientTls | None) -> grpc.aio.Channel:
+    options = [
+        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    ]
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, tls.credentials(), options=options)
+
+
 class RecognizerClient:
     """A connection to a router or an instance."""
 
-    def __init__(self, target: str, *, channel: grpc.aio.Channel | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        tls: ClientTls | None = None,
+    ) -> None:
+        """``tls`` (None: plaintext) is used when the client makes its own channel."""
         self.target = target
         self._own_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._channel = channel or _channel(target, tls)
         self._recognizer = stt_pb2_grpc.RecognizerServiceStub(self._channel)
         self._telemetry = stt_pb2_grpc.TelemetryServiceStub(self._channel)
 

@@ -22,6 +22,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from voxmesh.rpc.tls import ServerTls, server_credentials
+
 __all__ = ["ServerOptions", "ServiceServer", "wait_for_signal"]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class ServerOptions:
     """Prometheus HTTP port; 0 picks a free one, None disables it."""
     max_message_bytes: int = _MAX_MESSAGE_BYTES
     """Largest gRPC message accepted (bounds unary Recognize requests)."""
+    tls: ServerTls | None = None
+    """TLS for the gRPC port (None: plaintext); the metrics port stays plain HTTP."""
 
 
 class ServiceServer:
@@ -87,7 +91,11 @@ class ServiceServer:
         reflection.enable_server_reflection(
             [*self._service_names, reflection.SERVICE_NAME], self._server
         )
-        self.port = self._server.add_insecure_port(f"{self._options.host}:{self._options.port}")
+        address = f"{self._options.host}:{self._options.port}"
+        if self._options.tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, server_credentials(self._options.tls))
         if self.port == 0:
             raise OSError(f"could not bind {self._options.host}:{self._options.port}")
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -99,9 +107,10 @@ class ServiceServer:
             self._metrics_httpd = httpd
             self.metrics_port = int(httpd.server_port)
         logger.info(
-            "listening on %s:%s (metrics %s)",
+            "listening on %s:%s (%s, metrics %s)",
             self._options.host,
             self.port,
+            _transport(self._options.tls),
             self.metrics_port or "off",
         )
 
@@ -131,6 +140,12 @@ class ServiceServer:
     async def wait_for_termination(self) -> None:
         """Returns when the server has stopped."""
         await self._server.wait_for_termination()
+
+
+def _transport(tls: ServerTls | None) -> str:
+    if tls is None:
+        return "plaintext"
+    return "TLS, client certificates required" if tls.client_ca_file else "TLS"
 
 
 async def wait_for_signal(
