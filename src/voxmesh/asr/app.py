@@ -95,6 +95,7 @@ async def serve(
             compute_type=settings.compute_type,
             cpu_threads=settings.cpu_threads,
             beam_size=settings.beam_size,
+            final_beam_size=settings.final_beam_size,
         ),
     )
     warm = await asyncio.to_thread(decoder.warm_up)

@@ -64,6 +64,10 @@ class DecodeJob:
     utterance): decoding continues after it, and only the continuation is returned."""
     words: bool = False
     """Whether word timings are wanted."""
+    wide_beam: bool = False
+    """Decode with the final beam size rather than the interim one. Sessions ask it for
+    finals; the scheduler withdraws it when other work is waiting (see
+    :class:`~voxmesh.asr.scheduler.DecodeScheduler`)."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,10 @@ class WhisperOptions:
     cpu_threads: int = 0
     """Intra-op threads on CPU (0: CTranslate2's default)."""
     beam_size: int = 1
-    """Beam size (1: greedy, the streaming default; offline faster-whisper uses 5)."""
+    """Beam size of interim decodes (1: greedy; they are redone as audio arrives)."""
+    final_beam_size: int = 5
+    """Beam size of wide-beam decodes (faster-whisper's ``transcribe`` default): finals
+    are decoded once and kept, so they get the search offline decoding gets."""
     max_new_tokens: int = 200
     """Tokens generated per window at most."""
 
@@ -188,6 +195,20 @@ class WhisperDecoder:
         return time.perf_counter() - started
 
     def decode(self, jobs: Sequence[DecodeJob]) -> list[DecodeOutput]:
+        groups: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            beam = self._options.final_beam_size if job.wide_beam else self._options.beam_size
+            groups.setdefault(beam, []).append(i)
+        if len(groups) == 1:  # the common case: one model call for the batch
+            ((beam, _),) = groups.items()
+            return self._decode(jobs, beam)
+        outputs: dict[int, DecodeOutput] = {}
+        for beam, indices in groups.items():  # generate() takes one beam size per call
+            group = self._decode([jobs[i] for i in indices], beam)
+            outputs.update(zip(indices, group, strict=True))
+        return [outputs[i] for i in range(len(jobs))]
+
+    def _decode(self, jobs: Sequence[DecodeJob], beam_size: int) -> list[DecodeOutput]:
         if not jobs:
             return []
         model = self._model
@@ -218,7 +239,7 @@ class WhisperDecoder:
         results = model.model.generate(
             encoder_output,
             prompts,
-            beam_size=self._options.beam_size,
+            beam_size=beam_size,
             max_length=min(model.max_length, longest_prompt + self._options.max_new_tokens),
             return_scores=True,
             return_no_speech_prob=True,

@@ -382,7 +382,7 @@ class StreamSession:
                 interval *= 1.0 + 4.0 * self._scheduler.utilization()
         return self._total - self._decoded_until >= interval * SR
 
-    def _job(self, start: int, end: int, *, words: bool) -> tuple[DecodeJob, int]:
+    def _job(self, start: int, end: int, *, words: bool, final: bool) -> tuple[DecodeJob, int]:
         """The decode of utterance [start, end) behind its context, and the sample where
         its window (and word times) start."""
         window, prefix = self._context.window(start, end)
@@ -392,6 +392,7 @@ class StreamSession:
             prompt=self._context.prompt if self._opt.condition_on_previous else "",
             prefix=prefix,
             words=words,
+            wide_beam=final,
         )
         return job, window
 
@@ -400,7 +401,9 @@ class StreamSession:
     ) -> tuple[DecodeOutput, int]:
         """Decodes the utterance [start, end) behind its context; returns the output and
         the sample where its window (and word times) start."""
-        job, window = self._job(start, end, words=words or (final and self.params.word_offsets))
+        job, window = self._job(
+            start, end, words=words or (final and self.params.word_offsets), final=final
+        )
         output = await self._scheduler.submit(job, realtime=self.params.realtime, final=final)
         return output, window
 
@@ -411,7 +414,7 @@ class StreamSession:
         is withdrawn, and None returned, if one of ``stale_after`` happens while it still
         waits for the model: an interim once a pause begins, a speculative final once
         speech resumes. Under load that work would only delay other streams' finals."""
-        job, window = self._job(start, end, words=final and self.params.word_offsets)
+        job, window = self._job(start, end, words=final and self.params.word_offsets, final=final)
         ticket = self._scheduler.enqueue(job, realtime=self.params.realtime, final=final)
         if not self._opt.adaptive:
             return await ticket.future, window

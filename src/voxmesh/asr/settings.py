@@ -29,7 +29,12 @@ class AsrSettings:
         "default", "CTranslate2 compute type (default: int8 CPU, float16 GPU)"
     )
     cpu_threads: int = setting(0, "CTranslate2 intra-op threads (0: its default)")
-    beam_size: int = setting(1, "beam size for decoding")
+    beam_size: int = setting(1, "beam size of interim decodes (1: greedy)")
+    final_beam_size: int = setting(
+        5,
+        "beam size of final decodes while no other decode work waits (greedy under load);"
+        " 1: always greedy, lower latency on CPU (see docs/asr.md, Accuracy)",
+    )
     max_streams: int = setting(
         4, "admission limit: concurrent streams (calibrate with bench/asr_density.py)"
     )
@@ -80,6 +85,8 @@ class AsrSettings:
             "max_streams": self.max_streams,
             "max_chunk_bytes": self.max_chunk_bytes,
             "max_unary_bytes": self.max_unary_bytes,
+            "beam_size": self.beam_size,
+            "final_beam_size": self.final_beam_size,
         }
         for name, value in positive.items():
             if value < 1:
