@@ -242,6 +242,7 @@ async def test_metrics_and_telemetry_are_exposed(server: AsrServerThread) -> Non
         "voxmesh_asr_decode_pending",
         "voxmesh_asr_batch_size_bucket",
         "voxmesh_asr_decode_duration_seconds_bucket",
+        "voxmesh_asr_finals_narrowed_total",
         "voxmesh_asr_real_time_factor",
         "voxmesh_asr_audio_seconds_total",
         'voxmesh_asr_errors_total{code="INVALID_ARGUMENT"}',

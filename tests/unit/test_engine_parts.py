@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
+from tests.conditions import wait_until_async
 from voxmesh.asr.agreement import LocalAgreement
 from voxmesh.asr.decoder import DecodeJob, DecodeOutput
 from voxmesh.asr.scheduler import DecodeScheduler, SchedulerOptions
@@ -97,6 +99,42 @@ async def test_scheduler_batches_in_priority_order_and_drops_cancelled_jobs() ->
         assert scheduler.stats.dropped == 1
         assert all(len(b) <= 2 for b in decoder.batches)
     finally:
+        await scheduler.shutdown()
+
+
+async def test_scheduler_narrows_wide_beam_finals_only_while_other_work_waits() -> None:
+    gate = threading.Event()
+
+    class Gated(RecordingDecoder):
+        def decode(self, jobs: Sequence[DecodeJob]) -> list[DecodeOutput]:
+            out = super().decode(jobs)
+            if len(jobs[0].audio) == 2:
+                gate.wait(timeout=5)
+            return out
+
+    def wide(n: int) -> DecodeJob:
+        return DecodeJob(audio=np.zeros(n, np.float32), wide_beam=True)
+
+    decoder = Gated()
+    scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=1))
+    scheduler.start()
+    try:
+        await scheduler.submit(wide(1), realtime=True, final=True)  # nothing else waits
+        # Two finals queue behind a running job: the first taken still has one waiting.
+        running = asyncio.create_task(scheduler.submit(job(2), realtime=True, final=False))
+        await wait_until_async(lambda: len(decoder.batches) == 2)
+        queued = [
+            asyncio.create_task(scheduler.submit(wide(n), realtime=True, final=True))
+            for n in (3, 4)
+        ]
+        await wait_until_async(lambda: scheduler.pending == 2)
+        gate.set()
+        await asyncio.gather(running, *queued)
+        seen = [(len(b[0].audio), b[0].wide_beam) for b in decoder.batches]
+        assert seen == [(1, True), (2, False), (3, False), (4, True)]
+        assert scheduler.stats.narrowed == 1
+    finally:
+        gate.set()
         await scheduler.shutdown()
 
 

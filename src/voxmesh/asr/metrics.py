@@ -22,6 +22,7 @@ class AsrMetrics:
     batch_size: Histogram
     decode_seconds: Histogram
     queue_wait_seconds: Histogram
+    finals_narrowed: Counter
     real_time_factor: Gauge
     audio_seconds: Counter
     results: Counter
@@ -60,6 +61,12 @@ class AsrMetrics:
                 buckets=_LATENCY_BUCKETS,
                 registry=r,
             ),
+            finals_narrowed=Counter(
+                p + "finals_narrowed",
+                "Final decodes run greedily instead of with the final beam, because other"
+                " decode work was waiting",
+                registry=r,
+            ),
             real_time_factor=Gauge(
                 p + "real_time_factor",
                 "Model seconds per second of audio received (last interval)",
@@ -81,9 +88,10 @@ class AsrMetrics:
             ),
         )
 
-    def on_batch(self, size: int, seconds: float, waits: list[float]) -> None:
+    def on_batch(self, size: int, seconds: float, waits: list[float], narrowed: int) -> None:
         """Scheduler hook: one model call finished."""
         self.batch_size.observe(size)
+        self.finals_narrowed.inc(narrowed)
         self.decode_seconds.observe(seconds)
         for wait in waits:
             self.queue_wait_seconds.observe(wait)

@@ -8,6 +8,10 @@ them in priority order and runs them on the model in batches:
   worker waits up to ``max_wait`` for more (0 on CPU, where batching does
   not pay; a few milliseconds on a GPU);
 * the model runs in a single-thread executor, off the event loop;
+* finals ask for a wider beam search than interims (``DecodeJob.wide_beam``);
+  when other jobs are still waiting once a batch is taken, the batch is
+  decoded greedily instead: under load, the beam's extra model time would
+  come out of other streams' latency (``narrowed`` counts those jobs);
 * a job whose submitter was cancelled (stream gone), or that its session
   withdrew (:meth:`DecodeTicket.withdraw`: an interim made pointless by the
   pause that just began), is dropped before it runs.
@@ -27,7 +31,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from voxmesh.asr.decoder import DecodeJob, DecodeOutput, Decoder
 
@@ -69,6 +73,8 @@ class SchedulerStats:
     batches: int = 0
     jobs: int = 0
     dropped: int = 0
+    narrowed: int = 0
+    """Jobs that asked for the wide beam and were decoded greedily (others were waiting)."""
     busy_seconds: float = 0.0
 
 
@@ -112,7 +118,7 @@ class DecodeScheduler:
         decoder: Decoder,
         options: SchedulerOptions,
         clock: Callable[[], float] = time.monotonic,
-        on_batch: Callable[[int, float, list[float]], None] | None = None,
+        on_batch: Callable[[int, float, list[float], int], None] | None = None,
     ) -> None:
         self._decoder = decoder
         self._options = options
@@ -196,10 +202,13 @@ class DecodeScheduler:
                 continue
             started = self._clock()
             waits = [started - e.key[1] for e in batch]
+            jobs = [e.job for e in batch]
+            narrowed = 0
+            if self.pending:
+                narrowed = sum(j.wide_beam for j in jobs)
+                jobs = [replace(j, wide_beam=False) if j.wide_beam else j for j in jobs]
             try:
-                outputs = await loop.run_in_executor(
-                    self._executor, self._decoder.decode, [e.job for e in batch]
-                )
+                outputs = await loop.run_in_executor(self._executor, self._decoder.decode, jobs)
             except asyncio.CancelledError:
                 for entry in batch:
                     if not entry.future.done():
@@ -214,18 +223,20 @@ class DecodeScheduler:
             elapsed = self._clock() - started
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
-                    "batch kinds=%s waits=%s took %.3f s (%d pending)",
+                    "batch kinds=%s waits=%s narrowed=%d took %.3f s (%d pending)",
                     [e.key[0] for e in batch],
                     [round(w, 3) for w in waits],
+                    narrowed,
                     elapsed,
                     self.pending,
                 )
             self.stats.batches += 1
             self.stats.jobs += len(batch)
+            self.stats.narrowed += narrowed
             self.stats.busy_seconds += elapsed
             self._busy.append((started, started + elapsed))
             if self._on_batch is not None:
-                self._on_batch(len(batch), elapsed, waits)
+                self._on_batch(len(batch), elapsed, waits, narrowed)
             for entry, output in zip(batch, outputs, strict=True):
                 if not entry.future.done():
                     entry.future.set_result(output)
