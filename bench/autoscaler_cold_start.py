@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import statistics
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +35,7 @@ from typing import Any
 
 import grpc
 
-from bench.common import percentile, write_result
+from bench.common import metric_value, percentile, write_result
 from tests.speech import espeak_pcm
 from tests.streaming import config_request, run_stream
 from voxmesh.autoscaler.v1 import autoscaler_pb2 as pb
@@ -118,15 +116,9 @@ async def _follow_decisions(stub: Any, follower: Follower) -> None:
 
 
 def _startup_sum(metrics_port: int) -> float:
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as answer:
-        text = answer.read().decode()
-    match = re.search(
-        r'^voxmesh_autoscaler_instance_startup_seconds_sum\{pool="asr_small"\} (\S+)$',
-        text,
-        re.MULTILINE,
+    return metric_value(
+        metrics_port, 'voxmesh_autoscaler_instance_startup_seconds_sum{pool="asr_small"}'
     )
-    return float(match.group(1)) if match else 0.0
 
 
 async def _until_group(

@@ -6,15 +6,17 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-__all__ = ["RESULTS", "machine", "percentile", "write_result"]
+__all__ = ["RESULTS", "machine", "metric_value", "percentile", "write_result"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -28,6 +30,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+def metric_value(metrics_port: int, sample: str) -> float:
+    """The value of one sample (name with its labels, as exposed, e.g.
+    ``x_total{pool="a"}``) on a local /metrics endpoint; 0 if it is not there."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
 def machine() -> dict[str, Any]:
     """Where the benchmark ran."""
     try:
@@ -38,12 +49,34 @@ def machine() -> dict[str, Any]:
         rev = ""
     return {
         "cpu_count": os.cpu_count(),
-        "cpu_model": platform.processor() or platform.machine(),
+        **_cpu(),
         "memory_bytes": psutil.virtual_memory().total,
         "python": platform.python_version(),
         "git_rev": rev,
         "gpu": "none",
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+_SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8")
+"""CPU features CTranslate2's int8 and float kernels use: hosts with and without AVX-512
+differ several times in encode speed, so results name them."""
+
+
+def _cpu() -> dict[str, Any]:
+    """Model, clock and SIMD features of the CPU (from /proc/cpuinfo where there is one)."""
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set(info.get("flags", "").split())
+    return {
+        "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_mhz": round(float(info["cpu MHz"])) if "cpu MHz" in info else None,
+        "cpu_simd": [f for f in _SIMD_FLAGS if f in flags],
     }
 
 

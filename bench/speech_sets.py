@@ -31,6 +31,46 @@ HARVARD = [
     "The soft cushion broke the man's fall.",
     "The salt breeze came across from the sea.",
     "The girl at the booth sold fifty bonds.",
+    "The small pup gnawed a hole in the sock.",
+    "The fish twisted and turned on the bent hook.",
+    "Press the pants and sew a button on the vest.",
+    "The swan dive was far short of perfect.",
+    "The beauty of the view stunned the young boy.",
+    "Two blue fish swam in the tank.",
+    "Her purse was full of useless trash.",
+    "The colt reared and threw the tall rider.",
+    "It snowed, rained, and hailed the same morning.",
+    "Read verse out loud for pleasure.",
+    "Hoist the load to your left shoulder.",
+    "Take the winding path to reach the lake.",
+    "Note closely the size of the gas tank.",
+    "Wipe the grease off his dirty face.",
+    "Mend the coat before you go out.",
+    "The wrist was badly strained and hung limp.",
+    "The stray cat gave birth to kittens.",
+    "The young girl gave no clear response.",
+    "The meal was cooked before the bell rang.",
+    "What joy there is in living.",
+    "A king ruled the state in the early days.",
+    "The ship was torn apart on the sharp reef.",
+    "Sickness kept him home the third week.",
+    "The wide road shimmered in the hot sun.",
+    "The lazy cow lay in the cool grass.",
+    "Lift the square stone over the fence.",
+    "The rope will bind the seven books at once.",
+    "Hop over the fence and plunge in.",
+    "The friendly gang left the drug store.",
+    "Mesh wire keeps chicks inside.",
+    "Trample the spark, else the flames will spread.",
+    "The mute muffled the high tones of the horn.",
+    "The gold ring fits only a pierced ear.",
+    "The old pan was covered with hard fudge.",
+    "Watch the log float in the wide river.",
+    "The node on the stalk of wheat grew daily.",
+    "The heap of fallen leaves was set on fire.",
+    "Write fast, if you want to finish early.",
+    "His shirt was clean but one button was gone.",
+    "The barrel of beer was a brew of malt and hops.",
 ]
 
 
@@ -67,7 +107,7 @@ def _speech_span(pcm: bytes, rate: int) -> tuple[float, float]:
 
 
 def espeak_set(
-    recordings: int = 4, per_recording: int = 5, seed: int = 7, rate: int = 16000
+    recordings: int = 12, per_recording: int = 5, seed: int = 7, rate: int = 16000
 ) -> list[Clip]:
     """Harvard sentences spoken by espeak-ng, joined by 0.6-1.6 s pauses."""
     rng = random.Random(seed)
