@@ -137,6 +137,14 @@ def eval_recordings() -> tuple[Recording, ...]:
     return tuple(items)
 
 
+def utterance_recording() -> Recording:
+    """One real single-utterance recording (LibriSpeech, 16 kHz, 17 words, 5.4 s) for
+    tests that bound a stream's WER. Not the 8-word ls_1089-134686-0001: its "stuff it"
+    is a knife-edge for tiny.en ("stuffed it" / "suffered", by beam size and by 0.1 s of
+    leading audio), so one word decided a 0.25 bound there."""
+    return next(r for r in eval_recordings() if r.name == "ls_1089-134691-0001.flac")
+
+
 def espeak_pcm(text: str, rate: int = 16000, voice: str = "en-us", pause_s: float = 0.0) -> bytes:
     """Synthetic speech as 16-bit mono PCM at ``rate`` (cached on disk)."""
     _CACHE.mkdir(parents=True, exist_ok=True)

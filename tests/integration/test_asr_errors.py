@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.asr_server import AsrServerThread
 from tests.conditions import wait_until_async
-from tests.speech import eval_recordings, silence_pcm, wer
+from tests.speech import silence_pcm, utterance_recording, wer
 from tests.streaming import config_request, run_stream
 from voxmesh.rpc.status import retry_after_of
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
@@ -125,7 +125,7 @@ async def _call(channel: grpc.aio.Channel, requests: list[Req]) -> grpc.aio.AioR
 async def test_every_bad_input_gets_its_status_while_a_good_stream_carries_on(
     server: AsrServerThread,
 ) -> None:
-    rec = next(r for r in eval_recordings() if r.name == "ls_1089-134686-0001.flac")
+    rec = utterance_recording()
     async with grpc.aio.insecure_channel(server.target) as channel:
         good = asyncio.create_task(run_stream(channel, rec.pcm, rec.rate, speed=2.0))
         errors = await asyncio.gather(*(_call(channel, reqs) for reqs, _, _ in CASES.values()))

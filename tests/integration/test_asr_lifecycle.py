@@ -16,7 +16,7 @@ import pytest
 from tests.asr_server import AsrServerThread
 from tests.conditions import wait_until, wait_until_async
 from tests.doubles.consul_double import ConsulDouble
-from tests.speech import eval_recordings, silence_pcm, wer
+from tests.speech import silence_pcm, utterance_recording, wer
 from tests.streaming import run_stream
 from voxmesh.mesh.process import ServiceProcess
 from voxmesh.rpc.metadata import LAST_RESORT_KEY
@@ -84,7 +84,7 @@ async def test_sigterm_drains_active_streams_then_deregisters(tmp_path: Path) ->
         log_path=tmp_path / "asr.log",
     )
     await proc.start()
-    rec = next(r for r in eval_recordings() if r.name == "ls_1089-134686-0001.flac")
+    rec = utterance_recording()
     record = registry / f"{proc.ready['instance_id']}.json"
     try:
         assert record.exists() and (registry / "file_sd" / record.name).exists()

@@ -12,7 +12,15 @@ import grpc
 import pytest
 
 from tests.asr_server import AsrServerThread
-from tests.speech import EVAL_DIR, espeak_pcm, eval_recordings, noise_pcm, silence_pcm, wer
+from tests.speech import (
+    EVAL_DIR,
+    espeak_pcm,
+    eval_recordings,
+    noise_pcm,
+    silence_pcm,
+    utterance_recording,
+    wer,
+)
 from tests.streaming import config_request, run_stream
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
@@ -116,9 +124,7 @@ async def test_interims_are_off_when_not_requested(server: AsrServerThread) -> N
 async def test_compressed_stream_and_unary_recognize(
     server: AsrServerThread, tmp_path: Path
 ) -> None:
-    # 17 words: on the 8-word ls_1089-134686-0001 one word of tiny.en's knife-edge
-    # ("stuff it" / "stuffed it" / "suffered", by 0.1 s of leading audio) decided the bound.
-    rec = next(r for r in eval_recordings() if r.name == "ls_1089-134691-0001.flac")
+    rec = utterance_recording()
     raw = tmp_path / "a.raw"
     raw.write_bytes(rec.pcm + silence_pcm(0.5, rec.rate))
     ogg = tmp_path / "a.ogg"
