@@ -23,6 +23,9 @@ import time
 from typing import Any
 
 import grpc
+import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.audio import pad_or_trim
 
 from bench.common import percentile, write_result
 from bench.speech_sets import Clip, composed_real_set, espeak_set
@@ -105,10 +108,6 @@ async def measure(clips: list[Clip], args: list[str]) -> dict[str, Any]:
 
 def encode_seconds(model: str = "tiny.en", runs: int = 5) -> float:
     """Median time of one encoder pass over a 30 s window, int8, 2 threads."""
-    import numpy as np
-    from faster_whisper import WhisperModel
-    from faster_whisper.audio import pad_or_trim
-
     whisper = WhisperModel(
         str(resolve_model(model)), device="cpu", compute_type="int8", cpu_threads=2
     )

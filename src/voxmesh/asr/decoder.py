@@ -195,15 +195,14 @@ class WhisperDecoder:
         return time.perf_counter() - started
 
     def decode(self, jobs: Sequence[DecodeJob]) -> list[DecodeOutput]:
+        # generate() takes one beam size per call: one model call per beam size asked
+        # (a single one in the common case), outputs back in job order.
         groups: dict[int, list[int]] = {}
         for i, job in enumerate(jobs):
             beam = self._options.final_beam_size if job.wide_beam else self._options.beam_size
             groups.setdefault(beam, []).append(i)
-        if len(groups) == 1:  # the common case: one model call for the batch
-            ((beam, _),) = groups.items()
-            return self._decode(jobs, beam)
         outputs: dict[int, DecodeOutput] = {}
-        for beam, indices in groups.items():  # generate() takes one beam size per call
+        for beam, indices in groups.items():
             group = self._decode([jobs[i] for i in indices], beam)
             outputs.update(zip(indices, group, strict=True))
         return [outputs[i] for i in range(len(jobs))]
