@@ -91,4 +91,4 @@ async def test_cancel_and_deadline_reach_the_instance() -> None:
         assert fake.active == 1
         assert await late.call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await wait_until_async(lambda: fake.active == 0)
-        assert m.router.recognizer.active_streams == 0
+        await wait_until_async(lambda: m.router.recognizer.active_streams == 0)
