@@ -55,6 +55,17 @@ def test_endpointer_needs_min_speech_and_min_silence() -> None:
     assert ep.force_end() is None, "the utterance already ended"
 
 
+def test_endpointer_onset_floor_covers_an_onset_it_has_not_reported_yet() -> None:
+    ep = Endpointer(EndpointerOptions(min_speech=0.096))  # 3 frames
+    assert ep.push(_frames("....")) == []
+    assert ep.onset_floor == 4 * FRAME_SAMPLES
+    assert ep.push(_frames("ss")) == []  # counted towards min_speech, not reported
+    assert ep.onset_floor == 4 * FRAME_SAMPLES
+    assert ep.push(_frames("s")) == [(VadEvent.SPEECH_STARTED, 4 * FRAME_SAMPLES)]
+    assert ep.push(_frames("s.")) == [(VadEvent.PAUSE_STARTED, 8 * FRAME_SAMPLES)]
+    assert ep.onset_floor == 9 * FRAME_SAMPLES  # no utterance can start before now
+
+
 def job(n: int) -> DecodeJob:
     """A job of ``n`` samples (the fake decoder answers with the length)."""
     return DecodeJob(audio=np.zeros(n, dtype=np.float32))

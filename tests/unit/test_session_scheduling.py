@@ -136,3 +136,33 @@ async def test_a_queued_job_can_be_withdrawn_but_not_once_the_model_took_it() ->
     finally:
         decoder.gate.set()
         await scheduler.shutdown()
+
+
+async def test_the_lead_pad_survives_an_onset_the_vad_reports_late() -> None:
+    """The worker trims idle audio while the endpointer is still counting an onset
+    towards ``min_speech``: the pad in front of that onset must stay."""
+    decoder = GatedDecoder()
+    decoder.gate.set()
+    scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=1))
+    scheduler.start()
+    options = SessionOptions(context=0.0)
+    session = StreamSession(
+        StreamParams(stream_id="s1"), options, scheduler, vad=StreamingVad(session=LoudnessVad())
+    )
+    try:
+        session.feed(silence(31 * FRAME_SAMPLES / SR))
+        await wait_until_async(lambda: session.caught_up)
+        session.feed(speech(2 * FRAME_SAMPLES / SR))  # 2 of min_speech's 3 frames
+        await wait_until_async(lambda: session.caught_up)
+        session.feed(speech(1.0))
+        session.feed(silence(0.7))
+        session.finish()
+        while (event := await session.events.get()) is not None:
+            if isinstance(event, Final):
+                assert event.text == "hello world"
+        assert decoder.jobs, "the utterance was decoded"
+        for decoded in decoder.jobs:
+            assert np.flatnonzero(decoded.audio)[0] == int(options.pad_before * SR)
+    finally:
+        await session.close()
+        await scheduler.shutdown()

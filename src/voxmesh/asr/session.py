@@ -80,8 +80,12 @@ class SessionOptions:
     """Streaming behaviour (seconds)."""
 
     endpointer: EndpointerOptions = field(default_factory=EndpointerOptions)
-    speech_pad: float = 0.2
-    """Audio kept before an utterance's first and after its last speech frame."""
+    pad_before: float = 0.4
+    """Audio kept before an utterance's first speech frame (faster-whisper's offline
+    VAD pads 0.4 s too). Silero's onset lags the first phoneme; with 0.2 s, first
+    words of espeak-ng sentences came out wrong ("hoist" as "high speed")."""
+    pad_after: float = 0.2
+    """Audio kept after an utterance's last speech frame."""
     interim_interval: float = 1.0
     """New speech between two interim decodes (unloaded)."""
     first_interim: float = 0.5
@@ -249,6 +253,11 @@ class StreamSession:
             raise err
 
     @property
+    def caught_up(self) -> bool:
+        """Whether the worker has processed all audio fed so far and waits for more."""
+        return not self._wake.is_set() and not self._vad_events
+
+    @property
     def worker(self) -> asyncio.Task[None]:
         """The worker task (done when the stream's results are all out)."""
         return self._task
@@ -293,11 +302,10 @@ class StreamSession:
                 self.events.put_nowait(None)
 
     async def _on_vad(self, kind: VadEvent, pos: int) -> None:
-        pad = int(self._opt.speech_pad * SR)
         self._context.advance(pos)
         if kind is VadEvent.SPEECH_STARTED:
             self._utt_open = True
-            self._utt_start = max(self._buf_start, pos - pad)
+            self._utt_start = max(self._buf_start, pos - int(self._opt.pad_before * SR))
             self._trim(min(self._utt_start, self._context.keep_from(self._total)))
             self._speech_end = pos
             self._decoded_until = pos
@@ -317,14 +325,9 @@ class StreamSession:
     async def _step(self) -> bool:
         """Does one piece of decode work if any is due; False when idle."""
         if not self._utt_open:
-            self._trim(
-                min(
-                    self._total - int(self._opt.speech_pad * SR),
-                    self._context.keep_from(self._total),
-                )
-            )
+            self._trim(min(self._lead_floor(), self._context.keep_from(self._total)))
             return False
-        pad = int(self._opt.speech_pad * SR)
+        pad = int(self._opt.pad_after * SR)
         if self._total - self._utt_start >= self._opt.max_utterance * SR:
             await self._cut()
             return True
@@ -438,8 +441,7 @@ class StreamSession:
             ticket.future.cancel()  # no-op once done; drops the job if we were cancelled
 
     async def _finalise(self, speech_end: int) -> None:
-        pad = int(self._opt.speech_pad * SR)
-        end = min(self._total, speech_end + pad)
+        end = min(self._total, speech_end + int(self._opt.pad_after * SR))
         spec = self._speculative
         if (
             spec is not None
@@ -454,7 +456,15 @@ class StreamSession:
         self._utt_open = False
         self._speculative = None
         self._paused_at = None
-        self._trim(min(end, self._context.keep_from(self._total)))
+        self._trim(min(end, self._lead_floor(), self._context.keep_from(self._total)))
+
+    def _lead_floor(self) -> int:
+        """The oldest sample the next utterance's lead pad may need: ``pad_before`` in
+        front of its onset, queued or yet to be reported. (Onsets are reported frames
+        late, so trimming from the newest sample would cut into that pad.)"""
+        onsets = [pos for kind, pos in self._vad_events if kind is VadEvent.SPEECH_STARTED]
+        onset = onsets[0] if onsets else self._endpointer.onset_floor
+        return onset - int(self._opt.pad_before * SR)
 
     async def _publish_final(self, output: DecodeOutput, start: int, end: int, window: int) -> None:
         noise = output.looks_like_noise()
