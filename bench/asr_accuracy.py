@@ -11,8 +11,8 @@ that happened to (``voxmesh_asr_finals_narrowed_total``). Offline runs
 faster-whisper's ``transcribe`` in this process, int8 on CPU, with VAD filter,
 at beam 5 (its default and the eval README's reference) and at beam 1. WER is
 corpus-level (all errors over all reference words) after the normalisation of
-tests/speech.py. The espeak-ng set is 60 Harvard sentences in 12 clips (one word
-is 0.2 points of it); the difference to offline comes with a 95% interval from a
+tests/speech.py. The espeak-ng set is 120 Harvard sentences in 24 clips (one word
+is about 0.1 point of it); the difference to offline comes with a 95% interval from a
 paired bootstrap over clips, because a few words decide a point.
 
     python -m bench.asr_accuracy [--model tiny.en] [--speed 1.0]

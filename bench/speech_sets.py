@@ -71,6 +71,66 @@ HARVARD = [
     "Write fast, if you want to finish early.",
     "His shirt was clean but one button was gone.",
     "The barrel of beer was a brew of malt and hops.",
+    "The sky that morning was clear and bright blue.",
+    "Torn scraps littered the stone floor.",
+    "Sunday is the best part of the week.",
+    "Add the sum to the product of these three.",
+    "The ripe taste of cheese improves with age.",
+    "Act on these orders with great speed.",
+    "The hog crawled under the high fence.",
+    "Move the vat over the hot fire.",
+    "The bark of the pine tree was shiny and dark.",
+    "Leaves turn brown and yellow in the fall.",
+    "The pennant waved when the wind blew.",
+    "Split the log with a quick, sharp blow.",
+    "Burn peat after the logs give out.",
+    "He ordered peach pie with ice cream.",
+    "Weave the carpet on the right hand side.",
+    "Hemp is a weed found in parts of the tropics.",
+    "A lame back kept his score low.",
+    "We find joy in the simplest things.",
+    "Type out three lists of orders.",
+    "The harder he tried the less he got done.",
+    "The boss ran the show with a watchful eye.",
+    "The cup cracked and spilled its contents.",
+    "Paste can cleanse the most dirty brass.",
+    "The slang word for raw whiskey is booze.",
+    "It caught its hind paw in a rusty trap.",
+    "The wharf could be seen at the farther shore.",
+    "Feel the heat of the weak dying flame.",
+    "The tiny girl took off her hat.",
+    "A cramp is no small danger on a swim.",
+    "He said the same phrase thirty times.",
+    "Pluck the bright rose without leaves.",
+    "Two plus seven is less than ten.",
+    "The glow deepened in the eyes of the sweet girl.",
+    "Bring your problems to the wise chief.",
+    "Write a fond note to the friend you cherish.",
+    "Clothes and lodging are free to new men.",
+    "We frown when events take a bad turn.",
+    "Port is a strong wine with a smoky taste.",
+    "The young kid jumped the rusty gate.",
+    "Guess the results from the first scores.",
+    "A salt pickle tastes fine with ham.",
+    "The just claim got the right verdict.",
+    "These thistles bend in a high wind.",
+    "Pure bred poodles have curls.",
+    "The tree top waved in a graceful way.",
+    "The spot on the blotter was made by green ink.",
+    "Mud was spattered on the front of his white shirt.",
+    "The cigar burned a hole in the desk top.",
+    "The empty flask stood on the tin tray.",
+    "A speedy man can beat this track mark.",
+    "A steep trail is painful for our feet.",
+    "The child crawled into the dense grass.",
+    "Bribes fail where honest men work.",
+    "Help the weak to preserve their strength.",
+    "A sullen smile gets few friends.",
+    "Stop whistling and watch the boys march.",
+    "Jerk the cord, and out tumbles the gold.",
+    "Slide the tray across the glass top.",
+    "The cloud moved in a stately way and was gone.",
+    "Light maple makes for a swell room.",
 ]
 
 
@@ -107,9 +167,12 @@ def _speech_span(pcm: bytes, rate: int) -> tuple[float, float]:
 
 
 def espeak_set(
-    recordings: int = 12, per_recording: int = 5, seed: int = 7, rate: int = 16000
+    recordings: int = 24, per_recording: int = 5, seed: int = 7, rate: int = 16000
 ) -> list[Clip]:
-    """Harvard sentences spoken by espeak-ng, joined by 0.6-1.6 s pauses."""
+    """Harvard sentences spoken by espeak-ng, joined by 0.6-1.6 s pauses (the first
+    ``recordings`` x ``per_recording`` of the list; by default all 120)."""
+    if recordings * per_recording > len(HARVARD):
+        raise ValueError(f"only {len(HARVARD)} sentences")
     rng = random.Random(seed)
     clips = []
     for r in range(recordings):
