@@ -166,3 +166,31 @@ async def test_the_lead_pad_survives_an_onset_the_vad_reports_late() -> None:
     finally:
         await session.close()
         await scheduler.shutdown()
+
+
+async def test_an_utterance_starts_after_the_previous_final_even_with_its_lead_pad() -> None:
+    """Two utterances 0.5 s apart: the second's lead pad (0.4 s) would reach back
+    into the first's trailing pad (0.2 s); results never overlap."""
+    decoder = GatedDecoder()
+    decoder.gate.set()
+    scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=1))
+    scheduler.start()
+    session = StreamSession(
+        StreamParams(stream_id="s1"),
+        SessionOptions(context=0.0),
+        scheduler,
+        vad=StreamingVad(session=LoudnessVad()),
+    )
+    try:
+        for chunk in (silence(0.5), speech(1.0), silence(0.5), speech(1.0), silence(0.7)):
+            session.feed(chunk)
+        session.finish()
+        finals = []
+        while (event := await session.events.get()) is not None:
+            if isinstance(event, Final):
+                finals.append(event)
+        assert len(finals) == 2
+        assert finals[0].end <= finals[1].start < finals[1].end
+    finally:
+        await session.close()
+        await scheduler.shutdown()

@@ -191,6 +191,7 @@ class StreamSession:
         # Utterance state (owned by the worker).
         self._utt_open = False
         self._utt_start = 0
+        self._final_end = 0  # where the last published final ends: the next starts after
         self._speech_end = 0
         self._paused_at: int | None = None
         self._speculative: tuple[int, int, tuple[DecodeOutput, int]] | None = None
@@ -305,7 +306,9 @@ class StreamSession:
         self._context.advance(pos)
         if kind is VadEvent.SPEECH_STARTED:
             self._utt_open = True
-            self._utt_start = max(self._buf_start, pos - int(self._opt.pad_before * SR))
+            self._utt_start = max(
+                self._buf_start, self._final_end, pos - int(self._opt.pad_before * SR)
+            )
             self._trim(min(self._utt_start, self._context.keep_from(self._total)))
             self._speech_end = pos
             self._decoded_until = pos
@@ -484,6 +487,7 @@ class StreamSession:
             )
         )
         self.finals += 1
+        self._final_end = end
         self._interim_sent = False
         self._context.add(start, end, text)
 
