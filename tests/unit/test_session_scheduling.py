@@ -6,8 +6,9 @@ and a fake VAD network that calls a frame speech when it is loud.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -138,18 +139,38 @@ async def test_a_queued_job_can_be_withdrawn_but_not_once_the_model_took_it() ->
         await scheduler.shutdown()
 
 
-async def test_the_lead_pad_survives_an_onset_the_vad_reports_late() -> None:
-    """The worker trims idle audio while the endpointer is still counting an onset
-    towards ``min_speech``: the pad in front of that onset must stay."""
+@contextlib.asynccontextmanager
+async def open_session(
+    options: SessionOptions,
+) -> AsyncIterator[tuple[StreamSession, GatedDecoder]]:
+    """A session on a fake model that decodes at once (its gate open)."""
     decoder = GatedDecoder()
     decoder.gate.set()
     scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=1))
     scheduler.start()
-    options = SessionOptions(context=0.0)
     session = StreamSession(
         StreamParams(stream_id="s1"), options, scheduler, vad=StreamingVad(session=LoudnessVad())
     )
     try:
+        yield session, decoder
+    finally:
+        await session.close()
+        await scheduler.shutdown()
+
+
+async def finals_until_done(session: StreamSession) -> list[Final]:
+    finals = []
+    while (event := await session.events.get()) is not None:
+        if isinstance(event, Final):
+            finals.append(event)
+    return finals
+
+
+async def test_the_lead_pad_survives_an_onset_the_vad_reports_late() -> None:
+    """The worker trims idle audio while the endpointer is still counting an onset
+    towards ``min_speech``: the pad in front of that onset must stay."""
+    options = SessionOptions(context=0.0)
+    async with open_session(options) as (session, decoder):
         session.feed(silence(31 * FRAME_SAMPLES / SR))
         await wait_until_async(lambda: session.caught_up)
         session.feed(speech(2 * FRAME_SAMPLES / SR))  # 2 of min_speech's 3 frames
@@ -157,40 +178,19 @@ async def test_the_lead_pad_survives_an_onset_the_vad_reports_late() -> None:
         session.feed(speech(1.0))
         session.feed(silence(0.7))
         session.finish()
-        while (event := await session.events.get()) is not None:
-            if isinstance(event, Final):
-                assert event.text == "hello world"
+        assert [f.text for f in await finals_until_done(session)] == ["hello world"]
         assert decoder.jobs, "the utterance was decoded"
         for decoded in decoder.jobs:
             assert np.flatnonzero(decoded.audio)[0] == int(options.pad_before * SR)
-    finally:
-        await session.close()
-        await scheduler.shutdown()
 
 
 async def test_an_utterance_starts_after_the_previous_final_even_with_its_lead_pad() -> None:
     """Two utterances 0.5 s apart: the second's lead pad (0.4 s) would reach back
     into the first's trailing pad (0.2 s); results never overlap."""
-    decoder = GatedDecoder()
-    decoder.gate.set()
-    scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=1))
-    scheduler.start()
-    session = StreamSession(
-        StreamParams(stream_id="s1"),
-        SessionOptions(context=0.0),
-        scheduler,
-        vad=StreamingVad(session=LoudnessVad()),
-    )
-    try:
+    async with open_session(SessionOptions(context=0.0)) as (session, _):
         for chunk in (silence(0.5), speech(1.0), silence(0.5), speech(1.0), silence(0.7)):
             session.feed(chunk)
         session.finish()
-        finals = []
-        while (event := await session.events.get()) is not None:
-            if isinstance(event, Final):
-                finals.append(event)
+        finals = await finals_until_done(session)
         assert len(finals) == 2
         assert finals[0].end <= finals[1].start < finals[1].end
-    finally:
-        await session.close()
-        await scheduler.shutdown()
