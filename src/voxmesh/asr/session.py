@@ -169,6 +169,8 @@ class StreamSession:
         self._vad = vad or StreamingVad()
         self._endpointer = Endpointer(options.endpointer)
         self._time_base = offset + skip
+        self._pad_before = int(options.pad_before * SR)
+        self._pad_after = int(options.pad_after * SR)
         self._skip_left = round(skip * SR)
         self.events: asyncio.Queue[SessionEvent | None] = asyncio.Queue(max_events)
         # Audio since sample index _buf_start (indices count from the first kept sample).
@@ -306,9 +308,7 @@ class StreamSession:
         self._context.advance(pos)
         if kind is VadEvent.SPEECH_STARTED:
             self._utt_open = True
-            self._utt_start = max(
-                self._buf_start, self._final_end, pos - int(self._opt.pad_before * SR)
-            )
+            self._utt_start = max(self._buf_start, self._final_end, pos - self._pad_before)
             self._trim(min(self._utt_start, self._context.keep_from(self._total)))
             self._speech_end = pos
             self._decoded_until = pos
@@ -330,7 +330,6 @@ class StreamSession:
         if not self._utt_open:
             self._trim(min(self._lead_floor(), self._context.keep_from(self._total)))
             return False
-        pad = int(self._opt.pad_after * SR)
         if self._total - self._utt_start >= self._opt.max_utterance * SR:
             await self._cut()
             return True
@@ -341,7 +340,7 @@ class StreamSession:
             and self._total - paused >= self._opt.speculative_pause * SR
             and (self._speculative is None or self._speculative[1] != paused)
         ):
-            end = min(self._total, paused + pad)
+            end = min(self._total, paused + self._pad_after)
             decoded = await self._decode_unless(
                 self._utt_start, end, final=True, stale_after=(VadEvent.SPEECH_RESUMED,)
             )
@@ -444,7 +443,7 @@ class StreamSession:
             ticket.future.cancel()  # no-op once done; drops the job if we were cancelled
 
     async def _finalise(self, speech_end: int) -> None:
-        end = min(self._total, speech_end + int(self._opt.pad_after * SR))
+        end = min(self._total, speech_end + self._pad_after)
         spec = self._speculative
         if (
             spec is not None
@@ -467,7 +466,7 @@ class StreamSession:
         late, so trimming from the newest sample would cut into that pad.)"""
         onsets = [pos for kind, pos in self._vad_events if kind is VadEvent.SPEECH_STARTED]
         onset = onsets[0] if onsets else self._endpointer.onset_floor
-        return onset - int(self._opt.pad_before * SR)
+        return onset - self._pad_before
 
     async def _publish_final(self, output: DecodeOutput, start: int, end: int, window: int) -> None:
         noise = output.looks_like_noise()
