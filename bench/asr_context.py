@@ -99,7 +99,7 @@ def main() -> None:
         100 * corpus_wer([c.text for c in clips], offline(clips, args.model, beam=args.beam)), 2
     )
     print(
-        f"{args.model}, espeak-ng set ({5 * len(clips)} sentences), beam {args.beam}: "
+        f"{args.model}, espeak-ng set ({len(refs)} sentences), beam {args.beam}: "
         "WER by the audio a decode hears"
     )
     for name, value in report.items():
@@ -109,7 +109,7 @@ def main() -> None:
         {
             "model": args.model,
             "set": "espeak_long",
-            "sentences": 5 * len(clips),
+            "sentences": len(refs),
             "beam_size": args.beam,
             "wer_percent": report,
         },
