@@ -3,10 +3,11 @@
 Opens ``--streams`` concurrent streams (spread over ``--channels``
 connections, started over ``--ramp`` seconds), each sending one
 ``--chunk-ms`` LINEAR16 chunk every ``--chunk-ms`` on a fixed schedule (real
-time), and times every chunk: the time from writing it to receiving the
-interim result the server sends for it. That pairing needs a backend that
-answers every chunk with exactly one interim result, such as
-``tests.doubles.fake_asr`` with a long ``--utterance-ms``.
+time), and times every ``--interim-every``-th chunk: the time from writing it
+to receiving the interim result the server sends for it. That pairing needs a
+backend that answers exactly those chunks with one interim result each, such
+as ``tests.doubles.fake_asr`` with a long ``--utterance-ms`` and the same
+``--interim-every``.
 
 Protocol on stdout, for an orchestrator: ``phase measure`` when the warm-up
 ends, ``phase done`` when the measured window ends, then one JSON line with
@@ -79,8 +80,10 @@ async def one_stream(
     chunk: bytes,
     window: Window,
     stats: Stats,
+    interim_every: int = 1,
 ) -> None:
-    """One stream from ``start_at`` to ``end_at`` (loop time), timing every chunk."""
+    """One stream from ``start_at`` to ``end_at`` (loop time), timing every
+    ``interim_every``-th chunk (the ones the backend answers)."""
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, start_at - loop.time()))
     call: Any = stub.StreamingRecognize()
@@ -90,10 +93,13 @@ async def one_stream(
     async def write() -> None:
         await call.write(config(f"load-{index}"))
         due = loop.time()
+        sent = 0
         while due < end_at:
             await asyncio.sleep(max(0.0, due - loop.time()))
             now = loop.time()
-            pending.append(now)
+            sent += 1
+            if sent % interim_every == 0:
+                pending.append(now)
             await call.write(request)
             if window.active(now):
                 window.sent += 1
@@ -143,6 +149,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 chunk,
                 window,
                 stats,
+                args.interim_every,
             )
         )
         for i in range(args.streams)
@@ -168,6 +175,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "target": args.target,
         "streams": args.streams,
         "chunk_ms": args.chunk_ms,
+        "interim_every": args.interim_every,
         "window_s": args.duration,
         "streams_ok": stats.ok,
         "stream_errors": stats.errors,
@@ -192,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--channels", type=int, default=8, help="HTTP/2 connections")
     parser.add_argument("--chunk-ms", type=int, default=100)
+    parser.add_argument(
+        "--interim-every", type=int, default=1, help="chunks per interim result (timed ones)"
+    )
     parser.add_argument("--ramp", type=float, default=2.0, help="seconds to start all streams")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")

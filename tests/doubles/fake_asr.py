@@ -8,8 +8,10 @@ result of utterance ``k`` is ``"u<k> <crc32 of its audio bytes>"``, ending
 at the utterance's end. The same audio therefore gives the same finals
 whatever the chunking, the instance, or a failover replay in between. With
 interim results on, every audio chunk gets one interim result (so a load
-generator can time each message). Container audio is not decoded: its bytes
-count as 16 kHz 16-bit samples (32 bytes per ms).
+generator can time each message), or every ``interim_every``-th chunk (a real
+instance sends about one interim per second of speech: 1 in 10 chunks of
+100 ms). Container audio is not decoded: its bytes count as 16 kHz 16-bit
+samples (32 bytes per ms).
 
 Failover metadata is honoured as by the real instances: ``voxmesh-offset-ms``
 (the first byte is at that stream time) and ``voxmesh-skip-ms`` (discard
@@ -73,6 +75,8 @@ class FakeAsrOptions:
     """Admission limit; above it RESOURCE_EXHAUSTED."""
     utterance_ms: int = 1000
     """Stream time per utterance (one final each); a multiple of 10 ms."""
+    interim_every: int = 1
+    """With interim results on, one interim result per this many audio chunks."""
     max_chunk_bytes: int = 1 << 20
     """Largest chunk; larger ones fail with RESOURCE_EXHAUSTED."""
     max_stream_s: float = 3600.0
@@ -134,8 +138,12 @@ def _metadata_int(context: grpc.aio.ServicerContext[Any, Any], key: str) -> int:
 class _Stream:
     """Utterance bookkeeping of one stream on the fake."""
 
-    def __init__(self, rate: int, utterance_ms: int, start_ms: int, skip_ms: int) -> None:
+    def __init__(
+        self, rate: int, utterance_ms: int, start_ms: int, skip_ms: int, interim_every: int
+    ) -> None:
         self.rate = rate
+        self.interim_every = interim_every
+        self.chunks = 0
         self.window_samples = utterance_ms * rate // 1000
         self.sample = start_ms * rate // 1000
         self.skip_until = skip_ms * rate // 1000
@@ -153,6 +161,7 @@ class _Stream:
         pos = 0
         samples = len(data) // 2
         self.received_samples += samples
+        self.chunks += 1
         while pos < samples:
             if self.sample < self.skip_until:
                 step = min(samples - pos, self.skip_until - self.sample)
@@ -170,7 +179,7 @@ class _Stream:
             pos += step
             if self.sample == boundary:
                 out.extend(self._close_window(window))
-        if interim and self.window_has_audio:
+        if interim and self.window_has_audio and self.chunks % self.interim_every == 0:
             window = self.sample // self.window_samples
             out.append(self._result(window, False))
         return out
@@ -361,6 +370,7 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
             opts.utterance_ms,
             offset_ms,
             skip_ms,
+            opts.interim_every,
         )
         received = 0
         async for request in iterator:
@@ -462,6 +472,7 @@ def _parse(argv: list[str]) -> tuple[FakeAsrOptions, str | None, float]:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--max-streams", type=int, default=8)
     parser.add_argument("--utterance-ms", type=int, default=1000)
+    parser.add_argument("--interim-every", type=int, default=1, help="chunks per interim result")
     parser.add_argument("--capacity-class", default=CAPACITY_ON_DEMAND)
     parser.add_argument("--region", default="local")
     parser.add_argument("--gpu-type", default="cpu")
@@ -474,6 +485,7 @@ def _parse(argv: list[str]) -> tuple[FakeAsrOptions, str | None, float]:
         model=args.model,
         max_streams=args.max_streams,
         utterance_ms=args.utterance_ms,
+        interim_every=args.interim_every,
         capacity_class=args.capacity_class,
         region=args.region,
         gpu_type=args.gpu_type,
