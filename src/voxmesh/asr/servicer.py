@@ -36,7 +36,7 @@ from voxmesh.asr.config import (
 )
 from voxmesh.asr.instance import AsrInstance
 from voxmesh.asr.results import duration, final_result, to_response
-from voxmesh.asr.session import Final, StreamParams, StreamSession
+from voxmesh.asr.session import Final, SessionEvent, StreamParams, StreamSession
 from voxmesh.rpc.metadata import OFFSET_KEY, SKIP_KEY, last_resort_asked, value_of
 from voxmesh.rpc.status import abort, code_of
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
@@ -150,41 +150,19 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
             skip=skip,
         )
         reader = asyncio.create_task(self._read(iterator, decoder, session, config))
-        getter: asyncio.Task[Any] | None = None
         try:
-            while True:
-                if getter is None:
-                    getter = asyncio.create_task(session.events.get())
-                waiting: set[asyncio.Task[Any]] = {getter}
-                if not reader.done():
-                    waiting.add(reader)
-                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if reader in done and reader.exception() is not None:
-                    raise reader.exception()  # type: ignore[misc]
-                if getter not in done:
-                    continue
-                event = getter.result()
-                getter = None
-                if event is None:
-                    break
+            while (event := await _next_event(session, reader)) is not None:
                 if isinstance(event, Final):
                     self._instance.metrics.results.labels("final").inc()
                 else:
                     self._instance.metrics.results.labels("event").inc()
                 yield to_response(event, params.language or "en")
-            if session.worker.done() and not session.worker.cancelled():
-                err = session.worker.exception()
-                if err is not None:
-                    raise err
+            _raise_worker_error(session)
             yield stt_pb2.StreamingRecognizeResponse(
                 summary=self._summary(params.stream_id, session)
             )
         finally:
-            for task in (reader, getter):
-                if task is not None and not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+            await _cancel(reader)
             await session.close()
             decoder.close()
 
@@ -262,20 +240,59 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
             self._instance.session_options,
             self._instance.scheduler,
         )
+        # Results are read while the audio goes in: fed first, their events would fill
+        # the session's queue, and a worker blocked on a full queue frees no room for
+        # more audio.
+        feeder = asyncio.create_task(self._feed_all(session, audio))
         results: list[stt_pb2.StreamingRecognitionResult] = []
         try:
-            await self._feed(session, audio)
-            session.finish()
-            while (event := await session.events.get()) is not None:
+            while (event := await _next_event(session, feeder)) is not None:
                 if isinstance(event, Final) and event.text:
                     results.append(final_result(event, params.language or "en"))
-            if session.worker.exception() is not None:
-                raise session.worker.exception()  # type: ignore[misc]
+            _raise_worker_error(session)
         finally:
+            await _cancel(feeder)
             await session.close()
         return stt_pb2.RecognizeResponse(
             results=results, summary=self._summary(params.stream_id, session)
         )
+
+    async def _feed_all(self, session: StreamSession, audio: np.typing.NDArray[np.float32]) -> None:
+        """Feeds a whole recording (a Recognize request's audio), then half-closes."""
+        await self._feed(session, audio)
+        session.finish()
+
+
+async def _next_event(session: StreamSession, producer: asyncio.Task[None]) -> SessionEvent | None:
+    """The session's next event (None at its end, see :meth:`StreamSession.next_event`);
+    raises the error of ``producer``, the task feeding the session, as soon as it fails
+    (the worker would wait for its audio forever)."""
+    if not producer.done():
+        getter = asyncio.create_task(session.next_event())
+        try:
+            await asyncio.wait({getter, producer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await _cancel(getter)  # a getter still waiting has taken no event: none is lost
+        failed = producer.done() and (producer.cancelled() or producer.exception() is not None)
+        if getter.done() and not getter.cancelled() and not failed:
+            return getter.result()
+    producer.result()  # raises its error, if it failed
+    return await session.next_event()
+
+
+def _raise_worker_error(session: StreamSession) -> None:
+    """Raises the error the session's worker failed with, if it did."""
+    worker = session.worker
+    if worker.done() and not worker.cancelled() and (err := worker.exception()) is not None:
+        raise err
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancels ``task`` and waits for it to end; its own error is not ours to raise."""
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 class TelemetryServicer(stt_pb2_grpc.TelemetryServiceServicer):

@@ -150,7 +150,8 @@ SessionEvent = SpeechStarted | SpeechEnded | Interim | Final
 
 
 class StreamSession:
-    """State of one stream. Create, ``feed`` chunks, ``finish``, read ``events``."""
+    """State of one stream. Create, ``feed`` chunks, ``finish``, read events with
+    ``next_event`` (``events`` ends with ``None`` only when the stream ends normally)."""
 
     def __init__(
         self,
@@ -243,6 +244,28 @@ class StreamSession:
         self._finished = True
         self._wake.set()
 
+    async def next_event(self) -> SessionEvent | None:
+        """The next event, or None once the stream has ended and every event before
+        the end was read, however the worker ended: a failed or cancelled worker may
+        have had no room left for the ``None`` that ends ``events``, so a reader that
+        waits on ``events`` alone could wait forever. The error of a failed worker
+        is then on :attr:`worker`."""
+        while self.events.empty():
+            if self._task.done():
+                return None
+            getter = asyncio.ensure_future(self.events.get())
+            try:
+                await asyncio.wait({getter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not getter.done():
+                    # An event not taken yet stays queued for the next call.
+                    getter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await getter
+            if getter.done() and not getter.cancelled():
+                return getter.result()
+        return self.events.get_nowait()
+
     async def close(self) -> None:
         """Stops the worker (idempotent); pending decodes are dropped."""
         if not self._task.done():
@@ -285,6 +308,7 @@ class StreamSession:
         await self.events.put(event)
 
     async def _work(self) -> None:
+        ended = False
         try:
             while True:
                 while self._vad_events:
@@ -300,9 +324,15 @@ class StreamSession:
                     self._wake.clear()
                     if not self._vad_events and not self._finished:
                         await self._wake.wait()
+            # The end follows every result, waiting for room like they do.
+            await self._emit(None)
+            ended = True
         finally:
-            with contextlib.suppress(asyncio.QueueFull):
-                self.events.put_nowait(None)
+            if not ended:
+                # Failed or cancelled: ``next_event`` sees the worker done; readers of
+                # ``events`` alone get the end too if there is room for it.
+                with contextlib.suppress(asyncio.QueueFull):
+                    self.events.put_nowait(None)
 
     async def _on_vad(self, kind: VadEvent, pos: int) -> None:
         self._context.advance(pos)
