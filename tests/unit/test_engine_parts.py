@@ -212,3 +212,31 @@ async def test_scheduler_reports_recent_model_utilization() -> None:
         assert scheduler.utilization(window=1.0) == 0.0
     finally:
         await scheduler.shutdown()
+
+
+async def test_scheduler_shutdown_waits_for_the_running_decode_off_the_event_loop() -> None:
+    gate = threading.Event()
+    opened: list[bool] = []
+
+    class Gated(RecordingDecoder):
+        def decode(self, jobs: Sequence[DecodeJob]) -> list[DecodeOutput]:
+            opened.append(gate.wait(timeout=5))
+            return super().decode(jobs)
+
+    scheduler = DecodeScheduler(Gated(), SchedulerOptions(max_batch=1))
+    scheduler.start()
+    try:
+        running = scheduler.enqueue(job(1), realtime=True, final=True)
+        await wait_until_async(lambda: running.started)
+        stopping = asyncio.create_task(scheduler.shutdown())
+        # Shutdown stopped the worker (the job's submitter is told) and now waits for
+        # the model to finish the decode it runs.
+        await wait_until_async(running.future.cancelled)
+        # Only this loop opens the gate: a shutdown blocking the loop would leave the
+        # decode waiting until its timeout.
+        gate.set()
+        await asyncio.wait_for(stopping, 5)
+        assert opened == [True]
+    finally:
+        gate.set()
+        await scheduler.shutdown()

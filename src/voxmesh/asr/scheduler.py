@@ -242,7 +242,9 @@ class DecodeScheduler:
                     entry.future.set_result(output)
 
     async def shutdown(self) -> None:
-        """Stops the worker; queued jobs are cancelled (idempotent)."""
+        """Stops the worker; queued jobs are cancelled (idempotent). Returns once a
+        decode still running on the model has ended, without blocking the event loop
+        meanwhile."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -250,4 +252,4 @@ class DecodeScheduler:
         for entry in self._heap:
             entry.future.cancel()
         self._heap.clear()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
