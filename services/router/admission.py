@@ -121,7 +121,8 @@ class Admission(Generic[S]):
         ``resumed`` marks a stream being failed over (served first, never
         refused for a full queue); ``exclude`` lists instances it must avoid;
         ``buffered`` reports the audio bytes it holds (for the statistics).
-        The caller must ``release()`` the returned slot. Raises
+        The caller must ``release()`` the returned slot (a slot handed over in
+        the same turn of the loop as the wait times out is returned too). Raises
         :class:`ResourceExhausted` when the queue is full or the wait is too
         long, :class:`Unavailable` when the router shuts down.
         """
@@ -150,12 +151,17 @@ class Admission(Generic[S]):
                 slot = await waiter.future
         except TimeoutError:
             self._leave(pool, waiter)
+            handed = self._handed_over(waiter)
+            if handed is not None:
+                # The slot and the timeout came in the same turn of the loop: the
+                # stream was admitted (and counted so); it keeps the slot.
+                return handed
             raise self._reject(pool, waiter, QUEUE_TIMEOUT) from None
         except BaseException:
             self._leave(pool, waiter)
-            fut = waiter.future
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                fut.result().release()
+            handed = self._handed_over(waiter)
+            if handed is not None:
+                handed.release()
             raise
         return slot
 
@@ -214,6 +220,14 @@ class Admission(Generic[S]):
             queue.admitted_total += 1
             self._metrics.admitted.labels(pool).inc()
             self._observe_wait(pool, waiter)
+
+    @staticmethod
+    def _handed_over(waiter: _Waiter[S]) -> S | None:
+        """The slot reserved for ``waiter``, if it was given one."""
+        fut = waiter.future
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            return fut.result()
+        return None
 
     def _leave(self, pool: str, waiter: _Waiter[S]) -> None:
         queue = self._queues[pool]

@@ -220,3 +220,31 @@ async def test_close_fails_waiters_and_new_streams() -> None:
         await waiting
     with pytest.raises(Unavailable):
         await pool.admission.admit("p", realtime=True)
+
+
+async def test_a_slot_handed_over_as_the_wait_times_out_is_kept() -> None:
+    # A busy event loop: the hand-over and the queue timeout fall due in the same
+    # turn, the hand-over first, so the timeout cancels a waiter already given a slot.
+    pool = Pool(max_wait_s=0.1)
+    slot = pool.add("a", 0)
+    loop = asyncio.get_running_loop()
+
+    def hand_over() -> None:
+        slot.capacity = 1
+        pool.admission.notify("p")
+
+    def busy_past_the_timeout() -> None:
+        until = loop.time() + 0.1  # later than the timeout the admission just set
+        while loop.time() < until:
+            pass
+
+    loop.call_later(0.05, hand_over)  # due before the timeout admit() sets next
+    waiting = asyncio.create_task(pool.admission.admit("p", realtime=True))
+    loop.call_soon(busy_past_the_timeout)  # runs right after the task queued its stream
+    got = await waiting
+    assert got is slot and slot.active == 1
+    snap = pool.admission.snapshot("p")
+    assert (snap.admitted_total, snap.rejected_total) == (1, 0)
+    assert pool.admission.queued() == 0
+    got.release()
+    assert slot.active == 0
