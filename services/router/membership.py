@@ -169,15 +169,14 @@ class Member:
         """Counts one more stream of this router here."""
         self.inflight += 1
 
-    def release(self) -> None:
-        """A stream of this router left the instance."""
+    def release(self, full: bool = False) -> None:
+        """A stream of this router left the instance; ``full`` when the instance refused
+        it for lack of room: then no more streams go there until it reports again (or
+        another stream leaves it). Waiting streams are told only once that is known,
+        so the one behind is not sent to the instance that just refused."""
         self.inflight -= 1
-        self._full = False
+        self._full = full
         self._on_change()
-
-    def mark_full(self) -> None:
-        """The instance refused a stream for lack of room: no more until it reports again."""
-        self._full = True
 
     def mark_failed(self) -> None:
         """A stream on the instance failed: no new ones until its telemetry speaks again."""

@@ -209,17 +209,18 @@ class StreamRelay:
             )
             self._attached = True
             self._space.set()
+            outcome: _Outcome | None = None
             try:
                 outcome = await self._attempt(member, resumed=attempts > 0)
             finally:
                 self._attached = False
-                member.release()
+                # A refusal marks the instance full before the queue hears of the release.
+                member.release(full=outcome is _Outcome.FULL)
             attempts += 1
             if outcome is _Outcome.DONE:
                 return
             if outcome is _Outcome.FULL:
                 self._metrics.instance_rejections.labels(route.pool).inc()
-                member.mark_full()
                 continue
             member.mark_failed()
             exclude.add(member.instance_id)

@@ -181,14 +181,16 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
             last_resort = member.open_metadata()
             if last_resort:
                 self._metrics.last_resort.labels(pool).inc()
+            full = False
             try:
                 response: stt_pb2.RecognizeResponse = await member.recognizer.Recognize(
                     forwarded, timeout=context.time_remaining(), metadata=last_resort or None
                 )
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    # Back to the queue; the instance stays full until it reports again.
                     self._metrics.instance_rejections.labels(pool).inc()
-                    member.mark_full()
+                    full = True
                     continue
                 if err.code() not in FAILOVER_CODES:
                     raise UpstreamError(err) from None
@@ -200,7 +202,7 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
                     raise Unavailable(f"request failed on {failovers} instances") from None
                 continue
             finally:
-                member.release()
+                member.release(full=full)
             response.summary.failovers = failovers
             return response
 

@@ -11,7 +11,7 @@ from tests.doubles.fake_asr import expected_finals
 from tests.integration.router_harness import HeldStream, mesh, pcm
 from tests.streaming import config_request, run_stream
 from voxmesh.rpc.status import retry_after_of
-from voxmesh.stt.v1 import stt_pb2
+from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 
 async def test_queue_forms_when_full_and_drains_when_an_instance_frees() -> None:
@@ -110,6 +110,48 @@ async def test_instance_resource_exhausted_is_absorbed() -> None:
             assert [f.alternatives[0].transcript for f in run.finals] == expected_finals(
                 audio, 16000, 1000
             )
+        assert m.metric("voxmesh_router_instance_rejections_total", pool="asr_small") == 1
+
+
+async def test_a_refusal_does_not_hand_the_instance_to_the_next_queued_stream() -> None:
+    # "a" refuses every stream while the router's view (30 s old) still has room for
+    # one: the refused stream and the one queued behind it both wait for news.
+    async with mesh(telemetry_interval_s=30.0) as m:
+        a = await m.add("a", max_streams=1)
+        a.set_capacity(0)
+        first = await HeldStream(m.channel).open(pcm(0.3, 1))
+        second = await HeldStream(m.channel).open(pcm(0.3, 2))
+        await wait_until_async(lambda: m.queue().queued_realtime == 2)
+        assert m.metric("voxmesh_router_instance_rejections_total", pool="asr_small") == 1
+        await m.add("b", max_streams=2)
+        for held in (first, second):
+            assert (await held.finish()).instance_id == "b"
+            assert held.finals() == expected_finals(held.sent, 16000, 1000)
+        assert m.metric("voxmesh_router_instance_rejections_total", pool="asr_small") == 1
+
+
+async def test_unary_request_refused_by_a_full_instance_goes_to_another() -> None:
+    # As above for Recognize: the preferred "a" looks free but refuses; the request
+    # must not be sent back to it until it reports again.
+    async with mesh(telemetry_interval_s=30.0, region="eu") as m:
+        a = await m.add("a", max_streams=4, region="eu")
+        await m.add("b", max_streams=4, region="us")
+        a.set_capacity(0)
+        audio = pcm(1.5, 7)
+        request = stt_pb2.RecognizeRequest(
+            config=stt_pb2.RecognitionConfig(
+                model="tiny.en",
+                encoding=stt_pb2.AUDIO_ENCODING_LINEAR16,
+                sample_rate_hertz=16000,
+                priority=stt_pb2.PRIORITY_REALTIME,
+            ),
+            audio_content=audio,
+        )
+        stub = stt_pb2_grpc.RecognizerServiceStub(m.channel)
+        response = await stub.Recognize(request, timeout=5.0)
+        texts = [r.alternatives[0].transcript for r in response.results]
+        assert texts == expected_finals(audio, 16000, 1000)
+        assert (response.summary.instance_id, response.summary.failovers) == ("b", 0)
         assert m.metric("voxmesh_router_instance_rejections_total", pool="asr_small") == 1
 
 

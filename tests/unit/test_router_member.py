@@ -46,3 +46,27 @@ async def test_a_draining_member_is_a_last_resort_while_its_drain_has_time_left(
         assert off.draining() and not off.last_resort()
     finally:
         await channel.close()
+
+
+async def test_a_refused_stream_leaves_the_member_full_when_the_queue_is_told() -> None:
+    info = InstanceInfo("a", "asr_small", "tiny.en", "127.0.0.1", 1, max_streams=2)
+    channel = grpc.aio.insecure_channel(info.target)  # never connected
+    room_when_told: list[bool] = []
+    members: list[Member] = []
+    try:
+        member = Member(info, channel, lambda: room_when_told.append(members[0].has_room()))
+        members.append(member)
+        member.update(_snapshot(stt_pb2.SERVING_STATE_SERVING))
+        member.reserve()
+        member.release(full=True)  # the instance answered RESOURCE_EXHAUSTED
+        assert room_when_told == [True, False], "the queue was told before it was full"
+        assert not member.has_room() and member.inflight == 0
+        member.reserve()
+        member.release()  # another stream left it: there is room again
+        assert member.has_room()
+        member.reserve()
+        member.release(full=True)
+        member.update(_snapshot(stt_pb2.SERVING_STATE_SERVING))  # it reports again
+        assert room_when_told == [True, False, True, False, True] and member.has_room()
+    finally:
+        await channel.close()
