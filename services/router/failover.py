@@ -78,6 +78,12 @@ class ReplayLog:
         """False while audio after the resume point was dropped to honour the bound."""
         return self._base >= self._dropped_to
 
+    @property
+    def pending(self) -> bool:
+        """True while audio after the resume point is kept: not every byte received has
+        its final result (a container's audio is kept whole, so always once it has any)."""
+        return bool(self._entries)
+
     def append(self, request: stt_pb2.StreamingRecognizeRequest) -> None:
         """Adds a client audio request at the end of the stream."""
         entry = _Entry(self.total_bytes, request)

@@ -3,10 +3,17 @@
 The life of a relayed stream::
 
                   admit() ─────────▶ ATTACHED ──instance OK + summary──▶ DONE
-    QUEUED ◀──────────────────────────  │ │
-      ▲   instance full (RESOURCE_      │ │ instance failed (UNAVAILABLE, reset,
-      │   EXHAUSTED before any result)  │ │ killed): replay from the last final
-      └─────────────────────────────────┘ └──────────▶ QUEUED (resumed, served first)
+    QUEUED ◀────────────────────────── │ │ │                             ▲ ▲
+      ▲   instance full (RESOURCE_     │ │ └─instance failed after its ──┘ │
+      │   EXHAUSTED before any result) │ │   summary reached the client    │
+      └────────────────────────────────┘ │                                 │ client half-closed,
+                                         │ instance failed (UNAVAILABLE,   │ finals cover all its
+                                         ▼ reset, killed)                  │ audio: the router
+                                      RESUMING ────────────────────────────┘ sends the summary
+                                         │ audio after the last final to replay (when finals
+                                         │ cover it all: once the client sends more)
+                                         ▼
+                                      QUEUED (resumed, served first)
 
     any state ──client error / cancel / deadline / queue timeout──▶ FAILED
 
@@ -128,6 +135,7 @@ class StreamRelay:
         self._received_at: dict[int, float] = {}
         self._requests = 0
         self._responses = 0
+        self._summary_sent = False
 
     def audio_seconds(self) -> float:
         """Seconds of LINEAR16 audio received from the client (0 for containers)."""
@@ -241,6 +249,34 @@ class StreamRelay:
                     "the serving instance failed and the stream cannot be replayed: it "
                     f"outgrew the replay buffer ({self._limits.replay_max_bytes} bytes)"
                 )
+            if not await self._audio_to_resume():
+                await self._finish(member)
+                return
+
+    async def _audio_to_resume(self) -> bool:
+        """Whether a new instance is needed after a failure: True at once while audio
+        after the last final is kept; while final results cover all the audio received,
+        waits for the client to send more (True) or half-close (False: every byte has
+        its final, a new instance would get no audio and refuse the stream)."""
+        log = self._log
+        while not log.pending and log.replayable:
+            if log.half_closed:
+                return False
+            self._data.clear()
+            await self._data.wait()
+        return True
+
+    async def _finish(self, member: Member) -> None:
+        """Ends a stream whose audio all has its final results after its instance failed
+        before the summary: the router sends the summary (naming that instance)."""
+        logger.info(
+            "stream %s: final results cover all the audio; the router ends it",
+            self._route.stream_id,
+        )
+        summary = stt_pb2.StreamSummary(
+            instance_id=member.instance_id, model=member.info.model, pool=self._route.pool
+        )
+        await self._on_response(stt_pb2.StreamingRecognizeResponse(summary=summary))
 
     async def _attempt(self, member: Member, resumed: bool) -> _Outcome:
         if not self._log.restart():
@@ -265,6 +301,15 @@ class StreamRelay:
                 await self._on_response(response)
         except grpc.aio.AioRpcError as err:
             code = err.code()
+            if code in FAILOVER_CODES and self._summary_sent:
+                # Only its OK status was lost: the client has everything, summary included.
+                logger.info(
+                    "stream %s: instance %s ended with %s after the summary; done",
+                    self._route.stream_id,
+                    member.instance_id,
+                    code.name,
+                )
+                return _Outcome.DONE
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not answered:
                 return _Outcome.FULL
             if code in FAILOVER_CODES:
@@ -296,6 +341,8 @@ class StreamRelay:
         elif kind == "result" and out.result.is_final:
             self._log.commit(duration_ms(out.result.end_offset))
         await self._context.write(out)
+        if kind == "summary":
+            self._summary_sent = True
         if sampled:
             self._downstream_latency.observe(time.perf_counter() - arrived)
 

@@ -21,6 +21,8 @@ that much audio first, offsets from the stream start); so is
 
 Controls for tests: :meth:`FakeAsr.set_capacity`, :meth:`FakeAsr.fail_streams`
 (every active stream fails with the given status at its next chunk),
+:meth:`FakeAsr.fail_at_end` (streams fail after their closing final, before or
+after their summary),
 :meth:`FakeAsr.begin_drain` (NOT_SERVING + DRAINING, active streams go on; with a
 timeout, last-resort streams are taken while enough of it is left),
 :meth:`FakeAsr.drain` (the same, then stops once they finished),
@@ -242,6 +244,7 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
         self.resumes: list[tuple[int, int]] = []
         """(offset ms, skip ms) of every stream that arrived with failover metadata."""
         self._fault: grpc.StatusCode | None = None
+        self._end_fault: tuple[grpc.StatusCode, bool] | None = None
         self._draining = False
         self._drain_ends: float | None = None
         self.last_resort_streams = 0
@@ -277,6 +280,14 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
     def fail_streams(self, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
         """Every active stream (and new one) fails with ``code`` at its next chunk."""
         self._fault = code
+
+    def fail_at_end(
+        self, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, *, after_summary: bool = False
+    ) -> None:
+        """Every stream that reaches its end (the client half-closed) fails with ``code``
+        after its closing final: instead of its summary, or just after it with
+        ``after_summary`` (an instance dying before its OK status)."""
+        self._end_fault = (code, after_summary)
 
     async def set_health(self, serving: bool) -> None:
         """Flips only the health status (what a Consul gRPC check probes)."""
@@ -392,6 +403,9 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
             raise errors.InvalidArgument("empty stream: no audio was sent after the config")
         for response in stream.finish():
             yield response
+        end_fault = self._end_fault
+        if end_fault is not None and not end_fault[1]:
+            await context.abort(end_fault[0], "fake instance failure before the summary")
         yield stt_pb2.StreamingRecognizeResponse(
             summary=stt_pb2.StreamSummary(
                 audio_processed=_duration(stream.ms(stream.received_samples)),
@@ -402,6 +416,8 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
                 final_results=stream.finals,
             )
         )
+        if end_fault is not None and end_fault[1]:
+            await context.abort(end_fault[0], "fake instance failure after the summary")
 
     async def Recognize(
         self, request: stt_pb2.RecognizeRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 
 from tests.conditions import wait_until_async
 from tests.doubles.fake_asr import CONTAINER_RATE, expected_finals
@@ -66,6 +67,84 @@ async def test_crashed_instance_fails_over_and_is_avoided() -> None:
             assert (summary.instance_id, summary.failovers) == ("survivor", 1)
             assert s.finals() == expected_finals(s.sent, 16000, 1000)
             offsets_continue(s)
+
+
+def summaries(stream: HeldStream) -> list[stt_pb2.StreamSummary]:
+    return [r.summary for r in stream.responses if r.WhichOneof("streaming_response") == "summary"]
+
+
+async def test_instance_dying_after_the_closing_final_ends_the_stream_at_the_router() -> None:
+    # The client half-closed, the closing final covers the last byte, then the
+    # instance dies before its summary: nothing is left to recognise elsewhere.
+    async with mesh() as m:
+        first = await m.add("first")
+        held = await HeldStream(m.channel, config_request(model="asr_small", stream_id="s1")).open(
+            pcm(1.5, 1)
+        )
+        await wait_until_async(lambda: len(held.finals()) == 1)
+        second = await m.add("second")
+        first.fail_at_end()
+        summary = await held.finish()
+        assert held.finals() == expected_finals(held.sent, 16000, 1000)
+        assert summary.instance_id == "first"
+        assert (summary.model, summary.pool) == ("tiny.en", "asr_small")
+        assert (summary.stream_id, summary.final_results) == ("s1", 2)
+        assert summary.audio_processed.ToMilliseconds() == 1500
+        assert summary.failovers == 1
+        assert len(summaries(held)) == 1
+        assert second.streams_total == 0
+
+
+@pytest.mark.parametrize("more_s", [0.0, 1.2])
+async def test_a_stream_whose_audio_all_has_finals_waits_for_more_after_a_failure(
+    more_s: float,
+) -> None:
+    # The last final ends at the last byte received and the instance crashes; then
+    # the client half-closes (0 s more) or sends more audio: a new instance is
+    # opened only for audio to recognise.
+    async with mesh() as m:
+        first = await m.add("first")
+        held = await HeldStream(m.channel).open(pcm(1.0, 2))
+        await wait_until_async(lambda: len(held.finals()) == 1)
+        second = await m.add("second")
+        await first.stop(grace=0)
+        await wait_until_async(
+            lambda: m.metric("voxmesh_router_failovers_total", pool="asr_small") == 1
+        )
+        if more_s:
+            await held.send(pcm(more_s, 3))
+        summary = await held.finish()
+        assert held.finals() == expected_finals(held.sent, 16000, 1000)
+        assert summary.failovers == 1
+        assert len(summaries(held)) == 1
+        if more_s:
+            assert summary.instance_id == "second"
+            assert second.resumes == [(1000, 0)]
+            offsets_continue(held)
+        else:
+            assert (summary.instance_id, summary.final_results) == ("first", 1)
+            assert second.streams_total == 0
+
+
+@pytest.mark.parametrize("encoding", ["linear16", "container"])
+async def test_instance_dying_after_its_summary_is_not_failed_over(encoding: str) -> None:
+    first_request = config_request(
+        model="asr_small",
+        encoding=stt_pb2.AUDIO_ENCODING_CONTAINER
+        if encoding == "container"
+        else stt_pb2.AUDIO_ENCODING_LINEAR16,
+    )
+    async with mesh() as m:
+        first = await m.add("first")
+        held = await HeldStream(m.channel, first_request).open(pcm(1.5, 4))
+        await wait_until_async(lambda: len(held.finals()) == 1)
+        second = await m.add("second")
+        first.fail_at_end(after_summary=True)
+        summary = await held.finish()
+        assert (summary.instance_id, summary.failovers, summary.final_results) == ("first", 0, 2)
+        assert len(summaries(held)) == 1
+        assert second.streams_total == 0
+        assert m.metric("voxmesh_router_failovers_total", pool="asr_small") == 0
 
 
 async def test_container_stream_is_replayed_whole_with_skip() -> None:

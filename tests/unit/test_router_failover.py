@@ -157,3 +157,23 @@ def test_summary_keeps_the_instance_audio_figure_for_containers() -> None:
     summary.audio_processed.FromMilliseconds(4200)
     tracker.fix_summary(summary, "s", audio_seconds=0.0)
     assert summary.audio_processed.ToMilliseconds() == 4200
+
+
+def test_nothing_is_pending_once_finals_cover_every_byte_received() -> None:
+    log = ReplayLog(linear16=True, sample_rate=16000, replay_max_bytes=1 << 20)
+    empty = log.pending
+    chunks(log, 10, 3200)  # 1 s
+    drain(log)
+    log.commit(600.0)
+    partly_covered = log.pending
+    log.commit(1000.0)  # the last final ends at the last byte
+    covered = log.pending
+    assert (empty, partly_covered, covered) == (False, True, False)
+    assert log.restart() and drain(log) == b""
+    chunks(log, 1, 3200)
+    assert log.pending
+    container = ReplayLog(linear16=False, sample_rate=0, replay_max_bytes=1 << 20)
+    chunks(container, 1, 1000)
+    drain(container)
+    container.commit(10_000.0)
+    assert container.pending  # a container is always replayed whole
