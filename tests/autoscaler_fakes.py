@@ -89,6 +89,8 @@ class FakeTarget:
     refuse: Refusal | None = None
     unavailable: bool = False
     reclaims: list[Reclaim] = field(default_factory=list)
+    errors: dict[str, Exception] = field(default_factory=dict)
+    """Raised by ``scale`` for the named groups: a target failing in a way it should not."""
 
     async def status(self) -> dict[str, GroupStatus]:
         self.status_calls += 1
@@ -114,6 +116,8 @@ class FakeTarget:
         self, group: str, count: int, reason: str, meta: Mapping[str, str] | None = None
     ) -> ScaleResult:
         self.calls.append((group, count, reason))
+        if group in self.errors:
+            raise self.errors[group]
         g = self.groups[group]
         previous = g.count
         if self.refuse is not None:

@@ -23,9 +23,14 @@ Per pool, a state machine (:class:`~services.autoscaler.records.Phase`)::
                       +----------+ --(a scale-up applied)--> SCALING
 
 Scale-ups are applied in every phase; a scale-down only in IDLE (otherwise DEFERRED).
-Missing or stale signals make the pool hold. A count changed by somebody else (the
-target reports it) is adopted, recorded and logged, and the pool's policy state restarts,
-so the change is not reverted before a whole stabilisation window has been observed.
+Missing or stale signals, an unreachable target and an error while evaluating a pool make
+the pool hold (an error in one pool holds that pool only), and each restarts the pool's
+observation: nothing shrinks before a whole stabilisation window of fresh signals has been
+seen again. Only an applied scale-up starts the policy's scale-up cooldown. A count
+changed by somebody else (the target reports it) is adopted, recorded and logged; the
+pool's policy state restarts, and for one stabilisation window no group moves against the
+change (:func:`~services.autoscaler.policy.respect_manual_change`: after a scale-down, the
+pool grows only while real-time streams queue).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from services.autoscaler import observe
 from services.autoscaler.leadership import run_elected
@@ -46,11 +51,13 @@ from services.autoscaler.policy import (
     CapacityGroup,
     Decision,
     GroupDecision,
+    ManualChange,
     PolicyState,
     PoolPolicy,
     PoolSignals,
     decide,
     hold,
+    respect_manual_change,
 )
 from services.autoscaler.records import (
     DecisionLog,
@@ -131,8 +138,13 @@ class _Pool:
     max_streams: int = 0
     groups: tuple[GroupView, ...] = ()
     evaluated_at: float | None = None
-    starting_since: dict[str, float] = field(default_factory=dict)
+    starting: dict[CapacityGroup, observe.StartingSince] = field(default_factory=dict)
     adopted: dict[str, tuple[float, int | None]] = field(default_factory=dict)
+    manual: ManualChange | None = None
+
+    def unobserved(self) -> None:
+        """Restarts the policy's observation: this evaluation did not see the pool."""
+        self.state = replace(self.state, observing_since=None)
 
 
 class EvaluationLoop:
@@ -283,10 +295,20 @@ class EvaluationLoop:
             except TargetUnavailable as exc:
                 why = f"holding: the scale target is unavailable: {exc}"
                 for pool in self._pools.values():
+                    pool.unobserved()
                     self._record(pool, Kind.HOLD, why, ())
                 return
             for pool in self._pools.values():
-                await self._evaluate(pool, statuses, reclaims, now)
+                try:
+                    await self._evaluate(pool, statuses, reclaims, now)
+                except Exception as exc:  # one pool's fault must not stop the others
+                    pool.unobserved()
+                    why = (
+                        f"holding: the evaluation failed ({type(exc).__name__}: {exc}); "
+                        "trying again next interval"
+                    )
+                    if self._record(pool, Kind.HOLD, why, ()):
+                        logger.exception("%s: evaluation failed", pool.spec.name)
         finally:
             self._metrics.evaluation.observe(self._clock() - now)
 
@@ -297,7 +319,11 @@ class EvaluationLoop:
         status = {cg: statuses.get(group_name(name, cc)) for cg, cc in _GROUPS}
         for group_status in status.values():
             if group_status is not None:
-                self._adopt(pool, group_status)
+                self._adopt(pool, group_status, now)
+        waited = {
+            cg: pool.starting.setdefault(cg, observe.StartingSince()).update(status[cg], now)
+            for cg in status
+        }
         load = self._source.read(name)
         seen = observe.observe_pool(
             pool.spec.policy,
@@ -305,19 +331,21 @@ class EvaluationLoop:
             load,
             status,
             reclaims,
-            lambda group: now - pool.starting_since.setdefault(group.value, now),
+            waited.__getitem__,
         )
-        for cg, group_signals in seen.groups.items():
-            if not group_signals.starting:
-                pool.starting_since.pop(cg.value, None)
         signals, groups, policy = seen.signals, seen.groups, seen.policy
+        before = pool.state
         if status[CapacityGroup.ON_DEMAND] is None:
             missing = group_name(name, CapacityClass.ON_DEMAND)
             decision = hold(signals, f"holding: the target has no group {missing}")
+            pool.unobserved()
         elif load.missing:
             decision = hold(signals, f"holding: {load.missing} (missing signals never scale down)")
+            pool.unobserved()
         else:
             decision, pool.state = decide(signals, pool.state, policy, now)
+            window = policy.scale_down_window_s
+            decision = respect_manual_change(decision, signals, pool.manual, now, window)
         self._advance(pool, signals, now)
         actions, counts = [], {}
         for cg, cc in _GROUPS:
@@ -330,6 +358,10 @@ class EvaluationLoop:
             actions.append(GroupAction(*action, outcome, detail))
         if any(a.outcome is Outcome.APPLIED for a in actions):
             pool.phase, pool.phase_since = Phase.SCALING, now
+        if not any(a.outcome is Outcome.APPLIED and a.desired > a.current for a in actions):
+            # Nothing was added (held back, refused, paused, dry run): nothing to settle, so
+            # no scale-up cooldown starts.
+            pool.state = replace(pool.state, last_scale_up_at=before.last_scale_up_at)
         pool.load, pool.max_streams, pool.evaluated_at = load, signals.max_streams, time.time()
         pool.groups = tuple(
             observe.group_view(
@@ -414,16 +446,21 @@ class EvaluationLoop:
         self._metrics.refused.labels(reason).inc()
         return outcome, detail, None
 
-    def _adopt(self, pool: _Pool, status: GroupStatus) -> None:
-        """Adopts a count somebody else set, once per change: records it, restarts the policy."""
+    def _adopt(self, pool: _Pool, status: GroupStatus, now: float) -> None:
+        """Adopts a count somebody else set, once per change: records it, restarts the policy,
+        and keeps the pool from moving against it for one window."""
         event = status.external_change
         if event is None or pool.adopted.get(status.name) == (event.time, event.count):
             return
         pool.adopted[status.name] = (event.time, event.count)
         pool.state = PolicyState()
+        after = "the observation window restarts"
+        if event.count is not None:
+            pool.manual = ManualChange(status.name, event.previous_count, event.count, now)
+            after = pool.manual.promise(pool.spec.policy.scale_down_window_s)
         reason = (
             f"adopted external change of {status.name}: {event.previous_count} -> {event.count} "
-            f"({event.message or 'no message'}); not reverted, the observation window restarts"
+            f"({event.message or 'no message'}); {after}"
         )
         action = GroupAction(
             status.name,
@@ -454,12 +491,14 @@ class EvaluationLoop:
 
     def _record(
         self, pool: _Pool, kind: Kind, reason: str, actions: tuple[GroupAction, ...]
-    ) -> None:
-        """Records and logs a decision, unless it only repeats the pool's previous record."""
+    ) -> bool:
+        """Records and logs a decision, unless it only repeats the pool's previous record;
+        True when it was recorded (news)."""
         if self.log.record(pool.spec.name, kind, reason, actions) is None:
             logger.debug("%s: %s", pool.spec.name, reason)
-            return
+            return False
         changes = ", ".join(
             f"{a.group} {a.outcome.value}" for a in actions if a.desired != a.current
         )
         logger.info("%s: %s%s", pool.spec.name, reason, f" [{changes}]" if changes else "")
+        return True

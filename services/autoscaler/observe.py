@@ -10,14 +10,19 @@ target, like Nomad, counts an instance it is stopping as neither running nor des
     draining   = instances the signals show draining (stopped, finishing their streams)
 
 so that serving + starting is the target's count unless machines are being reclaimed.
-How long a group has had starting instances is the loop's to measure (it owns time).
+
+How long the oldest starting instance has waited (a preemptible one past its placement
+deadline counts as a failing placement) is the larger of the target's figure, when it gives
+one, and the loop's estimate (:class:`StartingSince`): the loop owns time. Both are lower
+bounds of the true age, so neither declares placements failing on a group that merely keeps
+growing (a ramp always has *some* instance starting, none of them old).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from services.autoscaler.policy import (
     CapacityGroup,
@@ -34,6 +39,7 @@ from services.autoscaler.targets.base import CapacityClass, GroupStatus, group_n
 
 __all__ = [
     "Observation",
+    "StartingSince",
     "bounded_policy",
     "group_signals",
     "group_view",
@@ -64,8 +70,9 @@ def observe_pool(
 ) -> Observation:
     """Combines a pool's load, its groups' status and reclaims (counted by group name).
 
-    ``starting_for(group)`` gives how long ``group`` has had starting instances; it is
-    asked only for groups that have some.
+    ``starting_for(group)`` gives the loop's estimate of how long the oldest starting
+    instance of ``group`` has waited (:class:`StartingSince`); it is asked only for groups
+    that have some, and the target's own figure wins when it is larger.
     """
     draining = Counter(i.capacity_class for i in load.instances if not i.serving)
     groups: dict[CapacityGroup, GroupSignals] = {}
@@ -75,7 +82,8 @@ def observe_pool(
             st, reclaims.get(st.name, 0) if st else 0, draining=draining[group.value]
         )
         if signals.starting:
-            signals = replace(signals, oldest_starting_s=starting_for(group))
+            reported = st.oldest_pending_s if st and st.oldest_pending_s is not None else 0.0
+            signals = replace(signals, oldest_starting_s=max(starting_for(group), reported))
         groups[group] = signals
     return Observation(
         groups=groups,
@@ -140,7 +148,46 @@ def pool_signals(
             if i.serving
         ),
         age_s=load.age_s,
+        demand_age_s=min(load.router_age_s, load.age_s),
     )
+
+
+@dataclass
+class StartingSince:
+    """When each starting instance of one group was asked for, as far as the loop can tell.
+
+    Every instance the group's count adds is stamped with the evaluation that first sees it;
+    instances that start running leave oldest first, cancelled ones newest first (targets
+    cancel the youngest starting instances). What is left is one stamp per starting
+    instance. A stamp is never earlier than the real request, so the age is never
+    overestimated: a ramp, which always has some instance starting, never looks like a
+    placement that failed (the age of the *oldest starting instance* is what the deadline
+    is about, not how long the group has not been idle).
+    """
+
+    desired: int = 0
+    """The target's count at the last update."""
+    running: int = 0
+    """Its running instances at the last update."""
+    stamps: deque[float] = field(default_factory=deque)
+    """One request time per starting instance, oldest first."""
+
+    def update(self, status: GroupStatus | None, now: float) -> float:
+        """Follows the group's counts to ``now``; the oldest starting instance's age."""
+        desired, running = (status.desired, status.running) if status else (0, 0)
+        for _ in range(max(0, running - self.running)):  # started: the oldest first
+            if self.stamps:
+                self.stamps.popleft()
+        for _ in range(max(0, self.desired - desired)):  # cancelled: the youngest first
+            if self.stamps:
+                self.stamps.pop()
+        starting = max(0, desired - running)
+        while len(self.stamps) > starting:
+            self.stamps.popleft()
+        while len(self.stamps) < starting:  # new requests, or replacements of lost ones
+            self.stamps.append(now)
+        self.desired, self.running = desired, running
+        return now - self.stamps[0] if self.stamps else 0.0
 
 
 def bounded_policy(

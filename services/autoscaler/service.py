@@ -3,6 +3,10 @@
 A thin layer over :class:`~services.autoscaler.loop.EvaluationLoop`: it converts the
 loop's views and records to protobuf messages. Errors go through
 :func:`voxmesh.rpc.status.aborting` (an unknown pool is NOT_FOUND).
+
+Only the leader applies decisions, so only the leader takes PausePool and ResumePool: a
+standby answers FAILED_PRECONDITION. A pause lives in the leader's memory; a new leader
+(failover, restart) does not know it.
 """
 
 from __future__ import annotations
@@ -95,6 +99,9 @@ class AutoscalerServicer(autoscaler_pb2_grpc.AutoscalerServiceServicer):
     ) -> pb.PausePoolResponse:
         """See the proto."""
         async with aborting(context):
+            self._loop.view(request.pool)  # NOT_FOUND first: it holds on every replica
+        await self._refuse_unless_leading(context, "pause")
+        async with aborting(context):
             view = self._loop.pause(request.pool, request.reason)
         return pb.PausePoolResponse(pool=pool_message(view))
 
@@ -103,8 +110,22 @@ class AutoscalerServicer(autoscaler_pb2_grpc.AutoscalerServiceServicer):
     ) -> pb.ResumePoolResponse:
         """See the proto."""
         async with aborting(context):
+            self._loop.view(request.pool)
+        await self._refuse_unless_leading(context, "resume")
+        async with aborting(context):
             view = self._loop.resume(request.pool)
         return pb.ResumePoolResponse(pool=pool_message(view))
+
+    async def _refuse_unless_leading(self, context: Context, verb: str) -> None:
+        """Ends the RPC with FAILED_PRECONDITION on a standby: it applies nothing, so a pause
+        it took would only say ``paused`` while the leader goes on scaling."""
+        if self._loop.is_leader:
+            return
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{self._replica_id} is a standby and applies no decisions: {verb} the pool on the "
+            "leader (GetStatus answers REPLICA_ROLE_LEADER there)",
+        )
 
 
 def pool_message(view: PoolView) -> pb.PoolStatus:

@@ -154,11 +154,12 @@ async def test_status_and_the_decision_stream_show_each_decision_with_its_reason
 
 
 async def test_a_paused_pool_is_not_scaled_until_resumed(running: Running) -> None:
+    running.lock.grant = True
+    await wait_until_async(lambda: running.app.loop.is_leader, 5)
     paused = await running.stub.PausePool(
         pb.PausePoolRequest(pool=POOL, reason="GPU maintenance"), timeout=5
     )
     assert paused.pool.paused and paused.pool.pause_reason == "GPU maintenance"
-    running.lock.grant = True
     running.source.demand(active=1, queued=1)
     stream = running.stub.WatchDecisions(pb.WatchDecisionsRequest(replay=10))
     decision = await _next(stream, lambda d: d.kind == pb.DECISION_KIND_SCALE)
@@ -170,6 +171,22 @@ async def test_a_paused_pool_is_not_scaled_until_resumed(running: Running) -> No
     await _next(stream, lambda d: d.actions[0].outcome == pb.ACTION_OUTCOME_APPLIED)
     assert [c[1] for c in running.target.calls] == [2]
     stream.cancel()
+
+
+async def test_a_standby_refuses_to_pause_or_resume(running: Running) -> None:
+    """Only the leader applies decisions: a pause taken by a standby would be a lie."""
+    await wait_until_async(lambda: running.lock.tries >= 2, 5)
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: running.stub.PausePool(pb.PausePoolRequest(pool=POOL, reason="x"), timeout=5),
+        lambda: running.stub.ResumePool(pb.ResumePoolRequest(pool=POOL), timeout=5),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call()
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert (err.value.details() or "").startswith("replica-a is a standby")
+    (pool,) = (await _status(running)).pools
+    assert not pool.paused
 
 
 async def test_unknown_pools_are_not_found(running: Running) -> None:

@@ -15,6 +15,7 @@ from services.autoscaler.signals.base import PoolLoad
 from services.autoscaler.signals.telemetry import StaticWatcher, TelemetrySource
 from tests.conditions import wait_until_async
 from tests.integration.router_harness import HeldStream, mesh, pcm
+from voxmesh.discovery import InstanceInfo
 
 
 def _free_port() -> int:
@@ -89,3 +90,26 @@ async def test_without_router_telemetry_the_pool_is_missing_and_ages() -> None:
 
         nothing = TelemetrySource(["asr_small"], m.discovery.watcher, StaticWatcher([]))
         assert nothing.read("asr_small").missing.startswith("no router to follow")
+
+
+async def test_a_silent_instance_ages_the_signals_but_not_the_routers_demand() -> None:
+    """The routers' queues and in-flight counts give the demand on their own: an instance
+    that says nothing makes the signals stale (no scale-down), not the demand."""
+    async with mesh() as m:
+        await m.add("a", max_streams=2)
+        port = _free_port()  # listed, but nothing answers there
+        m.discovery.put(InstanceInfo("b", "asr_small", "", "127.0.0.1", port, max_streams=2))
+        source = TelemetrySource(
+            ["asr_small"],
+            m.discovery.watcher,
+            StaticWatcher([m.router.target]),
+            interval_s=0.1,
+            backoff_s=(0.05, 0.2),
+        )
+        running = asyncio.create_task(source.run())
+        try:
+            load = await _until(source, lambda load: not load.missing and load.age_s > 1.0)
+            assert load.router_age_s < 1.0 < load.age_s
+        finally:
+            await source.shutdown()
+            await asyncio.wait_for(running, 5)

@@ -14,6 +14,7 @@ import pytest
 
 from services.autoscaler.targets.base import CapacityClass, Refusal, ScaleOutcome
 from services.autoscaler.targets.local import LocalGroup, LocalTarget, spawn_service
+from tests.autoscaler_fakes import Clock
 from tests.conditions import wait_until_async
 from voxmesh.mesh.process import ServiceProcess
 
@@ -234,3 +235,56 @@ def test_spawn_service_runs_the_pool_module_on_the_file_registry(tmp_path: Path)
         "--drain-timeout=12",
         "--max-streams=2",
     ]
+
+
+async def test_a_spawn_error_is_a_failed_start_retried_after_a_backoff(
+    spawner: Spawner, started: list[tuple[str, float]]
+) -> None:
+    """A process that cannot even be made (no room for its log) fails like a failed start:
+    the count stands, the group reports the failure, and the start is retried."""
+    errors = [OSError(28, "No space left on device"), OSError(28, "No space left on device")]
+
+    def spawn(group: LocalGroup, instance_id: str) -> FakeProcess:
+        if errors:
+            raise errors.pop()
+        return spawner(group, instance_id)
+
+    target = LocalTarget(
+        [LocalGroup("asr_small")],
+        spawn,
+        on_started=lambda pool, s: started.append((pool, s)),
+        backoff_s=(0.01, 0.01),
+    )
+    result = await target.scale(OD, 1, "queue of 1 stream")
+    assert result.outcome is ScaleOutcome.APPLIED
+    await wait_until_async(lambda: spawner.made, 2)  # retried after two failures
+    status = (await target.status())[OD]
+    assert (status.desired, status.pending) == (1, 1)
+    assert status.placement_failing
+    assert "No space left on device" in status.placement_reason
+
+    spawner.made[0].become_ready()
+    await until_serving(target, started, 1)
+    assert not (await target.status())[OD].placement_failing
+
+
+async def test_the_status_says_how_long_the_oldest_instance_has_been_starting(
+    spawner: Spawner, started: list[tuple[str, float]]
+) -> None:
+    clock = Clock()
+    target = LocalTarget(
+        [LocalGroup("asr_small")],
+        spawner,
+        on_started=lambda pool, s: started.append((pool, s)),
+        clock=clock,
+    )
+    assert (await target.status())[OD].oldest_pending_s == 0.0
+    await target.scale(OD, 1, "up")
+    clock.advance(30.0)
+    await target.scale(OD, 2, "up again")
+    clock.advance(10.0)
+    assert (await target.status())[OD].oldest_pending_s == 40.0
+
+    spawner.made[0].become_ready()
+    await until_serving(target, started, 1)
+    assert (await target.status())[OD].oldest_pending_s == 10.0  # only the second starts

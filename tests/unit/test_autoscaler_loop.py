@@ -7,7 +7,7 @@ real one. Time is a number moved by the tests.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -77,15 +77,18 @@ def harness(
     lock: FakeLock | None = None,
     interval_s: float = 1.0,
     pe_max: int = 0,
+    pools: tuple[str, ...] = (POOL,),
+    pool_policy: PoolPolicy | None = None,
 ) -> Harness:
     registry = CollectorRegistry()
     source, clock = FakeSource(), Clock()
     source.demand()
     fake_target = target or FakeTarget()
     fake_lock = lock or FakeLock()
+    chosen = pool_policy or policy(pe_max=pe_max)
     loop = EvaluationLoop(
         LoopConfig(
-            pools=(PoolSpec(POOL, policy(pe_max=pe_max), fallback_max_streams=1),),
+            pools=tuple(PoolSpec(name, chosen, fallback_max_streams=1) for name in pools),
             interval_s=interval_s,
             cooldown_s=COOLDOWN_S,
             scaling_timeout_s=60.0,
@@ -237,7 +240,7 @@ async def test_an_external_change_is_adopted_recorded_and_not_reverted_within_a_
     adopted = h.records(Kind.ADOPT)
     assert adopted == [
         "adopted external change of asr_small/on-demand: 1 -> 3 (nomad job scale); "
-        "not reverted, the observation window restarts"
+        "not reverted: no scale-down for 10 s"
     ]
     assert (
         h.metric("voxmesh_autoscaler_decisions_total", pool=POOL, group=OD, direction="adopt") == 1
@@ -338,3 +341,179 @@ async def test_only_the_leader_evaluates_and_a_lost_lock_stops_it_at_once() -> N
     assert lock.released == 1
     with pytest.raises(StopAsyncIteration):
         await anext(watch)  # the log's watchers end on shutdown
+
+
+@pytest.mark.parametrize("outage", ["missing signals", "stale signals", "target unreachable"])
+async def test_after_an_outage_a_whole_fresh_window_passes_before_a_scale_down(
+    outage: str,
+) -> None:
+    """An outage longer than the window leaves no recommendations to stabilise on: the pool
+    must observe a whole window of fresh signals again before it shrinks."""
+    h = harness(FakeTarget({OD: FakeGroup(CapacityClass.ON_DEMAND, 4, 4)}))
+    h.source.demand(active=4)
+    for _ in range(int(WINDOW_S) + 2):  # a whole window observed at 4 streams
+        await h.step()
+    for _ in range(int(WINDOW_S) + 5):  # longer than the window
+        if outage == "missing signals":
+            h.source.loads[POOL] = PoolLoad(POOL, max_streams=1, missing="no router telemetry")
+        elif outage == "stale signals":
+            h.source.demand(active=4, age_s=40.0)
+        else:
+            h.target.unavailable = True
+        await h.step()
+    h.target.unavailable = False
+    h.source.demand(active=0)  # the first fresh reading after the outage: idle
+    for _ in range(int(WINDOW_S) - 1):
+        await h.step()
+    assert h.target.calls == [], "shrank before a whole fresh window was observed"
+    await h.step(2.0)
+    assert [c[1] for c in h.target.calls] == [1]
+
+
+async def test_an_error_in_one_pool_is_a_recorded_hold_and_the_other_pools_still_scale(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    large = "asr_large/on-demand"
+    target = FakeTarget(
+        {
+            OD: FakeGroup(CapacityClass.ON_DEMAND, 1, 1),
+            large: FakeGroup(CapacityClass.ON_DEMAND, 1, 1),
+        }
+    )
+    target.errors[OD] = OSError(28, "No space left on device")
+    h = harness(target, pools=(POOL, "asr_large"))
+    h.source.demand(active=1, queued=1)
+    h.source.loads["asr_large"] = PoolLoad(
+        "asr_large", active_streams=1, queued_realtime=1, max_streams=1, age_s=0.5
+    )
+    await h.step()
+    assert [(c[0], c[1]) for c in target.calls] == [(OD, 2), (large, 2)]
+    (failed,) = h.loop.log.recent(POOL)
+    assert failed.kind is Kind.HOLD
+    assert failed.reason == (
+        "holding: the evaluation failed (OSError: [Errno 28] No space left on device); "
+        "trying again next interval"
+    )
+    assert any(r.exc_info and "asr_small" in r.getMessage() for r in caplog.records)
+    (scaled,) = h.loop.log.recent("asr_large")
+    assert scaled.actions[0].outcome is Outcome.APPLIED
+
+    del target.errors[OD]  # the fault is gone: the pool scales on the next interval
+    await h.step()
+    assert (OD, 2) in [(c[0], c[1]) for c in target.calls[2:]]
+
+
+async def test_a_sustained_ramp_keeps_bursts_on_preemptible() -> None:
+    """Every preemptible instance serves 60 s after its request, far inside its 240 s
+    deadline; the group always has some starting, which is no failing placement."""
+    target = FakeTarget(
+        {
+            OD: FakeGroup(CapacityClass.ON_DEMAND, 1, 1),
+            PE: FakeGroup(CapacityClass.PREEMPTIBLE, 0, 0),
+        }
+    )
+    h = harness(target, pe_max=64)
+    requested: list[float] = []  # when each preemptible instance was asked for
+    for second in range(400):
+        h.source.demand(active=2 + second // 20)  # one more stream every 20 s
+        group = target.groups[PE]
+        requested = requested[: group.count]
+        requested += [h.clock.now] * (group.count - len(requested))
+        group.running = sum(1 for at in requested if h.clock.now - at >= 60.0)
+        await h.step()
+    assert not [r for r in h.records() if "pending for" in r]
+    assert [c for c in target.calls if c[0] == OD] == [], "fell back to on-demand"
+    assert target.groups[PE].count >= 20
+
+
+async def test_a_preemptible_instance_pending_past_its_deadline_falls_back() -> None:
+    target = FakeTarget(
+        {
+            OD: FakeGroup(CapacityClass.ON_DEMAND, 1, 1),
+            PE: FakeGroup(CapacityClass.PREEMPTIBLE, 0, 0),
+        }
+    )
+    h = harness(target, pe_max=8)
+    h.source.demand(active=2)
+    deadline = policy().preemptible.placement_deadline_s
+    for _ in range(int(deadline)):  # the instance is never placed
+        await h.step()
+    assert [(c[0], c[1]) for c in target.calls] == [(PE, 1)]
+    await h.step(5.0)
+    assert [(c[0], c[1]) for c in target.calls] == [(PE, 1), (OD, 2)]
+    assert "preemptible pending for" in target.calls[-1][2]
+
+
+async def test_an_operator_scale_down_stands_unless_realtime_streams_queue() -> None:
+    h = harness(FakeTarget({OD: FakeGroup(CapacityClass.ON_DEMAND, 4, 4)}))
+    h.source.demand(active=4)
+    for _ in range(int(WINDOW_S) + 2):
+        await h.step()
+    operator = ScalingEvent(time=1.7e9, count=1, previous_count=4, message="maintenance")
+    h.target.groups[OD] = FakeGroup(CapacityClass.ON_DEMAND, 1, 1, external=operator)
+    for _ in range(int(WINDOW_S) - 1):  # the streams of the stopped instances still count
+        await h.step()
+    assert h.target.calls == [], "the operator's scale-down was reverted"
+    assert h.records(Kind.ADOPT) == [
+        "adopted external change of asr_small/on-demand: 4 -> 1 (maintenance); not reverted: "
+        "no scale-up for 10 s unless realtime streams queue"
+    ]
+    held = h.loop.log.recent()[-1]
+    assert held.kind is Kind.HOLD
+    assert held.reason.startswith(
+        "holding: asr_small/on-demand was scaled down by an operator 0 s ago (4 -> 1)"
+    )
+
+    h.source.demand(active=1, queued=2)  # streams now wait for a slot
+    await h.step()
+    assert [c[1] for c in h.target.calls] == [3]
+    assert h.target.calls[0][2].endswith(
+        "; realtime streams queue: the operator's scale-down of asr_small/on-demand "
+        "(4 -> 1, 9 s ago) is overridden"
+    )
+
+
+async def test_a_silent_instance_holds_scale_downs_but_not_a_queue() -> None:
+    h = harness(FakeTarget({OD: FakeGroup(CapacityClass.ON_DEMAND, 2, 2)}))
+    h.source.demand(active=2)
+    for _ in range(int(WINDOW_S) + 2):
+        await h.step()
+    # One instance has said nothing for 40 s; the routers' queues are fresh.
+    h.source.loads[POOL] = PoolLoad(
+        POOL, active_streams=2, queued_realtime=2, max_streams=1, age_s=40.0, router_age_s=0.5
+    )
+    await h.step()
+    assert [c[1] for c in h.target.calls] == [4]
+    assert "signals stale for 40 s" in h.target.calls[0][2]
+
+    h.target.settle()
+    h.source.loads[POOL] = PoolLoad(
+        POOL, active_streams=0, max_streams=1, age_s=40.0, router_age_s=0.5
+    )
+    for _ in range(3 * int(WINDOW_S)):
+        await h.step()
+    assert [c[1] for c in h.target.calls] == [4], "shrank on stale signals"
+
+
+async def test_a_scale_up_that_was_not_applied_starts_no_cooldown() -> None:
+    trend = replace(
+        policy(od_max=64),
+        on_demand=GroupLimits(min_count=1, max_count=64, lead_time_s=10.0),
+        trend_window_s=4.0,
+        trend_confidence_sigmas=0.0,
+        rise_history_s=0.0,
+        scale_up_cooldown_s=30.0,
+    )
+    h = harness(FakeTarget({OD: FakeGroup(CapacityClass.ON_DEMAND, 10, 10)}), pool_policy=trend)
+    h.target.refuse = Refusal.DEPLOYMENT_ACTIVE
+    for demand in (1, 2, 3, 4):  # 10 instances hold it; the trend (+1/s) asks for more
+        h.source.demand(active=demand)
+        await h.step()
+    assert h.target.calls, "the trend asked for a scale-up"
+    assert h.target.groups[OD].count == 10
+
+    h.target.refuse = None  # the deployment ended: nothing was added, so nothing settles
+    h.source.demand(active=5)
+    await h.step()
+    assert h.target.groups[OD].count == 15
+    assert h.loop.log.recent()[-1].actions[0].outcome is Outcome.APPLIED

@@ -125,6 +125,7 @@ def test_a_pool_load_from_promql_results() -> None:
     load = load_from_results("asr_small", results)
     assert (load.active_streams, load.queued_realtime, load.queued_batch) == (5, 3, 1)
     assert (load.max_streams, load.age_s, load.missing) == (4, 4.0, "")
+    assert load.router_age_s == 1.5  # the demand is fresher than the instances' samples
     a, b = load.instances
     assert (a.instance_id, a.capacity_class, a.gpu_utilisation) == ("a", "preemptible", 0.97)
     assert (b.capacity_class, b.gpu_utilisation) == ("on-demand", None)

@@ -147,6 +147,36 @@ def test_stale_signals_hold_even_when_demand_vanished() -> None:
     assert new_state == state
 
 
+def test_stale_signals_restart_the_observation_of_the_window() -> None:
+    """What happened while the signals were stale is unknown: after them, a whole window
+    must be observed again before anything shrinks."""
+    observed = PolicyState(observing_since=0.0)
+    _, state = decide(signals(0, age_s=42.0), observed, PoolPolicy(), 1000.0)
+    assert state.observing_since is None
+    assert replace(state, observing_since=0.0) == observed  # nothing else is forgotten
+
+
+def test_a_silent_instance_holds_scale_downs_but_fresh_queues_still_scale_up() -> None:
+    config = PoolPolicy(burst_sigmas=0.0, target_utilisation=1.0)
+    od = GroupSignals(serving=1)
+    # One instance's telemetry is 40 s old; the routers' (demand and queues) is fresh.
+    fresh_queue = replace(signals(8, queued=4, od=od, age_s=40.0), demand_age_s=1.0)
+    up, state = decide(fresh_queue, PolicyState(), config, 0.0)
+    assert up.on_demand.desired + up.preemptible.desired == 3  # 12 streams, 4 per instance
+    assert "signals stale for 40 s (demand fresh): nothing shrinks" in up.reason
+    assert state.observing_since is None
+
+    observed = PolicyState(observing_since=-1000.0)
+    big = GroupSignals(serving=5)
+    idle = replace(signals(0, od=big, age_s=40.0), demand_age_s=1.0)
+    down, _ = decide(idle, observed, config, 0.0)
+    assert not down.changes
+
+    both, _ = decide(signals(8, queued=4, od=od, age_s=40.0), PolicyState(), config, 0.0)
+    assert not both.changes
+    assert both.reason == "holding: signals stale for 40 s"
+
+
 def test_scales_from_zero_on_a_queued_stream_and_back_to_zero() -> None:
     config = PoolPolicy(
         allow_scale_to_zero=True,

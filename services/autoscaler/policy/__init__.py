@@ -1,5 +1,6 @@
 """The autoscaler's scaling policy: a pure function per pool, ``decide(signals, state, config,
-now) -> (decision, state)``, built from small parts (forecast, hybrid split, stabilisation).
+now) -> (decision, state)``, built from small parts (forecast, hybrid split, stabilisation),
+and :func:`respect_manual_change`, which keeps an operator's count change for one window.
 
 The algorithm and the reasons for its defaults are in docs/autoscaling.md.
 """
@@ -19,6 +20,7 @@ from services.autoscaler.policy.inputs import (
     InstanceSignals,
     PoolSignals,
 )
+from services.autoscaler.policy.manual import ManualChange, respect_manual_change
 
 __all__ = [
     "CapacityGroup",
@@ -27,6 +29,7 @@ __all__ = [
     "GroupLimits",
     "GroupSignals",
     "InstanceSignals",
+    "ManualChange",
     "PolicyState",
     "PoolPolicy",
     "PoolSignals",
@@ -34,4 +37,5 @@ __all__ = [
     "Sizing",
     "decide",
     "hold",
+    "respect_manual_change",
 ]

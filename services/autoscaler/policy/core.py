@@ -2,8 +2,10 @@
 
 Evaluation order::
 
-    signals stale? ── yes ─> hold every group (never scale down on missing information)
-        │ no
+    demand stale? ── yes ─> hold every group (never scale down on missing information)
+        │ no                 and restart the window's observation (the gap is unknown)
+    other signals stale (a silent instance)? ── yes ─> as below, but no group shrinks,
+        │                                               and the observation restarts
     demand + margin (Poisson, measured rises) + trend x lead time + GPU guard ─> need
         │
     tolerance band / scale-up cooldown (skipped while real-time streams queue)
@@ -20,6 +22,7 @@ Evaluation order::
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from services.autoscaler.policy.config import PoolPolicy
 from services.autoscaler.policy.decision import (
@@ -63,8 +66,15 @@ def decide(
     ``now`` is the caller's clock in seconds (monotonic); ``state`` is what the previous call
     returned for this pool (``PolicyState()`` the first time).
     """
-    if signals.age_s > config.stale_after_s:
-        return hold(signals, f"holding: signals stale for {signals.age_s:.0f} s"), state
+    age = max(signals.age_s, signals.demand_age)
+    if signals.demand_age > config.stale_after_s:
+        # Nothing is known of the time the signals were stale: a whole window of fresh ones
+        # must be observed again before anything shrinks.
+        stale_hold = hold(signals, f"holding: signals stale for {age:.0f} s")
+        return stale_hold, replace(state, observing_since=None)
+    # The demand (from the routers) is fresh, another signal (an instance's) is not: the
+    # pool may grow on the demand, but shrinks on nothing it cannot see.
+    stale = signals.age_s > config.stale_after_s
 
     samples = trim_samples(
         (*state.demand_samples, (now, signals.demand)), now, config.trend_window_s
@@ -102,7 +112,7 @@ def decide(
         (*state.recommendations, Recommendation(now, bounded)), now, config.scale_down_window_s
     )
     observing_since = now if state.observing_since is None else state.observing_since
-    observed = now - observing_since >= config.scale_down_window_s
+    observed = not stale and now - observing_since >= config.scale_down_window_s
     pool_size, split, od_desired, pe_desired = _group_sizes(
         bounded, in_hand, history, signals, config, window_observed=observed
     )
@@ -112,7 +122,7 @@ def decide(
         demand_samples=samples,
         recommendations=history,
         last_scale_up_at=now if pool_size > settled else state.last_scale_up_at,
-        observing_since=observing_since,
+        observing_since=None if stale else observing_since,
         open_rises=open_rises,
         rises=rises,
     )
@@ -125,6 +135,8 @@ def decide(
         stabilised=pool_size,
     )
     notes = _notes(need=need, sizing=sizing, held=held, split=split, od=od, pe=pe_signals)
+    if stale:
+        notes += f"; signals stale for {signals.age_s:.0f} s (demand fresh): nothing shrinks"
     reason = f"{_cause(signals, need, settled)}{notes}: {_effect(od, pe)}"
     return Decision(on_demand=od, preemptible=pe, reason=reason, sizing=sizing), new_state
 

@@ -53,10 +53,14 @@ class PolicyState:
     recommendations: tuple[Recommendation, ...] = ()
     """Recommendations inside the scale-down stabilisation window, oldest first."""
     last_scale_up_at: float | None = None
-    """When the policy last raised the pool's total size; None if never."""
+    """When the policy last raised the pool's total size; None if never. The loop puts the
+    previous value back when the target did not apply the raise (refused, paused, dry
+    run): only an applied scale-up has anything to settle."""
     observing_since: float | None = None
-    """Time of the first evaluation on fresh signals; no scale-down happens before a whole
-    stabilisation window has been observed (a restarted autoscaler knows no history)."""
+    """Time of the first evaluation on fresh signals since the last gap; no scale-down
+    happens before a whole stabilisation window has been observed (a restarted autoscaler
+    knows no history, and neither does one whose signals were missing or stale). Back to
+    None whenever an evaluation cannot see the whole pool."""
     open_rises: tuple[OpenRise, ...] = ()
     """Evaluations younger than one lead time, whose rise is still being measured."""
     rises: tuple[Rise, ...] = ()

@@ -96,6 +96,11 @@ class PoolSignals:
     """Load of each serving instance, for the GPU guard; may be empty (no telemetry yet)."""
     age_s: float = 0.0
     """Seconds since the oldest signal used here was measured."""
+    demand_age_s: float | None = None
+    """Seconds since the oldest signal of the demand (the routers' queued and in-flight
+    streams) was measured; ``None`` when the source does not tell it apart (then
+    ``age_s``). Fresh demand with stale signals (an instance's telemetry is silent) may
+    still grow the pool, never shrink it."""
 
     def __post_init__(self) -> None:
         if self.max_streams < 1:
@@ -103,6 +108,11 @@ class PoolSignals:
         for name in ("active_streams", "queued_realtime", "queued_batch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PoolSignals.{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def demand_age(self) -> float:
+        """Age of the demand: ``demand_age_s``, or ``age_s`` when that is not known."""
+        return self.age_s if self.demand_age_s is None else self.demand_age_s
 
     @property
     def queued(self) -> int:

@@ -57,6 +57,10 @@ class PoolLoad:
     """Every instance that reported, draining ones included."""
     age_s: float = math.inf
     """Age of the oldest signal this load is built from."""
+    router_age_s: float = math.inf
+    """Age of the oldest router signal: the routers' queued and in-flight streams, which
+    give the demand on their own. Fresh while an instance's telemetry is stale, it still
+    lets the pool grow (never shrink); ``inf`` when unknown (then ``age_s`` decides)."""
     missing: str = ""
     """Why the signals are missing or incomplete; empty when they are usable."""
 

@@ -13,7 +13,9 @@ relabel the service meta the same way):
   ``voxmesh_router_streams_active{pool}`` (queued and relayed),
   ``voxmesh_router_capacity_streams{pool}``, ``voxmesh_router_instances{pool, state}``.
 
-The age of a pool's signals is that of its oldest sample (``time() - timestamp(...)``).
+The age of a pool's signals is that of its oldest sample (``time() - timestamp(...)``);
+the router age that of the oldest router sample alone (the demand: fresh router samples
+still scale a pool up while an instance's are stale).
 A router that stops being scraped goes stale in Prometheus and its series vanish: the pool
 is then reported missing, as it is while Prometheus cannot be reached (the last good
 load is kept and ages meanwhile). The per-instance stream limit is the routers'
@@ -119,6 +121,7 @@ def load_from_results(pool: str, results: Mapping[str, list[Sample]]) -> PoolLoa
         max_streams=round(capacity / accepting) if capacity and accepting else None,
         instances=instances,
         age_s=max(ages, default=math.inf),
+        router_age_s=math.inf if router_age is None else router_age,
         missing="" if router_age is not None else "no router metrics in Prometheus",
     )
 
@@ -195,7 +198,8 @@ class PrometheusSource:
             reason = f"Prometheus not answered yet{': ' + self._error if self._error else ''}"
             return PoolLoad(pool=pool, missing=reason)
         load = self._last.loads.get(pool) or PoolLoad(pool=pool, missing="pool not polled")
-        return replace(load, age_s=load.age_s + self._clock() - self._last.at)
+        since = self._clock() - self._last.at
+        return replace(load, age_s=load.age_s + since, router_age_s=load.router_age_s + since)
 
     def instance_streams(self, instance_id: str) -> int | None:
         """Active streams of one instance at the last poll; None when unknown."""

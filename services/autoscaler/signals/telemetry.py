@@ -11,8 +11,10 @@ Per pool, :meth:`TelemetrySource.read` combines the last snapshots: demand is th
 streams (the larger of the instances' sum and the routers' in-flight count, which cover
 each other's lag) plus the routers' queued streams; the age is that of the oldest snapshot
 of a listed endpoint (an endpoint listed but never heard from counts from when it was
-listed). Without any router there is no queue information, so the pool is reported
-missing and the loop holds it.
+listed), and the router age that of the oldest listed router's alone: one silent instance
+makes the signals stale (no scale-down) but leaves the demand, which the routers give on
+their own, fresh enough to scale up on. Without any router there is no queue information,
+so the pool is reported missing and the loop holds it.
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ class TelemetrySource:
             max_streams=max(limits, default=None),
             instances=tuple(_instance_load(f, s) for f, s in reported),
             age_s=max(ages, default=math.inf),
+            router_age_s=max((f.age(now) for f in routers), default=math.inf),
             missing=missing,
         )
 

@@ -91,6 +91,12 @@ class GroupStatus:
     """Instances that passed their health checks."""
     pending: int
     """Placed instances that have not started yet."""
+    oldest_pending_s: float | None = None
+    """Seconds since the oldest placed instance that is not running yet was created (Nomad:
+    now less the ``CreateTime`` of the oldest pending allocation; local: since its process
+    started); 0.0 when none is pending; ``None`` when the target cannot tell. The loop takes
+    the larger of this and its own estimate (from when the count rose), so an instance not
+    placed at all still ages."""
     min_count: int = 0
     """Lower bound of the count (Nomad: the group's ``scaling`` block)."""
     max_count: int | None = None

@@ -10,8 +10,9 @@ group's count; a reconcile step then starts or stops processes, like a scheduler
 - down: cancel starting instances first (they have no streams: killed), then drain
   serving ones, fewest active streams first: SIGTERM, the instance finishes its streams
   and exits; it is killed only if still alive ``drain_timeout_s`` plus a grace later;
-- an instance that exits on its own or fails to start is replaced after a backoff; while
-  its group keeps failing, its status reports a placement failure with the reason.
+- an instance that exits on its own or fails to start (its process cannot even be made,
+  or never prints its ready line) is replaced after a backoff; while its group keeps
+  failing, its status reports a placement failure with the reason.
 
 Instance states::
 
@@ -180,9 +181,11 @@ class LocalTarget:
     async def status(self) -> dict[str, GroupStatus]:
         """Every group's counts: running means serving (draining ones are on their way out)."""
         result = {}
+        now = self._clock()
         for name, g in self._groups.items():
             starting, serving = g.count(_State.STARTING), g.count(_State.SERVING)
             failing = g.failures >= _FAILING_AFTER
+            since = [i.started_at for i in g.instances.values() if i.state is _State.STARTING]
             result[name] = GroupStatus(
                 name=name,
                 pool=g.spec.pool,
@@ -192,6 +195,7 @@ class LocalTarget:
                 placed=starting + serving,
                 healthy=serving,
                 pending=starting,
+                oldest_pending_s=now - min(since) if since else 0.0,
                 max_count=g.spec.max_count,
                 placement_failing=failing,
                 placement_reason=g.last_error if failing else "",
@@ -272,14 +276,28 @@ class LocalTarget:
             self._retry_later(wait)
             return
         for _ in range(missing):
-            self._launch(g)
+            if not self._launch(g):
+                return
 
-    def _launch(self, g: _Group) -> None:
+    def _launch(self, g: _Group) -> bool:
+        """Starts one instance; False when its process could not even be made.
+
+        Such an error (no room for the log file, say) is a failed start like any other:
+        it counts towards the group's failures and the start is retried after the backoff,
+        so the count never stands with nothing behind it, and ``scale`` does not raise.
+        """
         short = "od" if g.spec.capacity_class is CapacityClass.ON_DEMAND else "pe"
         instance_id = f"{g.spec.pool}-{short}-{uuid.uuid4().hex[:6]}"
-        instance = _Instance(instance_id, self._spawn(g.spec, instance_id), self._clock())
+        try:
+            process = self._spawn(g.spec, instance_id)
+        except Exception as exc:
+            delay = self._count_failure(g, f"{instance_id} could not be started: {exc}")
+            self._retry_later(delay)  # never at once: a spawn that keeps failing must not spin
+            return False
+        instance = _Instance(instance_id, process, self._clock())
         g.instances[instance_id] = instance
         self._track(self._lifecycle(g, instance), instance_id)
+        return True
 
     def _stop(self, g: _Group, instance: _Instance) -> None:
         was = instance.state
@@ -328,13 +346,18 @@ class LocalTarget:
             await instance.process.kill()
 
     def _failed(self, g: _Group, why: str) -> None:
+        self._count_failure(g, why)
+        self._reconcile(g)
+
+    def _count_failure(self, g: _Group, why: str) -> float:
+        """Records a failed start or crash; returns the backoff before the next start."""
         g.failures += 1
         g.last_error = why
         base, cap = self._backoff
         delay = min(cap, base * 2.0 ** (g.failures - 1))
         g.retry_at = self._clock() + delay
         logger.warning("%s: %s; replacing it in %.0f s", g.spec.name, why, delay)
-        self._reconcile(g)
+        return delay
 
     def _retry_later(self, delay: float) -> None:
         if self._retry is not None:

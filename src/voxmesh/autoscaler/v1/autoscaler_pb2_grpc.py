@@ -99,7 +99,8 @@ class AutoscalerServiceServicer:
         updates the reason. The setting lives in this replica's memory: a
         restart or a change of leader forgets it.
 
-        Errors: NOT_FOUND when the pool is not managed here.
+        Errors: NOT_FOUND when the pool is not managed here; FAILED_PRECONDITION
+        on a standby replica (only the leader applies decisions: pause it there).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,7 +110,8 @@ class AutoscalerServiceServicer:
         """Applies decisions to a paused pool again, from the next evaluation on.
         Resuming a pool that is not paused changes nothing.
 
-        Errors: NOT_FOUND when the pool is not managed here.
+        Errors: NOT_FOUND when the pool is not managed here; FAILED_PRECONDITION
+        on a standby replica.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

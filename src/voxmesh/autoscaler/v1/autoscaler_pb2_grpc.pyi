@@ -70,13 +70,15 @@ class AutoscalerServiceStub:
     updates the reason. The setting lives in this replica's memory: a
     restart or a change of leader forgets it.
 
-    Errors: NOT_FOUND when the pool is not managed here.
+    Errors: NOT_FOUND when the pool is not managed here; FAILED_PRECONDITION
+    on a standby replica (only the leader applies decisions: pause it there).
     """
     ResumePool: _grpc.UnaryUnaryMultiCallable[_autoscaler_pb2.ResumePoolRequest, _autoscaler_pb2.ResumePoolResponse]
     """Applies decisions to a paused pool again, from the next evaluation on.
     Resuming a pool that is not paused changes nothing.
 
-    Errors: NOT_FOUND when the pool is not managed here.
+    Errors: NOT_FOUND when the pool is not managed here; FAILED_PRECONDITION
+    on a standby replica.
     """
 
 @_typing.type_check_only
@@ -114,13 +116,15 @@ class AutoscalerServiceAsyncStub(AutoscalerServiceStub):
     updates the reason. The setting lives in this replica's memory: a
     restart or a change of leader forgets it.
 
-    Errors: NOT_FOUND when the pool is not managed here.
+    Errors: NOT_FOUND when the pool is not managed here; FAILED_PRECONDITION
+    on a standby replica (only the leader applies decisions: pause it there).
     """
     ResumePool: _aio.UnaryUnaryMultiCallable[_autoscaler_pb2.ResumePoolRequest, _autoscaler_pb2.ResumePoolResponse]  # type: ignore[assignment]
     """Applies decisions to a paused pool again, from the next evaluation on.
     Resuming a pool that is not paused changes nothing.
 
-    Errors: NOT_FOUND when the pool is not managed here.
+    Errors: NOT_FOUND when the pool is not managed here; FAILED_PRECONDITION
+    on a standby replica.
     """
 
 class AutoscalerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -173,7 +177,8 @@ class AutoscalerServiceServicer(metaclass=_abc_1.ABCMeta):
         updates the reason. The setting lives in this replica's memory: a
         restart or a change of leader forgets it.
 
-        Errors: NOT_FOUND when the pool is not managed here.
+        Errors: NOT_FOUND when the pool is not managed here; FAILED_PRECONDITION
+        on a standby replica (only the leader applies decisions: pause it there).
         """
 
     @_abc_1.abstractmethod
@@ -185,7 +190,8 @@ class AutoscalerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Applies decisions to a paused pool again, from the next evaluation on.
         Resuming a pool that is not paused changes nothing.
 
-        Errors: NOT_FOUND when the pool is not managed here.
+        Errors: NOT_FOUND when the pool is not managed here; FAILED_PRECONDITION
+        on a standby replica.
         """
 
 def add_AutoscalerServiceServicer_to_server(servicer: AutoscalerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
