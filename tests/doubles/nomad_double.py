@@ -16,13 +16,18 @@ in-memory cluster and scheduler:
   bounds checked against the ``scaling`` block, 400 while a deployment of the
   job is active; every count change is a new job version and an evaluation
   ``TriggeredBy: "scaling"``.
+- ``DELETE /v1/job/:id`` (``nomad job stop``): the job stays, ``Stop: true``, as a
+  new version; ``?purge=true`` deletes it. A stopped job's allocations all stop,
+  none is placed (a scale of it is accepted, as Nomad's ``Job.Scale`` does, and
+  places nothing), its active deployment is cancelled, and the scale status
+  reports ``JobStopped``.
 - ``GET /v1/job/:id/allocations``, ``/evaluations``, ``/deployment``,
   ``GET /v1/evaluation/:id``, ``GET /v1/nodes``, ``GET /v1/node/:id``,
   ``PUT/POST /v1/node/:id/drain`` and ``/eligibility``.
 - Errors are plain text with Nomad's codes and messages; reads carry
   ``X-Nomad-Index``, ``X-Nomad-KnownLeader`` and ``X-Nomad-LastContact`` and
-  block on ``?index=&wait=`` (default 5 min, at most 10 min as documented, plus up
-  to wait/16 jitter), writes carry ``X-Nomad-Index``.
+  block on ``?index=&wait=`` (default 5 min, at most 5 min as the server bounds
+  it, plus up to wait/16 jitter), writes carry ``X-Nomad-Index``.
 
 The scheduler places allocations on ready, eligible, non-draining nodes of the
 job's node pool and datacenters, checks constraints on ``${node.*}`` and
@@ -38,16 +43,22 @@ same job is cancelled. A successful newer evaluation leaves an older blocked
 one ``blocked`` but untracked, as Nomad does. Allocations start ``pending``
 and run after a per-node start delay; deployments complete once every
 allocation of the version has been running for ``min_healthy_time`` and fail
-at ``progress_deadline``. Time is real, or a :class:`ManualClock` moved by
-:meth:`NomadDouble.advance`.
+at ``progress_deadline``; an allocation outside a deployment gets its health
+after the group's ``migrate.min_healthy_time``, as the client's health hook
+sets it. A drain follows Nomad's drainer (``nomad/drainer``): per task group
+of a service job it marks for migration at most as many allocations as keep
+``count - migrate.max_parallel`` healthy ones, the rest once replacements are
+healthy, and every one left when the drain's deadline passes (at once for a
+force drain, never for a drain without deadline). Time is real, or a
+:class:`ManualClock` moved by :meth:`NomadDouble.advance`; what falls due
+between two ticks (a drain's deadline) is applied at the later one.
 
-Left out: ACLs, namespaces other than ``default``, regions, job deregister,
-periodic/parameterized/system/batch specifics, canaries and auto-revert,
+Left out: ACLs, namespaces other than ``default``, regions, job versions and
+reverts, periodic/parameterized/system/batch specifics, canaries and auto-revert,
 ``?prefix``/``?filter``/paging, networks and ports, affinities and spreads,
 preemption, reschedule policies, client restarts and failures, and the
 allocation endpoints. Evaluations are processed at once (a client never sees
-one ``pending``). A drain migrates every allocation of the node at once,
-ignoring ``migrate.max_parallel``; as with Nomad's drainer, its ``node-drain``
+one ``pending``). As with Nomad's drainer, a drain's ``node-drain``
 evaluations are not in the drain's answer (``EvalIDs`` null).
 """
 
@@ -78,10 +89,9 @@ MAX_SCALING_EVENTS = 20
 """``structs.JobTrackedScalingEvents``."""
 DEFAULT_WAIT_S = 300.0
 """``structs.DefaultBlockingRPCQueryTime``."""
-MAX_WAIT_S = 600.0
-"""The documented cap (``api-docs/index.mdx``: 10 min). The server source's RPC bound
-(``structs.MaxBlockingRPCQueryTime``) reads as 300 s, so clients ask for no more than
-5 min and work with either."""
+MAX_WAIT_S = 300.0
+"""``structs.MaxBlockingRPCQueryTime``: the server cuts longer waits to 5 min (the API
+docs say 10 min; the RPC bound the server applies is what a client sees)."""
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 """Go's zero ``time.Time`` in JSON."""
 _ACTIVE_DEPLOYMENT = {"running", "paused", "pending", "blocked", "unblocking", "initializing"}
@@ -173,20 +183,21 @@ def gpu_service_job(
 
 
 def parse_go_duration(text: str) -> float:
-    """Go's ``time.ParseDuration`` in seconds (``300ms``, ``1m30s``, ``0``)."""
-    if text in ("0", "+0", "-0"):
+    """Go's ``time.ParseDuration`` in seconds (``300ms``, ``1m30s``, ``-1s``, ``0``)."""
+    sign, body = (-1.0, text[1:]) if text[:1] == "-" else (1.0, text.removeprefix("+"))
+    if body == "0":
         return 0.0
-    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text.lstrip("+"):
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", body)
+    if not parts or "".join(n + u for n, u in parts) != body:
         raise ValueError(text)
-    return sum(float(n) * _GO_UNITS[u] for n, u in parts)
+    return sign * sum(float(n) * _GO_UNITS[u] for n, u in parts)
 
 
 def blocking_wait(query: dict[str, str]) -> float:
     """Seconds a blocking query waits before jitter (``QueryOptions.TimeToBlock``).
 
     ``?wait`` unset or not positive means 5 min, and longer waits are cut to
-    10 min; a value that is not a Go duration is a 400.
+    5 min (``nomad/rpc.go blockingRPC``); a value that is not a Go duration is a 400.
     """
     try:
         wait = parse_go_duration(query["wait"]) if "wait" in query else 0.0
@@ -298,6 +309,8 @@ class _Node:
     eligibility: str = "eligible"
     drain: Json | None = None
     last_drain: Json | None = None
+    force_at: float | None = None
+    """When the drain migrates every allocation left (its deadline); None: never."""
 
     def target(self, name: str) -> str | None:
         if name.startswith("${meta.") and name.endswith("}"):
@@ -623,6 +636,8 @@ class NomadDouble:
             return self._write(method, lambda: self._scale(job_id, body))
         if method == "GET":
             return self._read(query, lambda: self._job(rest))
+        if method == "DELETE":
+            return self._write(method, lambda: self._deregister(rest, query), ("DELETE",))
         return self._write(method, lambda: self._register_body(body, rest))
 
     def _read(
@@ -651,8 +666,10 @@ class NomadDouble:
                     remaining = min(remaining, max(due - self._clock(), 0.001))
                 self._cond.wait(remaining)
 
-    def _write(self, method: str, run: Callable[[], Json]) -> tuple[Json, int]:
-        if method not in ("PUT", "POST"):
+    def _write(
+        self, method: str, run: Callable[[], Json], methods: tuple[str, ...] = ("PUT", "POST")
+    ) -> tuple[Json, int]:
+        if method not in methods:
             raise NomadError(405, "Invalid method")
         with self._cond:
             self._tick()
@@ -817,6 +834,42 @@ class NomadDouble:
         self._process(evaluation, new_version=True)
         return _register_answer(evaluation, index, st.index)
 
+    def _deregister(self, job_id: str, query: dict[str, str]) -> Json:
+        """``nomad job stop``: a new version with ``Stop: true`` (``?purge``: the job goes).
+
+        Like ``Job.Deregister``, an unknown job is no error (an empty answer, index 0).
+        """
+        st = self._state
+        raw = query.get("purge", "")
+        try:
+            purge = _parse_bool(raw) if raw else False
+        except ValueError:
+            raise NomadError(  # [recalled] command/agent/job_endpoint.go jobDelete
+                400,
+                f'Failed to parse value of "purge" ({raw}) as a bool: '
+                f'strconv.ParseBool: parsing "{raw}": invalid syntax',
+            ) from None
+        job = st.jobs.get(job_id)
+        if job is None:
+            return _deregister_answer("", 0, 0, 0)
+        index = self._bump("jobs")
+        job.update(
+            Stop=True,
+            Version=job["Version"] + 1,
+            ModifyIndex=index,
+            JobModifyIndex=index,
+            SubmitTime=int(self._clock() * NS),
+        )
+        evaluation = self._new_eval(job_id, "job-deregister", index)
+        evaluation["Type"] = "service"  # Job.Deregister's, whatever the job's type
+        if purge:
+            del st.jobs[job_id]
+            st.events.pop(job_id, None)
+            self._stop_job(evaluation, job)
+        else:
+            self._process(evaluation, new_version=True)
+        return _deregister_answer(evaluation["ID"], evaluation["CreateIndex"], index, st.index)
+
     def _scale(self, job_id: str, body: bytes) -> Json:
         st = self._state
         request = _decode_scaling_request(body)
@@ -913,7 +966,7 @@ class NomadDouble:
         index = self._bump("nodes")
         node.modify_index = index
         if spec is None:
-            node.drain = None
+            node.drain, node.force_at = None, None
             if node.last_drain:
                 node.last_drain.update(Status="canceled", UpdatedAt=_go_time(now))
             if request.get("MarkEligible") and node.eligibility == "ineligible":
@@ -940,8 +993,12 @@ class NomadDouble:
                 "AccessorID": "",
                 "Meta": request.get("Meta"),
             }
+            node.force_at = (
+                now if deadline_ns < 0 else (now + deadline_ns / NS if deadline_ns else None)
+            )
             node.eligibility = "ineligible"
-            self._migrate(node)  # Nomad's drainer does this after answering
+            self._drain_allocs()  # Nomad's drainer does this after answering
+            self._finish_drains()
         return {
             "EvalCreateIndex": 0,  # the drainer creates its evaluations after answering
             "EvalIDs": None,
@@ -1014,6 +1071,9 @@ class NomadDouble:
         """Runs the scheduler for the evaluation's job (synchronously)."""
         st = self._state
         job = st.jobs[evaluation["JobID"]]
+        if job["Stop"]:
+            self._stop_job(evaluation, job)
+            return
         if new_version:
             self._start_deployment(job)
         deployment = self._latest_deployment(job["ID"])
@@ -1051,6 +1111,22 @@ class NomadDouble:
                 else:
                     failed[tg["Name"]] = metric
         self._finish(evaluation, job, failed, queued)
+
+    def _stop_job(self, evaluation: Json, job: Json) -> None:
+        """The reconciler on a stopped (or purged) job: every allocation stops, none is
+        placed, and an active deployment is cancelled (``Cancelled because job is stopped``)."""
+        deployment = self._latest_deployment(job["ID"])
+        if deployment is not None and deployment["Status"] in _ACTIVE_DEPLOYMENT:
+            deployment.update(
+                Status="cancelled",
+                StatusDescription="Cancelled because job is stopped",
+                ModifyIndex=self._bump("deployment"),
+                ModifyTime=int(self._clock() * NS),
+            )
+        for alloc in list(self._job_allocs(job["ID"])):
+            if alloc.live():
+                self._stop(alloc, "alloc not needed due to job update")
+        self._finish(evaluation, job, {}, {tg["Name"]: 0 for tg in job["TaskGroups"]})
 
     def _finish(
         self, evaluation: Json, job: Json, failed: dict[str, Json], queued: dict[str, int]
@@ -1282,22 +1358,58 @@ class NomadDouble:
         }
         st.deployments[deployment["ID"]] = deployment
 
-    def _migrate(self, node: _Node) -> None:
-        """Drains a node: every live allocation is stopped and replaced elsewhere."""
-        jobs = sorted(
-            {a.job_id for a in self._state.allocs.values() if a.node_id == node.id and a.live()}
-        )
-        for alloc in self._state.allocs.values():
-            if alloc.node_id == node.id and alloc.live():
+    def _drain_allocs(self) -> bool:
+        """Nomad's drainer: marks allocations of draining nodes for migration and runs a
+        ``node-drain`` evaluation for each job it marked some of.
+
+        Per task group (``drainer/watch_jobs.go handleTaskGroup``): as many as leave
+        ``count - migrate.max_parallel`` live allocations with a health; only service
+        jobs. On a node whose drain deadline has passed, every live one. Returns
+        whether it marked any.
+        """
+        st = self._state
+        now = self._clock()
+        draining = {n.id: n for n in st.nodes.values() if n.drain is not None}
+        any_marked = False
+        jobs = sorted({a.job_id for a in st.allocs.values() if a.node_id in draining and a.live()})
+        for job_id in jobs:
+            job = st.jobs.get(job_id)
+            if job is None:
+                continue
+            marked: list[_Alloc] = []
+            for tg in job["TaskGroups"]:
+                members = sorted(
+                    (a for a in self._job_allocs(job_id) if a.group == tg["Name"]),
+                    key=lambda a: a.create_index,
+                )
+                healthy = sum(a.live() and a.healthy is not None for a in members)
+                drainable = [
+                    a for a in members if a.node_id in draining and a.live() and not a.migrate
+                ]
+                forced = [a for a in drainable if _past(draining[a.node_id].force_at, now)]
+                max_parallel = int((tg.get("Migrate") or {}).get("MaxParallel", 1))
+                room = healthy - (tg["Count"] - max_parallel) if job["Type"] == "service" else 0
+                rest = [a for a in drainable if a not in forced]
+                marked += forced + rest[: max(room, 0)]
+            for alloc in marked:
                 alloc.migrate = True
                 alloc.modify_index = self._bump("allocs")
-        for job_id in jobs:
-            evaluation = self._new_eval(
-                job_id, "node-drain", self._state.jobs[job_id]["JobModifyIndex"]
-            )
-            evaluation["NodeID"] = node.id
-            self._process(evaluation)
-        self._finish_drains()
+            if marked:
+                evaluation = self._new_eval(job_id, "node-drain", job["JobModifyIndex"])
+                evaluation["NodeID"] = marked[0].node_id
+                self._process(evaluation)
+                any_marked = True
+        return any_marked
+
+    def _migrate_health_at(self, alloc: _Alloc) -> float | None:
+        """When an allocation outside a deployment gets its health (the client's health
+        hook with the group's ``migrate`` strategy), for service jobs; else None."""
+        job = self._state.jobs.get(alloc.job_id)
+        if job is None or job["Type"] != "service" or alloc.started_at is None:
+            return None
+        tg = _group(job, alloc.group) or {}
+        migrate: Json = tg.get("Migrate") or _DEFAULT_MIGRATE
+        return alloc.started_at + int(migrate["MinHealthyTime"]) / NS
 
     def _stop(self, alloc: _Alloc, why: str) -> None:
         alloc.desired, alloc.desired_description = "stop", why
@@ -1331,12 +1443,19 @@ class NomadDouble:
                 alloc.client, alloc.modified = "complete", alloc.stop_at
                 alloc.modify_index = self._bump("allocs")
                 freed = True
+            if alloc.healthy is None and not alloc.deployment_id and alloc.live():
+                healthy_at = self._migrate_health_at(alloc)
+                if healthy_at is not None and healthy_at <= now:
+                    alloc.healthy, alloc.modified = True, healthy_at
+                    alloc.modify_index = self._bump("allocs")
         for deployment in st.deployments.values():
             if deployment["Status"] == "running":
                 self._watch_deployment(deployment, now)
+        marked = self._drain_allocs()
         if freed:
             self._finish_drains()
             self._unblock()
+        if freed or marked:
             self._cond.notify_all()
 
     def _watch_deployment(self, deployment: Json, now: float) -> None:
@@ -1405,6 +1524,14 @@ class NomadDouble:
             for a in self._state.allocs.values()
             if a.stop_at and a.client not in _TERMINAL_CLIENT
         ]
+        for alloc in self._state.allocs.values():
+            if alloc.healthy is None and not alloc.deployment_id and alloc.live():
+                healthy_at = self._migrate_health_at(alloc)
+                if healthy_at is not None:
+                    times.append(healthy_at)
+            node = self._state.nodes.get(alloc.node_id)
+            if node and node.force_at is not None and alloc.live() and not alloc.migrate:
+                times.append(node.force_at)
         for d in self._state.deployments.values():
             if d["Status"] == "running":
                 times += list(d["_progress_by"].values())
@@ -1463,6 +1590,33 @@ def _spec(job: Json) -> Json:
                 k: v for k, v in tg["Scaling"].items() if k in ("Min", "Max", "Enabled", "Policy")
             }
     return json.loads(json.dumps(spec, sort_keys=True))  # type: ignore[no-any-return]
+
+
+def _past(when: float | None, now: float) -> bool:
+    return when is not None and when <= now
+
+
+def _parse_bool(raw: str) -> bool:
+    """Go's ``strconv.ParseBool``."""
+    if raw in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if raw in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise ValueError(raw)
+
+
+def _deregister_answer(eval_id: str, eval_index: int, job_modify_index: int, index: int) -> Json:
+    """``structs.JobDeregisterResponse``."""
+    return {
+        "EvalID": eval_id,
+        "EvalCreateIndex": eval_index,
+        "JobModifyIndex": job_modify_index,
+        "VolumeEvalID": "",
+        "VolumeEvalIndex": 0,
+        "Index": index,
+        "KnownLeader": False,
+        "LastContact": 0,
+    }
 
 
 def _register_answer(evaluation: Json, job_modify_index: int, index: int) -> Json:

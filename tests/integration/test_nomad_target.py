@@ -31,7 +31,7 @@ from services.autoscaler.targets.nomad import (
     NomadTargetConfig,
     default_groups,
 )
-from services.autoscaler.targets.nomad_api import Json, PythonNomadApi
+from services.autoscaler.targets.nomad_api import JobState, Json, PythonNomadApi
 from tests.doubles.nomad_double import ManualClock, NomadDouble, gpu_service_job
 
 ON_DEMAND = "asr_small/on-demand"
@@ -310,15 +310,18 @@ async def test_allocations_pending_past_the_deadline_are_a_placement_failure(
 ) -> None:
     nomad.add_node("od-slow", pool="gpu-ondemand", gpus=4, start_delay_s=math.inf)
     _set_eligibility(nomad, "od-1", "ineligible")  # the new instances go to od-slow
+    assert (await _group(target, ON_DEMAND)).oldest_pending_s == 0.0, "none pending"
     await target.scale(ON_DEMAND, 3, "spike")
     nomad.advance(60)
     early = await _group(target, ON_DEMAND)
     assert early.pending == 2 and not early.placement_failing
+    assert early.oldest_pending_s == pytest.approx(60, abs=1e-3), "from CreateTime"
 
     nomad.advance(61)
     late = await _group(target, ON_DEMAND)
     assert late.placement_failing
     assert late.placement_reason == "2 allocation(s) pending for more than 120 s"
+    assert late.oldest_pending_s == pytest.approx(121, abs=1e-3)
 
 
 async def test_a_drained_preemptible_node_is_reclaiming(
@@ -331,20 +334,40 @@ async def test_a_drained_preemptible_node_is_reclaiming(
     spot = next(n for n in _http(nomad, "GET", "/v1/nodes") if n["Name"] == "spot-1")
     _http(nomad, "POST", f"/v1/node/{spot['ID']}/drain", {"DrainSpec": {"Deadline": 120 * 10**9}})
 
-    reclaims = await target.reclaiming()
-    assert len(reclaims) == 2
-    assert {r.group for r in reclaims} == {PREEMPTIBLE}
-    assert {r.node for r in reclaims} == {"spot-1"}
-    assert all(r.reason == "node draining" for r in reclaims)
-    assert all(r.deadline == pytest.approx(clock() + 120, abs=1e-3) for r in reclaims)
+    # migrate.max_parallel = 1: Nomad stops one at once (no longer in its Running count),
+    # the other keeps serving until its replacement is healthy or the deadline passes.
+    (reclaim,) = await target.reclaiming()
+    assert (reclaim.group, reclaim.node, reclaim.reason) == (PREEMPTIBLE, "spot-1", "node draining")
+    assert reclaim.deadline == pytest.approx(clock() + 120, abs=1e-3)
+    status = await _group(target, PREEMPTIBLE)
+    assert status.running == 1
     # Nowhere else to go: the replacements are blocked, so the loop falls back to on-demand.
-    assert (await _group(target, PREEMPTIBLE)).placement_failing
+    assert status.placement_failing
 
-    nomad.advance(31)  # the instances have drained and exited
+    nomad.advance(31)  # the stopped instance has drained and exited; the other still serves
+    assert [r.instance_id for r in await target.reclaiming()] == [reclaim.instance_id]
+    nomad.advance(90)  # past the deadline: Nomad stops the last one too
     assert await target.reclaiming() == []
 
 
-async def test_a_force_drain_reclaims_at_once(
+async def test_allocations_nomad_is_stopping_are_not_reclaiming(
+    target: NomadTarget, nomad: NomadDouble
+) -> None:
+    """Nomad's Running count leaves out an allocation it stops (DesiredStatus stop);
+    reporting it reclaimed too would take it off serving twice for its kill_timeout."""
+    await target.scale(PREEMPTIBLE, 2, "burst")
+    nomad.advance(SETTLE_S)
+    assert (await target.scale(PREEMPTIBLE, 1, "idle")).outcome is ScaleOutcome.APPLIED
+    _set_eligibility(nomad, "spot-1", "ineligible")
+
+    (reclaim,) = await target.reclaiming()
+    allocs = _http(nomad, "GET", "/v1/job/asr-small-preemptible/allocations")
+    still_run = [a["ID"] for a in allocs if a["DesiredStatus"] == "run"]
+    assert [reclaim.instance_id] == still_run
+    assert (await _group(target, PREEMPTIBLE)).running == 1
+
+
+async def test_a_force_drain_stops_at_once_and_leaves_nothing_to_reclaim(
     target: NomadTarget, nomad: NomadDouble, clock: ManualClock
 ) -> None:
     await target.scale(PREEMPTIBLE, 1, "burst")
@@ -354,10 +377,48 @@ async def test_a_force_drain_reclaims_at_once(
     _http(nomad, "POST", f"/v1/node/{spot['ID']}/drain", {"DrainSpec": {"Deadline": -1}})
     strategy = _http(nomad, "GET", f"/v1/node/{spot['ID']}")["DrainStrategy"]
     assert strategy["ForceDeadline"] == "0001-01-01T00:00:00Z", "Nomad sets it only for > 0"
+    assert await target.reclaiming() == []
+    assert (await _group(target, PREEMPTIBLE)).running == 0
 
-    (reclaim,) = await target.reclaiming()
+    class BeforeThePlan(PythonNomadApi):
+        """Reads the allocations as they were before the drain's plan stopped them."""
+
+        async def job_state(self, job_id: str) -> JobState:
+            state = await super().job_state(job_id)
+            for alloc in state.allocations:
+                if (alloc.get("DesiredTransition") or {}).get("Migrate"):
+                    alloc["DesiredStatus"] = "run"
+            return state
+
+    (reclaim,) = await _target(nomad, clock, BeforeThePlan(nomad.url)).reclaiming()
     assert reclaim.reason == "node draining"
     assert reclaim.deadline == pytest.approx(started, abs=1e-3)
+
+
+async def test_a_stopped_job_reports_its_group_stopped_and_is_not_scaled(
+    target: NomadTarget, nomad: NomadDouble
+) -> None:
+    await target.scale(ON_DEMAND, 2, "up")
+    nomad.advance(SETTLE_S)
+    _http(nomad, "DELETE", "/v1/job/asr-small-ondemand")  # `nomad job stop`, no purge
+
+    status = await _group(target, ON_DEMAND)
+    assert (status.desired, status.running, status.placed, status.pending) == (0, 0, 0, 0)
+    assert status.placement_failing and not status.deployment_active
+    assert status.placement_reason == "job asr-small-ondemand is stopped"
+
+    version = _http(nomad, "GET", "/v1/job/asr-small-ondemand")["Version"]
+    refused = await target.scale(ON_DEMAND, 3, "queue of 9")
+    assert (refused.outcome, refused.refusal) == (ScaleOutcome.REFUSED, Refusal.REJECTED)
+    assert refused.detail == "job asr-small-ondemand is stopped"
+    assert _http(nomad, "GET", "/v1/job/asr-small-ondemand")["Version"] == version, "not sent"
+
+    nomad.register_job(  # `nomad job run` starts it again
+        gpu_service_job("asr-small-ondemand", node_pool="gpu-ondemand", scaling=(1, 4))
+    )
+    again = await _group(target, ON_DEMAND)
+    assert (again.desired, again.placement_failing) == (1, False)
+    assert (await target.scale(ON_DEMAND, 1, "x")).outcome is ScaleOutcome.UNCHANGED
 
 
 async def test_an_ineligible_preemptible_node_is_reclaiming_and_on_demand_is_not(

@@ -356,6 +356,97 @@ def test_draining_a_node_migrates_its_allocations(nomad: NomadDouble) -> None:
     assert done["SchedulingEligibility"] == "ineligible"
 
 
+def test_a_drain_migrates_at_most_max_parallel_until_replacements_are_healthy(
+    nomad: NomadDouble,
+) -> None:
+    scale(nomad, 2)
+    nomad.advance(16)  # both healthy in their deployment
+    spare = nomad.add_node("gpu-2", pool="gpu", gpus=2)
+    drained = node_id(nomad, "gpu-1")
+    call(nomad, "POST", f"/v1/node/{drained}/drain", {"DrainSpec": {"Deadline": 600 * NS}})
+
+    def on(node: str, desired: str) -> list[str]:
+        return [
+            a["Name"] for a in allocs(nomad) if (a["NodeID"], a["DesiredStatus"]) == (node, desired)
+        ]
+
+    # migrate.max_parallel = 1: one of the two moves, the other keeps serving.
+    assert (len(on(drained, "stop")), len(on(drained, "run")), len(on(spare, "run"))) == (1, 1, 1)
+    nomad.advance(5 + 9)  # the replacement runs, not yet healthy (migrate.min_healthy_time 10 s)
+    assert len(on(drained, "run")) == 1
+    nomad.advance(1)
+    replacement = next(a for a in allocs(nomad) if a["NodeID"] == spare)
+    assert replacement["DeploymentStatus"]["Healthy"] is True, "the client's migrate health"
+    assert on(drained, "run") == [] and len(on(spare, "run")) == 2
+
+
+def test_a_drain_deadline_migrates_what_is_left(nomad: NomadDouble) -> None:
+    scale(nomad, 2)
+    nomad.advance(16)
+    drained = node_id(nomad, "gpu-1")
+    call(nomad, "POST", f"/v1/node/{drained}/drain", {"DrainSpec": {"Deadline": 60 * NS}})
+    assert sorted(a["DesiredStatus"] for a in allocs(nomad)) == ["run", "stop"]
+    nomad.advance(59)  # nowhere to go: the replacement is blocked
+    assert sorted(a["DesiredStatus"] for a in allocs(nomad)) == ["run", "stop"]
+    nomad.advance(2)
+    assert [a["DesiredStatus"] for a in allocs(nomad)] == ["stop", "stop"]
+
+
+def test_stopping_a_job_stops_every_allocation_and_places_none(nomad: NomadDouble) -> None:
+    scale(nomad, 2)  # a deployment is running
+    version = call(nomad, "GET", f"/v1/job/{JOB}")["Version"]
+    answer = call(nomad, "DELETE", f"/v1/job/{JOB}")
+    assert set(answer) == {
+        "EvalID",
+        "EvalCreateIndex",
+        "JobModifyIndex",
+        "VolumeEvalID",
+        "VolumeEvalIndex",
+        "Index",
+        "KnownLeader",
+        "LastContact",
+    }
+    job = call(nomad, "GET", f"/v1/job/{JOB}")
+    assert (job["Stop"], job["Version"], job["Status"]) == (True, version + 1, "dead")
+    assert job["JobModifyIndex"] == answer["JobModifyIndex"]
+    latest = evals(nomad)[-1]
+    assert (latest["ID"], latest["TriggeredBy"], latest["Status"]) == (
+        answer["EvalID"],
+        "job-deregister",
+        "complete",
+    )
+    assert [a["DesiredStatus"] for a in allocs(nomad)] == ["stop", "stop"]
+    status = call(nomad, "GET", f"/v1/job/{JOB}/scale")
+    assert status["JobStopped"] is True
+    group = status["TaskGroups"]["asr"]
+    assert (group["Desired"], group["Placed"], group["Running"]) == (2, 0, 0)
+    deployment = call(nomad, "GET", f"/v1/job/{JOB}/deployment")
+    assert (deployment["Status"], deployment["StatusDescription"]) == (
+        "cancelled",
+        "Cancelled because job is stopped",
+    )
+
+    # Job.Scale takes a count for a stopped job (a new version, an evaluation)...
+    assert scale(nomad, 3)["EvalID"]
+    assert call(nomad, "GET", f"/v1/job/{JOB}/scale")["TaskGroups"]["asr"]["Desired"] == 3
+    # ...and nothing is placed.
+    assert all(a["DesiredStatus"] == "stop" for a in allocs(nomad))
+
+    nomad.advance(20)  # the stopped allocations exit and free their GPUs
+    nomad.register_job(gpu_service_job(JOB, node_pool="gpu", scaling=(1, 4)))  # `job run`
+    assert call(nomad, "GET", f"/v1/job/{JOB}/scale")["JobStopped"] is False
+    assert len([a for a in allocs(nomad) if a["DesiredStatus"] == "run"]) == 1
+
+
+def test_stopping_an_unknown_job_is_no_error_and_purge_deletes(nomad: NomadDouble) -> None:
+    result, index = nomad.handle("DELETE", "/v1/job/nope", {}, b"")
+    assert (result["EvalID"], result["JobModifyIndex"], index) == ("", 0, 0)
+    call(nomad, "DELETE", f"/v1/job/{JOB}", purge="true")
+    assert fails(nomad, "GET", f"/v1/job/{JOB}").code == 404
+    assert [a["DesiredStatus"] for a in allocs(nomad)] == ["stop"]
+    assert fails(nomad, "DELETE", "/v1/job/x", purge="maybe").code == 400
+
+
 def test_cancelling_a_drain_with_mark_eligible(nomad: NomadDouble) -> None:
     node = node_id(nomad, "gpu-1")
     call(nomad, "PUT", f"/v1/node/{node}/drain", {"DrainSpec": {"Deadline": -1}})
@@ -424,9 +515,15 @@ def test_a_blocking_query_times_out_with_the_same_index(nomad: NomadDouble) -> N
 
 @pytest.mark.parametrize(
     ("query", "seconds"),
-    [({}, 300.0), ({"wait": "0s"}, 300.0), ({"wait": "30s"}, 30.0), ({"wait": "20m"}, 600.0)],
+    [
+        ({}, 300.0),
+        ({"wait": "0s"}, 300.0),
+        ({"wait": "-1s"}, 300.0),
+        ({"wait": "30s"}, 30.0),
+        ({"wait": "10m"}, 300.0),
+    ],
 )
-def test_blocking_waits_default_to_five_and_are_capped_at_ten_minutes(
+def test_blocking_waits_default_to_five_minutes_and_are_capped_there(
     query: dict[str, str], seconds: float
 ) -> None:
     assert blocking_wait(query) == seconds
@@ -497,7 +594,8 @@ def test_routing_errors(nomad: NomadDouble) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("0", 0.0), ("300ms", 0.3), ("1m30s", 90.0), ("1.5h", 5400.0)]
+    ("text", "seconds"),
+    [("0", 0.0), ("300ms", 0.3), ("1m30s", 90.0), ("1.5h", 5400.0), ("-1.5s", -1.5)],
 )
 def test_go_durations(text: str, seconds: float) -> None:
     assert parse_go_duration(text) == pytest.approx(seconds)

@@ -15,6 +15,12 @@ capacity. What it writes: ``POST /v1/job/:id/scale`` with a ``Meta`` marker
 else's. A count outside the bounds is clamped before it is sent; the 400s
 Nomad still answers (active deployment, bounds changed meanwhile) come back as
 refused :class:`ScaleResult` values.
+
+A stopped job (``nomad job stop`` without purge: ``Stop`` on the job,
+``JobStopped`` in its scale status) keeps its counts, and Nomad's ``Job.Scale``
+still accepts new ones, but nothing is placed. Its groups are reported with
+``desired`` 0 and as failing placement, the reason ``job <id> is stopped``,
+and a scale call is refused (``REJECTED``) without being sent.
 """
 
 from __future__ import annotations
@@ -146,6 +152,12 @@ class NomadTarget:
             return ScaleResult(
                 group, ScaleOutcome.REFUSED, count, count, 0, Refusal.UNKNOWN_GROUP, detail
             )
+        if job and job.get("Stop"):
+            detail = _stopped(ref.job_id)
+            logger.info("not scaling %s -> %d: %s", group, count, detail)
+            return ScaleResult(
+                group, ScaleOutcome.REFUSED, count, count, 0, Refusal.REJECTED, detail
+            )
         previous = int(tg.get("Count", 0))
         scaling = tg.get("Scaling") or {}
         if scaling and not scaling.get("Enabled", True):
@@ -210,9 +222,12 @@ class NomadTarget:
             for alloc in state.allocations:
                 group = by_task_group.get(alloc.get("TaskGroup", ""))
                 entry = nodes.get(alloc.get("NodeID", ""))
+                # An allocation Nomad already stops (DesiredStatus stop: migrated by
+                # the drain, scaled down) is out of its Running count; it drains.
                 if (
                     group is None
                     or entry is None
+                    or alloc.get("DesiredStatus") != "run"
                     or alloc.get("ClientStatus") not in ("pending", "running")
                 ):
                     continue
@@ -256,12 +271,15 @@ class NomadTarget:
         ]
         pending = [a for a in allocs if a.get("ClientStatus") == "pending"]
         low, high = _bounds(tg)
-        reason = _placement_failure(group.task_group, state.evaluations)
-        late = [
-            a
-            for a in pending
-            if self._clock() - a.get("CreateTime", 0) / _NS > self._config.pending_deadline_s
-        ]
+        stopped = bool(job.get("Stop") or state.scale.get("JobStopped"))
+        reason = (
+            _stopped(group.job_id)
+            if stopped
+            else _placement_failure(group.task_group, state.evaluations)
+        )
+        now = self._clock()
+        ages = [max(0.0, now - a.get("CreateTime", 0) / _NS) for a in pending]
+        late = [age for age in ages if age > self._config.pending_deadline_s]
         if not reason and late:
             reason = (
                 f"{len(late)} allocation(s) pending for more than "
@@ -272,17 +290,19 @@ class NomadTarget:
             name=group.name,
             pool=group.pool,
             capacity_class=group.capacity_class,
-            desired=int(tg.get("Count", 0)),
+            desired=0 if stopped else int(tg.get("Count", 0)),
             running=int(scale.get("Running", 0)),
             placed=int(scale.get("Placed", 0)),
             healthy=int(scale.get("Healthy", 0)),
             pending=len(pending),
+            oldest_pending_s=_oldest_pending(pending, ages),
             min_count=low,
             max_count=high,
             placement_failing=bool(reason),
             placement_reason=reason,
             deployment_active=bool(
-                deployment
+                not stopped
+                and deployment
                 and deployment.get("Status") in _ACTIVE_DEPLOYMENT
                 and deployment.get("JobCreateIndex") == job.get("CreateIndex")
             ),
@@ -309,6 +329,18 @@ class NomadTarget:
                 submitted, count, event.count or 0, "count changed by a job registration"
             )
         return None
+
+
+def _oldest_pending(pending: list[Json], ages: list[float]) -> float | None:
+    """Age of the oldest pending allocation from its ``CreateTime`` (ns); 0.0 when none is
+    pending, None when one lacks a ``CreateTime``."""
+    if any(not a.get("CreateTime") for a in pending):
+        return None
+    return max(ages, default=0.0)
+
+
+def _stopped(job_id: str) -> str:
+    return f"job {job_id} is stopped"
 
 
 def _task_group(job: Json, name: str) -> Json | None:
