@@ -11,15 +11,17 @@ the agent source (``agent/agent_endpoint.go``, ``agent/session_endpoint.go``,
   ``service:<id>`` / ``service:<id>:<n>``, initial status ``critical``, status kept
   on re-registration, ``?replace-existing-checks``), ``/deregister/:id``,
   ``/maintenance/:id`` (check ``_service_maintenance:<id>``), ``GET /v1/agent/service/:id``;
-  deregistering an unknown service is a no-op (200), as the API docs say;
 * ``PUT /v1/agent/check/pass|warn|fail/:id`` and ``/update/:id`` (TTL checks only:
-  an unknown check, or one without TTL, is a 500), TTL expiry,
-  ``DeregisterCriticalServiceAfter`` reaping;
-* with ``acl_vetting=True``: unknown service and check IDs on those writes answer
-  404 ``Unknown service ID ...`` / ``Unknown check ID ...`` instead, as the agent
-  source's ``vetServiceUpdateWithAuthorizer`` / ``vetCheckUpdateWithAuthorizer``
-  (``agent/acl.go``) read; the default follows the documented answers, and the
-  client code must take either;
+  a check without TTL is a 500), TTL expiry, ``DeregisterCriticalServiceAfter`` reaping;
+* unknown service and check IDs on those writes answer as the API docs (and
+  ../shared/reference/consul_nomad_api.md) describe: deregistering an unknown service
+  is a no-op 200, a TTL update of an unknown check a 500; with ``acl_vetting=True``
+  they answer 404 ``Unknown service ID "<id>". Ensure that the service ID is passed,
+  not the service name.`` / ``Unknown check ID "<id>". Ensure that the check ID is
+  passed, not the check name.`` instead, as the agent source reads
+  (``vetServiceUpdateWithAuthorizer`` / ``vetCheckUpdateWithAuthorizer`` in
+  ``agent/acl.go``, run with the allow-all authorizer when ACLs are off). Client code
+  must take either;
 * ``GET /v1/health/service/:name`` with ``passing``, ``tag``, a subset of ``filter``;
 * the catalog reads (``catalog.mdx``): ``GET /v1/catalog/services`` (service name to
   the union of its instances' tags, sorted; ``[]`` when none) and
@@ -31,7 +33,8 @@ the agent source (``agent/agent_endpoint.go``, ``agent/session_endpoint.go``,
 * sessions (``create`` with the ``LockDelay``/``Checks`` quirks, ``renew``,
   ``destroy``, ``info``; TTL and check invalidation) and KV (``acquire``,
   ``release``, ``cas``, ``flags``, ``recurse``, ``raw``, lock-delay);
-* blocking queries (``index``/``wait``, wait/16 jitter, index never 0) and the
+* blocking queries (``index``/``wait``: a ``wait`` unset or not positive is 5 min,
+  longer than 10 min is 10 min, plus wait/16 jitter; index never 0) and the
   ``X-Consul-*`` headers; errors are ``text/plain``.
 
 gRPC checks are probed for real with ``grpc.health.v1.Health/Check`` on a
@@ -45,7 +48,8 @@ and most of the bexpr ``filter`` language (only ``Sel == "v"``, ``!=``,
 ``contains``, ``"v" in Sel`` joined by ``and``; anything else answers 400).
 Agent tunables that Consul's own tests override (minimum check interval,
 reaper interval, minimum deregister timeout, session TTL minimum) are
-constructor arguments. Test controls: :meth:`ConsulDouble.pause`,
+constructor arguments. Test controls: :meth:`ConsulDouble.pause` (refused
+connections, 500s, or a blackhole),
 :meth:`~ConsulDouble.set_check_status`, :meth:`~ConsulDouble.kill_session`,
 :meth:`~ConsulDouble.node_fail`, :meth:`~ConsulDouble.wipe` and friends.
 """
@@ -70,7 +74,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-__all__ = ["ConsulDouble", "RequestRecord", "parse_duration"]
+__all__ = ["ConsulDouble", "RequestRecord", "blocking_wait", "parse_duration"]
 
 Json = dict[str, Any]
 Response = tuple[int, dict[str, str], bytes]
@@ -96,6 +100,19 @@ def parse_duration(text: str) -> float:
     if not body or "".join(n + u for n, u in parts) != body:
         raise ValueError(f'time: invalid duration "{text}"')
     return sign * sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def blocking_wait(query: dict[str, str]) -> float:
+    """Seconds a blocking query waits before jitter (``agent/consul/rpc.go blockingQuery``).
+
+    ``?wait`` unset or not positive means the default, 5 min; longer than
+    ``max_query_time`` (10 min) is cut to it; a value that is not a Go duration is a 400.
+    """
+    try:
+        wait = parse_duration(query["wait"]) if query.get("wait") else 0.0
+    except ValueError as exc:
+        raise _HttpError(400, "Invalid wait time") from exc
+    return min(wait, 600.0) if wait > 0 else 300.0
 
 
 def _parse_bool(raw: str) -> bool:
@@ -248,7 +265,7 @@ class ConsulDouble:
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
         self._connections: set[socket.socket] = set()
-        self._pause: Literal["refuse", "error"] | None = None
+        self._pause: Literal["refuse", "error", "hang"] | None = None
         self._gen = 0
         self._renew_ttl: str | None = None
         self.requests: list[RequestRecord] = []
@@ -287,9 +304,11 @@ class ConsulDouble:
             thread.join(timeout=5)
         self._threads.clear()
 
-    def pause(self, mode: Literal["refuse", "error"] = "refuse") -> None:
+    def pause(self, mode: Literal["refuse", "error", "hang"] = "refuse") -> None:
         """Simulates Consul going away: ``refuse`` closes the port and drops
-        connections; ``error`` answers every request ``500 No cluster leader``."""
+        connections; ``error`` answers every request ``500 No cluster leader``;
+        ``hang`` (a network blackhole) takes requests and never answers them, until
+        :meth:`resume` drops them."""
         with self._cond:
             self._pause = mode
             self._gen += 1
@@ -302,6 +321,7 @@ class ConsulDouble:
         refused = self._pause == "refuse"
         with self._cond:
             self._pause = None
+            self._cond.notify_all()
         if refused:
             self._listen()
 
@@ -543,6 +563,7 @@ class ConsulDouble:
             gen = self._gen
             paused = self._pause is not None
             self.requests.append(RequestRecord(method, path, query, paused, dict(headers or {})))
+            self._blackhole()
             if self._pause == "refuse" or self._stopped.is_set():
                 raise _Dropped
             if self._pause == "error":
@@ -551,6 +572,14 @@ class ConsulDouble:
                 return self._route(method, path, query, body, gen)
             except _HttpError as exc:
                 return _text(exc.status, exc.message)
+
+    def _blackhole(self) -> None:
+        """While paused with ``hang``, holds the request; then drops it unanswered."""
+        if self._pause != "hang":
+            return
+        while self._pause == "hang" and not self._stopped.is_set():
+            self._cond.wait()
+        raise _Dropped  # a request lost in the blackhole is never answered
 
     def _route(
         self, method: str, path: str, query: dict[str, str], body: bytes, gen: int
@@ -587,10 +616,7 @@ class ConsulDouble:
 
     def _block(self, query: dict[str, str], gen: int, index_of: Callable[[], int]) -> None:
         """Consul blocking-query semantics; the caller holds ``self._cond``."""
-        try:
-            wait = min(parse_duration(query["wait"]), 600.0) if query.get("wait") else 300.0
-        except ValueError as exc:
-            raise _HttpError(400, "Invalid wait time") from exc
+        wait = blocking_wait(query)
         try:
             min_index = int(query.get("index") or 0)
         except ValueError as exc:
@@ -604,6 +630,7 @@ class ConsulDouble:
                 return
             self._cond.wait(remaining)
             if gen != self._gen:
+                self._blackhole()
                 if self._pause == "error":
                     raise _HttpError(500, "No cluster leader")
                 raise _Dropped
@@ -686,7 +713,8 @@ class ConsulDouble:
         return _empty()
 
     def _known_service(self, sid: str) -> _Service:
-        """The service, or a 404 (``vetServiceUpdateWithAuthorizer``'s with ``acl_vetting``)."""
+        """The service, or a 404 (``vetServiceUpdateWithAuthorizer``'s unless ``acl_vetting``
+        is off)."""
         svc = self._services.get(sid)
         if svc is None and self._acl_vetting:
             raise _HttpError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -27,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from tests.conditions import wait_until, wait_until_async
-from tests.doubles.consul_double import ConsulDouble
+from tests.doubles.consul_double import ConsulDouble, blocking_wait
 from voxmesh.discovery.base import CAPACITY_PREEMPTIBLE, InstanceInfo, consul_service_name
 from voxmesh.discovery.consul import (
     ConsulRegistrar,
@@ -187,6 +188,29 @@ async def test_registration_shape(
     assert definition["grpc"] == f"127.0.0.1:{instance.port}"
     assert definition["interval"] == "100ms" and definition["timeout"] == "2s"
     assert definition["deregistercriticalserviceafter"] == "1m"
+
+
+async def test_an_ipv6_instance_is_checked_at_a_bracketed_target(
+    double: ConsulDouble, registrars: list[ConsulRegistrar], collectors: list[Collector]
+) -> None:
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), server)
+    port = server.add_insecure_port("[::1]:0")
+    await server.start()
+    try:
+        info = dataclasses.replace(info_for(port), address="::1")
+        assert info.target == f"[::1]:{port}"
+        assert dataclasses.replace(info, address="[::1]").target == f"[::1]:{port}"
+        registrar = registrar_for(double)
+        registrars.append(registrar)
+        await registrar.register(info)
+        check = double.check("service:asr-small-1")
+        assert check is not None and check["Definition"]["grpc"] == f"[::1]:{port}"
+        collector = Collector(watcher_for(double))
+        collectors.append(collector)
+        await collector.until(["asr-small-1"])  # the double's gRPC probe reached it
+    finally:
+        await server.stop(0)
 
 
 def test_deregister_after_below_one_minute_is_rejected(double: ConsulDouble) -> None:
@@ -482,36 +506,51 @@ def test_double_errors_are_text_plain(double: ConsulDouble) -> None:
     assert (status, body) == (400, b"Invalid value for ?passing")
 
 
-async def test_unknown_service_ids_are_no_error_for_the_api_as_documented_or_as_vetted(
-    double: ConsulDouble,
-) -> None:
-    # Documented: deregistering an unknown service is a no-op (200).
-    assert http(double, "PUT", "/v1/agent/service/deregister/gone")[::2] == (200, b"")
-    api = PyConsulApi.connect("127.0.0.1", double.port)
-    await api.deregister_service("gone")
-    assert not await api.set_maintenance("gone", True, "draining")
-
-    # The agent source's ACL vetting answers 404 instead: the client takes that too.
+async def test_unknown_ids_are_404_as_the_agent_source_vets_them_even_without_acls() -> None:
     vetting = ConsulDouble(acl_vetting=True)
     vetting.start()
     try:
-        unknown = (
-            b'Unknown service ID "gone". '
-            b"Ensure that the service ID is passed, not the service name."
-        )
-        assert http(vetting, "PUT", "/v1/agent/service/deregister/gone")[::2] == (404, unknown)
-        path = "/v1/agent/service/maintenance/gone?enable=true"
-        assert http(vetting, "PUT", path)[::2] == (404, unknown)
-        status, _, body = http(vetting, "PUT", "/v1/agent/check/pass/nope")
-        assert (status, body) == (
-            404,
-            b'Unknown check ID "nope". Ensure that the check ID is passed, not the check name.',
-        )
-        api = PyConsulApi.connect("127.0.0.1", vetting.port)
-        await api.deregister_service("gone")  # an agent that forgot it: nothing left to do
-        assert not await api.set_maintenance("gone", True, "draining")
+        await _unknown_ids_are_404(vetting)
     finally:
         vetting.stop()
+
+
+async def _unknown_ids_are_404(double: ConsulDouble) -> None:
+    unknown = (
+        b'Unknown service ID "gone". Ensure that the service ID is passed, not the service name.'
+    )
+    assert http(double, "PUT", "/v1/agent/service/deregister/gone")[::2] == (404, unknown)
+    path = "/v1/agent/service/maintenance/gone?enable=true"
+    assert http(double, "PUT", path)[::2] == (404, unknown)
+    unknown_check = (
+        b'Unknown check ID "nope". Ensure that the check ID is passed, not the check name.'
+    )
+    assert http(double, "PUT", "/v1/agent/check/warn/nope")[::2] == (404, unknown_check)
+    body = b'{"Status": "passing"}'
+    assert http(double, "PUT", "/v1/agent/check/update/nope", body)[::2] == (404, unknown_check)
+
+    api = PyConsulApi.connect("127.0.0.1", double.port)
+    await api.deregister_service("gone")  # an agent that forgot it: nothing left to do
+    assert not await api.set_maintenance("gone", True, "draining")
+    registrar = ConsulRegistrar(api)
+    await registrar.register(info_for(1, "gone"))
+    double.wipe()  # a -dev agent restart: the instance is unknown now
+    await registrar.deregister()  # answered 404: no error
+
+
+async def test_unknown_service_ids_as_the_api_docs_describe_them_are_no_error_either() -> None:
+    documented = ConsulDouble()  # the default: the documented answers
+    documented.start()
+    try:
+        # The docs: deregistering an unknown service is a no-op (200).
+        assert http(documented, "PUT", "/v1/agent/service/deregister/gone")[::2] == (200, b"")
+        status, _, body = http(documented, "PUT", "/v1/agent/check/pass/nope")
+        assert (status, body) == (500, b'CheckID "nope" does not have associated TTL')
+        api = PyConsulApi.connect("127.0.0.1", documented.port)
+        await api.deregister_service("gone")
+        assert not await api.set_maintenance("gone", True, "draining")
+    finally:
+        documented.stop()
 
 
 def test_double_unknown_service_is_empty_list_with_index(double: ConsulDouble) -> None:
@@ -585,6 +624,34 @@ def test_double_blocking_query_waits_for_change_or_timeout(double: ConsulDouble)
     thread.join(timeout=5)
     assert result and result[0][0] == 200 and time.monotonic() - start < 2
     assert int(result[0][1]["X-Consul-Index"]) > int(index)
+
+
+def test_double_blocking_query_with_a_wait_not_positive_waits_the_default(
+    double: ConsulDouble,
+) -> None:
+    """``wait=0s`` is Consul's default 5 min (``blockingQuery``), not an immediate answer."""
+    _, headers, _ = http(double, "GET", "/v1/kv/k")
+    index = headers["X-Consul-Index"]
+    result: list[tuple[int, dict[str, str], bytes]] = []
+    thread = threading.Thread(
+        target=lambda: result.append(http(double, "GET", f"/v1/kv/k?index={index}&wait=0s"))
+    )
+    thread.start()
+    wait_until(lambda: any(r.query.get("wait") == "0s" for r in double.requests))
+    http(double, "PUT", "/v1/kv/k", b"v")
+    thread.join(timeout=5)
+    assert result and result[0][0] == 200, "it blocked until the write"
+    assert int(result[0][1]["X-Consul-Index"]) > int(index)
+
+
+@pytest.mark.parametrize(
+    ("query", "seconds"),
+    [({}, 300.0), ({"wait": "0s"}, 300.0), ({"wait": "-1s"}, 300.0), ({"wait": "20m"}, 600.0)],
+)
+def test_double_blocking_waits_default_to_five_minutes_and_stop_at_ten(
+    query: dict[str, str], seconds: float
+) -> None:
+    assert blocking_wait(query) == seconds
 
 
 def test_double_ttl_check_turns_critical_when_not_refreshed(double: ConsulDouble) -> None:

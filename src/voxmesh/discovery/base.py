@@ -76,8 +76,11 @@ class InstanceInfo:
 
     @property
     def target(self) -> str:
-        """The gRPC target ``host:port``."""
-        return f"{self.address}:{self.port}"
+        """The gRPC target ``host:port``; an IPv6 literal in brackets (``[::1]:50051``)."""
+        host = self.address
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.port}"
 
 
 class Registrar(Protocol):
