@@ -15,6 +15,7 @@ import pytest
 
 from tests.conditions import wait_until_async
 from tests.doubles.consul_double import ConsulDouble
+from voxmesh.discovery.consul import ConsulUnavailable
 from voxmesh.leader import ConsulLeaderLock, FileLeaderLock, PyConsulSessionApi, campaign
 
 KEY = "voxmesh/autoscaler/leader"
@@ -42,7 +43,7 @@ def new_lock(
 ) -> ConsulLeaderLock:
     api = PyConsulSessionApi.connect("127.0.0.1", double.port)
     lock = ConsulLeaderLock(
-        api, KEY, holder=holder, ttl=1.0, lock_delay=lock_delay, retry_interval=0.05
+        api, KEY, holder=holder, ttl=1.0, lock_delay=lock_delay, retry_interval=0.05, min_ttl=1.0
     )
     locks.append(lock)
     return lock
@@ -123,9 +124,42 @@ async def test_unreachable_consul_for_a_whole_ttl_loses_leadership(
         start = time.monotonic()
         double.pause("refuse")
         await asyncio.wait_for(hold, timeout=5)
-        assert time.monotonic() - start >= 1.0 - 0.5, "not before a TTL without a renew"
+        # The last renew was up to a renew interval (0.5 s) before the pause, and the
+        # leader steps down a tenth of the TTL early.
+        assert time.monotonic() - start >= 1.0 - 0.5 - 0.1, "not before a TTL without a renew"
     assert not a.is_leader
     double.resume()
+
+
+async def test_a_consul_blackhole_steps_the_leader_down_before_the_ttl(
+    double: ConsulDouble, locks: list[ConsulLeaderLock]
+) -> None:
+    """A renew lost in a blackhole is not waited for (py-consul's own timeout is 30 s)."""
+    a = new_lock(double, locks, "a")
+    assert await a.acquire()
+    async with holding(a) as hold:
+        await wait_until_async(lambda: renews(double) >= 1, timeout=3)
+        renewed = time.monotonic()  # the last renew the leader saw answered was sent before
+        double.pause("hang")
+        await asyncio.wait_for(hold, timeout=5)
+        assert time.monotonic() - renewed < 1.0, "stepped down within the TTL"
+    assert not a.is_leader
+    double.resume()
+
+
+async def test_a_session_call_into_a_blackhole_times_out(double: ConsulDouble) -> None:
+    api = PyConsulSessionApi.connect("127.0.0.1", double.port, timeout_s=0.2)
+    session = await api.create_session("voxmesh leader t", "10s", "0s")
+    double.pause("hang")
+    try:
+        with pytest.raises(ConsulUnavailable):
+            await asyncio.wait_for(api.renew_session(session), timeout=5)
+    finally:
+        double.resume()
+
+
+def renews(double: ConsulDouble) -> int:
+    return sum(r.path.startswith("/v1/session/renew/") for r in double.requests)
 
 
 async def test_release_hands_over_at_once(

@@ -48,10 +48,22 @@ class PyConsulSessionApi:
 
     @classmethod
     def connect(
-        cls, host: str = "127.0.0.1", port: int = 8500, scheme: str = "http"
+        cls,
+        host: str = "127.0.0.1",
+        port: int = 8500,
+        scheme: str = "http",
+        *,
+        timeout_s: float = 4.0,
     ) -> PyConsulSessionApi:
-        """A client for the agent at ``scheme://host:port``."""
-        return cls(consul.Consul(host=host, port=port, scheme=scheme))
+        """A client for the agent at ``scheme://host:port``.
+
+        ``timeout_s`` bounds each request (py-consul's default is 30 s). The default is
+        below half the shortest session TTL Consul accepts (10 s), so a call abandoned in
+        a network blackhole has ended before the lock's next renew is due.
+        """
+        return cls(
+            consul.Consul(host=host, port=port, scheme=scheme, connections_timeout=timeout_s)
+        )
 
     async def create_session(self, name: str, ttl: str, lock_delay: str) -> str:
         """See :meth:`ConsulSessionApi.create_session`."""
