@@ -30,6 +30,41 @@ def test_local_agreement_commits_only_what_two_hypotheses_share() -> None:
     assert agreement.update(["x"]) == ([], ["x"])
 
 
+def test_local_agreement_never_rewrites_committed_words() -> None:
+    agreement = LocalAgreement()
+    agreement.update(["hello", "world"])
+    assert agreement.update(["hello", "world", "how"]) == (["hello", "world"], ["how"])
+    # Two hypotheses now agree on "yellow world how are", but they contradict the
+    # committed "hello": nothing is committed and "hello" stays.
+    assert agreement.update(["yellow", "world", "how", "are"]) == (
+        ["hello", "world"],
+        ["how", "are"],
+    )
+    committed, tail = agreement.update(["yellow", "world", "how", "are", "you"])
+    assert committed == ["hello", "world"] and tail == ["how", "are", "you"]
+    assert agreement.stability(tail) == pytest.approx(2 / 5)
+    # once hypotheses start with the committed words again, commitment goes on
+    agreement.update(["Hello,", "world", "how", "are", "you"])
+    assert agreement.update(["hello", "world", "how", "are", "you", "doing"]) == (
+        ["hello", "world", "how", "are", "you"],
+        ["doing"],
+    )
+
+
+def test_local_agreement_shows_the_tail_that_follows_the_committed_words() -> None:
+    agreement = LocalAgreement()
+    agreement.update(["hello", "world"])
+    agreement.update(["hello", "world"])
+    assert agreement.committed == ["hello", "world"]
+    # an inserted word: "world" is matched where it now stands, not shown twice
+    committed, tail = agreement.update(["hello", "there", "world", "foo"])
+    assert " ".join(committed + tail) == "hello world foo"
+    # a substituted last word and a dropped one
+    assert agreement.update(["hello", "word", "foo", "bar"]) == (["hello", "world"], ["foo", "bar"])
+    assert agreement.update(["world", "foo", "bar"]) == (["hello", "world"], ["foo", "bar"])
+    assert agreement.update(["hello"]) == (["hello", "world"], [])
+
+
 def _frames(pattern: str) -> np.ndarray:
     """'s' speech frame, '.' silence frame, '~' in-between (hysteresis)."""
     value = {"s": 0.9, ".": 0.05, "~": 0.4}
