@@ -26,7 +26,8 @@ class StreamContext:
     window_samples: int
     """Whisper's window: context plus utterance stay below it."""
     prompt: str = ""
-    """Text of finals too old to be context (the last words only)."""
+    """Text of finals too old to be context, whether evicted by count or by age (its
+    last ``_PROMPT_WORDS`` words)."""
     _history: list[tuple[int, int, str]] = field(default_factory=list)
     _cursor: int = 0
 
@@ -41,8 +42,7 @@ class StreamContext:
             return
         self._history.append((start, end, text))
         if len(self._history) > _MAX_HISTORY:
-            evicted = self._history.pop(0)
-            self.prompt = " ".join((self.prompt + " " + evicted[2]).split()[-_PROMPT_WORDS:])
+            self._retire([self._history.pop(0)])
 
     def window(self, start: int, end: int) -> tuple[int, str]:
         """Where the decode window of utterance [start, end) starts, and the prefix."""
@@ -57,5 +57,12 @@ class StreamContext:
     def keep_from(self, default: int) -> int:
         """The oldest sample a future decode may need (``default`` when none)."""
         horizon = self._cursor - self.context_samples
+        self._retire([h for h in self._history if h[0] < horizon])
         self._history = [h for h in self._history if h[0] >= horizon]
         return self._history[0][0] if self._history else default
+
+    def _retire(self, finals: list[tuple[int, int, str]]) -> None:
+        """Finals leaving the history (the oldest first): their text joins the prompt,
+        which keeps its last ``_PROMPT_WORDS`` words."""
+        words = (self.prompt + " " + " ".join(text for _, _, text in finals)).split()
+        self.prompt = " ".join(words[-_PROMPT_WORDS:])
