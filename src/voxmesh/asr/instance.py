@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
+from prometheus_client import Gauge
 
 from voxmesh.asr.decoder import Decoder
 from voxmesh.asr.metrics import AsrMetrics
@@ -30,7 +31,7 @@ from voxmesh.asr.scheduler import DecodeScheduler, SchedulerOptions
 from voxmesh.asr.session import SessionOptions
 from voxmesh.errors import Draining, ResourceExhausted
 from voxmesh.stt.v1 import stt_pb2
-from voxmesh.telemetry import GpuSampler, HostSampler
+from voxmesh.telemetry import GpuReading, GpuSampler, HostSampler
 
 __all__ = ["AsrInstance", "InstanceIdentity"]
 
@@ -79,6 +80,7 @@ class AsrInstance:
         self._idle.set()
         self._gpu = gpu or GpuSampler()
         self._host = HostSampler()
+        self._gpu_series: dict[Gauge, set[str]] = {}
         self._started = time.monotonic()
         self._rtf_mark = (time.monotonic(), 0.0, 0.0)
 
@@ -155,6 +157,7 @@ class AsrInstance:
         self.metrics.decode_pending.set(pending)
         self.metrics.real_time_factor.set(rtf)
         cpu, cpus, used, total, rss = self._host.read()
+        gpus = self._gpu.sample()
         now = timestamp_pb2.Timestamp()
         now.GetCurrentTime()
         snap = stt_pb2.TelemetrySnapshot(
@@ -171,8 +174,8 @@ class AsrInstance:
             pending_work=pending,
             real_time_factor=rtf,
             audio_seconds_total=self.audio_seconds,
-            gpu_available=self._gpu.available,
-            gpu_unavailable_reason=self._gpu.reason,
+            gpu_available=gpus.available,
+            gpu_unavailable_reason=gpus.reason,
             host=stt_pb2.HostStats(
                 cpu_utilization_ratio=cpu,
                 cpu_count=cpus,
@@ -186,21 +189,35 @@ class AsrInstance:
         remaining = self.drain_remaining()
         if remaining is not None:
             snap.drain_remaining.CopyFrom(duration(remaining))
-        for g in self._gpu.read():
-            snap.gpus.add(
-                index=g.index,
-                name=g.name,
-                utilization_ratio=g.utilization_ratio,
-                memory_used_bytes=g.memory_used_bytes,
-                memory_total_bytes=g.memory_total_bytes,
-                temperature_celsius=g.temperature_celsius,
-                power_watts=g.power_watts,
-            )
-            label = str(g.index)
-            self.metrics.gpu_utilization.labels(label).set(g.utilization_ratio)
-            self.metrics.gpu_memory_used.labels(label).set(g.memory_used_bytes)
-            self.metrics.gpu_memory_total.labels(label).set(g.memory_total_bytes)
+        for g in gpus.readings:
+            figures = {
+                "utilization_ratio": g.utilization_ratio,
+                "memory_used_bytes": g.memory_used_bytes,
+                "memory_total_bytes": g.memory_total_bytes,
+                "temperature_celsius": g.temperature_celsius,
+                "power_watts": g.power_watts,
+            }
+            # A figure NVML does not report is left unset (GpuStats has no presence).
+            known: dict[str, float] = {k: v for k, v in figures.items() if v is not None}
+            snap.gpus.add(index=g.index, name=g.name, **known)
+        self._set_gpu_gauges(gpus.readings)
         return snap
+
+    def _set_gpu_gauges(self, readings: Sequence[GpuReading]) -> None:
+        """Sets the GPU gauges from the latest sample and removes the series of every
+        GPU not in it (lost) or figure unknown, so that none shows a stale value."""
+        m = self.metrics
+        for gauge, figures in (
+            (m.gpu_utilization, {g.index: g.utilization_ratio for g in readings}),
+            (m.gpu_memory_used, {g.index: g.memory_used_bytes for g in readings}),
+            (m.gpu_memory_total, {g.index: g.memory_total_bytes for g in readings}),
+        ):
+            fresh = {str(i): value for i, value in figures.items() if value is not None}
+            for label, value in fresh.items():
+                gauge.labels(label).set(value)
+            for label in self._gpu_series.get(gauge, set()) - fresh.keys():
+                gauge.remove(label)
+            self._gpu_series[gauge] = set(fresh)
 
     async def shutdown(self) -> None:
         """Stops the scheduler (idempotent)."""

@@ -1,6 +1,6 @@
 """Telemetry sampling shared by every service: NVML GPUs and the host."""
 
-from voxmesh.telemetry.gpu import GpuReading, GpuSampler
+from voxmesh.telemetry.gpu import GpuReading, GpuSample, GpuSampler
 from voxmesh.telemetry.host import HostSampler
 
-__all__ = ["GpuReading", "GpuSampler", "HostSampler"]
+__all__ = ["GpuReading", "GpuSample", "GpuSampler", "HostSampler"]

@@ -13,10 +13,16 @@ unset, the UUIDs in
 ``NVIDIA_VISIBLE_DEVICES`` (what Nomad's NVIDIA device plugin sets; indices there are
 honoured only when NVML sees more GPUs than it lists, since a container runtime that
 masks devices renumbers them from 0).
+
+Each figure is read on its own: one NVML does not support on a GPU (``Not Supported``,
+often the power draw) is unknown and the GPU is still reported. A GPU that cannot be
+opened at start-up, or stops answering later (lost, driver gone), is left out of the
+readings and named, with NVML's error, in the sample's reason; the others are read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -25,89 +31,187 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GpuReading", "GpuSampler"]
+__all__ = ["GpuReading", "GpuSample", "GpuSampler"]
 
 logger = logging.getLogger(__name__)
+
+_NVML_ERROR_NOT_SUPPORTED = 3
+"""``NVML_ERROR_NOT_SUPPORTED`` of ``nvml.h``: the ``value`` of pynvml's
+``NVMLError_NotSupported``, raised for a figure a GPU does not report."""
 
 
 @dataclass(frozen=True)
 class GpuReading:
-    """One GPU's figures at one moment."""
+    """One GPU's figures at one moment. A figure NVML does not support on this GPU
+    (power draw on some boards) is None: unknown, never estimated."""
 
     index: int
     name: str
-    utilization_ratio: float
-    memory_used_bytes: int
-    memory_total_bytes: int
-    temperature_celsius: float
-    power_watts: float
+    utilization_ratio: float | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    temperature_celsius: float | None
+    power_watts: float | None
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One read of the GPUs of this process."""
+
+    readings: tuple[GpuReading, ...]
+    """The GPUs read, in the order of the process's devices."""
+    reason: str
+    """Which GPUs of this process are missing from ``readings`` and why (NVML's error),
+    or why the process has none; empty when every one was read."""
+
+    @property
+    def available(self) -> bool:
+        """Whether at least one GPU was read."""
+        return bool(self.readings)
 
 
 class GpuSampler:
-    """Reads the GPUs this process may use (module docstring); ``available`` False with
-    ``reason`` when there is none."""
+    """Reads the GPUs this process may use (module docstring). ``available`` and
+    ``reason`` are those of the latest sample (before the first: of start-up)."""
 
     def __init__(self, nvml: Any = None, env: Mapping[str, str] | None = None) -> None:
         self._lock = threading.Lock()
         self.available = False
         self.reason = ""
+        self._nvml: Any = None
+        self._order: list[int] = []  # the GPUs of this process, unopened ones included
         self._handles: list[tuple[int, Any]] = []
+        self._unopened: dict[int, str] = {}  # why NVML could not open a GPU at start-up
+        self._names: dict[int, str] = {}
+        self._failing: dict[int, str] = {}  # the error of each GPU whose last read failed
+        self._unsupported: set[tuple[int, str]] = set()  # (GPU, figure) logged as such
         try:
             if nvml is None:
                 nvml = importlib.import_module("pynvml")
             nvml.nvmlInit()
-            count = nvml.nvmlDeviceGetCount()
-            devices = [(i, nvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count)]
-            self._nvml = nvml
-            self._handles, why_none = _visible(
-                devices,
-                lambda h: _text(nvml.nvmlDeviceGetUUID(h)),
-                os.environ if env is None else env,
+            devices, unopened = _open(nvml, nvml.nvmlDeviceGetCount())
+            chosen, why_none = _visible(
+                devices, lambda h: _uuid(nvml, h), os.environ if env is None else env
             )
+            self._nvml = nvml
+            self._order = [index for index, _ in chosen]
+            self._handles = [(index, h) for index, h in chosen if h is not None]
+            self._unopened = {i: unopened[i] for i in self._order if i in unopened}
+            for index, handle in self._handles:
+                with contextlib.suppress(Exception):  # read() retries it, and reports it
+                    self._names[index] = _text(nvml.nvmlDeviceGetName(handle))
             self.available = bool(self._handles)
-            self.reason = "" if self._handles else (why_none or "NVML found no GPU")
+            self.reason = "; ".join(self._unopened.values()) or (
+                "" if chosen else (why_none or "NVML found no GPU")
+            )
         except Exception as err:  # NVMLError subclasses, ImportError, OSError
             self.reason = f"NVML unavailable: {err}"
         if not self.available:
             logger.info("no GPU telemetry: %s", self.reason)
+        elif self.reason:
+            logger.warning("GPU telemetry incomplete: %s", self.reason)
 
-    def read(self) -> list[GpuReading]:
-        """Current figures of every GPU (empty when unavailable)."""
-        if not self.available:
-            return []
-        nvml = self._nvml
+    def sample(self) -> GpuSample:
+        """Current figures of every GPU that could be read, and why any other could not.
+
+        A GPU that stops answering (lost, driver gone) is left out and named in the
+        reason; a warning is logged when it fails and again only if its error changes,
+        and an info line when it answers again."""
+        if not self._order:
+            return GpuSample((), self.reason)
         readings = []
         with self._lock:
+            problems = dict(self._unopened)
             for index, handle in self._handles:
                 try:
-                    util = nvml.nvmlDeviceGetUtilizationRates(handle)
-                    mem = nvml.nvmlDeviceGetMemoryInfo(handle)
-                    name = nvml.nvmlDeviceGetName(handle)
-                    temp = nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)
-                    power = nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
-                except Exception as err:
-                    logger.warning("NVML read of GPU %d failed: %s", index, err)
+                    readings.append(self._read(index, handle))
+                except Exception as err:  # NVMLError: GPU lost, driver unloaded, ...
+                    problems[index] = f"GPU {index} could not be read: {err}"
+                    if self._failing.get(index) != str(err):
+                        logger.warning("GPU %d could not be read: %s", index, err)
+                    self._failing[index] = str(err)
                     continue
-                readings.append(
-                    GpuReading(
-                        index=index,
-                        name=_text(name),
-                        utilization_ratio=util.gpu / 100.0,
-                        memory_used_bytes=int(mem.used),
-                        memory_total_bytes=int(mem.total),
-                        temperature_celsius=float(temp),
-                        power_watts=float(power),
-                    )
-                )
-        return readings
+                if self._failing.pop(index, None) is not None:
+                    logger.info("GPU %d is read again", index)
+            sample = GpuSample(
+                tuple(readings), "; ".join(problems[i] for i in self._order if i in problems)
+            )
+            self.available, self.reason = sample.available, sample.reason
+        return sample
+
+    def read(self) -> list[GpuReading]:
+        """Current figures of every GPU that could be read (empty when none)."""
+        return list(self.sample().readings)
 
     def gpu_type(self) -> str:
-        """The first GPU's short model name, or ``cpu``."""
-        readings = self.read()
-        if not readings:
+        """The first GPU's short model name (read at start-up, so a GPU lost later does
+        not change it), ``gpu`` while no name is known, or ``cpu`` with no GPU."""
+        if not self._order:
             return "cpu"
-        name = readings[0].name.replace("NVIDIA ", "")
+        with self._lock:
+            names = [self._names[i] for i in self._order if i in self._names]
+        name = names[0].replace("NVIDIA ", "") if names else ""
         return name.split()[0] if name else "gpu"
+
+    def _read(self, index: int, handle: Any) -> GpuReading:
+        """One GPU's figures, each read on its own; raises when the GPU does not answer."""
+        nvml = self._nvml
+        util = self._figure(index, "utilization", nvml.nvmlDeviceGetUtilizationRates, handle)
+        mem = self._figure(index, "memory", nvml.nvmlDeviceGetMemoryInfo, handle)
+        temp = self._figure(
+            index, "temperature", nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU
+        )
+        power = self._figure(index, "power draw", nvml.nvmlDeviceGetPowerUsage, handle)
+        if index not in self._names:
+            name = self._figure(index, "name", nvml.nvmlDeviceGetName, handle)
+            if name is not None:
+                self._names[index] = _text(name)
+        return GpuReading(
+            index=index,
+            name=self._names.get(index, ""),
+            utilization_ratio=None if util is None else util.gpu / 100.0,
+            memory_used_bytes=None if mem is None else int(mem.used),
+            memory_total_bytes=None if mem is None else int(mem.total),
+            temperature_celsius=None if temp is None else float(temp),
+            power_watts=None if power is None else power / 1000.0,
+        )
+
+    def _figure(self, index: int, figure: str, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)``, or None when NVML does not support ``figure`` on this GPU
+        (logged once); any other error is raised: the GPU could not be read."""
+        try:
+            return call(*args)
+        except Exception as err:
+            if getattr(err, "value", None) != _NVML_ERROR_NOT_SUPPORTED:
+                raise
+            if (index, figure) not in self._unsupported:
+                self._unsupported.add((index, figure))
+                logger.info("GPU %d does not report its %s: %s", index, figure, err)
+            return None
+
+
+def _open(nvml: Any, count: int) -> tuple[list[tuple[int, Any]], dict[int, str]]:
+    """Every device as ``(NVML index, handle)``, the handle None where NVML could not
+    open it, and why for those."""
+    devices: list[tuple[int, Any]] = []
+    unopened: dict[int, str] = {}
+    for index in range(count):
+        try:
+            devices.append((index, nvml.nvmlDeviceGetHandleByIndex(index)))
+        except Exception as err:  # NVMLError
+            devices.append((index, None))
+            unopened[index] = f"GPU {index} could not be opened: {err}"
+    return devices, unopened
+
+
+def _uuid(nvml: Any, handle: Any) -> str:
+    """The device's UUID; empty (so no UUID entry matches it) when it cannot be read."""
+    if handle is None:
+        return ""
+    try:
+        return _text(nvml.nvmlDeviceGetUUID(handle))
+    except Exception:  # NVMLError
+        return ""
 
 
 def _text(value: Any) -> str:
