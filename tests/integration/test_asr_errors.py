@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 
@@ -37,6 +38,13 @@ def _audio(n: int = 3200) -> Req:
 
 def _cfg(**kw: object) -> Req:
     return config_request(**kw)  # type: ignore[arg-type]
+
+
+def _wav(rate: int, pcm: bytes) -> bytes:
+    """16-bit mono PCM behind a WAV header that declares ``rate`` Hz, whatever it is."""
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)
+    body = b"WAVEfmt " + fmt + b"data" + struct.pack("<I", len(pcm)) + pcm
+    return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
 CASES: dict[str, tuple[list[Req], grpc.StatusCode, str]] = {
@@ -106,6 +114,15 @@ CASES: dict[str, tuple[list[Req], grpc.StatusCode, str]] = {
         ],
         INVALID,
         "malformed compressed audio",
+    ),
+    # Resampled from 1 Hz, 2 KB were 16 million samples (a 1 MiB chunk, 33 GB).
+    "compressed audio at 1 Hz": (
+        [
+            _cfg(rate=0, encoding=stt_pb2.AUDIO_ENCODING_CONTAINER),
+            Req(audio_content=_wav(1, bytes(2000))),
+        ],
+        INVALID,
+        "sample rate of 1 Hz, out of range",
     ),
 }
 

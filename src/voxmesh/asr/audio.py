@@ -2,17 +2,17 @@
 16 kHz mono float32 as the model wants it.
 
 Both decoders are incremental: ``feed`` takes one chunk of the stream and
-returns the samples it completed, ``finish`` flushes the rest. Errors in the
-input raise :class:`voxmesh.errors.InvalidArgument` with a message that says
-what was wrong.
+returns the samples it completed, ``finish`` flushes the rest. A
+:class:`ContainerDecoder` hands out what a chunk decodes to in bounded pieces
+(the rest with ``more`` while ``pending``). Errors in the input raise
+:class:`voxmesh.errors.InvalidArgument` with a message that says what was wrong.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 import av
@@ -22,6 +22,8 @@ import numpy.typing as npt
 from voxmesh.errors import InvalidArgument
 
 __all__ = [
+    "MAX_SAMPLE_RATE",
+    "MIN_SAMPLE_RATE",
     "MODEL_SAMPLE_RATE",
     "AudioDecoder",
     "ContainerDecoder",
@@ -33,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 MODEL_SAMPLE_RATE = 16000
 """The rate Whisper and Silero VAD consume."""
+
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 48000
+"""The sample rates taken, of LINEAR16 (see :mod:`voxmesh.asr.config`) and containers."""
 
 Samples = npt.NDArray[np.float32]
 
@@ -99,106 +105,197 @@ class Linear16Decoder:
         self._resampler = None
 
 
-class _ChunkReader:
-    """A blocking, read-only file object fed from another thread (for PyAV)."""
+_PROBE_BYTES = 4096
+"""How much of a container FFmpeg reads to learn its streams before decoding
+starts (5 MB by default: over 4 s of a 48 kHz WAV stream held back)."""
 
-    def __init__(self, max_chunks: int) -> None:
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=max_chunks)
-        self._buffer = b""
-        self._eof = False
 
-    def put(self, data: bytes | None) -> None:
-        self._chunks.put(data)
+class _Closed(Exception):
+    """Ends the worker of a :class:`ContainerDecoder` that was closed."""
 
-    def read(self, size: int = -1) -> bytes:
-        while not self._eof and (size < 0 or len(self._buffer) < size):
-            chunk = self._chunks.get()
-            if chunk is None:
-                self._eof = True
-            else:
-                self._buffer += chunk
-        if size < 0:
-            size = len(self._buffer)
-        out, self._buffer = self._buffer[:size], self._buffer[size:]
-        return out
+
+class _Reader:
+    """The read-only file object PyAV reads a container from."""
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self.read = read
 
 
 class ContainerDecoder:
     """Compressed audio in a streamable container (Ogg/Opus, MP3, FLAC, WAV, WebM).
 
-    PyAV reads the container on a worker thread from a blocking reader that
-    ``feed`` fills, so the stream is decoded while it arrives. The worker is
-    bounded: ``feed`` blocks when ``max_pending_chunks`` chunks wait.
+    PyAV decodes the container on a worker thread, reading whatever input has
+    arrived: a read waits only while there is none (a read that waited for the
+    32 KiB PyAV asks for would hold a 16 kbit/s stream back for seconds).
+    ``feed`` and ``finish`` wait until the worker has decoded all the input given
+    so far, or until it holds ``max_output_seconds`` of audio, and return that
+    audio. The worker decodes no further until the audio is taken: while
+    :attr:`pending`, :meth:`more` takes the next piece. A chunk that decodes to
+    hours of audio (compressed silence) is thus never in memory at once, and the
+    caller's duration limit applies as it decodes. A container must declare a
+    sample rate from ``MIN_SAMPLE_RATE`` to ``MAX_SAMPLE_RATE`` Hz.
+
+    The worker::
+
+        reading ──(input)──► decoding ──(output full)──► waiting for more()
+           ▲                   │  │  ▲                        │
+           └───(no input)──────┘  │  └────────(taken)─────────┘
+                                  ▼
+                 ended (end of input) | failed | closed
+
+    Whatever ends the worker, other than the end of its input or ``close``, is
+    kept and raised as :class:`~voxmesh.errors.InvalidArgument` by the next call.
+    ``close`` is immediate: the worker stops at its next read or frame.
     """
 
-    def __init__(self, max_pending_chunks: int = 64) -> None:
-        self._reader = _ChunkReader(max_pending_chunks)
-        self._out: queue.Queue[Samples] = queue.Queue()
-        self._error: str | None = None
+    def __init__(self, max_output_seconds: float = 10.0) -> None:
+        self._max_output = int(max_output_seconds * MODEL_SAMPLE_RATE)
+        self._lock = threading.Condition()
+        self._input = bytearray()
+        self._output: list[Samples] = []
+        self._output_samples = 0
         self._fed_bytes = 0
+        self._end_of_input = False
+        self._closed = False
+        self._reading = False
+        """The worker waits for input (whoever gives it some clears this)."""
+        self._ended = False
+        """The worker has ended (``_error`` says whether it failed)."""
+        self._error: str | None = None
         self._thread = threading.Thread(
             target=self._run, name="voxmesh-container-decoder", daemon=True
         )
         self._thread.start()
-        self._closed = False
+
+    # The worker thread.
 
     def _run(self) -> None:
-        resampler = _Resampler()
+        error: str | None = "the compressed audio decoder stopped unexpectedly"
         try:
-            with av.open(self._reader, mode="r") as container:
-                if not container.streams.audio:
-                    raise InvalidArgument("compressed audio has no audio track")
-                for frame in container.decode(audio=0):
-                    frame.pts = None
-                    self._out.put(resampler.push(frame))
-            self._out.put(resampler.push(None))
+            self._decode()
+            error = None
+        except _Closed:
+            error = None
         except InvalidArgument as err:
-            self._error = str(err)
+            error = str(err)
         except (av.FFmpegError, ValueError, OSError) as err:
-            self._error = f"malformed compressed audio: {err}"
+            error = f"malformed compressed audio: {err}"
+        except Exception as err:
+            logger.exception("the compressed audio decoder failed")
+            error = f"compressed audio could not be decoded ({type(err).__name__}: {err})"
         finally:
-            # Unblock a producer that may wait on a full reader queue.
-            self._reader._eof = True
-            while True:
-                try:
-                    self._reader._chunks.get_nowait()
-                except queue.Empty:
-                    break
+            with self._lock:
+                self._error = None if self._closed else error
+                self._ended = True
+                self._input.clear()
+                self._lock.notify_all()
 
-    def _drain(self) -> Samples:
-        frames: list[Samples] = []
-        while True:
-            try:
-                frames.append(self._out.get_nowait())
-            except queue.Empty:
-                break
-        if self._error is not None and not frames:
-            raise InvalidArgument(self._error)
+    def _decode(self) -> None:
+        resampler = _Resampler()
+        probe = {"probesize": str(_PROBE_BYTES)}
+        with av.open(_Reader(self._read), mode="r", container_options=probe) as container:
+            if not container.streams.audio:
+                raise InvalidArgument("compressed audio has no audio track")
+            stream = container.streams.audio[0]
+            if stream.sample_rate:
+                _check_rate(stream.sample_rate)
+            for frame in container.decode(stream):
+                _check_rate(frame.sample_rate)
+                frame.pts = None
+                self._emit(resampler.push(frame))
+        self._emit(resampler.push(None))
+
+    def _read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes of the input that has arrived; waits only while there
+        is none. Empty at the end of the input (and once closed)."""
+        with self._lock:
+            while not self._input and not self._end_of_input and not self._closed:
+                self._reading = True
+                self._lock.notify_all()
+                self._lock.wait()
+            self._reading = False
+            if self._closed:
+                return b""
+            if size < 0:
+                size = len(self._input)
+            out = bytes(self._input[:size])
+            del self._input[:size]
+            return out
+
+    def _emit(self, samples: Samples) -> None:
+        """Hands decoded audio out; waits while ``max_output_seconds`` are not taken."""
+        if not len(samples):
+            return
+        with self._lock:
+            while self._output_samples >= self._max_output and not self._closed:
+                self._lock.wait()
+            if self._closed:
+                raise _Closed
+            self._output.append(samples)
+            self._output_samples += len(samples)
+            self._lock.notify_all()
+
+    # The caller's side.
+
+    def _settled(self) -> bool:
+        idle = self._reading and not self._input
+        return idle or self._ended or self._closed or self._output_samples >= self._max_output
+
+    def _take(self) -> Samples:
+        with self._lock:
+            self._lock.wait_for(self._settled)
+            if self._error is not None:
+                raise InvalidArgument(self._error)
+            frames, self._output, self._output_samples = self._output, [], 0
+            self._lock.notify_all()
         return _concat(frames)
 
+    @property
+    def pending(self) -> bool:
+        """More audio is decoded from the input given so far: call :meth:`more`."""
+        with self._lock:
+            if self._closed:
+                return False
+            if self._error is not None:
+                return True  # more() raises it
+            return bool(self._output) or not (self._ended or (self._reading and not self._input))
+
     def feed(self, data: bytes) -> Samples:
-        if self._error is not None:
-            raise InvalidArgument(self._error)
-        if data:
+        """Decodes ``data``; returns the first ``max_output_seconds`` of what it gave."""
+        with self._lock:
             self._fed_bytes += len(data)
-            self._reader.put(data)
-        return self._drain()
+            if data and not self._ended and not self._closed:
+                self._input += data
+                self._reading = False
+                self._lock.notify_all()
+        return self._take()
+
+    def more(self) -> Samples:
+        """The next ``max_output_seconds`` of audio decoded from the input given."""
+        return self._take()
 
     def finish(self) -> Samples:
-        self._reader.put(None)
-        self._thread.join(timeout=30)
-        out = self._drain()
-        if self._error is not None:
-            raise InvalidArgument(self._error)
+        """Ends the input; returns the first ``max_output_seconds`` of the rest."""
+        with self._lock:
+            self._end_of_input = True
+            self._reading = False
+            self._lock.notify_all()
         if self._fed_bytes == 0:
             raise InvalidArgument("no compressed audio was received")
-        return out
+        return self._take()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._thread.is_alive():
-            with contextlib.suppress(queue.Full):
-                self._reader.put(None)
-            self._thread.join(timeout=5)
+        """Stops the worker at once (it ends at its next read or frame)."""
+        with self._lock:
+            self._closed = True
+            self._input.clear()
+            self._output, self._output_samples = [], 0
+            self._lock.notify_all()
+
+
+def _check_rate(rate: int) -> None:
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise InvalidArgument(
+            f"compressed audio has a sample rate of {rate} Hz, out of range "
+            f"({MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz)"
+        )

@@ -10,7 +10,13 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from voxmesh.asr.audio import AudioDecoder, ContainerDecoder, Linear16Decoder
+from voxmesh.asr.audio import (
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    AudioDecoder,
+    ContainerDecoder,
+    Linear16Decoder,
+)
 from voxmesh.errors import InvalidArgument, NotFound, ResourceExhausted
 from voxmesh.stt.v1 import stt_pb2
 
@@ -26,8 +32,6 @@ __all__ = [
     "validate_streaming_config",
 ]
 
-MIN_SAMPLE_RATE = 8000
-MAX_SAMPLE_RATE = 48000
 _STREAM_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 AUTO_MODELS = ("", "auto")

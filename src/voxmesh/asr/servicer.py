@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 import numpy as np
 
 from voxmesh import errors
-from voxmesh.asr.audio import MODEL_SAMPLE_RATE, AudioDecoder
+from voxmesh.asr.audio import MODEL_SAMPLE_RATE, AudioDecoder, ContainerDecoder, Samples
 from voxmesh.asr.config import (
     ValidatedConfig,
     audio_chunk,
@@ -149,7 +150,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
             offset=offset,
             skip=skip,
         )
-        reader = asyncio.create_task(self._read(iterator, decoder, session, config))
+        reader = asyncio.create_task(self._read(iterator, decoder, session))
         try:
             while (event := await _next_event(session, reader)) is not None:
                 if isinstance(event, Final):
@@ -171,21 +172,16 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest],
         decoder: AudioDecoder,
         session: StreamSession,
-        config: ValidatedConfig,
     ) -> None:
-        threaded = config.encoding == stt_pb2.AUDIO_ENCODING_CONTAINER
         received = 0
+        take = functools.partial(self._feed, session)
         async for request in iterator:
             data = audio_chunk(request, self._max_chunk, self._instance.retry_after)
             received += len(data)
-            samples = (
-                await asyncio.to_thread(decoder.feed, data) if threaded else decoder.feed(data)
-            )
-            await self._feed(session, samples)
+            await _decode(decoder, data, take)
         if received == 0:
             raise errors.InvalidArgument("empty stream: no audio was sent after the config")
-        tail = await asyncio.to_thread(decoder.finish) if threaded else decoder.finish()
-        await self._feed(session, tail)
+        await _decode(decoder, None, take)
         session.finish()
 
     async def _feed(self, session: StreamSession, samples: np.typing.NDArray[np.float32]) -> None:
@@ -221,18 +217,24 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
                 f"audio_content of {len(data)} bytes exceeds the Recognize limit of "
                 f"{self._max_unary_bytes} bytes: use StreamingRecognize"
             )
+        pieces: list[Samples] = []
+        limit = int(self._max_unary_seconds * MODEL_SAMPLE_RATE)
+
+        async def take(samples: Samples) -> None:
+            pieces.append(samples)
+            if (decoded := sum(len(p) for p in pieces)) > limit:
+                raise errors.InvalidArgument(
+                    f"audio of over {decoded / MODEL_SAMPLE_RATE:.1f} s exceeds the Recognize "
+                    f"limit of {self._max_unary_seconds:g} s: use StreamingRecognize"
+                )
+
         decoder = make_decoder(config)
         try:
-            head = await asyncio.to_thread(decoder.feed, data)
-            audio = np.concatenate([head, await asyncio.to_thread(decoder.finish)])
+            await _decode(decoder, data, take)
+            await _decode(decoder, None, take)
         finally:
             decoder.close()
-        seconds = len(audio) / MODEL_SAMPLE_RATE
-        if seconds > self._max_unary_seconds:
-            raise errors.InvalidArgument(
-                f"audio of {seconds:.1f} s exceeds the Recognize limit of "
-                f"{self._max_unary_seconds:g} s: use StreamingRecognize"
-            )
+        audio = np.concatenate(pieces)
         session = StreamSession(
             StreamParams(
                 params.stream_id, params.language, False, params.word_offsets, params.realtime
@@ -261,6 +263,26 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         """Feeds a whole recording (a Recognize request's audio), then half-closes."""
         await self._feed(session, audio)
         session.finish()
+
+
+async def _decode(
+    decoder: AudioDecoder, data: bytes | None, take: Callable[[Samples], Awaitable[None]]
+) -> None:
+    """Hands ``take`` the audio ``decoder`` makes of ``data`` (None: the end of the audio).
+
+    A :class:`ContainerDecoder` decodes on its own thread (off the event loop) and
+    hands its audio out in pieces of a few seconds, decoding the next one only once
+    ``take`` returned: a chunk of compressed silence may hold hours, and the
+    duration limits apply as it decodes, before it is all in memory."""
+    if not isinstance(decoder, ContainerDecoder):
+        await take(decoder.feed(data) if data is not None else decoder.finish())
+        return
+    if data is None:
+        await take(await asyncio.to_thread(decoder.finish))
+    else:
+        await take(await asyncio.to_thread(decoder.feed, data))
+    while decoder.pending:
+        await take(await asyncio.to_thread(decoder.more))
 
 
 async def _next_event(session: StreamSession, producer: asyncio.Task[None]) -> SessionEvent | None:

@@ -1,0 +1,402 @@
+"""Compressed audio: :class:`~voxmesh.asr.audio.ContainerDecoder` on containers
+encoded here with PyAV, and the servicer's use of it.
+
+No sockets and no model: the servicer tests run on the fake model and VAD of
+:mod:`tests.unit.test_asr_unary_and_end`. A test that must catch the decoder's
+worker inside a frame (as on a loaded machine) holds it there with a
+:class:`Gate` on its resampler. No decoder's worker thread outlives its test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import itertools
+import struct
+import threading
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any, cast
+
+import av
+import grpc
+import numpy as np
+import pytest
+
+from tests.conditions import wait_until, wait_until_async
+from tests.streaming import config_request
+from tests.unit.test_asr_unary_and_end import SMALL_ROOM, FakeContext, recognizer
+from voxmesh.asr import audio
+from voxmesh.asr.audio import MODEL_SAMPLE_RATE, ContainerDecoder, Samples
+from voxmesh.asr.session import SessionOptions
+from voxmesh.errors import InvalidArgument
+from voxmesh.stt.v1 import stt_pb2
+
+SR = MODEL_SAMPLE_RATE
+WORKER = "voxmesh-container-decoder"
+CONTAINER = stt_pb2.AUDIO_ENCODING_CONTAINER
+Req = stt_pb2.StreamingRecognizeRequest
+
+
+def tone(seconds: float, rate: int) -> Samples:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def pcm16(samples: Samples) -> bytes:
+    return (samples * 32767).astype("<i2").tobytes()
+
+
+def encode(
+    fmt: str,
+    codec: str,
+    samples: Samples,
+    rate: int,
+    *,
+    bit_rate: int = 0,
+    options: dict[str, str] | None = None,
+) -> bytes:
+    """``samples`` (mono, ``rate`` Hz) encoded with ``codec`` in a ``fmt`` container."""
+    out = io.BytesIO()
+    with av.open(out, "w", format=fmt, options=options or {}) as container:
+        stream = cast(av.AudioStream, container.add_stream(codec, rate=rate))
+        stream.layout = "mono"
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        for i in range(0, len(samples), 960):
+            frame = av.AudioFrame.from_ndarray(samples[None, i : i + 960], "flt", "mono")
+            frame.sample_rate = rate
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return out.getvalue()
+
+
+def wav(rate: int, pcm: bytes) -> bytes:
+    """16-bit mono PCM behind a WAV header that declares ``rate`` Hz, whatever it is."""
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)
+    body = b"WAVEfmt " + fmt + b"data" + struct.pack("<I", len(pcm)) + pcm
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+FORMATS: dict[str, tuple[str, str, int, int, dict[str, str]]] = {
+    # name: (container, codec, rate, bit rate, muxer options)
+    "wav": ("wav", "pcm_s16le", 48000, 0, {}),
+    # Streaming encoders (browsers, gateways) send short Ogg pages; FFmpeg's are 1 s.
+    "ogg-opus": ("ogg", "libopus", 48000, 12000, {"page_duration": "100000"}),
+    "webm-opus": ("webm", "libopus", 48000, 16000, {}),
+    "mp3": ("mp3", "libmp3lame", 16000, 24000, {}),
+    "flac": ("flac", "flac", 16000, 0, {}),
+}
+
+
+def encoded(name: str, seconds: float) -> bytes:
+    fmt, codec, rate, bit_rate, options = FORMATS[name]
+    return encode(fmt, codec, tone(seconds, rate), rate, bit_rate=bit_rate, options=options)
+
+
+def split(data: bytes, sizes: Iterable[int]) -> Iterator[bytes]:
+    """``data`` in chunks of ``sizes`` (cycled), the last one what is left."""
+    start = 0
+    for size in itertools.cycle(sizes):
+        if start >= len(data):
+            return
+        yield data[start : start + size]
+        start += size
+
+
+def drain(decoder: ContainerDecoder) -> list[Samples]:
+    """The pieces the decoder has left from the input given so far."""
+    pieces = []
+    while decoder.pending:
+        pieces.append(decoder.more())
+    return pieces
+
+
+def decode(chunks: Iterable[bytes]) -> Samples:
+    """A stream of ``chunks`` decoded, as the servicer does it."""
+    decoder = ContainerDecoder()
+    try:
+        pieces: list[Samples] = []
+        for chunk in chunks:
+            pieces += [decoder.feed(chunk), *drain(decoder)]
+        pieces += [decoder.finish(), *drain(decoder)]
+        return np.concatenate(pieces)
+    finally:
+        decoder.close()
+
+
+def workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == WORKER]
+
+
+@pytest.fixture(autouse=True)
+def no_worker_left() -> Iterator[None]:
+    """Every decoder a test made is closed or finished, and its worker ends."""
+    yield
+    wait_until(lambda: not workers(), timeout=10)
+
+
+class Gate:
+    """Once ``armed``, holds the decoder's worker in its next frame until ``opened``;
+    ``entered`` tells that it is held, ``pushes`` counts the frames it let through."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.armed = threading.Event()
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        self.pushes = 0
+        original = audio._Resampler.push
+
+        def push(resampler: audio._Resampler, frame: av.AudioFrame | None) -> Samples:
+            if self.armed.is_set():
+                self.entered.set()
+                self.opened.wait(30)  # bounded, should a failing test never open it
+                self.pushes += 1
+            return original(resampler, frame)
+
+        monkeypatch.setattr(audio._Resampler, "push", push)
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    held = Gate(monkeypatch)
+    yield held
+    held.opened.set()
+
+
+# The sample rate, and memory.
+
+
+@pytest.mark.parametrize("rate", [1, 4000, 96000, 2_000_000_000])
+def test_a_container_sample_rate_out_of_range_is_invalid(rate: int) -> None:
+    """A WAV header declaring 1 Hz was taken and resampled to 16 kHz: 2 KB of audio
+    became 16 million samples (a 1 MiB chunk some 33 GB)."""
+    decoder = ContainerDecoder()
+    try:
+        with pytest.raises(InvalidArgument, match=f"sample rate of {rate} Hz, out of range"):
+            decoder.feed(wav(rate, bytes(2000)))
+            decoder.finish()
+    finally:
+        decoder.close()
+
+
+@pytest.mark.parametrize("rate", [8000, 48000])
+def test_a_container_at_a_supported_rate_is_resampled(rate: int) -> None:
+    samples = decode([wav(rate, pcm16(tone(1.0, rate)))])
+    assert abs(len(samples) - SR) < 32
+
+
+def test_compressed_silence_is_decoded_in_bounded_pieces() -> None:
+    """Ten minutes of FLAC silence fit in some 110 KB (a 1 MiB chunk: hours): it
+    comes out ten seconds at a time, the next decoded only once one was taken,
+    rather than all at once."""
+    flac = encode("flac", "flac", np.zeros(600 * 8000, np.float32), 8000)
+    decoder = ContainerDecoder(max_output_seconds=10.0)
+    tracemalloc.start()
+    try:
+        sizes = [len(decoder.feed(flac)), len(decoder.finish())]
+        while decoder.pending:
+            sizes.append(len(decoder.more()))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        decoder.close()
+    assert peak < 8 << 20, f"{peak >> 20} MiB at once"  # all of it: 38 MiB of samples
+    assert max(sizes) <= 11 * SR
+    assert abs(sum(sizes) - 600 * SR) < SR // 10
+
+
+class RecordingContext(FakeContext):
+    """Records the status an RPC ends with, and ends it like grpc.aio does."""
+
+    status: grpc.Status | None = None
+
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        self.status = status
+        raise grpc.aio.AbortError()
+
+
+async def test_a_stream_past_its_length_limit_ends_while_its_chunk_decodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One chunk of ten minutes of compressed silence, on an instance that takes a
+    minute: OUT_OF_RANGE once a minute has decoded, not after all ten are in memory."""
+    flac = encode("flac", "flac", np.zeros(600 * 8000, np.float32), 8000)
+
+    async def requests() -> AsyncIterator[Req]:
+        yield config_request(0, encoding=CONTAINER)
+        yield Req(audio_content=flac)
+
+    context = RecordingContext()
+    options = SessionOptions(context=0.0, max_utterance=5.0, max_stream=60.0)
+    async with recognizer(monkeypatch, options) as (servicer, _):
+        tracemalloc.start()
+        try:
+            with pytest.raises(grpc.aio.AbortError):
+                async with asyncio.timeout(30):
+                    async for _ in servicer.StreamingRecognize(requests(), cast(Any, context)):
+                        pass
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert context.status is not None
+    assert context.status.code == grpc.StatusCode.OUT_OF_RANGE, context.status.details
+    assert peak < 16 << 20, f"{peak >> 20} MiB at once"
+
+
+def test_an_unexpected_failure_of_the_worker_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only FFmpeg, value and OS errors were kept: any other ended the worker with no
+    error, ``finish`` returned the audio so far as if complete, and ``feed`` blocked
+    for ever once 64 chunks waited for the dead worker."""
+    original = audio._Resampler.push
+    frames = 0
+
+    def push(resampler: audio._Resampler, frame: av.AudioFrame | None) -> Samples:
+        nonlocal frames
+        frames += 1
+        if frames == 3:
+            raise RuntimeError("a bug")
+        return original(resampler, frame)
+
+    monkeypatch.setattr(audio._Resampler, "push", push)
+    decoder = ContainerDecoder()
+    raised: list[InvalidArgument] = []
+
+    def feed_all() -> None:
+        for chunk in split(wav(16000, pcm16(tone(5.0, 16000))), [512]):  # 313 chunks
+            try:
+                decoder.feed(chunk)
+            except InvalidArgument as err:
+                raised.append(err)
+                return
+
+    feeder = threading.Thread(target=feed_all, daemon=True)
+    feeder.start()
+    try:
+        wait_until(lambda: not feeder.is_alive(), timeout=10)
+        assert raised, "every chunk was taken"
+        assert "could not be decoded (RuntimeError: a bug)" in str(raised[0])
+        with pytest.raises(InvalidArgument, match="RuntimeError: a bug"):
+            decoder.finish()
+    finally:
+        decoder.close()
+
+
+# Closing and finishing.
+
+
+def test_close_is_immediate_and_stops_the_worker(gate: Gate) -> None:
+    """``close`` queued the end behind the chunks waiting and joined the worker for
+    up to 5 s (on the event loop, stalling every stream of the instance); the
+    worker then decoded whatever was left."""
+    decoder = ContainerDecoder()
+    gate.armed.set()
+    feeder = threading.Thread(target=decoder.feed, args=(wav(16000, pcm16(tone(10.0, SR))),))
+    feeder.start()
+    wait_until(gate.entered.is_set)
+    started = time.monotonic()
+    decoder.close()
+    assert time.monotonic() - started < 1.0
+    wait_until(lambda: not feeder.is_alive())  # a feed waiting for the worker returns
+    gate.opened.set()
+    wait_until(lambda: not workers())
+    assert gate.pushes == 1, "the worker went on decoding after close"
+
+
+def test_finish_waits_for_a_slow_worker(gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``finish`` joined the worker for at most 30 s, then returned what it had as
+    the whole audio. The join here expires at once, as it would under load."""
+    original_join = threading.Thread.join
+
+    def join(thread: threading.Thread, timeout: float | None = None) -> None:
+        if thread.name != WORKER:
+            original_join(thread, timeout)
+
+    monkeypatch.setattr(threading.Thread, "join", join)
+    data = encoded("ogg-opus", 10.0)
+    expected = len(decode([data]))
+    decoder = ContainerDecoder()
+    pieces: list[Samples] = []
+
+    def finish() -> None:
+        pieces.append(decoder.feed(data))
+        gate.armed.set()  # from here each frame waits, as on a loaded machine
+        pieces.append(decoder.finish())
+        pieces.extend(drain(decoder))
+
+    finisher = threading.Thread(target=finish)
+    finisher.start()
+    try:
+        wait_until(gate.entered.is_set)
+        gate.opened.set()
+        wait_until(lambda: not finisher.is_alive())
+    finally:
+        decoder.close()
+    assert sum(len(p) for p in pieces) == expected > 9 * SR
+
+
+async def test_ending_a_container_stream_does_not_block_the_event_loop(
+    gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client cancels while the worker is busy: the stream's end closed the
+    decoder on the event loop, which waited up to 5 s for the worker."""
+    data = wav(16000, pcm16(tone(10.0, SR)))
+    never = asyncio.Event()
+
+    async def requests() -> AsyncIterator[Req]:
+        yield config_request(0, encoding=CONTAINER)
+        yield Req(audio_content=data)
+        await never.wait()  # the client keeps the stream open
+
+    async with recognizer(monkeypatch, SMALL_ROOM) as (servicer, _):
+
+        async def consume() -> None:
+            async for _ in servicer.StreamingRecognize(requests(), cast(Any, FakeContext())):
+                pass
+
+        gate.armed.set()
+        stream = asyncio.create_task(consume())
+        await wait_until_async(gate.entered.is_set)
+        started = time.monotonic()
+        stream.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stream
+        assert time.monotonic() - started < 1.0
+        gate.opened.set()
+        await wait_until_async(lambda: not workers())
+
+
+# Decoding as the audio arrives.
+
+
+@pytest.mark.parametrize("name", ["wav", "ogg-opus", "webm-opus"])
+def test_audio_is_decoded_as_it_arrives(name: str) -> None:
+    """Fed 20 ms at a time (an Opus chunk of 12 kbit/s is 30 bytes), the audio comes
+    out within half a second once the container's header is in. Reads waited for
+    the 32 KiB PyAV asks for (20 s of such Opus) and FFmpeg read 5 MB to learn the
+    streams (over 4 s of 48 kHz WAV) before the first frame."""
+    data = encoded(name, 6.0)
+    decoder = ContainerDecoder()
+    decoded = 0
+    behind: list[float] = []
+    try:
+        step = len(data) / 300
+        for k in range(300):
+            chunk = data[int(k * step) : int((k + 1) * step)]
+            decoded += sum(len(p) for p in [decoder.feed(chunk), *drain(decoder)])
+            behind.append((k + 1) * 0.02 - decoded / SR)
+    finally:
+        decoder.close()
+    assert max(behind[75:]) < 0.5, f"{max(behind[75:]):.2f} s behind after 1.5 s"
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_a_container_in_small_chunks_decodes_as_it_does_whole(name: str) -> None:
+    data = encoded(name, 3.0)
+    whole = decode([data])
+    sizes = np.random.default_rng(7).integers(1, 200, size=97).tolist()
+    assert np.array_equal(decode(split(data, sizes)), whole)
+    assert abs(len(whole) - 3 * SR) < SR // 10
