@@ -2,28 +2,71 @@
 
 A voxmesh service prints ``VOXMESH_READY {json}`` on stdout once it serves;
 :class:`ServiceProcess` waits for that line (with a deadline) and keeps the
-rest of the output in a log file.
+rest of the output in a log file. The output is read in chunks, not lines, so a
+line of any length goes to the log and the child never blocks on a full pipe.
+
+A child runs in its own session (a Ctrl-C in the terminal reaches only the launcher,
+which stops its children in order). On Linux it also gets SIGTERM when the process
+that started it dies (``PR_SET_PDEATHSIG``), however that died: SIGKILL included,
+where no handler of the launcher runs. It then drains and exits as on a Ctrl-C; a
+process it started itself (an autoscaler's instances) is covered the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = ["READY_PREFIX", "ServiceProcess"]
 
 logger = logging.getLogger(__name__)
 
 READY_PREFIX = "VOXMESH_READY "
+
+_READ_CHUNK = 64 * 1024
+"""Bytes read from the child's output at a time."""
+_MAX_READY_LINE = 64 * 1024
+"""Longest line examined for the ready prefix; a longer one only goes to the log."""
+_PR_SET_PDEATHSIG = 1
+"""``prctl`` option (``<linux/prctl.h>``): the signal a process gets when its parent dies."""
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when this process dies.
+
+    None elsewhere, or where ``prctl`` cannot be found. ``prctl`` is looked up here,
+    in the parent: the child, between fork and exec, only calls it. A parent that died
+    before that call is caught by comparing ``getppid`` with the parent's pid. Linux
+    sends the signal when the *thread* that forked ends: children are started from the
+    event loop's thread, which lives as long as the process.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+    term = int(signal.SIGTERM)
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, term, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the call: nobody will signal
+            os._exit(1)
+
+    return die_with_parent
 
 
 class ServiceProcess:
@@ -83,6 +126,7 @@ class ServiceProcess:
             stderr=asyncio.subprocess.STDOUT,
             env=self._env,
             start_new_session=True,
+            preexec_fn=_parent_death_signal(),
         )
         self._pump = asyncio.create_task(self._read_output(), name=f"voxmesh-pump-{self.name}")
         ready = asyncio.create_task(self._ready.wait())
@@ -101,20 +145,77 @@ class ServiceProcess:
         self.ready_after = time.monotonic() - self.started_at
 
     async def _read_output(self) -> None:
+        """Copies the child's output to the log until EOF and watches for the ready line.
+
+        Fixed-size chunks, not ``readline``: a line longer than the stream's limit made
+        line iteration raise, and a pipe nobody drains blocks the child's next write.
+        """
         assert self._proc is not None and self._proc.stdout is not None
-        log = self._log_path.open("ab") if self._log_path else None
+        stdout = self._proc.stdout
+        log = self._open_log()
+        line = bytearray()
+        overlong = False  # the current line is too long to be the ready line
         try:
-            async for line in self._proc.stdout:
+            while chunk := await stdout.read(_READ_CHUNK):
                 if log is not None:
-                    log.write(line)
-                    log.flush()
-                text = line.decode(errors="replace")
-                if text.startswith(READY_PREFIX) and not self._ready.is_set():
-                    self.ready = json.loads(text[len(READY_PREFIX) :])
-                    self._ready.set()
+                    log = self._write_log(log, chunk)
+                start = 0
+                while (end := chunk.find(b"\n", start)) >= 0:
+                    if not overlong:
+                        line += chunk[start:end]
+                        self._check_ready(line)
+                    line.clear()
+                    overlong = False
+                    start = end + 1
+                if not overlong:
+                    line += chunk[start:]
+                    if len(line) > _MAX_READY_LINE:
+                        line.clear()
+                        overlong = True
+            if line and not overlong:
+                self._check_ready(line)
         finally:
             if log is not None:
                 log.close()
+
+    def _open_log(self) -> BinaryIO | None:
+        if self._log_path is None:
+            return None
+        try:
+            return self._log_path.open("ab")
+        except OSError as exc:
+            logger.warning("%s: cannot open its log %s: %s", self.name, self._log_path, exc)
+            return None
+
+    def _write_log(self, log: BinaryIO, chunk: bytes) -> BinaryIO | None:
+        """Appends ``chunk``; on an error logs once and stops logging (the pipe is still
+        drained, so that the child never blocks on it)."""
+        try:
+            log.write(chunk)
+            log.flush()
+        except OSError as exc:
+            logger.warning("%s: writing its log %s failed: %s", self.name, self._log_path, exc)
+            with contextlib.suppress(OSError):
+                log.close()
+            return None
+        return log
+
+    def _check_ready(self, line: bytes | bytearray) -> None:
+        if self._ready.is_set() or len(line) > _MAX_READY_LINE:
+            return
+        text = line.decode(errors="replace")
+        if not text.startswith(READY_PREFIX):
+            return
+        try:
+            ready = json.loads(text[len(READY_PREFIX) :])
+        except ValueError:
+            logger.warning("%s: malformed ready line %r", self.name, text[:200])
+            return
+        if not isinstance(ready, dict):
+            logger.warning("%s: ready line is not a JSON object: %r", self.name, text[:200])
+            return
+        self.ready = ready
+        self._ready.set()
 
     async def wait(self, timeout: float | None = None) -> int | None:
         """Waits for exit; returns the exit code (None on timeout)."""
@@ -129,7 +230,8 @@ class ServiceProcess:
         """Sends SIGTERM (the service drains) without waiting for the exit."""
         if self.running:
             assert self._proc is not None
-            self._proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped
+                self._proc.send_signal(signal.SIGTERM)
 
     async def terminate(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (drain), then SIGKILL after ``timeout``; returns the exit code."""
@@ -152,10 +254,17 @@ class ServiceProcess:
         await self._finish()
 
     async def _finish(self) -> int | None:
+        """Waits for the exit and the end of the output copy; returns the exit code.
+
+        Whatever ended the output copy is logged, never raised: stopping a process must
+        not fail because its log could not be written.
+        """
         if self._proc is None:
             return None
         code = await self._proc.wait()
-        if self._pump is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+        pump = self._pump
+        if pump is not None:
+            await asyncio.wait([pump])  # unlike awaiting it, raises nothing of the pump's
+            if not pump.cancelled() and (exc := pump.exception()) is not None:
+                logger.warning("%s: copying its output failed: %r", self.name, exc)
         return code
