@@ -109,8 +109,7 @@ class TranscriptView:
             self._out.flush()
 
 
-async def _transcribe(args: argparse.Namespace) -> int:
-    pcm = await asyncio.to_thread(decode_file, args.file, SAMPLE_RATE)
+async def _transcribe(args: argparse.Namespace, pcm: bytes) -> int:
     total = len(pcm) / 2 / SAMPLE_RATE
     options = StreamOptions(
         model=args.model,
@@ -236,7 +235,7 @@ def format_status(snap: stt_pb2.TelemetrySnapshot) -> str:
 async def _status(args: argparse.Namespace) -> int:
     async with RecognizerClient(args.target, tls=_tls(args)) as client:
         if not args.watch:
-            print(format_status(await client.telemetry()))
+            print(format_status(await client.telemetry(args.timeout)))
             return 0
         async for snapshot in client.watch_telemetry(args.interval):
             print(format_status(snapshot) + "\n", flush=True)
@@ -284,6 +283,9 @@ def _parser(default_target: str) -> argparse.ArgumentParser:
     st = commands.add_parser("status", parents=[connection], help="show instances, load and queues")
     st.add_argument("--watch", action="store_true", help="keep printing snapshots")
     st.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots")
+    st.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for a snapshot (default 5)"
+    )
     return parser
 
 
@@ -293,16 +295,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.cert) != bool(args.key):
         parser.error("--cert and --key go together (a client certificate and its key)")
-    command = _transcribe if args.command == "transcribe" else _status
     aio_compat.install()
     try:
-        return asyncio.run(command(args))
+        if args.command == "transcribe":
+            # Decoded before the event loop, in this thread: Ctrl-C interrupts it between
+            # two frames. In a worker thread it could not be cancelled, and asyncio.run
+            # would wait for the whole file to be decoded before it returned.
+            pcm = decode_file(args.file, SAMPLE_RATE)
+            return asyncio.run(_transcribe(args, pcm))
+        return asyncio.run(_status(args))
     except grpc.aio.AioRpcError as err:
         print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
     except VoxmeshError as err:
         print(f"error: {err}", file=sys.stderr)
     except OSError as err:  # a TLS file that cannot be read
-        print(f"error: {err.strerror}: {err.filename}", file=sys.stderr)
+        reason = f"{err.strerror}: {err.filename}" if err.filename is not None else str(err)
+        print(f"error: {reason}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     return 1

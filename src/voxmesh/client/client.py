@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from voxmesh.errors import Unavailable
+from voxmesh.errors import DeadlineExceeded, Unavailable
 from voxmesh.rpc.tls import ClientTls
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
@@ -213,7 +213,7 @@ class RecognizerClient:
 
     async def watch_telemetry(
         self, interval_s: float = 1.0
-    ) -> AsyncIterator[stt_pb2.TelemetrySnapshot]:
+    ) -> AsyncGenerator[stt_pb2.TelemetrySnapshot, None]:
         """Yields the server's telemetry snapshots, one per ``interval_s``."""
         request = stt_pb2.WatchTelemetryRequest()
         request.interval.FromNanoseconds(int(interval_s * 1e9))
@@ -225,8 +225,18 @@ class RecognizerClient:
             call.cancel()
 
     async def telemetry(self, timeout_s: float = 5.0) -> stt_pb2.TelemetrySnapshot:
-        """The server's current telemetry snapshot."""
-        async with asyncio.timeout(timeout_s):
-            async for snapshot in self.watch_telemetry():
-                return snapshot
+        """The server's current telemetry snapshot.
+
+        Raises :class:`~voxmesh.errors.DeadlineExceeded` when none arrives within
+        ``timeout_s`` (a server that does not answer, or is not a voxmesh server).
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with contextlib.aclosing(self.watch_telemetry()) as snapshots:
+                    async for snapshot in snapshots:
+                        return snapshot
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no telemetry from {self.target} within {timeout_s:g} s"
+            ) from None
         raise Unavailable(f"{self.target}: the telemetry stream ended without a snapshot")
