@@ -7,15 +7,17 @@ import contextlib
 import dataclasses
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from tests.conditions import wait_until_async
+from voxmesh.discovery import file as file_registry
 from voxmesh.discovery.base import CAPACITY_PREEMPTIBLE, InstanceInfo
 from voxmesh.discovery.consul import service_definition
-from voxmesh.discovery.file import FileRegistrar, FileWatcher
+from voxmesh.discovery.file import EXPIRE_AFTER_TTLS, FileRegistrar, FileWatcher, record_of
 
 
 class Clock:
@@ -225,3 +227,167 @@ async def test_watch_yields_only_changes(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@pytest.mark.parametrize(
+    ("address", "target"),
+    [
+        ("::1", "[::1]:9100"),
+        ("fd00::5", "[fd00::5]:9100"),
+        ("[::1]", "[::1]:9100"),
+        ("10.0.0.5", "10.0.0.5:9100"),
+        ("asr-1.local", "asr-1.local:9100"),
+    ],
+)
+async def test_file_sd_target_brackets_ipv6_literals(
+    tmp_path: Path, clock: Clock, registrars: list[FileRegistrar], address: str, target: str
+) -> None:
+    """Prometheus reads ``host:port``: ``::1:9100`` would be a host ``::1:9100`` and no port."""
+    await new_registrar(registrars, tmp_path, clock).register(
+        dataclasses.replace(info(), address=address)
+    )
+    (entry,) = json.loads((tmp_path / "file_sd" / "asr-1.json").read_text())
+    assert entry["targets"] == [target]
+
+
+async def test_registry_files_are_readable_by_other_users(
+    tmp_path: Path, clock: Clock, registrars: list[FileRegistrar]
+) -> None:
+    """Prometheus often runs as its own user: a file_sd file it cannot read is no target."""
+    await new_registrar(registrars, tmp_path, clock).register(info())
+    modes = [p.stat().st_mode for p in registry_paths(tmp_path)]
+    assert modes and all(mode & 0o044 == 0o044 for mode in modes)
+
+
+def registry_paths(directory: Path) -> list[Path]:
+    """The JSON files under ``directory`` (records and file_sd)."""
+    return list(directory.rglob("*.json"))
+
+
+def registry_files(directory: Path) -> list[str]:
+    """Every file under ``directory``, relative, hidden ones included."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+async def test_records_of_dead_instances_are_deleted_well_past_their_ttl(
+    tmp_path: Path, clock: Clock, registrars: list[FileRegistrar], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SIGKILLed instance never deregisters: its record and file_sd target go once the
+    heartbeat is ``EXPIRE_AFTER_TTLS`` TTLs old, whichever pool's watcher sees it first."""
+    await new_registrar(registrars, tmp_path, clock).register(info("dead", pool="asr_large"))
+    await new_registrar(registrars, tmp_path, clock).register(info("dead-too"))
+    watcher = FileWatcher(tmp_path, "asr_small", ttl=10.0, clock=clock)
+    everything = ["dead-too.json", "dead.json", "file_sd/dead-too.json", "file_sd/dead.json"]
+
+    clock.now += EXPIRE_AFTER_TTLS * 10.0
+    assert watcher.scan() == []
+    assert registry_files(tmp_path) == everything, "stale, but not yet expired"
+
+    clock.now += 0.5
+    with caplog.at_level(logging.WARNING, logger="voxmesh.discovery.file"):
+        assert watcher.scan() == []
+    assert registry_files(tmp_path) == []
+    messages = sorted(r.getMessage() for r in caplog.records)
+    assert messages == [
+        "deleted the registry record of dead (asr_large at 127.0.0.1:50051): no heartbeat for 30 s",
+        "deleted the registry record of dead-too (asr_small at 127.0.0.1:50051): "
+        "no heartbeat for 30 s",
+    ]
+
+
+async def test_a_slow_live_instance_keeps_its_record_and_writes_it_back_if_deleted(
+    tmp_path: Path, clock: Clock, registrars: list[FileRegistrar]
+) -> None:
+    """Stale (not routed to) is not expired; and a record deleted from under a live
+    instance comes back with its next heartbeat."""
+    registrar = new_registrar(registrars, tmp_path, clock, interval=0.01)
+    await registrar.register(info())
+    watcher = FileWatcher(tmp_path, "asr_small", ttl=10.0, clock=clock)
+    stalled = FileWatcher(tmp_path, "asr_small", ttl=10.0, clock=lambda: clock.now + 29.0)
+    assert stalled.scan() == []  # 29 s without a heartbeat: stale ...
+    assert registry_files(tmp_path) == ["asr-1.json", "file_sd/asr-1.json"]  # ... kept
+
+    late = FileWatcher(tmp_path, "asr_small", ttl=10.0, clock=lambda: clock.now + 3600.0)
+    late.scan()  # as if the instance had stalled for an hour
+    await wait_until_async(lambda: [i.instance_id for i in watcher.scan()] == ["asr-1"])
+    assert registry_files(tmp_path) == ["asr-1.json", "file_sd/asr-1.json"]
+
+
+async def test_a_heartbeat_landing_while_a_record_expires_is_kept(
+    tmp_path: Path, registrars: list[FileRegistrar], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher read an expired heartbeat; the instance writes a fresh one before the
+    watcher deletes: the fresh record stays (it is re-checked after being renamed aside)."""
+    instance_clock, watcher_clock = Clock(1_000.0), Clock(2_000.0)
+    registrar = new_registrar(registrars, tmp_path, instance_clock)
+    await registrar.register(info())
+    real_read = file_registry.read_record
+
+    def read_then_heartbeat(path: Path) -> tuple[InstanceInfo, float]:
+        result = real_read(path)
+        if not path.name.startswith("."):
+            instance_clock.now = watcher_clock.now
+            registrar._write()  # the heartbeat lands between the read and the delete
+        return result
+
+    monkeypatch.setattr(file_registry, "read_record", read_then_heartbeat)
+    watcher = FileWatcher(tmp_path, "asr_small", ttl=10.0, clock=watcher_clock)
+    assert watcher.scan() == []  # this scan read the old heartbeat
+    assert registry_files(tmp_path) == ["asr-1.json", "file_sd/asr-1.json"]
+    monkeypatch.setattr(file_registry, "read_record", real_read)
+    assert [i.instance_id for i in watcher.scan()] == ["asr-1"]
+
+
+async def test_a_record_removed_by_someone_else_meanwhile_is_no_error(
+    tmp_path: Path, clock: Clock, registrars: list[FileRegistrar], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await new_registrar(registrars, tmp_path, clock).register(info())
+    real_read = file_registry.read_record
+
+    def read_then_vanish(path: Path) -> tuple[InstanceInfo, float]:
+        result = real_read(path)
+        path.unlink()  # another watcher deleted it between our read and our delete
+        return result
+
+    monkeypatch.setattr(file_registry, "read_record", read_then_vanish)
+    clock.now += 3600.0
+    assert FileWatcher(tmp_path, "asr_small", ttl=10.0, clock=clock).scan() == []
+    assert registry_files(tmp_path) == ["file_sd/asr-1.json"]  # the other watcher's to delete
+
+
+def test_concurrent_watchers_delete_each_expired_record_once(
+    tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Watchers in several threads (router, autoscaler, launcher) race over the same files."""
+    for n in range(40):
+        dead = info(f"dead-{n:02d}")
+        file_registry._write_atomic(tmp_path / f"{dead.instance_id}.json", record_of(dead, 0.0))
+        file_registry._write_atomic(tmp_path / "file_sd" / f"{dead.instance_id}.json", [])
+    watchers = [FileWatcher(tmp_path, "asr_small", ttl=10.0, clock=clock) for _ in range(6)]
+    start = threading.Barrier(len(watchers))
+    failures: list[BaseException] = []
+
+    def scan(watcher: FileWatcher) -> None:
+        start.wait()
+        try:
+            for _ in range(5):
+                watcher.scan()
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    with caplog.at_level(logging.WARNING, logger="voxmesh.discovery.file"):
+        threads = [threading.Thread(target=scan, args=(w,)) for w in watchers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert failures == []
+    assert registry_files(tmp_path) == []
+    deleted = [r.getMessage() for r in caplog.records if "deleted" in r.getMessage()]
+    assert len(deleted) == 40, "each record is deleted (and logged) by one watcher only"
+    assert not [r for r in caplog.records if "deleted" not in r.getMessage()]
+
+
+def test_expiry_cannot_be_set_below_the_ttl(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="expire_after=5 is below ttl=10"):
+        FileWatcher(tmp_path, "asr_small", ttl=10.0, expire_after=5.0)

@@ -18,6 +18,15 @@ polls the directory (inotify is not portable), skips partial or corrupt files
 with a log line, and yields the fresh, non-draining instances of its pool when
 that set changes. Heartbeats are wall-clock (``time.time``) seconds because
 several processes compare them.
+
+A record whose heartbeat is older than ``expire_after`` (by default
+``EXPIRE_AFTER_TTLS`` times the ttl) belongs to an instance that died without
+deregistering (SIGKILL, a crash): the watcher that sees it first deletes it and its
+file_sd target, so neither the registry nor Prometheus keeps it forever. The record
+is first renamed aside, which only one of several concurrent watchers can do, and
+read again there: a heartbeat written in between (an instance slow, not dead) is put
+back. A live instance whose record was deleted anyway writes both files again with
+its next heartbeat.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -36,10 +46,13 @@ from typing import Any
 
 from voxmesh.discovery.base import InstanceInfo, scrape_labels
 
-__all__ = ["FileRegistrar", "FileWatcher", "read_record", "record_of"]
+__all__ = ["EXPIRE_AFTER_TTLS", "FileRegistrar", "FileWatcher", "read_record", "record_of"]
 
 log = logging.getLogger(__name__)
 FILE_SD_DIR = "file_sd"
+EXPIRE_AFTER_TTLS = 3.0
+"""Default age of a deleted record, in watcher TTLs: well past the point where it stops
+being routed to, so that only an instance that is gone loses its files."""
 
 
 def record_of(info: InstanceInfo, heartbeat_unix: float) -> dict[str, Any]:
@@ -66,17 +79,38 @@ def read_record(path: Path) -> tuple[InstanceInfo, float]:
     return info, float(heartbeat)
 
 
+def _metrics_target(info: InstanceInfo) -> str:
+    """``host:metrics_port`` for Prometheus, an IPv6 literal in brackets (``[::1]:9100``):
+    :attr:`InstanceInfo.target`'s bracketing, applied to the metrics port."""
+    return dataclasses.replace(info, port=info.metrics_port).target
+
+
 def _write_atomic(path: Path, payload: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(payload, out)
+        # mkstemp creates 0600: a Prometheus running as another user must read file_sd.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _restore(aside: Path, path: Path) -> None:
+    """Moves a record renamed aside back, unless a newer one was written meanwhile."""
+    try:
+        os.link(aside, path)  # fails rather than replace a newer record
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links here: the rename back may replace a newer record
+        with contextlib.suppress(OSError):
+            os.replace(aside, path)
+        return
+    aside.unlink(missing_ok=True)
 
 
 class FileRegistrar:
@@ -130,7 +164,7 @@ class FileRegistrar:
         record, target = self._paths(info)
         # The same target labels as prometheus/prometheus.yml relabels from Consul meta.
         labels = scrape_labels(info)
-        file_sd = [{"targets": [f"{info.address}:{info.metrics_port}"], "labels": labels}]
+        file_sd = [{"targets": [_metrics_target(info)], "labels": labels}]
         # Written on the loop on purpose: a few hundred bytes to a local file, and a
         # write finished in a thread after deregister() would resurrect the record.
         _write_atomic(record, record_of(info, self._clock()))
@@ -157,13 +191,23 @@ class FileWatcher:
         ttl: float = 10.0,
         poll_interval: float = 0.5,
         clock: Callable[[], float] = time.time,
+        expire_after: float | None = None,
     ) -> None:
+        """``expire_after``: heartbeat age (s) at which a record of any pool is deleted;
+        None for ``EXPIRE_AFTER_TTLS * ttl``. It must not be below ``ttl``."""
+        expire = EXPIRE_AFTER_TTLS * ttl if expire_after is None else expire_after
+        if expire < ttl:
+            raise ValueError(f"expire_after={expire:g} is below ttl={ttl:g}")
         self._dir, self._pool = Path(directory), pool
         self._ttl, self._poll, self._clock = ttl, poll_interval, clock
+        self._expire_after = expire
         self._reported: dict[Path, float] = {}
 
     def scan(self) -> list[InstanceInfo]:
-        """One look at the directory: fresh, non-draining instances of the pool."""
+        """One look at the directory: fresh, non-draining instances of the pool.
+
+        Deletes the records (and file_sd targets) of every pool that expired.
+        """
         now, found = self._clock(), []
         try:
             paths = sorted(p for p in self._dir.glob("*.json") if not p.name.startswith("."))
@@ -176,10 +220,43 @@ class FileWatcher:
             except (OSError, ValueError, KeyError) as exc:
                 self._report(path, exc)
                 continue
-            fresh = now - heartbeat <= self._ttl
-            if info.pool == self._pool and fresh and not info.draining:
+            age = now - heartbeat
+            if age > self._expire_after:
+                self._expire(path)
+                continue
+            if info.pool == self._pool and age <= self._ttl and not info.draining:
                 found.append(info)
         return sorted(found, key=lambda i: i.instance_id)
+
+    def _expire(self, path: Path) -> None:
+        """Deletes the expired record at ``path`` and its file_sd target (see the module
+        docstring); a file that another watcher removed meanwhile is no error."""
+        aside = path.with_name(f".{path.name}.expired-{os.getpid()}-{threading.get_ident()}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return  # another watcher, or the instance's own deregister, got there first
+        except OSError as exc:
+            log.warning("cannot delete the expired registry record %s: %s", path, exc)
+            return
+        try:
+            info, heartbeat = read_record(aside)
+        except (OSError, ValueError, KeyError):  # whole a moment ago: not ours to judge
+            _restore(aside, path)
+            return
+        age = self._clock() - heartbeat
+        if age <= self._expire_after:  # a heartbeat landed in between
+            _restore(aside, path)
+            return
+        aside.unlink(missing_ok=True)
+        (self._dir / FILE_SD_DIR / path.name).unlink(missing_ok=True)
+        log.warning(
+            "deleted the registry record of %s (%s at %s): no heartbeat for %.0f s",
+            info.instance_id,
+            info.pool,
+            info.target,
+            age,
+        )
 
     def _report(self, path: Path, exc: Exception) -> None:
         """Logs an unusable file once per version of it (not on every poll)."""
