@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     aio_compat.install()  # instance statuses must reach the relay intact
-    return asyncio.run(serve(settings))
+    try:
+        return asyncio.run(serve(settings))
+    except SettingsError as err:  # found only at start-up: a port already in use
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

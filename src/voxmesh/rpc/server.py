@@ -22,6 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from voxmesh.errors import SettingsError
 from voxmesh.rpc.tls import ServerTls, server_credentials
 
 __all__ = ["ServerOptions", "ServiceServer", "wait_for_signal"]
@@ -29,6 +30,8 @@ __all__ = ["ServerOptions", "ServiceServer", "wait_for_signal"]
 logger = logging.getLogger(__name__)
 
 _MAX_MESSAGE_BYTES = 20 * 1024 * 1024
+_GRPC_BIND_FAILED = "in use, or not an address of this machine"
+"""grpcio says no more than "Failed to bind" (the reason goes to its own log)."""
 
 
 @dataclass(frozen=True)
@@ -87,25 +90,23 @@ class ServiceServer:
         self._service_names.append(full_name)
 
     async def start(self) -> None:
-        """Binds and starts; health starts NOT_SERVING until :meth:`set_serving`."""
+        """Binds and starts; health starts NOT_SERVING until :meth:`set_serving`.
+
+        Raises :class:`SettingsError` naming the setting (``port``, ``metrics_port``) and
+        the address when a port cannot be bound (in use, or not an address of this host).
+        """
         reflection.enable_server_reflection(
             [*self._service_names, reflection.SERVICE_NAME], self._server
         )
-        address = f"{self._options.host}:{self._options.port}"
-        if self._options.tls is None:
-            self.port = self._server.add_insecure_port(address)
-        else:
-            self.port = self._server.add_secure_port(address, server_credentials(self._options.tls))
-        if self.port == 0:
-            raise OSError(f"could not bind {self._options.host}:{self._options.port}")
-        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._server.start()
+        self.port = self._bind_grpc()
         if self._options.metrics_port is not None:
-            httpd, _thread = start_http_server(
-                self._options.metrics_port, addr=self._options.host, registry=self._registry
-            )
-            self._metrics_httpd = httpd
-            self.metrics_port = int(httpd.server_port)
+            self._start_metrics(self._options.metrics_port)
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            await self._server.start()
+        except BaseException:
+            self._stop_metrics()
+            raise
         logger.info(
             "listening on %s:%s (%s, metrics %s)",
             self._options.host,
@@ -113,6 +114,43 @@ class ServiceServer:
             _transport(self._options.tls),
             self.metrics_port or "off",
         )
+
+    def _bind_grpc(self) -> int:
+        """Binds the gRPC port; a port that cannot be bound is a :class:`SettingsError`.
+
+        grpcio raises ``RuntimeError("Failed to bind ...")`` for a busy port (older
+        versions returned 0): both become one error naming the setting and the address.
+        """
+        host, port = self._options.host, self._options.port
+        address = f"{_bracketed(host)}:{port}"
+        try:
+            if self._options.tls is None:
+                bound = self._server.add_insecure_port(address)
+            else:
+                bound = self._server.add_secure_port(address, server_credentials(self._options.tls))
+        except RuntimeError as err:
+            raise _bind_error("port", port, address, _GRPC_BIND_FAILED) from err
+        if bound == 0:
+            raise _bind_error("port", port, address, _GRPC_BIND_FAILED)
+        return int(bound)
+
+    def _start_metrics(self, port: int) -> None:
+        """Starts the Prometheus HTTP endpoint; a busy port is a :class:`SettingsError`."""
+        address = f"{_bracketed(self._options.host)}:{port}"
+        try:
+            httpd, _thread = start_http_server(
+                port, addr=self._options.host.strip("[]"), registry=self._registry
+            )
+        except OSError as err:
+            raise _bind_error("metrics_port", port, address, err.strerror or str(err)) from err
+        self._metrics_httpd = httpd
+        self.metrics_port = int(httpd.server_port)
+
+    def _stop_metrics(self) -> None:
+        httpd, self._metrics_httpd = self._metrics_httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
 
     async def set_serving(self) -> None:
         """Reports SERVING for the whole server and every service."""
@@ -133,13 +171,20 @@ class ServiceServer:
         self._stopped = True
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
-        if self._metrics_httpd is not None:
-            self._metrics_httpd.shutdown()
-            self._metrics_httpd.server_close()
+        self._stop_metrics()
 
     async def wait_for_termination(self) -> None:
         """Returns when the server has stopped."""
         await self._server.wait_for_termination()
+
+
+def _bracketed(host: str) -> str:
+    """``host`` as the host part of ``host:port``: an IPv6 literal in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _bind_error(setting: str, port: int, address: str, reason: str) -> SettingsError:
+    return SettingsError(f"setting {setting}={port}: cannot listen on {address}: {reason}")
 
 
 def _transport(tls: ServerTls | None) -> str:
