@@ -4,13 +4,16 @@ Each field of a settings dataclass may be given, in increasing precedence, by
 its default, an environment variable ``<PREFIX>_<FIELD>`` (for example
 ``VOXMESH_ASR_MAX_STREAMS``) or a command-line flag ``--max-streams``. The help
 text of a flag is the field's ``metadata["help"]``. Values are converted to the
-field's type and validated; errors name the setting and the value.
+field's type and validated; errors name the setting and the value. A float setting
+must be finite: ``nan`` or ``inf`` given as a string is refused (no setting means
+"forever" by ``inf``; one that ever needs it must say so with its own sentinel).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -52,7 +55,10 @@ def _convert(name: str, raw: str, kind: Any) -> Any:
         if kind is int:
             return int(raw)
         if kind is float:
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise SettingsError(f"setting {name}={raw!r}: expected a finite number")
+            return value
         if kind is str:
             return raw
     except ValueError:

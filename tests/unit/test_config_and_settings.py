@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from voxmesh.asr.config import check_model, validate_streaming_config
 from voxmesh.asr.settings import AsrSettings
 from voxmesh.errors import InvalidArgument, NotFound, SettingsError
-from voxmesh.settings import load
+from voxmesh.settings import load, setting
 from voxmesh.stt.v1 import stt_pb2
 
 
@@ -83,3 +85,26 @@ def test_a_wildcard_host_needs_an_advertised_address_for_discovery(host: str) ->
     assert advertised.advertise_host == "10.0.0.7"
     alone = load(AsrSettings, prefix="VOXMESH_ASR", argv=["--host", host])
     assert alone.discovery == "none"  # nothing published: no address needed
+
+
+@dataclasses.dataclass(frozen=True)
+class _Floats:
+    """Float settings in every shape ``load`` converts."""
+
+    plain: float = setting(1.0, "a float")
+    maybe: float | None = setting(None, "an optional float")
+    several: tuple[float, ...] = setting((), "a list of floats")
+
+
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999"])
+def test_float_settings_must_be_finite(raw: str) -> None:
+    """``float()`` takes nan and inf, which would pass every ``> 0`` check as a timeout."""
+    with pytest.raises(SettingsError, match=rf"VOXMESH_ASR_DRAIN_TIMEOUT={raw!r}: .*finite"):
+        load(AsrSettings, prefix="VOXMESH_ASR", env={"VOXMESH_ASR_DRAIN_TIMEOUT": raw})
+    with pytest.raises(SettingsError, match=rf"--interim-interval={raw!r}: .*finite"):
+        load(AsrSettings, prefix="VOXMESH_ASR", argv=[f"--interim-interval={raw}"])
+    for argv in ([f"--plain={raw}"], [f"--maybe={raw}"], [f"--several=1.5,{raw}"]):
+        with pytest.raises(SettingsError, match="finite"):
+            load(_Floats, prefix="T", argv=argv)
+    fine = load(_Floats, prefix="T", argv=["--plain=1e3", "--maybe=-0.5", "--several=1,2"])
+    assert (fine.plain, fine.maybe, fine.several) == (1000.0, -0.5, (1.0, 2.0))
