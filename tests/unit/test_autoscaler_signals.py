@@ -23,11 +23,13 @@ from services.autoscaler.signals.prometheus import (
     load_from_results,
     parse_vector,
 )
-from services.autoscaler.signals.telemetry import TelemetrySource
+from services.autoscaler.signals.telemetry import TelemetrySource, _Feed, _instance_load
 from services.autoscaler.targets.base import CapacityClass, GroupStatus
 from services.autoscaler.targets.nomad import NomadTarget
+from voxmesh.discovery import InstanceInfo
 from voxmesh.errors import SettingsError
 from voxmesh.leader import ConsulLeaderLock, FileLeaderLock
+from voxmesh.stt.v1 import stt_pb2
 
 
 def _status(desired: int, running: int, **extra: object) -> GroupStatus:
@@ -233,3 +235,18 @@ async def test_cluster_settings_wire_consul_discovery_the_consul_lock_and_nomad(
     await sole.release()
     await asyncio.wait_for(holding, 1)
     assert not sole.is_leader
+
+
+def test_gpu_figures_an_instance_reports_unknown_are_not_read_as_zero() -> None:
+    """A GPU whose utilisation NVML does not report is not an idle GPU: the guard must
+    not see 0 %, only the figures that were read."""
+    info = InstanceInfo("a", "asr_small", "tiny.en", "127.0.0.1", 1)
+    snapshot = stt_pb2.TelemetrySnapshot(
+        instance_id="a", state=stt_pb2.SERVING_STATE_SERVING, gpu_available=True
+    )
+    snapshot.gpus.add(index=0, memory_total_bytes=8, unknown_figures=["utilization_ratio"])
+    snapshot.gpus.add(index=1, utilization_ratio=0.4, memory_used_bytes=2, memory_total_bytes=8)
+    load = _instance_load(_Feed("instance", info, 0.0), snapshot)
+    assert load.gpu_utilisation == 0.4
+    snapshot.gpus[1].unknown_figures.append("utilization_ratio")
+    assert _instance_load(_Feed("instance", info, 0.0), snapshot).gpu_utilisation is None

@@ -16,7 +16,7 @@ from voxmesh.asr.instance import AsrInstance, InstanceIdentity
 from voxmesh.asr.metrics import AsrMetrics
 from voxmesh.asr.scheduler import SchedulerOptions
 from voxmesh.asr.session import SessionOptions
-from voxmesh.telemetry import GpuSampler
+from voxmesh.telemetry import GpuSampler, known_figure
 
 UUIDS = [f"GPU-{i}{i}{i}{i}aaaa-0000-0000-0000-00000000000{i}" for i in range(4)]
 
@@ -266,5 +266,9 @@ async def test_the_snapshot_and_gauges_show_only_the_gpus_and_figures_read() -> 
         assert [g.index for g in snap.gpus] == [0, 1] and snap.gpus[1].power_watts == 100.001
         assert gauges("utilization_ratio") == [None, None], "no series for an unknown figure"
         assert gauges("memory_used_bytes") == [0.0, float(1 << 30)]
+        # On the wire the unknown figure is named: consumers read it as unknown, not 0.
+        assert [list(g.unknown_figures) for g in snap.gpus] == [["utilization_ratio"]] * 2
+        assert known_figure(snap.gpus[1], "utilization_ratio") is None
+        assert known_figure(snap.gpus[1], "power_watts") == 100.001
     finally:
         await instance.shutdown()

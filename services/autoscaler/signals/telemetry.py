@@ -32,6 +32,7 @@ import grpc
 from services.autoscaler.signals.base import InstanceLoad, PoolLoad
 from voxmesh.discovery import InstanceInfo, Watcher
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
+from voxmesh.telemetry.stats import known_figure
 
 __all__ = ["StaticWatcher", "TelemetrySource"]
 
@@ -237,14 +238,22 @@ def _wanted(feed: _Feed) -> bool:
 
 def _instance_load(feed: _Feed, snapshot: stt_pb2.TelemetrySnapshot) -> InstanceLoad:
     gpus = list(snapshot.gpus) if snapshot.gpu_available else []
-    memory = [g.memory_used_bytes / g.memory_total_bytes for g in gpus if g.memory_total_bytes]
+    memory = [
+        used / total
+        for g in gpus
+        if (used := known_figure(g, "memory_used_bytes")) is not None
+        and (total := known_figure(g, "memory_total_bytes"))
+    ]
     return InstanceLoad(
         instance_id=snapshot.instance_id or feed.info.instance_id,
         capacity_class=snapshot.capacity_class or feed.info.capacity_class,
         active_streams=snapshot.active_streams,
         max_streams=snapshot.max_streams,
         serving=feed.listed and snapshot.state == stt_pb2.SERVING_STATE_SERVING,
-        gpu_utilisation=max((g.utilization_ratio for g in gpus), default=None),
+        gpu_utilisation=max(
+            (u for g in gpus if (u := known_figure(g, "utilization_ratio")) is not None),
+            default=None,
+        ),
         gpu_memory_ratio=max(memory, default=None),
         real_time_factor=snapshot.real_time_factor,
     )

@@ -197,9 +197,10 @@ class AsrInstance:
                 "temperature_celsius": g.temperature_celsius,
                 "power_watts": g.power_watts,
             }
-            # A figure NVML does not report is left unset (GpuStats has no presence).
+            # A figure NVML does not report is left 0 and named (GpuStats has no presence).
             known: dict[str, float] = {k: v for k, v in figures.items() if v is not None}
-            snap.gpus.add(index=g.index, name=g.name, **known)
+            unknown = [k for k, v in figures.items() if v is None]
+            snap.gpus.add(index=g.index, name=g.name, unknown_figures=unknown, **known)
         self._set_gpu_gauges(gpus.readings)
         return snap
 

@@ -31,6 +31,7 @@ from voxmesh.errors import VoxmeshError
 from voxmesh.rpc import aio_compat
 from voxmesh.rpc.tls import ClientTls
 from voxmesh.stt.v1 import stt_pb2
+from voxmesh.telemetry.stats import known_figure
 
 __all__ = ["main"]
 
@@ -218,9 +219,14 @@ def format_status(snap: stt_pb2.TelemetrySnapshot) -> str:
             f"real-time factor {snap.real_time_factor:.2f}"
         )
         for gpu in snap.gpus:
+            busy = known_figure(gpu, "utilization_ratio")
+            used = known_figure(gpu, "memory_used_bytes")
+            total = known_figure(gpu, "memory_total_bytes")
             lines.append(
-                f"gpu {gpu.index} {gpu.name}: {gpu.utilization_ratio:.0%} busy, "
-                f"{gpu.memory_used_bytes / 2**30:.1f}/{gpu.memory_total_bytes / 2**30:.1f} GiB"
+                f"gpu {gpu.index} {gpu.name}: "
+                f"{'?' if busy is None else f'{busy:.0%}'} busy, "
+                f"{'?' if used is None else f'{used / 2**30:.1f}'}/"
+                f"{'?' if total is None else f'{total / 2**30:.1f}'} GiB"
             )
         if not snap.gpu_available:
             lines.append(f"no GPU: {snap.gpu_unavailable_reason}")

@@ -2,5 +2,6 @@
 
 from voxmesh.telemetry.gpu import GpuReading, GpuSample, GpuSampler
 from voxmesh.telemetry.host import HostSampler
+from voxmesh.telemetry.stats import known_figure
 
-__all__ = ["GpuReading", "GpuSample", "GpuSampler", "HostSampler"]
+__all__ = ["GpuReading", "GpuSample", "GpuSampler", "HostSampler", "known_figure"]

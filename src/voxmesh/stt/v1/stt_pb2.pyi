@@ -816,6 +816,7 @@ class GpuStats(_message.Message):
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     TEMPERATURE_CELSIUS_FIELD_NUMBER: _builtins.int
     POWER_WATTS_FIELD_NUMBER: _builtins.int
+    UNKNOWN_FIGURES_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """NVML device index."""
     name: _builtins.str
@@ -830,6 +831,13 @@ class GpuStats(_message.Message):
     """Core temperature, degrees Celsius."""
     power_watts: _builtins.float
     """Power draw, watts."""
+    @_builtins.property
+    def unknown_figures(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the figures above that NVML does not report for this device (for
+        example `power_watts` on boards without a power sensor): those fields are
+        0 and mean "unknown", not zero. Empty when every figure was read.
+        """
+
     def __init__(
         self,
         *,
@@ -840,10 +848,11 @@ class GpuStats(_message.Message):
         memory_total_bytes: _builtins.int = ...,
         temperature_celsius: _builtins.float = ...,
         power_watts: _builtins.float = ...,
+        unknown_figures: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "name", b"name", "power_watts", b"power_watts", "temperature_celsius", b"temperature_celsius", "utilization_ratio", b"utilization_ratio"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "name", b"name", "power_watts", b"power_watts", "temperature_celsius", b"temperature_celsius", "unknown_figures", b"unknown_figures", "utilization_ratio", b"utilization_ratio"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
