@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["wait_until", "wait_until_async"]
+__all__ = ["alive", "wait_until", "wait_until_async"]
 
 
 def wait_until(
@@ -31,3 +32,12 @@ async def wait_until_async(
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout} s: {predicate!r}")
         await asyncio.sleep(interval)
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, dead but not yet reaped, is not alive)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

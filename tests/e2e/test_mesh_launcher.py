@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conditions import wait_until
+from tests.conditions import alive, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,15 +85,6 @@ def write_fakes(directory: Path) -> None:
         (package / "__init__.py").write_text("")
         (package / "__main__.py").write_text(f"import mesh_fake\nmesh_fake.main({role!r})\n")
     (directory / "services" / "__init__.py").write_text("")
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, dead but not yet reaped, is not alive)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @dataclass

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from services.autoscaler.signals.base import PoolLoad
 from services.autoscaler.signals.telemetry import StaticWatcher, TelemetrySource
 from tests.conditions import wait_until_async
-from tests.integration.router_harness import HeldStream, mesh, pcm
+from tests.integration.router_harness import HeldStream, Mesh, mesh, pcm
 from voxmesh.discovery import InstanceInfo
 
 
@@ -22,6 +22,17 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _source(m: Mesh) -> TelemetrySource:
+    """Follows the harness's asr_small instances and its router, polling fast."""
+    return TelemetrySource(
+        ["asr_small"],
+        m.discovery.watcher,
+        StaticWatcher([m.router.target]),
+        interval_s=0.1,
+        backoff_s=(0.05, 0.2),
+    )
 
 
 async def _until(source: TelemetrySource, check: Callable[[PoolLoad], bool]) -> PoolLoad:
@@ -32,13 +43,7 @@ async def _until(source: TelemetrySource, check: Callable[[PoolLoad], bool]) -> 
 async def test_demand_capacity_and_queue_come_from_instances_and_the_router() -> None:
     async with mesh(queue_max_wait_s=20.0) as m:
         fake = await m.add("a", max_streams=1, capacity_class="preemptible")
-        source = TelemetrySource(
-            ["asr_small"],
-            m.discovery.watcher,
-            StaticWatcher([m.router.target]),
-            interval_s=0.1,
-            backoff_s=(0.05, 0.2),
-        )
+        source = _source(m)
         running = asyncio.create_task(source.run())
         try:
             idle = await _until(source, lambda load: not load.missing and bool(load.instances))
@@ -99,13 +104,7 @@ async def test_a_silent_instance_ages_the_signals_but_not_the_routers_demand() -
         await m.add("a", max_streams=2)
         port = _free_port()  # listed, but nothing answers there
         m.discovery.put(InstanceInfo("b", "asr_small", "", "127.0.0.1", port, max_streams=2))
-        source = TelemetrySource(
-            ["asr_small"],
-            m.discovery.watcher,
-            StaticWatcher([m.router.target]),
-            interval_s=0.1,
-            backoff_s=(0.05, 0.2),
-        )
+        source = _source(m)
         running = asyncio.create_task(source.run())
         try:
             load = await _until(source, lambda load: not load.missing and load.age_s > 1.0)

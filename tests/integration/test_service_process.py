@@ -14,19 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conditions import wait_until, wait_until_async
+from tests.conditions import alive, wait_until, wait_until_async
 from voxmesh.mesh.process import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, dead but not yet reaped, is not alive)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def write_module(directory: Path, name: str, source: str) -> None:
