@@ -57,8 +57,10 @@ class StreamContext:
     def keep_from(self, default: int) -> int:
         """The oldest sample a future decode may need (``default`` when none)."""
         horizon = self._cursor - self.context_samples
-        self._retire([h for h in self._history if h[0] < horizon])
-        self._history = [h for h in self._history if h[0] >= horizon]
+        old = [h for h in self._history if h[0] < horizon]
+        if old:  # the history is in stream order: the old ones lead
+            self._retire(old)
+            del self._history[: len(old)]
         return self._history[0][0] if self._history else default
 
     def _retire(self, finals: list[tuple[int, int, str]]) -> None:

@@ -37,7 +37,7 @@ from voxmesh.asr.config import (
 )
 from voxmesh.asr.instance import AsrInstance
 from voxmesh.asr.results import duration, final_result, to_response
-from voxmesh.asr.session import Final, SessionEvent, StreamParams, StreamSession
+from voxmesh.asr.session import Final, StreamParams, StreamSession
 from voxmesh.rpc.metadata import OFFSET_KEY, SKIP_KEY, last_resort_asked, value_of
 from voxmesh.rpc.status import abort, code_of
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
@@ -152,13 +152,13 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         )
         reader = asyncio.create_task(self._read(iterator, decoder, session))
         try:
-            while (event := await _next_event(session, reader)) is not None:
+            while (event := await session.next_event(reader)) is not None:
                 if isinstance(event, Final):
                     self._instance.metrics.results.labels("final").inc()
                 else:
                     self._instance.metrics.results.labels("event").inc()
                 yield to_response(event, params.language or "en")
-            _raise_worker_error(session)
+            session.raise_worker_error()
             yield stt_pb2.StreamingRecognizeResponse(
                 summary=self._summary(params.stream_id, session)
             )
@@ -219,10 +219,13 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
             )
         pieces: list[Samples] = []
         limit = int(self._max_unary_seconds * MODEL_SAMPLE_RATE)
+        decoded = 0
 
         async def take(samples: Samples) -> None:
+            nonlocal decoded
             pieces.append(samples)
-            if (decoded := sum(len(p) for p in pieces)) > limit:
+            decoded += len(samples)
+            if decoded > limit:
                 raise errors.InvalidArgument(
                     f"audio of over {decoded / MODEL_SAMPLE_RATE:.1f} s exceeds the Recognize "
                     f"limit of {self._max_unary_seconds:g} s: use StreamingRecognize"
@@ -248,10 +251,10 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         feeder = asyncio.create_task(self._feed_all(session, audio))
         results: list[stt_pb2.StreamingRecognitionResult] = []
         try:
-            while (event := await _next_event(session, feeder)) is not None:
+            while (event := await session.next_event(feeder)) is not None:
                 if isinstance(event, Final) and event.text:
                     results.append(final_result(event, params.language or "en"))
-            _raise_worker_error(session)
+            session.raise_worker_error()
         finally:
             await _cancel(feeder)
             await session.close()
@@ -283,30 +286,6 @@ async def _decode(
         await take(await asyncio.to_thread(decoder.feed, data))
     while decoder.pending:
         await take(await asyncio.to_thread(decoder.more))
-
-
-async def _next_event(session: StreamSession, producer: asyncio.Task[None]) -> SessionEvent | None:
-    """The session's next event (None at its end, see :meth:`StreamSession.next_event`);
-    raises the error of ``producer``, the task feeding the session, as soon as it fails
-    (the worker would wait for its audio forever)."""
-    if not producer.done():
-        getter = asyncio.create_task(session.next_event())
-        try:
-            await asyncio.wait({getter, producer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            await _cancel(getter)  # a getter still waiting has taken no event: none is lost
-        failed = producer.done() and (producer.cancelled() or producer.exception() is not None)
-        if getter.done() and not getter.cancelled() and not failed:
-            return getter.result()
-    producer.result()  # raises its error, if it failed
-    return await session.next_event()
-
-
-def _raise_worker_error(session: StreamSession) -> None:
-    """Raises the error the session's worker failed with, if it did."""
-    worker = session.worker
-    if worker.done() and not worker.cancelled() and (err := worker.exception()) is not None:
-        raise err
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

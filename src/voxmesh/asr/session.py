@@ -209,8 +209,7 @@ class StreamSession:
     # -- producer side (RPC handler) ---------------------------------------
     def feed(self, samples: Samples) -> None:
         """Adds decoded 16 kHz audio; raises OUT_OF_RANGE / RESOURCE_EXHAUSTED."""
-        if self._task.done():
-            self._raise_worker_error()
+        self.raise_worker_error()
         self.received_seconds += len(samples) / SR
         if self.received_seconds > self._opt.max_stream:
             raise OutOfRange(
@@ -244,18 +243,28 @@ class StreamSession:
         self._finished = True
         self._wake.set()
 
-    async def next_event(self) -> SessionEvent | None:
+    async def next_event(self, producer: asyncio.Task[None] | None = None) -> SessionEvent | None:
         """The next event, or None once the stream has ended and every event before
         the end was read, however the worker ended: a failed or cancelled worker may
         have had no room left for the ``None`` that ends ``events``, so a reader that
         waits on ``events`` alone could wait forever. The error of a failed worker
-        is then on :attr:`worker`."""
-        while self.events.empty():
+        is then on :attr:`worker` (:meth:`raise_worker_error`).
+
+        ``producer``, the task feeding the session, has its error raised as soon as it
+        fails: the worker would otherwise wait for its audio forever."""
+        while True:
+            if producer is not None and producer.done():
+                producer.result()  # raises its error, if it failed
+            if not self.events.empty():
+                return self.events.get_nowait()
             if self._task.done():
                 return None
             getter = asyncio.ensure_future(self.events.get())
+            waiting: set[asyncio.Future[Any]] = {getter, self._task}
+            if producer is not None and not producer.done():
+                waiting.add(producer)
             try:
-                await asyncio.wait({getter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 if not getter.done():
                     # An event not taken yet stays queued for the next call.
@@ -263,8 +272,9 @@ class StreamSession:
                     with contextlib.suppress(asyncio.CancelledError):
                         await getter
             if getter.done() and not getter.cancelled():
+                if producer is not None and producer.done():
+                    producer.result()  # a failed producer comes first
                 return getter.result()
-        return self.events.get_nowait()
 
     async def close(self) -> None:
         """Stops the worker (idempotent); pending decodes are dropped."""
@@ -273,10 +283,12 @@ class StreamSession:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
 
-    def _raise_worker_error(self) -> None:
-        err = self._task.exception() if not self._task.cancelled() else None
-        if err is not None:
-            raise err
+    def raise_worker_error(self) -> None:
+        """Raises the error the worker failed with, if it has failed."""
+        if self._task.done() and not self._task.cancelled():
+            err = self._task.exception()
+            if err is not None:
+                raise err
 
     @property
     def caught_up(self) -> bool:
@@ -494,9 +506,8 @@ class StreamSession:
         """The oldest sample the next utterance's lead pad may need: ``pad_before`` in
         front of its onset, queued or yet to be reported. (Onsets are reported frames
         late, so trimming from the newest sample would cut into that pad.)"""
-        onsets = [pos for kind, pos in self._vad_events if kind is VadEvent.SPEECH_STARTED]
-        onset = onsets[0] if onsets else self._endpointer.onset_floor
-        return onset - self._pad_before
+        onsets = (pos for kind, pos in self._vad_events if kind is VadEvent.SPEECH_STARTED)
+        return next(onsets, self._endpointer.onset_floor) - self._pad_before
 
     async def _publish_final(self, output: DecodeOutput, start: int, end: int, window: int) -> None:
         noise = output.looks_like_noise()
