@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from voxmesh.rpc.address import host_port
+
 __all__ = [
     "CAPACITY_ON_DEMAND",
     "CAPACITY_PREEMPTIBLE",
@@ -77,10 +79,7 @@ class InstanceInfo:
     @property
     def target(self) -> str:
         """The gRPC target ``host:port``; an IPv6 literal in brackets (``[::1]:50051``)."""
-        host = self.address
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return f"{host}:{self.port}"
+        return host_port(self.address, self.port)
 
 
 class Registrar(Protocol):

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from voxmesh.discovery.base import InstanceInfo, scrape_labels
+from voxmesh.rpc.address import host_port
 
 __all__ = ["EXPIRE_AFTER_TTLS", "FileRegistrar", "FileWatcher", "read_record", "record_of"]
 
@@ -77,12 +78,6 @@ def read_record(path: Path) -> tuple[InstanceInfo, float]:
     if not isinstance(info.port, int) or not isinstance(info.instance_id, str):
         raise ValueError("port or instance_id has the wrong type")
     return info, float(heartbeat)
-
-
-def _metrics_target(info: InstanceInfo) -> str:
-    """``host:metrics_port`` for Prometheus, an IPv6 literal in brackets (``[::1]:9100``):
-    :attr:`InstanceInfo.target`'s bracketing, applied to the metrics port."""
-    return dataclasses.replace(info, port=info.metrics_port).target
 
 
 def _write_atomic(path: Path, payload: object) -> None:
@@ -164,7 +159,7 @@ class FileRegistrar:
         record, target = self._paths(info)
         # The same target labels as prometheus/prometheus.yml relabels from Consul meta.
         labels = scrape_labels(info)
-        file_sd = [{"targets": [_metrics_target(info)], "labels": labels}]
+        file_sd = [{"targets": [host_port(info.address, info.metrics_port)], "labels": labels}]
         # Written on the loop on purpose: a few hundred bytes to a local file, and a
         # write finished in a thread after deregister() would resurrect the record.
         _write_atomic(record, record_of(info, self._clock()))

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from voxmesh.errors import SettingsError
+from voxmesh.rpc.address import host_port
 from voxmesh.rpc.tls import ServerTls, server_credentials
 
 __all__ = ["ServerOptions", "ServiceServer", "wait_for_signal"]
@@ -122,7 +123,7 @@ class ServiceServer:
         versions returned 0): both become one error naming the setting and the address.
         """
         host, port = self._options.host, self._options.port
-        address = f"{_bracketed(host)}:{port}"
+        address = host_port(host, port)
         try:
             if self._options.tls is None:
                 bound = self._server.add_insecure_port(address)
@@ -136,7 +137,7 @@ class ServiceServer:
 
     def _start_metrics(self, port: int) -> None:
         """Starts the Prometheus HTTP endpoint; a busy port is a :class:`SettingsError`."""
-        address = f"{_bracketed(self._options.host)}:{port}"
+        address = host_port(self._options.host, port)
         try:
             httpd, _thread = start_http_server(
                 port, addr=self._options.host.strip("[]"), registry=self._registry
@@ -176,11 +177,6 @@ class ServiceServer:
     async def wait_for_termination(self) -> None:
         """Returns when the server has stopped."""
         await self._server.wait_for_termination()
-
-
-def _bracketed(host: str) -> str:
-    """``host`` as the host part of ``host:port``: an IPv6 literal in brackets."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _bind_error(setting: str, port: int, address: str, reason: str) -> SettingsError:
