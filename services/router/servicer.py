@@ -27,7 +27,7 @@ from voxmesh.errors import InvalidArgument, ResourceExhausted, Unavailable, Voxm
 from voxmesh.rpc import status
 from voxmesh.rpc.wellknown import duration, timestamp
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
-from voxmesh.telemetry.stats import known_figure
+from voxmesh.telemetry.stats import max_known
 
 __all__ = ["RouterRecognizer", "RouterTelemetry", "snapshot_builder"]
 
@@ -337,8 +337,8 @@ def _instance_load(member: Member) -> stt_pb2.InstanceLoad:
         row.pending_work = snapshot.pending_work
         row.gpu_available = snapshot.gpu_available
         if snapshot.gpu_available:
-            known = (known_figure(gpu, "utilization_ratio") for gpu in snapshot.gpus)
-            row.gpu_utilization_ratio = max((u for u in known if u is not None), default=0.0)
+            busiest = max_known(snapshot.gpus, "utilization_ratio")
+            row.gpu_utilization_ratio = 0.0 if busiest is None else busiest
         row.telemetry_age.CopyFrom(duration(age))
         drain_left = member.drain_left_s()
         if drain_left is not None:

@@ -32,7 +32,7 @@ import grpc
 from services.autoscaler.signals.base import InstanceLoad, PoolLoad
 from voxmesh.discovery import InstanceInfo, Watcher
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
-from voxmesh.telemetry.stats import known_figure
+from voxmesh.telemetry.stats import known_figure, max_known
 
 __all__ = ["StaticWatcher", "TelemetrySource"]
 
@@ -250,10 +250,7 @@ def _instance_load(feed: _Feed, snapshot: stt_pb2.TelemetrySnapshot) -> Instance
         active_streams=snapshot.active_streams,
         max_streams=snapshot.max_streams,
         serving=feed.listed and snapshot.state == stt_pb2.SERVING_STATE_SERVING,
-        gpu_utilisation=max(
-            (u for g in gpus if (u := known_figure(g, "utilization_ratio")) is not None),
-            default=None,
-        ),
+        gpu_utilisation=max_known(gpus, "utilization_ratio"),
         gpu_memory_ratio=max(memory, default=None),
         real_time_factor=snapshot.real_time_factor,
     )

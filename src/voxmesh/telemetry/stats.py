@@ -7,9 +7,11 @@ is 0 on the wire and named in ``unknown_figures``. Consumers read figures throug
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from voxmesh.stt.v1 import stt_pb2
 
-__all__ = ["known_figure"]
+__all__ = ["known_figure", "max_known"]
 
 
 def known_figure(gpu: stt_pb2.GpuStats, name: str) -> float | None:
@@ -17,3 +19,9 @@ def known_figure(gpu: stt_pb2.GpuStats, name: str) -> float | None:
     if name in gpu.unknown_figures:
         return None
     return float(getattr(gpu, name))
+
+
+def max_known(gpus: Iterable[stt_pb2.GpuStats], name: str) -> float | None:
+    """The largest known figure ``name`` of ``gpus``; None when no GPU reports it."""
+    known = (v for g in gpus if (v := known_figure(g, name)) is not None)
+    return max(known, default=None)
