@@ -43,11 +43,9 @@ class ManualChange:
 
     def promise(self, window_s: float) -> str:
         """What :func:`respect_manual_change` will do about it, for the adoption's record."""
-        if self.direction < 0:
-            return f"not reverted: no scale-up for {window_s:.0f} s unless realtime streams queue"
-        if self.direction > 0:
-            return f"not reverted: no scale-down for {window_s:.0f} s"
-        return "the observation window restarts"
+        if self.direction == 0:
+            return "the observation window restarts"
+        return f"not reverted: {_held_back(self.direction, f'{window_s:.0f} s')}"
 
 
 def respect_manual_change(
@@ -70,16 +68,21 @@ def respect_manual_change(
         why = f"realtime streams queue: the operator's scale-down of {what} is overridden"
         return replace(decision, reason=f"{decision.reason}; {why}")
     on_demand, preemptible = (_held(g, change.direction) for g in groups)
-    if change.direction < 0:
-        verb, against = "down", "no scale-up for another {:.0f} s unless realtime streams queue"
-    else:
-        verb, against = "up", "no scale-down for another {:.0f} s"
+    verb = "down" if change.direction < 0 else "up"
+    against = _held_back(change.direction, f"another {window_s - age:.0f} s")
     reason = (
         f"holding: {change.group} was scaled {verb} by an operator {age:.0f} s ago "
-        f"({change.previous} -> {change.count}); {against.format(window_s - age)} "
+        f"({change.previous} -> {change.count}); {against} "
         f"(the policy asks: {decision.reason})"
     )
     return Decision(on_demand, preemptible, reason, decision.sizing)
+
+
+def _held_back(direction: int, span: str) -> str:
+    """What stands against the change in ``direction`` for ``span`` (``"10 s"``)."""
+    if direction < 0:
+        return f"no scale-up for {span} unless realtime streams queue"
+    return f"no scale-down for {span}"
 
 
 def _held(group: GroupDecision, direction: int) -> GroupDecision:
