@@ -12,6 +12,7 @@ import pytest
 
 from services.autoscaler.targets.base import CapacityClass
 from services.autoscaler.targets.nomad import NomadTargetConfig, default_groups
+from services.autoscaler.settings import AutoscalerSettings
 from services.router.settings import RouterSettings
 from voxmesh.asr.settings import AsrSettings
 
@@ -221,6 +222,7 @@ def test_update_and_migrate_blocks_are_present(job_id: str) -> None:
     [
         ("VOXMESH_ASR_", AsrSettings, sorted(ASR_JOBS)),
         ("VOXMESH_ROUTER_", RouterSettings, ["router"]),
+        ("VOXMESH_AUTOSCALER_", AutoscalerSettings, ["autoscaler"]),
     ],
 )
 def test_environment_names_are_settings_of_the_service(
