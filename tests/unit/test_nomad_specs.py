@@ -10,9 +10,9 @@ from typing import Any
 import hcl2
 import pytest
 
+from services.autoscaler.settings import AutoscalerSettings
 from services.autoscaler.targets.base import CapacityClass
 from services.autoscaler.targets.nomad import NomadTargetConfig, default_groups
-from services.autoscaler.settings import AutoscalerSettings
 from services.router.settings import RouterSettings
 from voxmesh.asr.settings import AsrSettings
 
