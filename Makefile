@@ -68,6 +68,11 @@ test: install .tools/bin/prometheus ## Run the test suite (real models, real gRP
 	@set -o pipefail; $(PY) -m pytest -q -rs -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+.PHONY: contract
+contract: $(VENV_STAMP) ## The Consul/Nomad contract tests; real agents: VOXMESH_CONTRACT_CONSUL=URL VOXMESH_CONTRACT_NOMAD=URL
+	@set -o pipefail; $(PY) -m pytest -q -rs -p no:cacheprovider tests/contract; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
 .PHONY: lint
 lint: $(VENV_STAMP) node_modules/.bin/buf ## ruff, mypy, buf lint, and a check that generated stubs match protos/
 	.venv/bin/ruff check .
