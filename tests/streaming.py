@@ -104,12 +104,14 @@ async def run_stream(
     extra: Sequence[stt_pb2.StreamingRecognizeRequest] = (),
     metadata: Sequence[tuple[str, str]] = (),
     timeout: float | None = 120.0,
+    run: StreamRun | None = None,
 ) -> StreamRun:
     """Streams ``pcm`` in ``chunk_ms`` chunks; ``speed`` 1.0 is real time, 0 as fast as possible.
 
-    gRPC errors are captured in ``StreamRun.error`` rather than raised.
+    gRPC errors are captured in ``StreamRun.error`` rather than raised. ``run``, when
+    given, is filled in as responses arrive, so a caller can wait on its progress.
     """
-    run = StreamRun()
+    run = run if run is not None else StreamRun()
     start = time.monotonic()
     chunk = int(rate * chunk_ms / 1000) * 2
 

@@ -2,7 +2,9 @@
 
 An instance is SIGKILLed with streams in flight (they must fail over without
 losing or repeating anything, resuming within 1 s), and another is SIGTERMed
-under load (its streams must finish there: nothing dropped).
+under load (its streams must finish there: nothing dropped). A real asr_small
+instance is SIGKILLed mid-stream too: the stream must end with the same finals
+as without the fault.
 """
 
 from __future__ import annotations
@@ -154,8 +156,12 @@ def audio(i: int) -> bytes:
     return bytes((i * 7 + j * 13) % 251 for j in range(int(AUDIO_S * 16000) * 2))
 
 
-async def run_all(target: str) -> list[tuple[float, StreamRun]]:
-    """Runs STREAMS paced streams at once; returns (start time, run) each."""
+async def run_all(
+    target: str, runs: list[StreamRun] | None = None
+) -> list[tuple[float, StreamRun]]:
+    """Runs STREAMS paced streams at once; returns (start time, run) each. ``runs``
+    (STREAMS of them), when given, are filled in as the streams go."""
+    progress = runs if runs is not None else [StreamRun() for _ in range(STREAMS)]
     async with grpc.aio.insecure_channel(target) as channel:
 
         async def one(i: int) -> tuple[float, StreamRun]:
@@ -165,10 +171,22 @@ async def run_all(target: str) -> list[tuple[float, StreamRun]]:
                 audio(i),
                 speed=SPEED,
                 first=config_request(model="asr_small", stream_id=f"s{i}"),
+                run=progress[i],
             )
             return start, run
 
         return await asyncio.gather(*(one(i) for i in range(STREAMS)))
+
+
+async def start_mid_flight(target: str) -> asyncio.Task[list[tuple[float, StreamRun]]]:
+    """Starts STREAMS streams and returns once every one has a final result and
+    audio left to send: each is being served by an instance, mid-flight."""
+    runs = [StreamRun() for _ in range(STREAMS)]
+    task = asyncio.create_task(run_all(target, runs))
+    await wait_until_async(lambda: all(r.finals for r in runs) or task.done(), timeout=10)
+    assert not task.done(), "the streams ended before they were all served"
+    assert all(r.sent_until[-1][1] < AUDIO_S for r in runs), "a stream already sent everything"
+    return task
 
 
 def check_stream(i: int, run: StreamRun) -> None:
@@ -193,8 +211,7 @@ async def test_sigkill_with_streams_in_flight_fails_over_without_loss(tmp_path: 
             check_stream(i, run)
             assert run.summary is not None and run.summary.failovers == 0
 
-        faulted = asyncio.create_task(run_all(m.target))
-        await asyncio.sleep(0.8 * AUDIO_S / SPEED / 2)  # streams are mid-flight
+        faulted = await start_mid_flight(m.target)
         victim = m.fakes["a"]
         killed_at = time.monotonic()
         victim.process.send_signal(signal.SIGKILL)
@@ -219,8 +236,7 @@ async def test_sigkill_with_streams_in_flight_fails_over_without_loss(tmp_path: 
 @pytest.mark.timeout(60)
 async def test_sigterm_drain_under_load_drops_nothing(tmp_path: Path) -> None:
     async with process_mesh(tmp_path, ["a", "b"]) as m:
-        loaded = asyncio.create_task(run_all(m.target))
-        await asyncio.sleep(0.8 * AUDIO_S / SPEED / 2)
+        loaded = await start_mid_flight(m.target)
         m.fakes["a"].process.send_signal(signal.SIGTERM)
         results = await loaded
         async with asyncio.timeout(10):
@@ -302,7 +318,10 @@ async def test_real_instance_sigkill_mid_stream_continues_elsewhere(tmp_path: Pa
     assert ends == sorted(set(ends))
     assert len(faulted.finals) == len(clean.finals)
     assert wer(clean.text, faulted.text) <= 0.15, (clean.text, faulted.text)
-    after = [t for t, _ in responses if t > killed_at]
+    after = [(t, r) for t, r in responses if t > killed_at]
+    assert any(r.result.is_final for _, r in after), "no final result after the kill"
+    # How soon results resume here is the model's decode time on this host as much
+    # as the failover: bench/router_failover.py measures it against the fault-free
+    # run (the fake-instance test above holds the router's own part to 1 s).
     print(f"clean:   {clean.text}\nfaulted: {faulted.text}\n"
-          f"first response {1000 * (after[0] - killed_at):.0f} ms after the kill")  # fmt: skip
-    assert after and after[0] - killed_at < 1.0
+          f"first response {1000 * (after[0][0] - killed_at):.0f} ms after the kill")  # fmt: skip
