@@ -94,6 +94,8 @@ MAX_WAIT_S = 300.0
 docs say 10 min; the RPC bound the server applies is what a client sees)."""
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 """Go's zero ``time.Time`` in JSON."""
+_TERMINAL_EVAL = {"complete", "failed", "canceled"}
+"""``Evaluation.TerminalStatus``: every other status (pending, blocked) is still open."""
 _ACTIVE_DEPLOYMENT = {"running", "paused", "pending", "blocked", "unblocking", "initializing"}
 _TERMINAL_CLIENT = {"complete", "failed", "lost"}
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -710,9 +712,21 @@ class NomadDouble:
 
     def _job_json(self, job: Json) -> Json:
         out = copy.deepcopy(job)
-        live = any(a.live() for a in self._state.allocs.values() if a.job_id == job["ID"])
-        out["Status"] = "dead" if job["Stop"] else ("running" if live else "pending")
+        out["Status"] = self._job_status(job["ID"])
         return out
+
+    def _job_status(self, job_id: str) -> str:
+        """Nomad's ``getJobStatus`` for a service job: ``running`` while an allocation
+        is not terminal; else ``pending`` while an evaluation is not terminal (pending
+        or blocked: a job waiting for room); else ``dead``, and ``pending`` for a job
+        with neither allocations nor evaluations yet."""
+        allocs = [a for a in self._state.allocs.values() if a.job_id == job_id]
+        if any(a.live() for a in allocs):
+            return "running"
+        evals = [e for e in self._state.evals.values() if e["JobID"] == job_id]
+        if any(e["Status"] not in _TERMINAL_EVAL for e in evals):
+            return "pending"
+        return "dead" if evals or allocs else "pending"
 
     def _scale_status(self, job_id: str) -> tuple[Json, int]:
         job = self._state.jobs.get(job_id)

@@ -605,3 +605,23 @@ def test_go_durations(text: str, seconds: float) -> None:
 def test_bad_go_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_go_duration(text)
+
+
+def test_job_status_follows_allocations_then_open_evaluations(nomad: NomadDouble) -> None:
+    def status(job: str) -> tuple[str, str]:
+        stubs = {j["ID"]: j["Status"] for j in call(nomad, "GET", "/v1/jobs")}
+        return call(nomad, "GET", f"/v1/job/{job}")["Status"], stubs[job]
+
+    assert status(JOB) == ("running", "running")
+    # Only a complete evaluation and no allocation: dead (not pending).
+    nomad.register_job(gpu_service_job("idle", node_pool="gpu", count=0, scaling=(0, 4)))
+    assert status("idle") == ("dead", "dead")
+    # Both GPUs taken: the new job's allocation cannot be placed and its evaluation
+    # blocks, so the job is pending until the room it waits for is freed.
+    scale(nomad, 2)
+    nomad.advance(16)
+    nomad.register_job(gpu_service_job("starved", node_pool="gpu", count=1, scaling=(0, 4)))
+    assert status("starved") == ("pending", "pending")
+    scale(nomad, 1)
+    nomad.advance(21)
+    assert status("starved") == ("running", "running")
