@@ -98,8 +98,14 @@ breaking: node_modules/.bin/buf ## buf breaking against the previous version of 
 	if [ -n "$$base" ]; then node_modules/.bin/buf breaking --against ".git#ref=$$base"; fi
 
 .PHONY: bench
-bench: install ## Run every benchmark (writes bench/results/*.json)
+bench: install ## Run every benchmark with bench/README.md's commands (an hour or more; writes bench/results/*.json)
 	$(PY) -m bench.asr_accuracy
+	$(PY) -m bench.asr_context
 	$(PY) -m bench.asr_latency
-	$(PY) -m bench.asr_density
+	$(PY) -m bench.asr_density --max-n 6
 	$(PY) -m bench.asr_silence
+	$(PY) -m bench.router_overhead --levels 50,150,250,500 --pinned-levels 300,500 --duration 10 --repeats 2
+	$(PY) -m bench.router_failover --trials 10
+	$(PY) -m bench.autoscaler_cold_start --startup-runs 5 --zero-runs 5
+	$(PY) -m bench.autoscaler_sim
+	$(PY) -m bench.autoscaler_window
