@@ -7,6 +7,9 @@ around each sentence, against offline ``transcribe`` (same beam) of each whole
 clip in one window:
 
 * ``none``: the sentence alone;
+* ``none, earlier text as prompt``: the sentence alone, the earlier sentences'
+  hypotheses (their last 40 words) as the previous-text prompt: what a stream's
+  first decode on a new instance hears after a failover;
 * ``left``: up to 15 s of earlier audio in front, the earlier sentences' own
   hypotheses forced as the decoder prefix (what a streaming final does);
 * ``left+right 2 s`` / ``4 s``: the same plus audio after the sentence, keeping
@@ -36,7 +39,15 @@ from voxmesh.asr.models import resolve_model
 SR = 16000
 PAD = 0.2
 CONTEXT_S = 15.0
-VARIANTS = ("none", "left", "left+right 2 s", "left+right 4 s", "left, speech only")
+PROMPT_WORDS = 40
+VARIANTS = (
+    "none",
+    "none, earlier text as prompt",
+    "left",
+    "left+right 2 s",
+    "left+right 4 s",
+    "left, speech only",
+)
 
 
 def _samples(clip: Clip) -> np.ndarray:
@@ -57,7 +68,7 @@ def sentence_by_sentence(decoder: WhisperDecoder, clip: Clip, variant: str) -> l
     texts: list[str] = []
     for i, (start, end) in enumerate(clip.spans):
         first = i
-        if variant != "none":
+        if not variant.startswith("none"):
             while first > 0 and start - clip.spans[first - 1][0] <= CONTEXT_S:
                 first -= 1
         window_start = clip.spans[first][0] - PAD
@@ -68,7 +79,11 @@ def sentence_by_sentence(decoder: WhisperDecoder, clip: Clip, variant: str) -> l
         else:
             window = cut(window_start, end + PAD + right)
         prefix = " ".join(texts[first:i])
-        out = decoder.decode([DecodeJob(audio=window, prefix=prefix, words=right > 0)])[0]
+        prompt = ""
+        if variant == "none, earlier text as prompt":
+            prompt = " ".join(" ".join(texts).split()[-PROMPT_WORDS:])
+        job = DecodeJob(audio=window, prompt=prompt, prefix=prefix, words=right > 0)
+        out = decoder.decode([job])[0]
         if right > 0:
             boundary = end + PAD - max(0.0, window_start)
             text = " ".join(w.word for w in out.words if w.start < boundary)
