@@ -21,13 +21,12 @@ import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1 import health_pb2
 
 from tests.conditions import wait_until_async
 from tests.contract.conftest import Agent, unique
+from tests.health_server import HealthServer, health_server
 from voxmesh.discovery.base import CAPACITY_ON_DEMAND, InstanceInfo, consul_service_name
 from voxmesh.discovery.consul import ConsulRegistrar, ConsulWatcher, PyConsulApi
 from voxmesh.leader import ConsulLeaderLock, PyConsulSessionApi, campaign
@@ -53,25 +52,10 @@ def http(agent: Agent, method: str, path: str, body: Any = None) -> tuple[int, d
     return status, headers, decoded
 
 
-class Instance:
-    """A real gRPC server whose only service is grpc.health.v1."""
-
-    def __init__(self, server: grpc.aio.Server, health: health_aio.HealthServicer, port: int):
-        self.server, self.health, self.port = server, health, port
-
-    async def set(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
-        await self.health.set("", status)
-
-
 @pytest.fixture
-async def instance() -> AsyncIterator[Instance]:
-    server = grpc.aio.server()
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield Instance(server, health, port)
-    await server.stop(0)
+async def instance() -> AsyncIterator[HealthServer]:
+    async with health_server() as server:
+        yield server
 
 
 class Mesh:
@@ -162,7 +146,7 @@ async def mesh(consul_agent: Agent) -> AsyncIterator[Mesh]:
 
 
 async def test_a_registration_reads_back_as_the_api_documents_it(
-    mesh: Mesh, instance: Instance
+    mesh: Mesh, instance: HealthServer
 ) -> None:
     me = unique("inst")
     await mesh.registrar().register(mesh.info(instance.port, me))
@@ -192,7 +176,7 @@ async def test_a_registration_reads_back_as_the_api_documents_it(
 
 
 async def test_only_instances_whose_grpc_check_passes_are_followed(
-    mesh: Mesh, instance: Instance
+    mesh: Mesh, instance: HealthServer
 ) -> None:
     await instance.set(NOT_SERVING)
     me = unique("inst")
@@ -212,7 +196,7 @@ async def test_only_instances_whose_grpc_check_passes_are_followed(
 
 
 async def test_draining_puts_the_instance_in_maintenance_and_out_of_the_set(
-    mesh: Mesh, instance: Instance
+    mesh: Mesh, instance: HealthServer
 ) -> None:
     me = unique("inst")
     registrar = mesh.registrar()
@@ -230,7 +214,7 @@ async def test_draining_puts_the_instance_in_maintenance_and_out_of_the_set(
 
 
 async def test_deregistering_removes_the_instance_and_is_idempotent(
-    mesh: Mesh, instance: Instance
+    mesh: Mesh, instance: HealthServer
 ) -> None:
     me = unique("inst")
     registrar = mesh.registrar()
@@ -248,7 +232,7 @@ async def test_deregistering_removes_the_instance_and_is_idempotent(
 
 
 async def test_an_instance_deregistered_behind_its_back_registers_again(
-    mesh: Mesh, instance: Instance
+    mesh: Mesh, instance: HealthServer
 ) -> None:
     """What an agent restart (or an operator) does; the registrar's resync repairs it."""
     me = unique("inst")
@@ -266,7 +250,9 @@ async def test_an_instance_deregistered_behind_its_back_registers_again(
     await follower.until([me])
 
 
-async def test_a_blocking_health_query_waits_for_a_change(mesh: Mesh, instance: Instance) -> None:
+async def test_a_blocking_health_query_waits_for_a_change(
+    mesh: Mesh, instance: HealthServer
+) -> None:
     path = f"/v1/health/service/{mesh.service}?passing"
     status, headers, body = http(mesh.agent, "GET", path)
     assert (status, body) == (200, []), "an unknown service is an empty list, not an error"

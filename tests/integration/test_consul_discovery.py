@@ -29,6 +29,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from tests.conditions import wait_until, wait_until_async
 from tests.doubles.consul_double import ConsulDouble, blocking_wait
+from tests.health_server import HealthServer, health_server
 from voxmesh.discovery.base import CAPACITY_PREEMPTIBLE, InstanceInfo, consul_service_name
 from voxmesh.discovery.consul import (
     ConsulRegistrar,
@@ -53,25 +54,10 @@ def double() -> Iterator[ConsulDouble]:
     instance.stop()
 
 
-class Instance:
-    """A real gRPC server whose only service is grpc.health.v1."""
-
-    def __init__(self, server: grpc.aio.Server, health: health_aio.HealthServicer, port: int):
-        self.server, self.health, self.port = server, health, port
-
-    async def set(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
-        await self.health.set("", status)
-
-
 @pytest.fixture
-async def instance() -> AsyncIterator[Instance]:
-    server = grpc.aio.server()
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield Instance(server, health, port)
-    await server.stop(0)
+async def instance() -> AsyncIterator[HealthServer]:
+    async with health_server() as server:
+        yield server
 
 
 def api(double: ConsulDouble) -> PyConsulApi:
@@ -145,7 +131,7 @@ async def registrars() -> AsyncIterator[list[ConsulRegistrar]]:
 
 async def registered_and_seen(
     double: ConsulDouble,
-    instance: Instance,
+    instance: HealthServer,
     registrars: list[ConsulRegistrar],
     collectors: list[Collector],
 ) -> tuple[ConsulRegistrar, Collector]:
@@ -160,7 +146,7 @@ async def registered_and_seen(
 
 
 async def test_registration_shape(
-    double: ConsulDouble, instance: Instance, registrars: list[ConsulRegistrar]
+    double: ConsulDouble, instance: HealthServer, registrars: list[ConsulRegistrar]
 ) -> None:
     registrar = registrar_for(double)
     registrars.append(registrar)
@@ -220,7 +206,7 @@ def test_deregister_after_below_one_minute_is_rejected(double: ConsulDouble) -> 
 
 async def test_absent_until_grpc_check_passes_then_dropped_when_critical(
     double: ConsulDouble,
-    instance: Instance,
+    instance: HealthServer,
     registrars: list[ConsulRegistrar],
     collectors: list[Collector],
 ) -> None:
@@ -246,7 +232,7 @@ async def test_absent_until_grpc_check_passes_then_dropped_when_critical(
 
 async def test_flapping_instance_is_followed_without_duplicate_sets(
     double: ConsulDouble,
-    instance: Instance,
+    instance: HealthServer,
     registrars: list[ConsulRegistrar],
     collectors: list[Collector],
 ) -> None:
@@ -266,7 +252,7 @@ async def test_flapping_instance_is_followed_without_duplicate_sets(
 
 async def test_unchanged_results_are_not_yielded_again(
     double: ConsulDouble,
-    instance: Instance,
+    instance: HealthServer,
     registrars: list[ConsulRegistrar],
     collectors: list[Collector],
 ) -> None:
@@ -289,7 +275,7 @@ async def test_unchanged_results_are_not_yielded_again(
 
 async def test_draining_drops_instance_via_maintenance_mode(
     double: ConsulDouble,
-    instance: Instance,
+    instance: HealthServer,
     registrars: list[ConsulRegistrar],
     collectors: list[Collector],
 ) -> None:
@@ -305,7 +291,7 @@ async def test_draining_drops_instance_via_maintenance_mode(
 
 
 async def test_deregister_removes_instance_and_is_idempotent(
-    double: ConsulDouble, instance: Instance, collectors: list[Collector]
+    double: ConsulDouble, instance: HealthServer, collectors: list[Collector]
 ) -> None:
     registrar = registrar_for(double)
     await registrar.deregister()  # before register: nothing happens
@@ -323,7 +309,7 @@ async def test_deregister_removes_instance_and_is_idempotent(
 
 async def test_agent_that_forgot_the_instance_gets_it_back(
     double: ConsulDouble,
-    instance: Instance,
+    instance: HealthServer,
     registrars: list[ConsulRegistrar],
     collectors: list[Collector],
 ) -> None:
@@ -347,7 +333,7 @@ def test_critical_instance_is_reaped_after_deregister_critical_service_after(
 
 async def test_watcher_keeps_last_set_while_consul_refuses_and_recovers(
     double: ConsulDouble,
-    instance: Instance,
+    instance: HealthServer,
     registrars: list[ConsulRegistrar],
     collectors: list[Collector],
     caplog: pytest.LogCaptureFixture,
@@ -372,7 +358,7 @@ async def test_watcher_keeps_last_set_while_consul_refuses_and_recovers(
 
 async def test_watcher_rides_out_500s(
     double: ConsulDouble,
-    instance: Instance,
+    instance: HealthServer,
     registrars: list[ConsulRegistrar],
     collectors: list[Collector],
 ) -> None:
@@ -393,7 +379,7 @@ async def test_watcher_rides_out_500s(
 
 async def test_index_going_backwards_resets_the_blocking_loop(
     double: ConsulDouble,
-    instance: Instance,
+    instance: HealthServer,
     registrars: list[ConsulRegistrar],
     collectors: list[Collector],
 ) -> None:
@@ -445,7 +431,7 @@ async def test_empty_service_address_falls_back_to_node_and_meta_is_optional(
 
 async def test_node_failure_drops_every_instance(
     double: ConsulDouble,
-    instance: Instance,
+    instance: HealthServer,
     registrars: list[ConsulRegistrar],
     collectors: list[Collector],
 ) -> None:
