@@ -3,7 +3,7 @@ for a while.
 
 No sockets and no model: the servicer is called directly, on an instance whose
 fake model decodes at once and whose fake VAD calls a loud frame speech (see
-:mod:`tests.unit.test_session_scheduling`). Every utterance here (1 s of speech,
+:mod:`tests.session_fakes`). Every utterance here (1 s of speech,
 1 s of silence, no interims) gives three events: speech started, speech ended
 and its final.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.conditions import wait_until_async
-from tests.unit.test_session_scheduling import GatedDecoder, LoudnessVad, silence, speech
+from tests.session_fakes import GatedDecoder, LoudnessVad, silence, speech
 from voxmesh.asr import servicer as servicer_module
 from voxmesh.asr.decoder import DecodeJob, DecodeOutput
 from voxmesh.asr.instance import AsrInstance, InstanceIdentity

@@ -11,7 +11,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from tests.unit.test_session_scheduling import GatedDecoder
+from tests.session_fakes import GatedDecoder
 from voxmesh.asr.instance import AsrInstance, InstanceIdentity
 from voxmesh.asr.metrics import AsrMetrics
 from voxmesh.asr.scheduler import SchedulerOptions

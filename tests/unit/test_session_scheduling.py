@@ -6,15 +6,11 @@ and a fake VAD network that calls a frame speech when it is loud.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
-
 import numpy as np
 
 from tests.conditions import wait_until_async
-from voxmesh.asr.decoder import DecodeJob, DecodeOutput
+from tests.session_fakes import SR, GatedDecoder, LoudnessVad, open_session, silence, speech
+from voxmesh.asr.decoder import DecodeJob
 from voxmesh.asr.scheduler import DecodeScheduler, SchedulerOptions
 from voxmesh.asr.session import (
     Final,
@@ -25,45 +21,6 @@ from voxmesh.asr.session import (
     StreamSession,
 )
 from voxmesh.asr.vad import FRAME_SAMPLES, StreamingVad
-
-SR = 16000
-
-
-class LoudnessVad:
-    """Stands in for the Silero ONNX session: probability 1 for a loud frame, else 0."""
-
-    def run(self, _outputs: Any, inputs: dict[str, np.ndarray]) -> tuple[Any, Any, Any]:
-        frames = inputs["input"][:, -FRAME_SAMPLES:]
-        probs = (np.abs(frames).max(axis=1) > 0.1).astype(np.float32)
-        return probs, inputs["h"], inputs["c"]
-
-
-class GatedDecoder:
-    """A fake model that blocks every decode until ``gate`` opens; records the jobs."""
-
-    name = "fake"
-    is_multilingual = False
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.jobs: list[DecodeJob] = []
-
-    def supports_language(self, code: str) -> bool:
-        return code == "en"
-
-    def decode(self, jobs: Sequence[DecodeJob]) -> list[DecodeOutput]:
-        if not self.gate.wait(timeout=10):
-            raise TimeoutError("test never opened the gate")
-        self.jobs.extend(jobs)
-        return [DecodeOutput(text="hello world", avg_logprob=-0.1) for _ in jobs]
-
-
-def speech(seconds: float) -> np.ndarray:
-    return np.full(int(seconds * SR), 0.5, dtype=np.float32)
-
-
-def silence(seconds: float) -> np.ndarray:
-    return np.zeros(int(seconds * SR), dtype=np.float32)
 
 
 async def run_utterance_behind_a_busy_model(
@@ -136,25 +93,6 @@ async def test_a_queued_job_can_be_withdrawn_but_not_once_the_model_took_it() ->
         assert scheduler.stats.dropped == 1
     finally:
         decoder.gate.set()
-        await scheduler.shutdown()
-
-
-@contextlib.asynccontextmanager
-async def open_session(
-    options: SessionOptions,
-) -> AsyncIterator[tuple[StreamSession, GatedDecoder]]:
-    """A session on a fake model that decodes at once (its gate open)."""
-    decoder = GatedDecoder()
-    decoder.gate.set()
-    scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=1))
-    scheduler.start()
-    session = StreamSession(
-        StreamParams(stream_id="s1"), options, scheduler, vad=StreamingVad(session=LoudnessVad())
-    )
-    try:
-        yield session, decoder
-    finally:
-        await session.close()
         await scheduler.shutdown()
 
 
