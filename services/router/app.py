@@ -116,6 +116,7 @@ class RouterApp:
                 replay_max_bytes=settings.replay_max_bytes,
                 max_chunk_bytes=settings.max_chunk_bytes,
                 max_failovers=settings.max_failovers,
+                failover_context_s=settings.failover_context_s,
             ),
             metrics=self.metrics,
             max_streams=settings.max_streams,

@@ -102,6 +102,8 @@ class RelayLimits:
     """Largest audio chunk accepted."""
     max_failovers: int
     """Most failovers of one stream."""
+    failover_context_s: float = 0.0
+    """Audio of earlier finals replayed in front on failover, as context only."""
 
 
 class StreamRelay:
@@ -123,7 +125,12 @@ class StreamRelay:
         self._admission = admission
         self._limits = limits
         self._metrics = metrics
-        self._log = ReplayLog(route.linear16, route.sample_rate, limits.replay_max_bytes)
+        self._log = ReplayLog(
+            route.linear16,
+            route.sample_rate,
+            limits.replay_max_bytes,
+            context_ms=round(limits.failover_context_s * 1000),
+        )
         self._tracker = ResultTracker()
         self._attached = False
         self._data = asyncio.Event()
@@ -339,7 +346,9 @@ class StreamRelay:
         if kind == "summary":
             self._tracker.fix_summary(out.summary, self._route.stream_id, self._log.audio_seconds())
         elif kind == "result" and out.result.is_final:
-            self._log.commit(duration_ms(out.result.end_offset))
+            result = out.result
+            text = result.alternatives[0].transcript if result.alternatives else ""
+            self._log.commit(duration_ms(result.end_offset), duration_ms(result.start_offset), text)
         await self._context.write(out)
         if kind == "summary":
             self._summary_sent = True

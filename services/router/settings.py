@@ -99,6 +99,13 @@ class RouterSettings:
     """Largest audio chunk; larger ones fail with ``RESOURCE_EXHAUSTED`` (the ASR default)."""
     max_failovers: int = setting(3, "most failovers of one stream")
     """Most times one stream moves to another instance before it fails with UNAVAILABLE."""
+    failover_context_s: float = setting(
+        15.0, "earlier finals' audio replayed in front on failover, as context"
+    )
+    """How far back the final utterances a stream's replay starts with reach (context only,
+    as the instances' own ``context``): the first utterance after a failover is then
+    decoded behind the same audio as on the instance that failed. Costs this much audio
+    per stream in memory (32 KB a second at 16 kHz); 0 replays from the last final only."""
 
     telemetry_interval_s: float = setting(0.5, "interval of instance telemetry subscriptions")
     """Interval asked of each instance's telemetry stream (and of the router's own default)."""
@@ -175,6 +182,7 @@ class RouterSettings:
             "max_streams": self.max_streams,
             "replay_max_bytes": self.replay_max_bytes,
             "max_failovers": self.max_failovers,
+            "failover_context_s": self.failover_context_s,
             "queue_retry_after_s": self.queue_retry_after_s,
             "drain_timeout_s": self.drain_timeout_s,
             "last_resort_min_drain_s": self.last_resort_min_drain_s,

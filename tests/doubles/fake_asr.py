@@ -14,8 +14,10 @@ instance sends about one interim per second of speech: 1 in 10 chunks of
 samples (32 bytes per ms).
 
 Failover metadata is honoured as by the real instances: ``voxmesh-offset-ms``
-(the first byte is at that stream time) and ``voxmesh-skip-ms`` (discard
-that much audio first, offsets from the stream start); so is
+(the first byte is at that stream time), ``voxmesh-skip-ms`` (discard
+that much audio first, offsets from the stream start) and
+``voxmesh-context-bin`` (the first ``lead_in_ms`` are context: no results for
+them; the fake, having no model, skips them); so is
 ``voxmesh-last-resort: 1`` (taken while draining if the drain has
 ``last_resort_min_drain_s`` left, reported as ``drain_remaining``).
 
@@ -53,7 +55,15 @@ from voxmesh import errors
 from voxmesh.asr.config import audio_chunk, check_model, validate_streaming_config
 from voxmesh.discovery import CAPACITY_ON_DEMAND, InstanceInfo
 from voxmesh.rpc import status
-from voxmesh.rpc.metadata import OFFSET_KEY, SKIP_KEY, last_resort_asked, value_of
+from voxmesh.rpc.metadata import (
+    CONTEXT_KEY,
+    OFFSET_KEY,
+    SKIP_KEY,
+    ReplayContext,
+    bytes_of,
+    last_resort_asked,
+    value_of,
+)
 from voxmesh.rpc.server import ServerOptions, ServiceServer, wait_for_signal
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
@@ -241,8 +251,9 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
         """Streams being served."""
         self.streams_total = 0
         """Streams admitted since start."""
-        self.resumes: list[tuple[int, int]] = []
-        """(offset ms, skip ms) of every stream that arrived with failover metadata."""
+        self.resumes: list[tuple[int, int, int]] = []
+        """(offset ms, skip ms, lead-in ms) of every stream that arrived with failover
+        metadata."""
         self._fault: grpc.StatusCode | None = None
         self._end_fault: tuple[grpc.StatusCode, bool] | None = None
         self._draining = False
@@ -374,13 +385,18 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
         linear16 = config.encoding == stt_pb2.AUDIO_ENCODING_LINEAR16
         offset_ms = _metadata_int(context, OFFSET_KEY)
         skip_ms = _metadata_int(context, SKIP_KEY)
-        if offset_ms or skip_ms:
-            self.resumes.append((offset_ms, skip_ms))
+        raw = bytes_of(context.invocation_metadata(), CONTEXT_KEY)
+        try:
+            lead_in_ms = ReplayContext.decode(raw).lead_in_ms if raw is not None else 0
+        except ValueError as err:
+            raise errors.InvalidArgument(f"metadata {err}") from None
+        if offset_ms or skip_ms or lead_in_ms:
+            self.resumes.append((offset_ms, skip_ms, lead_in_ms))
         stream = _Stream(
             config.sample_rate if linear16 else CONTAINER_RATE,
             opts.utterance_ms,
             offset_ms,
-            skip_ms,
+            max(skip_ms, offset_ms + lead_in_ms),
             opts.interim_every,
         )
         received = 0

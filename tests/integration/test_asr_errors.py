@@ -17,6 +17,7 @@ from tests.asr_server import AsrServerThread
 from tests.conditions import wait_until_async
 from tests.speech import silence_pcm, utterance_recording, wer
 from tests.streaming import config_request, run_stream
+from voxmesh.rpc.metadata import CONTEXT_KEY, SKIP_KEY
 from voxmesh.rpc.status import retry_after_of
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
@@ -127,14 +128,18 @@ CASES: dict[str, tuple[list[Req], grpc.StatusCode, str]] = {
 }
 
 
-async def _call(channel: grpc.aio.Channel, requests: list[Req]) -> grpc.aio.AioRpcError:
+async def _call(
+    channel: grpc.aio.Channel,
+    requests: list[Req],
+    metadata: tuple[tuple[str, str | bytes], ...] = (),
+) -> grpc.aio.AioRpcError:
     async def gen() -> AsyncIterator[Req]:
         for r in requests:
             yield r
 
     stub = stt_pb2_grpc.RecognizerServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        async for _ in stub.StreamingRecognize(gen(), timeout=30):
+        async for _ in stub.StreamingRecognize(gen(), timeout=30, metadata=metadata or None):
             pass
     return info.value
 
@@ -279,3 +284,37 @@ async def _telemetry_error(stub: stt_pb2_grpc.TelemetryServiceAsyncStub) -> grpc
     except grpc.aio.AioRpcError as err:
         return err.code()
     return grpc.StatusCode.OK
+
+
+REPLAY_CASES: dict[str, tuple[tuple[tuple[str, str | bytes], ...], str]] = {
+    "not JSON": (((CONTEXT_KEY, b"lead-in"),), "is not JSON"),
+    "negative lead-in": (
+        ((CONTEXT_KEY, b'{"lead_in_ms": -5, "finals": []}'),),
+        "needs lead_in_ms (an integer >= 0)",
+    ),
+    "final ending before it starts": (
+        ((CONTEXT_KEY, b'{"lead_in_ms": 900, "finals": [[800, 100, "x"]]}'),),
+        "a final is [start_ms, end_ms >= start_ms, text]",
+    ),
+    "longer than a window": (
+        ((CONTEXT_KEY, b'{"lead_in_ms": 31000, "finals": []}'),),
+        "longer than Whisper's window",
+    ),
+    "with a container's skip": (
+        ((SKIP_KEY, "1000"), (CONTEXT_KEY, b'{"lead_in_ms": 900, "finals": []}')),
+        "not with voxmesh-skip-ms",
+    ),
+}
+
+
+async def test_a_malformed_replay_lead_in_is_invalid_argument(server: AsrServerThread) -> None:
+    """What a router sends with a failed-over stream is checked like the rest."""
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        errors = await asyncio.gather(
+            *(_call(channel, [_cfg(), _audio()], md) for md, _ in REPLAY_CASES.values())
+        )
+        for (name, (_, message)), err in zip(REPLAY_CASES.items(), errors, strict=True):
+            assert err.code() == INVALID, f"{name}: {err.code()} {err.details()}"
+            assert message in (err.details() or ""), f"{name}: {err.details()}"
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING

@@ -25,8 +25,12 @@ def offsets_continue(stream: HeldStream) -> None:
     assert starts == [i * 1000 for i in range(len(finals))]
 
 
-async def test_unavailable_mid_stream_fails_over_with_replay_from_the_last_final() -> None:
-    async with mesh() as m:
+@pytest.mark.parametrize(("context_s", "resume"), [(15.0, (0, 0, 1000)), (0.0, (1000, 0, 0))])
+async def test_unavailable_mid_stream_fails_over_with_replay_from_the_last_final(
+    context_s: float, resume: tuple[int, int, int]
+) -> None:
+    # With failover context the replay starts with the final before as a lead-in.
+    async with mesh(failover_context_s=context_s) as m:
         first = await m.add("first")
         held = await HeldStream(m.channel).open(pcm(1.5, 1))  # one final at 1000 ms
         await wait_until_async(lambda: len(held.finals()) == 1)
@@ -39,7 +43,7 @@ async def test_unavailable_mid_stream_fails_over_with_replay_from_the_last_final
         assert summary.final_results == 4
         assert summary.audio_processed.ToMilliseconds() == 3300
         assert held.finals() == expected_finals(held.sent, 16000, 1000)
-        assert second.resumes == [(1000, 0)]
+        assert second.resumes == [resume]
         offsets_continue(held)
         started = [
             r
@@ -119,7 +123,7 @@ async def test_a_stream_whose_audio_all_has_finals_waits_for_more_after_a_failur
         assert len(summaries(held)) == 1
         if more_s:
             assert summary.instance_id == "second"
-            assert second.resumes == [(1000, 0)]
+            assert second.resumes == [(0, 0, 1000)]  # the final before, as a lead-in
             offsets_continue(held)
         else:
             assert (summary.instance_id, summary.final_results) == ("first", 1)
@@ -158,7 +162,7 @@ async def test_container_stream_is_replayed_whole_with_skip() -> None:
         await held.send(pcm(1.0, 4))
         summary = await held.finish()
         assert (summary.instance_id, summary.failovers) == ("second", 1)
-        assert second.resumes == [(0, 1000)]
+        assert second.resumes == [(0, 1000, 0)]
         assert held.finals() == expected_finals(held.sent, CONTAINER_RATE, 1000)
         assert summary.audio_processed.ToMilliseconds() == 2200  # the instance's figure
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.router.failover import ReplayLog, ResultTracker
-from voxmesh.rpc.metadata import OFFSET_KEY, SKIP_KEY
+from voxmesh.rpc.metadata import CONTEXT_KEY, OFFSET_KEY, SKIP_KEY, ReplayContext
 from voxmesh.stt.v1 import stt_pb2
 
 
@@ -92,6 +92,80 @@ def test_container_past_the_bound_is_never_replayable() -> None:
     log.commit(10_000.0)
     assert not log.replayable
     assert not log.restart()
+
+
+MS = 32  # bytes per millisecond of 16 kHz LINEAR16
+
+
+def lead_in(log: ReplayLog) -> tuple[str | None, ReplayContext | None]:
+    """The offset and the lead-in a new instance would be told of."""
+    metadata = dict(log.resume_metadata())
+    offset, raw = metadata.get(OFFSET_KEY), metadata.get(CONTEXT_KEY)
+    assert offset is None or isinstance(offset, str)
+    assert raw is None or isinstance(raw, bytes)
+    return offset, ReplayContext.decode(raw) if raw is not None else None
+
+
+def test_the_replay_starts_with_the_earlier_finals_as_a_lead_in() -> None:
+    log = ReplayLog(linear16=True, sample_rate=16000, replay_max_bytes=1 << 20, context_ms=15000)
+    data = chunks(log, 30, 100 * MS)  # 3 s
+    drain(log)
+    log.commit(1000.0, 200.0, "one")
+    log.commit(2000.0, 1200.0, "two")
+    log.commit(2500.0, 2100.0, "")  # no words: moves the resume point, no context
+    assert log.restart()
+    offset, context = lead_in(log)
+    assert offset == "200"
+    assert context == ReplayContext(
+        lead_in_ms=2300, finals=((200, 1000, "one"), (1200, 2000, "two"))
+    )
+    assert drain(log) == data[200 * MS :]
+    assert log.pending, "the audio after the last final is still to be recognised"
+
+
+def test_finals_older_than_the_context_leave_the_lead_in() -> None:
+    log = ReplayLog(linear16=True, sample_rate=16000, replay_max_bytes=1 << 20, context_ms=1000)
+    data = chunks(log, 30, 100 * MS)
+    drain(log)
+    log.commit(1000.0, 200.0, "one")
+    log.commit(2000.0, 1200.0, "two")  # "one" starts more than 1 s before 2000 ms
+    assert log.restart()
+    offset, context = lead_in(log)
+    assert (offset, context) == (
+        "1200",
+        ReplayContext(lead_in_ms=800, finals=((1200, 2000, "two"),)),
+    )
+    assert drain(log) == data[1200 * MS :]
+
+
+def test_without_context_the_replay_starts_at_the_last_final() -> None:
+    log = ReplayLog(linear16=True, sample_rate=16000, replay_max_bytes=1 << 20)
+    data = chunks(log, 30, 100 * MS)
+    drain(log)
+    log.commit(1000.0, 200.0, "one")
+    assert log.restart()
+    assert lead_in(log) == ("1000", None)
+    assert drain(log) == data[1000 * MS :]
+
+
+def test_only_a_lead_in_kept_is_nothing_pending() -> None:
+    log = ReplayLog(linear16=True, sample_rate=16000, replay_max_bytes=1 << 20, context_ms=15000)
+    chunks(log, 10, 100 * MS)
+    drain(log)
+    log.commit(1000.0, 0.0, "all of it")
+    assert not log.pending
+
+
+def test_the_bound_drops_the_lead_in_first_and_the_stream_still_fails_over() -> None:
+    log = ReplayLog(linear16=True, sample_rate=16000, replay_max_bytes=600 * MS, context_ms=15000)
+    data = chunks(log, 5, 100 * MS)
+    drain(log)
+    log.commit(400.0, 0.0, "early")  # 400 ms of lead-in, 100 ms after it
+    data += chunks(log, 3, 100 * MS)  # 800 ms kept > 600 ms: lead-in audio goes
+    assert log.replayable
+    assert log.restart()
+    assert lead_in(log) == ("400", None), "a lead-in with a gap is not sent"
+    assert drain(log) == data[400 * MS :]
 
 
 def result(

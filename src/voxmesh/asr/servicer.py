@@ -38,7 +38,15 @@ from voxmesh.asr.config import (
 from voxmesh.asr.instance import AsrInstance
 from voxmesh.asr.results import duration, final_result, to_response
 from voxmesh.asr.session import Final, StreamParams, StreamSession
-from voxmesh.rpc.metadata import OFFSET_KEY, SKIP_KEY, last_resort_asked, value_of
+from voxmesh.rpc.metadata import (
+    CONTEXT_KEY,
+    OFFSET_KEY,
+    SKIP_KEY,
+    ReplayContext,
+    bytes_of,
+    last_resort_asked,
+    value_of,
+)
 from voxmesh.rpc.status import abort, code_of
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
@@ -62,6 +70,20 @@ def _metadata_ms(context: Context, key: str) -> float:
     if value < 0:
         raise errors.InvalidArgument(f"metadata {key}={value} is negative")
     return value / 1000.0
+
+
+def _replay_context(context: Context, skip: float) -> ReplayContext | None:
+    raw = bytes_of(context.invocation_metadata(), CONTEXT_KEY)
+    if raw is None:
+        return None
+    if skip:
+        raise errors.InvalidArgument(
+            f"metadata {CONTEXT_KEY} is for LINEAR16 replays ({OFFSET_KEY}), not with {SKIP_KEY}"
+        )
+    try:
+        return ReplayContext.decode(raw)
+    except ValueError as err:
+        raise errors.InvalidArgument(f"metadata {err}") from None
 
 
 class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
@@ -142,14 +164,20 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         config = validate_streaming_config(first.streaming_config)
         params = self._params(config)
         offset, skip = _metadata_ms(context, OFFSET_KEY), _metadata_ms(context, SKIP_KEY)
+        replay = _replay_context(context, skip)
         decoder = make_decoder(config)
-        session = StreamSession(
-            params,
-            self._instance.session_options,
-            self._instance.scheduler,
-            offset=offset,
-            skip=skip,
-        )
+        try:
+            session = StreamSession(
+                params,
+                self._instance.session_options,
+                self._instance.scheduler,
+                offset=offset,
+                skip=skip,
+                replay=replay,
+            )
+        except BaseException:
+            decoder.close()
+            raise
         reader = asyncio.create_task(self._read(iterator, decoder, session))
         try:
             while (event := await session.next_event(reader)) is not None:

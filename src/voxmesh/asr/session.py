@@ -42,7 +42,8 @@ from voxmesh.asr.context import StreamContext
 from voxmesh.asr.decoder import DecodeJob, DecodeOutput, Word
 from voxmesh.asr.scheduler import DecodeScheduler
 from voxmesh.asr.vad import Endpointer, EndpointerOptions, StreamingVad, VadEvent, VadState
-from voxmesh.errors import OutOfRange, ResourceExhausted
+from voxmesh.errors import InvalidArgument, OutOfRange, ResourceExhausted
+from voxmesh.rpc.metadata import ReplayContext
 
 __all__ = [
     "Final",
@@ -161,9 +162,13 @@ class StreamSession:
         *,
         offset: float = 0.0,
         skip: float = 0.0,
+        replay: ReplayContext | None = None,
         vad: StreamingVad | None = None,
         max_events: int = 64,
     ) -> None:
+        """``offset``: stream time of the first sample; ``skip``: seconds of audio to
+        drop first (a replayed container); ``replay``: the first ``lead_in_ms`` of the
+        audio are context only (a replayed LINEAR16 stream), see :meth:`_past_lead_in`."""
         self.params = params
         self._opt = options
         self._scheduler = scheduler
@@ -204,6 +209,11 @@ class StreamSession:
         self._context = StreamContext(
             context_samples=int(options.context * SR), window_samples=_WINDOW
         )
+        # A replay's lead-in: audio already final, decoded only as context.
+        self._lead_end = 0
+        self._lead_pending = False
+        if replay is not None and replay.lead_in_ms:
+            self._start_after_lead_in(replay, offset)
         self._task = asyncio.create_task(self._work(), name=f"voxmesh-session-{params.stream_id}")
 
     # -- producer side (RPC handler) ---------------------------------------
@@ -227,6 +237,8 @@ class StreamSession:
         if len(self._buf) > limit:
             raise ResourceExhausted("instance overloaded: decoding fell behind this stream", 2.0)
         events = self._endpointer.push(self._vad.process(samples))
+        if self._lead_end:
+            events = self._past_lead_in(events)
         if events:
             self._vad_changed.set()
         self._vad_events.extend(events)
@@ -299,6 +311,54 @@ class StreamSession:
     def worker(self) -> asyncio.Task[None]:
         """The worker task (done when the stream's results are all out)."""
         return self._task
+
+    def _start_after_lead_in(self, replay: ReplayContext, offset: float) -> None:
+        """Takes the lead-in of a replay: no utterance starts in it, and its finals are
+        the stream's context, as they were on the instance that failed."""
+        lead_end = round(replay.lead_in_ms * SR / 1000)
+        if lead_end > _WINDOW:
+            raise InvalidArgument(
+                f"replay context of {replay.lead_in_ms} ms is longer than Whisper's window"
+            )
+        self._lead_end = lead_end
+        self._lead_pending = True
+        self._final_end = lead_end
+        base_ms = offset * 1000.0
+        for start_ms, end_ms, text in replay.finals:
+            start = round((start_ms - base_ms) * SR / 1000)
+            end = round((end_ms - base_ms) * SR / 1000)
+            if 0 <= start <= end <= lead_end:
+                self._context.add(start, end, text)
+
+    def _past_lead_in(self, events: list[tuple[VadEvent, int]]) -> list[tuple[VadEvent, int]]:
+        """The VAD events of a replay, given its lead-in: the VAD hears the lead-in
+        (so its state where the lead-in ends is as it was on the failed instance), but
+        what happened inside it was final already. Until the first event past the
+        lead-in, events inside it are dropped, and what is open where it ends decides
+        how the first utterance starts: speech going on there (an utterance cut at
+        ``max_utterance``) starts one at the end of the lead-in; speech resuming
+        after a pause begun inside it starts one where it resumes. After that, an
+        event reported late with a position inside the lead-in is moved to its end."""
+        lead_end = self._lead_end
+        kept: list[tuple[VadEvent, int]] = []
+        for kind, pos in events:
+            if not self._lead_pending:
+                kept.append((kind, max(pos, lead_end)))
+            elif pos >= lead_end:
+                self._lead_pending = False
+                if kind is VadEvent.SPEECH_RESUMED:
+                    kept.append((VadEvent.SPEECH_STARTED, pos))
+                elif kind is VadEvent.SPEECH_STARTED:
+                    kept.append((kind, pos))
+                else:  # speech went on past the lead-in
+                    kept += [(VadEvent.SPEECH_STARTED, lead_end), (kind, pos)]
+        if self._lead_pending and self._endpointer.position >= lead_end:
+            state = self._endpointer.state
+            if state is VadState.SPEAKING:
+                kept.append((VadEvent.SPEECH_STARTED, lead_end))
+            # In a pause, the next event decides: speech resuming, or the end (dropped).
+            self._lead_pending = state is VadState.TRAILING
+        return kept
 
     # -- worker --------------------------------------------------------------
     def _t(self, sample: int) -> float:

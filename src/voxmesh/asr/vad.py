@@ -160,13 +160,18 @@ class Endpointer:
         return events
 
     @property
+    def position(self) -> int:
+        """Samples judged so far (whole frames)."""
+        return self._frames_seen * FRAME_SAMPLES
+
+    @property
     def onset_floor(self) -> int:
         """The earliest sample a future SPEECH_STARTED can report: the start of the
         speech run being counted towards ``min_speech``, else the next frame. (Onsets
         are reported a few frames late; audio before this is never an utterance's.)"""
         if self.state is VadState.IDLE and self._run:
             return self._run_start
-        return self._frames_seen * FRAME_SAMPLES
+        return self.position
 
     def force_end(self) -> int | None:
         """Ends an open utterance (end of stream); returns its speech end or None."""

@@ -7,6 +7,10 @@ instances:
   at stream time N ms, so every offset is shifted by N.
 * ``voxmesh-skip-ms: N``: a failed-over compressed stream, replayed from its
   start; the first N ms of decoded audio were already recognised: skip them.
+* ``voxmesh-context-bin``: a failed-over LINEAR16 stream whose replay starts
+  with audio that is context only (:class:`ReplayContext`, JSON): the earlier
+  final utterances a decode hears in front of the next one, as on the instance
+  that failed. The instance decodes none of it as an utterance of its own.
 * ``voxmesh-last-resort: 1``: no accepting instance of the pool had room, so a
   router with its (opt-in) last resort on sends the stream to a draining one; it
   takes it while its drain has long enough left
@@ -15,13 +19,83 @@ instances:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, TypeGuard
 
-__all__ = ["LAST_RESORT_KEY", "OFFSET_KEY", "SKIP_KEY", "last_resort_asked", "value_of"]
+__all__ = [
+    "CONTEXT_KEY",
+    "LAST_RESORT_KEY",
+    "OFFSET_KEY",
+    "SKIP_KEY",
+    "ReplayContext",
+    "bytes_of",
+    "last_resort_asked",
+    "value_of",
+]
 
 OFFSET_KEY = "voxmesh-offset-ms"
 SKIP_KEY = "voxmesh-skip-ms"
 LAST_RESORT_KEY = "voxmesh-last-resort"
+CONTEXT_KEY = "voxmesh-context-bin"
+
+_MAX_CONTEXT_FINALS = 64
+
+
+@dataclass(frozen=True)
+class ReplayContext:
+    """The start of a replay that is context only.
+
+    The first ``lead_in_ms`` of the replayed audio (which starts at the stream time
+    ``voxmesh-offset-ms`` names) were already recognised; ``finals`` are the final
+    utterances within it, as ``(start_ms, end_ms, text)`` in stream time.
+    """
+
+    lead_in_ms: int
+    finals: tuple[tuple[int, int, str], ...]
+
+    def encode(self) -> bytes:
+        """The metadata value (UTF-8 JSON)."""
+        body = {"lead_in_ms": self.lead_in_ms, "finals": [list(f) for f in self.finals]}
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ReplayContext:
+        """Parses a metadata value; ValueError says what is wrong with it."""
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{CONTEXT_KEY} is not JSON: {err}") from None
+        lead_in = body.get("lead_in_ms") if isinstance(body, dict) else None
+        finals = body.get("finals") if isinstance(body, dict) else None
+        if not _is_count(lead_in) or not isinstance(finals, list):
+            raise ValueError(f"{CONTEXT_KEY} needs lead_in_ms (an integer >= 0) and finals")
+        if len(finals) > _MAX_CONTEXT_FINALS:
+            raise ValueError(f"{CONTEXT_KEY} has more than {_MAX_CONTEXT_FINALS} finals")
+        parsed = []
+        for final in finals:
+            if not _is_final(final):
+                raise ValueError(
+                    f"{CONTEXT_KEY}: a final is [start_ms, end_ms >= start_ms, text], not {final!r}"
+                )
+            parsed.append((final[0], final[1], final[2]))
+        return cls(lead_in_ms=lead_in, finals=tuple(parsed))
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_final(value: object) -> TypeGuard[list[Any]]:
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and _is_count(value[0])
+        and _is_count(value[1])
+        and value[1] >= value[0]
+        and isinstance(value[2], str)
+    )
 
 
 def value_of(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
@@ -29,6 +103,14 @@ def value_of(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> st
     for k, v in metadata or ():
         if k == key:
             return v if isinstance(v, str) else v.decode()
+    return None
+
+
+def bytes_of(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> bytes | None:
+    """The value of a binary (``-bin``) key in gRPC invocation metadata, or None."""
+    for k, v in metadata or ():
+        if k == key:
+            return v if isinstance(v, bytes) else v.encode()
     return None
 
 

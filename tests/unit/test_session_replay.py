@@ -1,0 +1,73 @@
+"""A replayed stream's lead-in: audio already final, heard only as context.
+
+No model and no Silero: the fake decoder records what it is asked to decode, and
+the fake VAD network calls a frame speech when it is loud.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.session_fakes import SR, GatedDecoder, open_session, silence, speech
+from voxmesh.asr.session import Final, SessionEvent, SessionOptions, SpeechStarted
+from voxmesh.errors import InvalidArgument
+from voxmesh.rpc.metadata import ReplayContext
+
+OFFSET = 10.0
+"""Stream time of the replay's first sample (the router's voxmesh-offset-ms)."""
+
+
+async def replay(
+    audio: list[np.ndarray], context: ReplayContext
+) -> tuple[list[SessionEvent], GatedDecoder]:
+    """Feeds ``audio`` to a session replaying from ``OFFSET`` with ``context``; returns
+    every event and the decoder (with the jobs it ran)."""
+    async with open_session(SessionOptions(), offset=OFFSET, replay=context) as (
+        session,
+        decoder,
+    ):
+        for part in audio:
+            session.feed(part)
+        session.finish()
+        events: list[SessionEvent] = []
+        while (event := await session.next_event()) is not None:
+            events.append(event)
+        return events, decoder
+
+
+async def test_an_utterance_in_the_lead_in_is_context_not_a_result() -> None:
+    # Lead-in: 1 s of speech (final already, "earlier words"), then 0.6 s of its pause.
+    context = ReplayContext(lead_in_ms=1600, finals=((10_000, 11_200, "earlier words"),))
+    events, decoder = await replay([speech(1.0), silence(0.6), speech(1.0), silence(1.0)], context)
+    finals = [e for e in events if isinstance(e, Final)]
+    starts = [e for e in events if isinstance(e, SpeechStarted)]
+    assert len(finals) == 1 and len(starts) == 1, events
+    assert starts[0].offset >= OFFSET + 1.6 - 1 / SR
+    assert finals[0].start >= OFFSET + 1.6 - 1 / SR
+    assert finals[0].end == pytest.approx(OFFSET + 2.6 + 0.2, abs=0.05)
+    final_job = decoder.jobs[-1]
+    assert final_job.prefix == "earlier words", "the earlier final is the decoder prefix"
+    assert len(final_job.audio) >= int(2.6 * SR), "its audio is in front of the utterance"
+
+
+async def test_speech_going_on_where_the_lead_in_ends_starts_an_utterance_there() -> None:
+    # An utterance cut at max_utterance: its first 1.5 s were final, speech goes on.
+    context = ReplayContext(lead_in_ms=1500, finals=((10_000, 11_500, "first half"),))
+    events, decoder = await replay([speech(2.5), silence(1.0)], context)
+    finals = [e for e in events if isinstance(e, Final)]
+    starts = [e for e in events if isinstance(e, SpeechStarted)]
+    assert len(finals) == 1 and [s.offset for s in starts] == [pytest.approx(OFFSET + 1.5)]
+    assert finals[0].start == pytest.approx(OFFSET + 1.5)
+    assert decoder.jobs[-1].prefix == "first half"
+
+
+async def test_a_lead_in_with_nothing_after_it_gives_no_result() -> None:
+    context = ReplayContext(lead_in_ms=1500, finals=((10_000, 11_200, "all of it"),))
+    events, decoder = await replay([speech(1.0), silence(1.5)], context)
+    assert events == [] and decoder.jobs == []
+
+
+async def test_a_lead_in_longer_than_whisper_hears_is_invalid() -> None:
+    with pytest.raises(InvalidArgument, match="longer than Whisper's window"):
+        await replay([speech(0.1)], ReplayContext(lead_in_ms=31_000, finals=()))
