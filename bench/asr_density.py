@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 from typing import Any
 
@@ -163,10 +164,13 @@ def main() -> None:
         name: asyncio.run(measure(name, a, args.max_n, args.loops)) for name, a in CONFIGS.items()
     }
     ours, base = results["scheduled"], results["per_stream"]
-    ratio = ours["density_streams"] / base["density_streams"] if base["density_streams"] else 0.0
+    # A baseline that misses the SLO even with one stream counts as one: a ratio
+    # against zero says nothing, and counting it as one only lowers ours.
+    ratio = ours["density_streams"] / max(1, base["density_streams"])
     print(
         f"density (streams at p95 <= {SLO_P95} s): scheduled {ours['density_streams']}, "
-        f"per-stream {base['density_streams']}, ratio {ratio:.2f} (target >= 2.0)"
+        f"per-stream {base['density_streams']}, ratio {ratio:.2f} (target >= 2.0; "
+        "a per-stream 0 counts as 1)"
     )
     print(
         f"memory: idle {ours['idle_rss_bytes'] / 2**20:.0f} MiB, "
@@ -181,6 +185,7 @@ def main() -> None:
             "stream": f"{clip.seconds:.0f} s, {len(clip.spans)} utterances, rotated per stream",
             "configs": results,
             "density_ratio": round(ratio, 2),
+            "ratio_rule": "scheduled / max(1, per_stream): a baseline missing at 1 counts as 1",
             "target_ratio": 2.0,
             "target_met": ratio >= 2.0,
         },
@@ -195,9 +200,7 @@ def main() -> None:
             "source": "bench/asr_density.py (2-core CPU, tiny.en int8)",
         }
     }
-    (RESULTS / "calibration.json").write_text(
-        __import__("json").dumps(calibration, indent=2) + "\n"
-    )
+    (RESULTS / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
 
 
 if __name__ == "__main__":
