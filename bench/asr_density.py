@@ -21,10 +21,12 @@ rotated order, as independent speakers would (streams playing the same audio in
 step would end their utterances together, a worst case no real traffic has).
 Resident memory of the instance is sampled idle and under each N: the first
 stream's step (the decoder's working set) and each further stream's (the slope
-after it) are reported apart. Also writes bench/results/calibration.json for
-the autoscaler.
+after it) are reported apart. With ``--calibrate`` it also writes
+bench/results/calibration.json, the autoscaler simulator's input (only when
+asked: one run's density moves by a stream on a 2-core host, and a rerun
+should not silently re-calibrate the simulator).
 
-    python -m bench.asr_density [--max-n 10]
+    python -m bench.asr_density [--max-n 10] [--calibrate]
 """
 
 from __future__ import annotations
@@ -153,6 +155,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--max-n", type=int, default=10)
     parser.add_argument("--loops", type=int, default=3, help="times each stream plays the set")
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="also write bench/results/calibration.json (the simulator's input) from this run",
+    )
     args = parser.parse_args()
     aio_compat.install()
     clip = stream_audio(loops=args.loops)
@@ -190,6 +197,10 @@ def main() -> None:
             "target_met": ratio >= 2.0,
         },
     )
+    if not args.calibrate:
+        # One run's density moves by a stream on this host: the simulator's calibration
+        # is rewritten only when asked, never by whichever run came last.
+        return
     calibration = {
         "asr_small": {
             "max_streams": max(1, ours["density_streams"]),

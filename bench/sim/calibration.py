@@ -1,6 +1,7 @@
 """The measured figures the simulator is calibrated with, or documented defaults.
 
-``bench/results/calibration.json`` is written by the data plane's density benchmark. Both a
+``bench/results/calibration.json`` is written by the data plane's density benchmark when it is
+run with ``--calibrate`` (a deliberate choice of run, not whichever ran last). Both a
 flat shape (``{"asr_small.max_streams": 4, "asr_small.startup_seconds": 7.5}``) and a nested
 one (``{"asr_small": {"max_streams": 4, "startup_seconds": 7.5}}``) are read. Provisioning
 delays cannot be measured on one machine; they are the documented defaults unless the file
