@@ -68,8 +68,6 @@ class ReplayLog:
         self._context_ms = context_ms if linear16 else 0
         # Finals in the last context_ms before the resume point: (start_ms, end_ms, text).
         self._finals: deque[tuple[int, int, str]] = deque()
-        self._lead = 0
-        """Byte where the lead-in starts (== ``_base`` when there is none)."""
         self._replay_from = 0
         self._bytes_per_second = 2 * sample_rate
         self._step_ms = 1000 // math.gcd(sample_rate, 1000) if linear16 else 1
@@ -91,6 +89,15 @@ class ReplayLog:
     def replayable(self) -> bool:
         """False while audio after the resume point was dropped to honour the bound."""
         return self._base >= self._dropped_to
+
+    @property
+    def _lead(self) -> int:
+        """Byte where the lead-in starts: the first kept final's start (rounded down to a
+        whole sample), or the resume point when there is none."""
+        if not self._finals:
+            return self._base
+        lead_ms = self._finals[0][0] // self._step_ms * self._step_ms
+        return min(lead_ms * self._bytes_per_second // 1000, self._base)
 
     @property
     def pending(self) -> bool:
@@ -119,7 +126,8 @@ class ReplayLog:
         if not self.replayable:
             return False
         # The lead-in goes too, unless the bound dropped some of it.
-        self._sent = self._lead if self._lead >= self._dropped_to else self._base
+        lead = self._lead
+        self._sent = lead if lead >= self._dropped_to else self._base
         self._replay_from = self._sent
         self._next = 0
         while self._next < len(self._entries) and self._entries[self._next].end <= self._sent:
@@ -176,10 +184,8 @@ class ReplayLog:
             self._finals.append((int(start_ms), int(end_ms), text))
         while self._finals and self._finals[0][0] < self._base_ms - self._context_ms:
             self._finals.popleft()
-        lead_ms = self._finals[0][0] // self._step_ms * self._step_ms if self._finals else 0
-        lead = min(lead_ms * self._bytes_per_second // 1000, self._base)
-        self._lead = lead if self._finals else self._base
-        while self._entries and self._entries[0].end <= self._lead:
+        lead = self._lead
+        while self._entries and self._entries[0].end <= lead:
             self._kept -= len(self._entries.popleft().request.audio_content)
             self._next -= 1
 

@@ -56,12 +56,10 @@ from voxmesh.asr.config import audio_chunk, check_model, validate_streaming_conf
 from voxmesh.discovery import CAPACITY_ON_DEMAND, InstanceInfo
 from voxmesh.rpc import status
 from voxmesh.rpc.metadata import (
-    CONTEXT_KEY,
     OFFSET_KEY,
     SKIP_KEY,
-    ReplayContext,
-    bytes_of,
     last_resort_asked,
+    replay_context_of,
     value_of,
 )
 from voxmesh.rpc.server import ServerOptions, ServiceServer, wait_for_signal
@@ -385,11 +383,8 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
         linear16 = config.encoding == stt_pb2.AUDIO_ENCODING_LINEAR16
         offset_ms = _metadata_int(context, OFFSET_KEY)
         skip_ms = _metadata_int(context, SKIP_KEY)
-        raw = bytes_of(context.invocation_metadata(), CONTEXT_KEY)
-        try:
-            lead_in_ms = ReplayContext.decode(raw).lead_in_ms if raw is not None else 0
-        except ValueError as err:
-            raise errors.InvalidArgument(f"metadata {err}") from None
+        replay = replay_context_of(context.invocation_metadata())
+        lead_in_ms = replay.lead_in_ms if replay is not None else 0
         if offset_ms or skip_ms or lead_in_ms:
             self.resumes.append((offset_ms, skip_ms, lead_in_ms))
         stream = _Stream(

@@ -43,8 +43,8 @@ from voxmesh.rpc.metadata import (
     OFFSET_KEY,
     SKIP_KEY,
     ReplayContext,
-    bytes_of,
     last_resort_asked,
+    replay_context_of,
     value_of,
 )
 from voxmesh.rpc.status import abort, code_of
@@ -73,17 +73,12 @@ def _metadata_ms(context: Context, key: str) -> float:
 
 
 def _replay_context(context: Context, skip: float) -> ReplayContext | None:
-    raw = bytes_of(context.invocation_metadata(), CONTEXT_KEY)
-    if raw is None:
-        return None
-    if skip:
+    replay = replay_context_of(context.invocation_metadata())
+    if replay is not None and skip:
         raise errors.InvalidArgument(
             f"metadata {CONTEXT_KEY} is for LINEAR16 replays ({OFFSET_KEY}), not with {SKIP_KEY}"
         )
-    try:
-        return ReplayContext.decode(raw)
-    except ValueError as err:
-        raise errors.InvalidArgument(f"metadata {err}") from None
+    return replay
 
 
 class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):

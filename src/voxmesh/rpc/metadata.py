@@ -24,14 +24,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from voxmesh.errors import InvalidArgument
+
 __all__ = [
     "CONTEXT_KEY",
     "LAST_RESORT_KEY",
     "OFFSET_KEY",
     "SKIP_KEY",
     "ReplayContext",
-    "bytes_of",
     "last_resort_asked",
+    "replay_context_of",
     "value_of",
 ]
 
@@ -106,11 +108,15 @@ def value_of(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> st
     return None
 
 
-def bytes_of(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> bytes | None:
-    """The value of a binary (``-bin``) key in gRPC invocation metadata, or None."""
+def replay_context_of(metadata: Iterable[tuple[str, str | bytes]] | None) -> ReplayContext | None:
+    """The lead-in a router sent with a failed-over stream, or None; INVALID_ARGUMENT
+    (:class:`~voxmesh.errors.InvalidArgument`) when it is malformed."""
     for k, v in metadata or ():
-        if k == key:
-            return v if isinstance(v, bytes) else v.encode()
+        if k == CONTEXT_KEY:
+            try:
+                return ReplayContext.decode(v if isinstance(v, bytes) else v.encode())
+            except ValueError as err:
+                raise InvalidArgument(f"metadata {err}") from None
     return None
 
 
