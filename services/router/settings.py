@@ -17,6 +17,8 @@ from voxmesh.settings import load, pairs, setting
 __all__ = ["ENV_PREFIX", "RouterSettings", "load_settings"]
 
 ENV_PREFIX = "VOXMESH_ROUTER"
+MAX_FAILOVER_CONTEXT_S = 29.0
+"""Longest ``failover_context_s``: an instance takes a lead-in of at most 29.5 s."""
 
 AUTO_POLICIES = ("priority", "language")
 DISCOVERY_BACKENDS = ("file", "consul")
@@ -193,6 +195,13 @@ class RouterSettings:
         if self.telemetry_interval_s < 0.1:
             raise SettingsError(
                 f"setting telemetry_interval_s={self.telemetry_interval_s!r}: at least 0.1"
+            )
+        if self.failover_context_s > MAX_FAILOVER_CONTEXT_S:
+            # Instances refuse a lead-in longer than Whisper's window: every failover
+            # would fail with INVALID_ARGUMENT.
+            raise SettingsError(
+                f"setting failover_context_s={self.failover_context_s!r}: at most "
+                f"{MAX_FAILOVER_CONTEXT_S:g} (a lead-in must fit Whisper's 30 s window)"
             )
 
 

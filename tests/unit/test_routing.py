@@ -148,6 +148,8 @@ def test_settings_from_env_and_flags() -> None:
         ({"models": ("tiny.en",)}, "models"),
         ({"queue_max_wait_s": 0.0}, "queue_max_wait_s"),
         ({"telemetry_interval_s": 0.05}, "telemetry_interval_s"),
+        ({"failover_context_s": 30.0}, "failover_context_s"),
+        ({"failover_context_s": -1.0}, "failover_context_s"),
     ],
 )
 def test_invalid_settings_name_the_setting(overrides: dict[str, object], named: str) -> None:
