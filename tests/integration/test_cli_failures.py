@@ -65,8 +65,12 @@ def test_status_names_the_target_and_the_wait_when_no_snapshot_comes(
 
 _SLOW_DECODE = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     import voxmesh.client.cli as cli
+
+    # Ctrl-C as in a terminal, even when the tests run from a background job
+    # (whose shell ignores SIGINT, and a child inherits that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def slow_decode(path, rate, *rest):
         print("decoding", flush=True)
