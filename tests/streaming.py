@@ -102,7 +102,7 @@ async def run_stream(
     speed: float = 0.0,
     first: stt_pb2.StreamingRecognizeRequest | None = None,
     extra: Sequence[stt_pb2.StreamingRecognizeRequest] = (),
-    metadata: Sequence[tuple[str, str]] = (),
+    metadata: Sequence[tuple[str, str | bytes]] = (),
     timeout: float | None = 120.0,
     run: StreamRun | None = None,
 ) -> StreamRun:

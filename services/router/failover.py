@@ -16,7 +16,8 @@ received). The resume point is the end of the last final result:
   (``bench/asr_context.py``: 20.6% WER alone against 16.8% with it).
 * A container cannot be cut, so the log keeps the whole stream; a new
   instance gets all of it with ``voxmesh-skip-ms: N`` ("decode from the start
-  but discard the first N ms").
+  but discard the first N ms"). With ``context_ms`` it gets the same lead-in:
+  N is then where the lead-in starts, and ``voxmesh-context-bin`` names it.
 
 Past ``replay_max_bytes`` of kept audio the log drops what the instance has
 already received; the stream is not replayable until a final result moves
@@ -65,7 +66,7 @@ class ReplayLog:
         self, linear16: bool, sample_rate: int, replay_max_bytes: int, context_ms: int = 0
     ) -> None:
         self._linear16 = linear16
-        self._context_ms = context_ms if linear16 else 0
+        self._context_ms = context_ms
         # Finals in the last context_ms before the resume point: (start_ms, end_ms, text).
         self._finals: deque[tuple[int, int, str]] = deque()
         self._replay_from = 0
@@ -137,17 +138,20 @@ class ReplayLog:
     def resume_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         """The metadata that tells a new instance where the replay (from the last
         :meth:`restart`) starts, and which part of it is a lead-in."""
-        if not self._linear16:
-            return ((SKIP_KEY, str(self._skip_ms)),) if self._skip_ms else ()
-        start_ms = self._replay_from * 1000 // self._bytes_per_second
+        if self._linear16:
+            key, resume_ms = OFFSET_KEY, self._base_ms
+            start_ms = self._replay_from * 1000 // self._bytes_per_second
+        else:  # the whole container is replayed: the instance discards up to start_ms
+            key, resume_ms = SKIP_KEY, self._skip_ms
+            start_ms = self._finals[0][0] if self._finals else resume_ms
         metadata: list[tuple[str, str | bytes]] = []
         if start_ms:
-            metadata.append((OFFSET_KEY, str(start_ms)))
-        if self._replay_from < self._base:
+            metadata.append((key, str(start_ms)))
+        if start_ms < resume_ms:
             lead_in = ReplayContext(
-                lead_in_ms=self._base_ms - start_ms,
+                lead_in_ms=resume_ms - start_ms,
                 finals=tuple(
-                    (s, min(e, self._base_ms), t) for s, e, t in self._finals if s >= start_ms
+                    (s, min(e, resume_ms), t) for s, e, t in self._finals if s >= start_ms
                 ),
             )
             metadata.append((CONTEXT_KEY, lead_in.encode()))
@@ -172,7 +176,9 @@ class ReplayLog:
         """A final result over [``start_ms``, ``end_ms``) with ``text``: nothing before
         its end needs replaying, and it is context for the next utterance."""
         if not self._linear16:
-            self._skip_ms = max(self._skip_ms, int(end_ms))
+            if int(end_ms) > self._skip_ms:
+                self._skip_ms = int(end_ms)
+                self._keep_context(start_ms, end_ms, text, self._skip_ms)
             return
         resume_ms = int(end_ms) // self._step_ms * self._step_ms
         resume = min(resume_ms * self._bytes_per_second // 1000, self._sent)
@@ -180,14 +186,18 @@ class ReplayLog:
             return
         self._base = resume
         self._base_ms = resume * 1000 // self._bytes_per_second
-        if self._context_ms and text:
-            self._finals.append((int(start_ms), int(end_ms), text))
-        while self._finals and self._finals[0][0] < self._base_ms - self._context_ms:
-            self._finals.popleft()
+        self._keep_context(start_ms, end_ms, text, self._base_ms)
         lead = self._lead
         while self._entries and self._entries[0].end <= lead:
             self._kept -= len(self._entries.popleft().request.audio_content)
             self._next -= 1
+
+    def _keep_context(self, start_ms: float, end_ms: float, text: str, resume_ms: int) -> None:
+        """Keeps a final with words as lead-in; forgets those older than ``context_ms``."""
+        if self._context_ms and text:
+            self._finals.append((int(start_ms), int(end_ms), text))
+        while self._finals and self._finals[0][0] < resume_ms - self._context_ms:
+            self._finals.popleft()
 
     def audio_seconds(self) -> float:
         """Seconds of LINEAR16 audio received (0 for containers, whose rate is unknown)."""

@@ -16,8 +16,8 @@ samples (32 bytes per ms).
 Failover metadata is honoured as by the real instances: ``voxmesh-offset-ms``
 (the first byte is at that stream time), ``voxmesh-skip-ms`` (discard
 that much audio first, offsets from the stream start) and
-``voxmesh-context-bin`` (the first ``lead_in_ms`` are context: no results for
-them; the fake, having no model, skips them); so is
+``voxmesh-context-bin`` (the first ``lead_in_ms`` after the offset or the skip
+are context: no results for them; the fake, having no model, skips them); so is
 ``voxmesh-last-resort: 1`` (taken while draining if the drain has
 ``last_resort_min_drain_s`` left, reported as ``drain_remaining``).
 
@@ -391,7 +391,7 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
             config.sample_rate if linear16 else CONTAINER_RATE,
             opts.utterance_ms,
             offset_ms,
-            max(skip_ms, offset_ms + lead_in_ms),
+            max(skip_ms, offset_ms) + lead_in_ms,
             opts.interim_every,
         )
         received = 0

@@ -17,7 +17,7 @@ from tests.asr_server import AsrServerThread
 from tests.conditions import wait_until_async
 from tests.speech import silence_pcm, utterance_recording, wer
 from tests.streaming import config_request, run_stream
-from voxmesh.rpc.metadata import CONTEXT_KEY, SKIP_KEY
+from voxmesh.rpc.metadata import CONTEXT_KEY
 from voxmesh.rpc.status import retry_after_of
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
@@ -299,10 +299,6 @@ REPLAY_CASES: dict[str, tuple[tuple[tuple[str, str | bytes], ...], str]] = {
     "longer than a window": (
         ((CONTEXT_KEY, b'{"lead_in_ms": 31000, "finals": []}'),),
         "longer than Whisper's window",
-    ),
-    "with a container's skip": (
-        ((SKIP_KEY, "1000"), (CONTEXT_KEY, b'{"lead_in_ms": 900, "finals": []}')),
-        "not with voxmesh-skip-ms",
     ),
 }
 

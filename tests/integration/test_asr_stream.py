@@ -22,6 +22,7 @@ from tests.speech import (
     wer,
 )
 from tests.streaming import config_request, run_stream
+from voxmesh.rpc.metadata import CONTEXT_KEY, SKIP_KEY, ReplayContext
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 pytestmark = pytest.mark.model
@@ -121,34 +122,23 @@ async def test_interims_are_off_when_not_requested(server: AsrServerThread) -> N
     assert run.interims == [] and len(run.finals) == 1
 
 
+def _ogg(pcm: bytes, rate: int, tmp_path: Path) -> bytes:
+    """``pcm`` (16-bit mono at ``rate``) encoded as Ogg Vorbis by sox."""
+    raw, ogg = tmp_path / "a.raw", tmp_path / "a.ogg"
+    raw.write_bytes(pcm)
+    command = ["sox", "-t", "raw", "-r", str(rate), "-e", "signed-integer", "-b", "16", "-c", "1"]
+    subprocess.run([*command, str(raw), str(ogg)], check=True)
+    return ogg.read_bytes()
+
+
 async def test_compressed_stream_and_unary_recognize(
     server: AsrServerThread, tmp_path: Path
 ) -> None:
     rec = utterance_recording()
-    raw = tmp_path / "a.raw"
-    raw.write_bytes(rec.pcm + silence_pcm(0.5, rec.rate))
-    ogg = tmp_path / "a.ogg"
-    subprocess.run(
-        [
-            "sox",
-            "-t",
-            "raw",
-            "-r",
-            str(rec.rate),
-            "-e",
-            "signed-integer",
-            "-b",
-            "16",
-            "-c",
-            "1",
-            str(raw),
-            str(ogg),
-        ],
-        check=True,
-    )
+    ogg = _ogg(rec.pcm + silence_pcm(0.5, rec.rate), rec.rate, tmp_path)
     container = config_request(0, encoding=stt_pb2.AUDIO_ENCODING_CONTAINER)
     async with grpc.aio.insecure_channel(server.target) as channel:
-        run = await run_stream(channel, ogg.read_bytes(), 8000, first=container, chunk_ms=250)
+        run = await run_stream(channel, ogg, 8000, first=container, chunk_ms=250)
         assert run.error is None, run.error
         assert wer(rec.text, run.text) <= 0.25, run.text
         stub = stt_pb2_grpc.RecognizerServiceStub(channel)
@@ -167,6 +157,30 @@ async def test_compressed_stream_and_unary_recognize(
     assert all(r.is_final for r in response.results)
     assert response.results[0].alternatives[0].words
     assert response.summary.pool == "asr_small"
+
+
+async def test_a_replayed_container_skips_and_hears_its_lead_in_as_context(
+    server: AsrServerThread, tmp_path: Path
+) -> None:
+    """A router fails a compressed stream over: the whole container again, the first
+    second skipped, then a lead-in (an utterance already final and its pause)."""
+    final = espeak_pcm(SENTENCES[0])
+    audio = silence_pcm(1.0) + final + silence_pcm(1.0) + espeak_pcm(SENTENCES[3])
+    audio += silence_pcm(1.0)
+    lead_in_ms = len(final) // 32 + 1000  # 32 bytes per ms
+    context = ReplayContext(
+        lead_in_ms=lead_in_ms, finals=((1000, 1000 + len(final) // 32, SENTENCES[0]),)
+    )
+    metadata = ((SKIP_KEY, "1000"), (CONTEXT_KEY, context.encode()))
+    container = config_request(0, encoding=stt_pb2.AUDIO_ENCODING_CONTAINER)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        run = await run_stream(
+            channel, _ogg(audio, 16000, tmp_path), first=container, metadata=metadata
+        )
+    assert run.error is None, run.error
+    assert len(run.finals) == 1, [f.alternatives[0].transcript for f in run.finals]
+    assert run.finals[0].start_offset.ToMilliseconds() >= 1000 + lead_in_ms - 1
+    assert wer(SENTENCES[3], run.text) <= 0.25, run.text
 
 
 @pytest.mark.parametrize("kind", ["silence", "whitenoise", "pinknoise", "brownnoise"])

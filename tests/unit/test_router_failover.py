@@ -156,6 +156,26 @@ def test_only_a_lead_in_kept_is_nothing_pending() -> None:
     assert not log.pending
 
 
+def test_a_container_skips_to_the_lead_in_and_names_it() -> None:
+    log = ReplayLog(linear16=False, sample_rate=0, replay_max_bytes=1 << 20, context_ms=1500)
+    data = chunks(log, 4, 1000)
+    drain(log)
+    log.commit(1000.0, 200.0, "one")
+    log.commit(2000.0, 1200.0, "two")  # "one" starts more than 1.5 s before 2000 ms
+    log.commit(2500.7, 2100.0, "")  # no words: moves the skip, no context
+    assert log.restart()
+    metadata = dict(log.resume_metadata())
+    assert metadata.pop(SKIP_KEY) == "1200"
+    raw = metadata.pop(CONTEXT_KEY)
+    assert isinstance(raw, bytes) and not metadata
+    assert ReplayContext.decode(raw) == ReplayContext(
+        lead_in_ms=1300, finals=((1200, 2000, "two"),)
+    )
+    assert drain(log) == data, "a container is replayed whole"
+    log.commit(2400.0, 2300.0, "late")  # ends before the skip: changes nothing
+    assert dict(log.resume_metadata())[SKIP_KEY] == "1200"
+
+
 def test_the_bound_drops_the_lead_in_first_and_the_stream_still_fails_over() -> None:
     log = ReplayLog(linear16=True, sample_rate=16000, replay_max_bytes=600 * MS, context_ms=15000)
     data = chunks(log, 5, 100 * MS)

@@ -19,11 +19,11 @@ OFFSET = 10.0
 
 
 async def replay(
-    audio: list[np.ndarray], context: ReplayContext
+    audio: list[np.ndarray], context: ReplayContext, **start: float
 ) -> tuple[list[SessionEvent], GatedDecoder]:
-    """Feeds ``audio`` to a session replaying from ``OFFSET`` with ``context``; returns
-    every event and the decoder (with the jobs it ran)."""
-    async with open_session(SessionOptions(), offset=OFFSET, replay=context) as (
+    """Feeds ``audio`` to a session replaying from ``OFFSET`` (or as ``start`` says)
+    with ``context``; returns every event and the decoder (with the jobs it ran)."""
+    async with open_session(SessionOptions(), replay=context, **(start or {"offset": OFFSET})) as (
         session,
         decoder,
     ):
@@ -49,6 +49,21 @@ async def test_an_utterance_in_the_lead_in_is_context_not_a_result() -> None:
     final_job = decoder.jobs[-1]
     assert final_job.prefix == "earlier words", "the earlier final is the decoder prefix"
     assert len(final_job.audio) >= int(2.6 * SR), "its audio is in front of the utterance"
+
+
+async def test_a_container_replay_has_its_lead_in_after_the_skip() -> None:
+    # A container is replayed whole: 2 s already final and outside the context are
+    # skipped; the lead-in (1 s of speech, final already, then 0.6 s of pause) follows.
+    context = ReplayContext(lead_in_ms=1600, finals=((2000, 3000, "earlier words"),))
+    audio = [speech(1.5), silence(0.5), speech(1.0), silence(0.6), speech(1.0), silence(1.0)]
+    events, decoder = await replay(audio, context, skip=2.0)
+    finals = [e for e in events if isinstance(e, Final)]
+    assert len(finals) == 1, events
+    assert finals[0].start >= 2.0 + 1.6 - 1 / SR, "offsets count from the stream start"
+    assert finals[0].end == pytest.approx(2.0 + 2.6 + 0.2, abs=0.05)
+    assert decoder.jobs[-1].prefix == "earlier words"
+    assert len(decoder.jobs[-1].audio) >= int(2.6 * SR), "the lead-in, not the skip, in front"
+    assert len(decoder.jobs[-1].audio) < int(4.0 * SR)
 
 
 async def test_speech_going_on_where_the_lead_in_ends_starts_an_utterance_there() -> None:

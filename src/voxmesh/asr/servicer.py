@@ -10,7 +10,8 @@ whatever happened (error, client cancel, deadline).
 Failover support for the router (request metadata, see protos/README.md):
 ``voxmesh-offset-ms`` shifts every offset (the audio starts at that stream
 time); ``voxmesh-skip-ms`` discards that much decoded audio first (used when
-compressed audio must be replayed from its start).
+compressed audio must be replayed from its start); ``voxmesh-context-bin``
+makes the start of the audio (after any skip) a lead-in heard as context only.
 """
 
 from __future__ import annotations
@@ -39,10 +40,8 @@ from voxmesh.asr.instance import AsrInstance
 from voxmesh.asr.results import duration, final_result, to_response
 from voxmesh.asr.session import Final, StreamParams, StreamSession
 from voxmesh.rpc.metadata import (
-    CONTEXT_KEY,
     OFFSET_KEY,
     SKIP_KEY,
-    ReplayContext,
     last_resort_asked,
     replay_context_of,
     value_of,
@@ -70,15 +69,6 @@ def _metadata_ms(context: Context, key: str) -> float:
     if value < 0:
         raise errors.InvalidArgument(f"metadata {key}={value} is negative")
     return value / 1000.0
-
-
-def _replay_context(context: Context, skip: float) -> ReplayContext | None:
-    replay = replay_context_of(context.invocation_metadata())
-    if replay is not None and skip:
-        raise errors.InvalidArgument(
-            f"metadata {CONTEXT_KEY} is for LINEAR16 replays ({OFFSET_KEY}), not with {SKIP_KEY}"
-        )
-    return replay
 
 
 class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
@@ -159,7 +149,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         config = validate_streaming_config(first.streaming_config)
         params = self._params(config)
         offset, skip = _metadata_ms(context, OFFSET_KEY), _metadata_ms(context, SKIP_KEY)
-        replay = _replay_context(context, skip)
+        replay = replay_context_of(context.invocation_metadata())
         decoder = make_decoder(config)
         try:
             session = StreamSession(

@@ -168,7 +168,7 @@ class StreamSession:
     ) -> None:
         """``offset``: stream time of the first sample; ``skip``: seconds of audio to
         drop first (a replayed container); ``replay``: the first ``lead_in_ms`` of the
-        audio are context only (a replayed LINEAR16 stream), see :meth:`_past_lead_in`."""
+        audio (after ``skip``) are context only, see :meth:`_past_lead_in`."""
         self.params = params
         self._opt = options
         self._scheduler = scheduler
@@ -213,7 +213,7 @@ class StreamSession:
         self._lead_end = 0
         self._lead_pending = False
         if replay is not None and replay.lead_in_ms:
-            self._start_after_lead_in(replay, offset)
+            self._start_after_lead_in(replay)
         self._task = asyncio.create_task(self._work(), name=f"voxmesh-session-{params.stream_id}")
 
     # -- producer side (RPC handler) ---------------------------------------
@@ -312,7 +312,7 @@ class StreamSession:
         """The worker task (done when the stream's results are all out)."""
         return self._task
 
-    def _start_after_lead_in(self, replay: ReplayContext, offset: float) -> None:
+    def _start_after_lead_in(self, replay: ReplayContext) -> None:
         """Takes the lead-in of a replay: no utterance starts in it, and its finals are
         the stream's context, as they were on the instance that failed."""
         lead_end = round(replay.lead_in_ms * SR / 1000)
@@ -323,7 +323,7 @@ class StreamSession:
         self._lead_end = lead_end
         self._lead_pending = True
         self._final_end = lead_end
-        base_ms = offset * 1000.0
+        base_ms = self._time_base * 1000.0
         for start_ms, end_ms, text in replay.finals:
             start = round((start_ms - base_ms) * SR / 1000)
             end = round((end_ms - base_ms) * SR / 1000)

@@ -7,10 +7,12 @@ instances:
   at stream time N ms, so every offset is shifted by N.
 * ``voxmesh-skip-ms: N``: a failed-over compressed stream, replayed from its
   start; the first N ms of decoded audio were already recognised: skip them.
-* ``voxmesh-context-bin``: a failed-over LINEAR16 stream whose replay starts
-  with audio that is context only (:class:`ReplayContext`, JSON): the earlier
-  final utterances a decode hears in front of the next one, as on the instance
-  that failed. The instance decodes none of it as an utterance of its own.
+* ``voxmesh-context-bin``: a failed-over stream whose replay starts with audio
+  that is context only (:class:`ReplayContext`, JSON): the earlier final
+  utterances a decode hears in front of the next one, as on the instance that
+  failed. The instance decodes none of it as an utterance of its own. The
+  replay starts at ``voxmesh-offset-ms`` (LINEAR16) or, for a container, after
+  the ``voxmesh-skip-ms`` discarded (then the start of the lead-in, not its end).
 * ``voxmesh-last-resort: 1``: no accepting instance of the pool had room, so a
   router with its (opt-in) last resort on sends the stream to a draining one; it
   takes it while its drain has long enough left
@@ -50,7 +52,8 @@ class ReplayContext:
     """The start of a replay that is context only.
 
     The first ``lead_in_ms`` of the replayed audio (which starts at the stream time
-    ``voxmesh-offset-ms`` names) were already recognised; ``finals`` are the final
+    ``voxmesh-offset-ms`` names, or after the ``voxmesh-skip-ms`` a container
+    discards) were already recognised; ``finals`` are the final
     utterances within it, as ``(start_ms, end_ms, text)`` in stream time.
     """
 
