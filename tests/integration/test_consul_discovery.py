@@ -204,6 +204,19 @@ def test_deregister_after_below_one_minute_is_rejected(double: ConsulDouble) -> 
         ConsulRegistrar(api(double), deregister_after="30s")
 
 
+@pytest.mark.parametrize(("drain_timeout", "reap"), [(100.0, "130s"), (20.0, "1m")])
+async def test_a_drain_longer_than_deregister_after_is_never_reaped(
+    double: ConsulDouble, registrars: list[ConsulRegistrar], drain_timeout: float, reap: str
+) -> None:
+    """Draining keeps the check critical: the agent must not reap the instance mid-drain."""
+    registrar = ConsulRegistrar(api(double), deregister_after="1m", drain_timeout=drain_timeout)
+    registrars.append(registrar)
+    await registrar.register(info_for(1, "asr-small-1"))
+    check = double.check("service:asr-small-1")
+    assert check is not None
+    assert check["Definition"]["deregistercriticalserviceafter"] == reap
+
+
 async def test_absent_until_grpc_check_passes_then_dropped_when_critical(
     double: ConsulDouble,
     instance: HealthServer,

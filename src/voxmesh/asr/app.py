@@ -73,6 +73,7 @@ def make_registrar(settings: AsrSettings) -> Registrar:
             api,
             check_interval=settings.consul_check_interval,
             deregister_after=settings.consul_deregister_after,
+            drain_timeout=settings.drain_timeout,
         )
     return _NoRegistrar()
 

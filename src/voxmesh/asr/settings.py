@@ -73,7 +73,9 @@ class AsrSettings:
     registry_dir: str = setting(".run/registry", "file discovery directory")
     consul_addr: str = setting("http://127.0.0.1:8500", "Consul agent HTTP address")
     consul_check_interval: str = setting("5s", "interval of the gRPC health check Consul runs")
-    consul_deregister_after: str = setting("1m", "Consul removes a crashed instance after this")
+    consul_deregister_after: str = setting(
+        "1m", "Consul removes a crashed instance after this (at least drain_timeout + 30 s)"
+    )
     capacity_class: str = setting("on-demand", "on-demand or preemptible")
     region: str = setting("local", "region reported to discovery")
     gpu_type: str = setting("", "GPU type reported to discovery (default: from NVML, or cpu)")

@@ -8,7 +8,10 @@ Registration. An instance registers as service ``consul_service_name(pool)``
 with ID ``instance_id``, its facts in ``Meta`` and a gRPC check
 (``grpc.health.v1``, overall health) that the agent runs every
 ``check_interval``; a check critical for ``deregister_after`` (at least 1m)
-gets the instance reaped. A new registration starts ``critical``, so the
+gets the instance reaped. A draining instance is critical on purpose (it must
+get no new streams) for as long as its ``drain_timeout``: ``deregister_after``
+is raised above that, or the agent would reap it mid-drain and the keeper
+register it again. A new registration starts ``critical``, so the
 instance is absent from ``?passing`` until its first good probe. A keeper task
 asks the agent every ``resync_interval`` whether it still knows the instance
 (``GET /v1/agent/service/:id``) and registers again if it forgot (an agent
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import re
 import threading
@@ -352,6 +356,27 @@ def _duration_setting(name: str, value: str, minimum: float) -> str:
     return value
 
 
+REAP_MARGIN_S = 30.0
+"""How much longer than a drain a critical check must be allowed before the agent
+reaps: the drain ends with a deregistration, which may need a retry."""
+
+
+def _reap_timeout(deregister_after: str, drain_timeout: float) -> str:
+    """``deregister_after``, or longer when a drain keeps the check critical that long."""
+    floor = drain_timeout + REAP_MARGIN_S
+    if drain_timeout <= 0 or parse_go_duration(deregister_after) >= floor:
+        return deregister_after
+    raised = format_go_duration(math.ceil(floor))
+    log.info(
+        "deregister_after=%s is shorter than a drain (%gs): Consul reaps critical "
+        "services after %s instead",
+        deregister_after,
+        drain_timeout,
+        raised,
+    )
+    return raised
+
+
 class ConsulRegistrar:
     """Registers one instance in Consul and keeps it registered (see the module docstring)."""
 
@@ -362,6 +387,7 @@ class ConsulRegistrar:
         check_interval: str = "5s",
         check_timeout: str = "2s",
         deregister_after: str = "1m",
+        drain_timeout: float = 0.0,
         resync_interval: float = 30.0,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
@@ -370,7 +396,9 @@ class ConsulRegistrar:
         self._api = api
         self._check_interval = _duration_setting("check_interval", check_interval, 0.001)
         self._check_timeout = _duration_setting("check_timeout", check_timeout, 0.001)
-        self._deregister_after = _duration_setting("deregister_after", deregister_after, 60.0)
+        self._deregister_after = _reap_timeout(
+            _duration_setting("deregister_after", deregister_after, 60.0), drain_timeout
+        )
         self._resync, self._backoff = resync_interval, (backoff_base, backoff_max)
         self._rng = rng or random.Random()
         self._info: InstanceInfo | None = None
