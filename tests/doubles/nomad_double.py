@@ -198,11 +198,12 @@ def parse_go_duration(text: str) -> float:
 def blocking_wait(query: dict[str, str]) -> float:
     """Seconds a blocking query waits before jitter (``QueryOptions.TimeToBlock``).
 
-    ``?wait`` unset or not positive means 5 min, and longer waits are cut to
-    5 min (``nomad/rpc.go blockingRPC``); a value that is not a Go duration is a 400.
+    ``?wait`` unset, empty or not positive means 5 min, and longer waits are cut to
+    5 min (``nomad/rpc.go blockingRPC``); a value that is not a Go duration is a 400
+    (``parseWait`` skips an empty one).
     """
     try:
-        wait = parse_go_duration(query["wait"]) if "wait" in query else 0.0
+        wait = parse_go_duration(query["wait"]) if query.get("wait") else 0.0
     except ValueError:
         raise NomadError(400, "Invalid wait time") from None
     return min(wait, MAX_WAIT_S) if wait > 0 else DEFAULT_WAIT_S
@@ -650,7 +651,7 @@ class NomadDouble:
             raise NomadError(405, "Invalid method")
         wait = blocking_wait(query)
         try:
-            min_index = int(query.get("index", "0"))
+            min_index = int(query.get("index") or "0")  # parseIndex skips an empty one
             if min_index < 0:
                 raise ValueError(min_index)
         except ValueError:

@@ -517,6 +517,7 @@ def test_a_blocking_query_times_out_with_the_same_index(nomad: NomadDouble) -> N
     ("query", "seconds"),
     [
         ({}, 300.0),
+        ({"wait": ""}, 300.0),
         ({"wait": "0s"}, 300.0),
         ({"wait": "-1s"}, 300.0),
         ({"wait": "30s"}, 30.0),
@@ -527,6 +528,11 @@ def test_blocking_waits_default_to_five_minutes_and_are_capped_there(
     query: dict[str, str], seconds: float
 ) -> None:
     assert blocking_wait(query) == seconds
+
+
+def test_an_empty_index_is_no_index(nomad: NomadDouble) -> None:
+    _, index = nomad.handle("GET", "/v1/nodes", {"index": "", "wait": ""}, b"")
+    assert index >= 1
 
 
 @pytest.mark.parametrize(
