@@ -7,13 +7,17 @@ received). The resume point is the end of the last final result:
 * LINEAR16 can be cut anywhere, so the log drops everything before the end
   of each final result; a new instance gets the rest with the metadata
   ``voxmesh-offset-ms: N`` ("your first byte is at stream time N ms").
-  N is rounded down to a whole sample (multiples of 10 ms at 44.1 kHz).
+  N is rounded down to a time that is both a whole millisecond and a whole
+  sample (multiples of 10 ms at 44.1 kHz, 40 ms at 11.025 kHz, up to 1 s at an
+  odd rate such as 11127 Hz); the audio between N and the final's end is a
+  lead-in (below), so nothing already final is recognised again.
   With ``context_ms``, the log also keeps the final utterances of the last
-  ``context_ms`` before the resume point, and a new instance gets them in
-  front (a lead-in, ``voxmesh-context-bin``: already final, context only):
-  an instance decodes an utterance behind the audio of the earlier ones, and
-  without it the first utterance after a failover is transcribed worse
-  (``bench/asr_context.py``: 20.6% WER alone against 16.8% with it).
+  ``context_ms`` before the resume point (at most ``MAX_CONTEXT_FINALS``), and
+  a new instance gets them in front (a lead-in, ``voxmesh-context-bin``:
+  already final, context only): an instance decodes an utterance behind the
+  audio of the earlier ones, and without it the first utterance after a
+  failover is transcribed worse (``bench/asr_context.py``: 20.6% WER alone
+  against 16.8% with it).
 * A container cannot be cut, so the log keeps the whole stream; a new
   instance gets all of it with ``voxmesh-skip-ms: N`` ("decode from the start
   but discard the first N ms"). With ``context_ms`` it gets the same lead-in:
@@ -26,8 +30,8 @@ the resume point past the dropped audio (a container never again).
 :class:`ResultTracker` turns the responses of successive instances into one
 consistent stream for the client: utterance indices continue, interim
 results of utterances already final are dropped, a final is never sent twice,
-a speech start already announced is not announced again, and the summary
-counts the failovers and the finals the client actually got.
+a speech start (or end) already announced is not announced again, and the
+summary counts the failovers and the finals the client actually got.
 """
 
 from __future__ import annotations
@@ -38,7 +42,13 @@ from dataclasses import dataclass
 
 from google.protobuf import duration_pb2
 
-from voxmesh.rpc.metadata import CONTEXT_KEY, OFFSET_KEY, SKIP_KEY, ReplayContext
+from voxmesh.rpc.metadata import (
+    CONTEXT_KEY,
+    MAX_CONTEXT_FINALS,
+    OFFSET_KEY,
+    SKIP_KEY,
+    ReplayContext,
+)
 from voxmesh.stt.v1 import stt_pb2
 
 __all__ = ["ReplayLog", "ResultTracker"]
@@ -70,14 +80,14 @@ class ReplayLog:
         # Finals in the last context_ms before the resume point: (start_ms, end_ms, text).
         self._finals: deque[tuple[int, int, str]] = deque()
         self._replay_from = 0
+        self._rate = sample_rate
         self._bytes_per_second = 2 * sample_rate
         self._step_ms = 1000 // math.gcd(sample_rate, 1000) if linear16 else 1
         self._max_kept = replay_max_bytes
         self._entries: deque[_Entry] = deque()
         self._next = 0
-        self._base = 0
-        self._base_ms = 0
-        self._skip_ms = 0
+        self._base = 0  # byte of the resume point: _end_ms rounded down to the grid
+        self._end_ms = 0  # where the recognised audio ends: the last final's end
         self._sent = 0
         self._kept = 0
         self._dropped_to = 0
@@ -91,20 +101,27 @@ class ReplayLog:
         """False while audio after the resume point was dropped to honour the bound."""
         return self._base >= self._dropped_to
 
+    def _grid(self, ms: int) -> int:
+        """``ms`` rounded down to a whole millisecond that is also a whole sample."""
+        return ms // self._step_ms * self._step_ms
+
     @property
     def _lead(self) -> int:
         """Byte where the lead-in starts: the first kept final's start (rounded down to a
         whole sample), or the resume point when there is none."""
         if not self._finals:
             return self._base
-        lead_ms = self._finals[0][0] // self._step_ms * self._step_ms
+        lead_ms = self._grid(self._finals[0][0])
         return min(lead_ms * self._bytes_per_second // 1000, self._base)
 
     @property
     def pending(self) -> bool:
-        """True while audio after the resume point is kept: not every byte received has
-        its final result (a container's audio is kept whole, so always once it has any)."""
-        return bool(self._entries) and self._entries[-1].end > self._base
+        """True while audio after the last final's end is kept: not every byte received
+        has its final result (a container's audio is kept whole, so always once it has
+        any)."""
+        # A final's end is known to the millisecond: the rest of it counts as recognised.
+        recognised = (self._end_ms + 1) * self._rate // 1000 * 2 if self._linear16 else 0
+        return bool(self._entries) and self._entries[-1].end > recognised
 
     def append(self, request: stt_pb2.StreamingRecognizeRequest) -> None:
         """Adds a client audio request at the end of the stream."""
@@ -137,22 +154,19 @@ class ReplayLog:
 
     def resume_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         """The metadata that tells a new instance where the replay (from the last
-        :meth:`restart`) starts, and which part of it is a lead-in."""
+        :meth:`restart`) starts, and which part of it is a lead-in: from its start to
+        the last final's end."""
         if self._linear16:
-            key, resume_ms = OFFSET_KEY, self._base_ms
-            start_ms = self._replay_from * 1000 // self._bytes_per_second
+            key, start_ms = OFFSET_KEY, self._replay_from * 1000 // self._bytes_per_second
         else:  # the whole container is replayed: the instance discards up to start_ms
-            key, resume_ms = SKIP_KEY, self._skip_ms
-            start_ms = self._finals[0][0] if self._finals else resume_ms
+            key, start_ms = SKIP_KEY, self._finals[0][0] if self._finals else self._end_ms
         metadata: list[tuple[str, str | bytes]] = []
         if start_ms:
             metadata.append((key, str(start_ms)))
-        if start_ms < resume_ms:
+        if start_ms < self._end_ms:
             lead_in = ReplayContext(
-                lead_in_ms=resume_ms - start_ms,
-                finals=tuple(
-                    (s, min(e, resume_ms), t) for s, e, t in self._finals if s >= start_ms
-                ),
+                lead_in_ms=self._end_ms - start_ms,
+                finals=tuple(f for f in self._finals if f[0] >= start_ms),
             )
             metadata.append((CONTEXT_KEY, lead_in.encode()))
         return tuple(metadata)
@@ -174,30 +188,27 @@ class ReplayLog:
 
     def commit(self, end_ms: float, start_ms: float = 0.0, text: str = "") -> None:
         """A final result over [``start_ms``, ``end_ms``) with ``text``: nothing before
-        its end needs replaying, and it is context for the next utterance."""
+        its end needs recognising again, and it is context for the next utterance."""
+        end = int(end_ms)
+        if self._linear16:  # never past what the instance was sent
+            end = min(end, self._sent * 1000 // self._bytes_per_second)
+        if end <= self._end_ms:
+            return
+        self._end_ms = end
+        if self._context_ms and text:
+            self._finals.append((min(int(start_ms), end), end, text))
+        while self._finals and (
+            len(self._finals) > MAX_CONTEXT_FINALS
+            or self._grid(self._finals[0][0]) < end - self._context_ms
+        ):
+            self._finals.popleft()
         if not self._linear16:
-            if int(end_ms) > self._skip_ms:
-                self._skip_ms = int(end_ms)
-                self._keep_context(start_ms, end_ms, text, self._skip_ms)
             return
-        resume_ms = int(end_ms) // self._step_ms * self._step_ms
-        resume = min(resume_ms * self._bytes_per_second // 1000, self._sent)
-        if resume <= self._base:
-            return
-        self._base = resume
-        self._base_ms = resume * 1000 // self._bytes_per_second
-        self._keep_context(start_ms, end_ms, text, self._base_ms)
+        self._base = max(self._base, self._grid(end) * self._bytes_per_second // 1000)
         lead = self._lead
         while self._entries and self._entries[0].end <= lead:
             self._kept -= len(self._entries.popleft().request.audio_content)
             self._next -= 1
-
-    def _keep_context(self, start_ms: float, end_ms: float, text: str, resume_ms: int) -> None:
-        """Keeps a final with words as lead-in; forgets those older than ``context_ms``."""
-        if self._context_ms and text:
-            self._finals.append((int(start_ms), int(end_ms), text))
-        while self._finals and self._finals[0][0] < resume_ms - self._context_ms:
-            self._finals.popleft()
 
     def audio_seconds(self) -> float:
         """Seconds of LINEAR16 audio received (0 for containers, whose rate is unknown)."""
@@ -234,12 +245,20 @@ class ResultTracker:
         self._last_end_ms = -1.0
         self._base = 0
         self._in_speech = False
+        # Offset of the speech end the client has had without a final after it.
+        self._ended_at: float | None = None
         self._suppress_start = False
+        self._suppress_end = False
 
     def begin_attempt(self, resumed: bool) -> None:
-        """A new instance takes the stream; ``resumed`` when results were sent before."""
+        """A new instance takes the stream; ``resumed`` when results were sent before.
+
+        It replays from the last final: an utterance the client has heard start (and
+        maybe end) is announced again by the new instance; those repeats are dropped.
+        """
         self._base = self._last_index + 1
-        self._suppress_start = resumed and self._in_speech
+        self._suppress_start = resumed and (self._in_speech or self._ended_at is not None)
+        self._suppress_end = False
 
     def on_response(
         self, response: stt_pb2.StreamingRecognizeResponse
@@ -267,6 +286,7 @@ class ResultTracker:
                 return None
             self._last_index = index
             self._last_end_ms = end_ms
+            self._ended_at = None
             self.final_results += 1
         if index != result.utterance_index:
             result.utterance_index = index
@@ -275,12 +295,23 @@ class ResultTracker:
     def _on_event(
         self, response: stt_pb2.StreamingRecognizeResponse
     ) -> stt_pb2.StreamingRecognizeResponse | None:
-        started = response.speech_event.type == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED
-        if started and self._suppress_start:
+        offset_ms = duration_ms(response.speech_event.offset)
+        if response.speech_event.type == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED:
+            # A repeat: the utterance open at the failure, or one whose end the
+            # client has had (it starts before that end), not the next one.
+            repeat = self._ended_at is None or offset_ms < self._ended_at
+            if self._suppress_start and repeat:
+                self._suppress_start = False
+                self._suppress_end = self._ended_at is not None
+                return None
             self._suppress_start = False
-            return None
+            self._in_speech, self._ended_at = True, None
+            return response
         self._suppress_start = False
-        self._in_speech = started
+        if self._suppress_end:  # the end of the repeated start
+            self._suppress_end = False
+            return None
+        self._in_speech, self._ended_at = False, offset_ms
         return response
 
     def fix_summary(

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.router.failover import ReplayLog, ResultTracker
-from voxmesh.rpc.metadata import CONTEXT_KEY, OFFSET_KEY, SKIP_KEY, ReplayContext
+from voxmesh.rpc.metadata import (
+    CONTEXT_KEY,
+    MAX_CONTEXT_FINALS,
+    OFFSET_KEY,
+    SKIP_KEY,
+    ReplayContext,
+    replay_context_of,
+)
 from voxmesh.stt.v1 import stt_pb2
 
 
@@ -44,7 +53,8 @@ def test_resume_point_is_rounded_down_to_a_whole_sample() -> None:
     drain(log)
     log.commit(123.4)  # 44.1 samples per ms: whole samples every 10 ms -> 120 ms
     assert log.restart()
-    assert log.resume_metadata() == ((OFFSET_KEY, "120"),)
+    # The 3 ms from there to the final's end were recognised already: a lead-in.
+    assert lead_in(log) == ("120", ReplayContext(lead_in_ms=3, finals=()))
     assert drain(log) == data[120 * 441 // 10 * 2 :]
 
 
@@ -188,6 +198,66 @@ def test_the_bound_drops_the_lead_in_first_and_the_stream_still_fails_over() -> 
     assert drain(log) == data[400 * MS :]
 
 
+def replayed_log(rate: int, seconds: float, context_ms: int = 15000) -> ReplayLog:
+    log = ReplayLog(
+        linear16=True, sample_rate=rate, replay_max_bytes=1 << 30, context_ms=context_ms
+    )
+    for _ in range(round(seconds * 10)):
+        log.append(audio(bytes(rate // 10 * 2)))
+    drain(log)
+    return log
+
+
+@pytest.mark.parametrize("context_ms", [15000, 0])
+def test_at_an_odd_rate_the_lead_in_ends_where_the_last_final_ends(context_ms: int) -> None:
+    # 11127 Hz: whole samples at whole milliseconds only every second.
+    log = replayed_log(11127, 5.0, context_ms)
+    log.commit(2500.0, 500.0, "hello there")
+    log.commit(3900.0, 3100.0, "yes")  # a short final that starts after 3000 ms
+    assert log.restart()
+    metadata = log.resume_metadata()
+    context = replay_context_of(metadata)  # what an instance does with it: no error
+    assert context is not None
+    if context_ms:
+        assert OFFSET_KEY not in dict(metadata), "the lead-in starts at 0 ms"
+        assert context == ReplayContext(
+            lead_in_ms=3900, finals=((500, 2500, "hello there"), (3100, 3900, "yes"))
+        )
+    else:
+        assert dict(metadata)[OFFSET_KEY] == "3000"
+        assert context == ReplayContext(lead_in_ms=900, finals=())
+    assert log.pending, "1.1 s after the last final is still to be recognised"
+
+
+def test_a_final_that_leaves_the_resume_point_in_place_is_still_context() -> None:
+    log = replayed_log(11127, 5.0)
+    log.commit(2100.0, 1000.0, "one")  # resume point 2000 ms
+    log.commit(2900.0, 2300.0, "two")  # still 2000 ms
+    assert log.restart()
+    context = replay_context_of(log.resume_metadata())
+    assert context is not None and [f[2] for f in context.finals] == ["one", "two"]
+
+
+def test_audio_all_final_at_an_odd_rate_is_not_pending() -> None:
+    log = replayed_log(11127, 1.0)
+    log.commit(1000.0, 0.0, "all of it")
+    assert not log.pending
+
+
+@pytest.mark.parametrize("linear16", [True, False])
+def test_the_lead_in_names_at_most_the_latest_finals_an_instance_takes(linear16: bool) -> None:
+    log = ReplayLog(linear16, 16000 if linear16 else 0, 1 << 30, context_ms=29000)
+    for _ in range(300):  # 30 s
+        log.append(audio(bytes(3200)))
+    drain(log)
+    for i in range(MAX_CONTEXT_FINALS + 2):  # short utterances 0.42 s apart
+        log.commit(1320.0 + 420 * i, 1000.0 + 420 * i, f"w{i}")
+    assert log.restart()
+    context = replay_context_of(log.resume_metadata())
+    assert context is not None and len(context.finals) == MAX_CONTEXT_FINALS
+    assert context.finals[-1][2] == f"w{MAX_CONTEXT_FINALS + 1}", "the latest are kept"
+
+
 def result(
     index: int, final: bool, end_ms: int, text: str = "x"
 ) -> stt_pb2.StreamingRecognizeResponse:
@@ -197,10 +267,10 @@ def result(
     return stt_pb2.StreamingRecognizeResponse(result=res)
 
 
-def event(kind: int) -> stt_pb2.StreamingRecognizeResponse:
-    return stt_pb2.StreamingRecognizeResponse(
-        speech_event=stt_pb2.SpeechEvent(type=kind)  # type: ignore[arg-type]
-    )
+def event(kind: int, ms: int = 0) -> stt_pb2.StreamingRecognizeResponse:
+    speech_event = stt_pb2.SpeechEvent(type=kind)  # type: ignore[arg-type]
+    speech_event.offset.FromMilliseconds(ms)
+    return stt_pb2.StreamingRecognizeResponse(speech_event=speech_event)
 
 
 STARTED = stt_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED
@@ -243,6 +313,44 @@ def test_speech_start_is_not_announced_twice_across_a_failover() -> None:
     assert tracker.on_response(event(STARTED)) is None
     assert tracker.on_response(event(ENDED)) is not None
     assert tracker.on_response(event(STARTED)) is not None
+
+
+def kinds(responses: list[stt_pb2.StreamingRecognizeResponse | None]) -> list[str]:
+    """What the client got: speech events by name, finals as their end."""
+    out = []
+    for r in responses:
+        if r is None:
+            continue
+        if r.WhichOneof("streaming_response") == "speech_event":
+            out.append("started" if r.speech_event.type == STARTED else "ended")
+        else:
+            out.append(f"final@{r.result.end_offset.ToMilliseconds()}")
+    return out
+
+
+def test_an_utterance_ended_before_its_final_is_not_announced_twice() -> None:
+    # The instance sent the speech end, then failed while decoding the final.
+    tracker = ResultTracker()
+    tracker.begin_attempt(resumed=False)
+    got = [tracker.on_response(event(STARTED, 1000)), tracker.on_response(event(ENDED, 2500))]
+    tracker.begin_attempt(resumed=True)
+    for response in (event(STARTED, 1000), event(ENDED, 2450), result(0, True, 2700)):
+        got.append(tracker.on_response(response))
+    for response in (event(STARTED, 3000), event(ENDED, 3600), result(1, True, 3800)):
+        got.append(tracker.on_response(response))
+    assert kinds(got) == ["started", "ended", "final@2700", "started", "ended", "final@3800"]
+
+
+def test_after_an_utterance_without_words_the_next_one_is_announced() -> None:
+    # The utterance that ended had no final (noise); the new instance's VAD does not
+    # find it at all: the next utterance's start is no repeat.
+    tracker = ResultTracker()
+    tracker.begin_attempt(resumed=False)
+    got = [tracker.on_response(event(STARTED, 1000)), tracker.on_response(event(ENDED, 1400))]
+    tracker.begin_attempt(resumed=True)
+    for response in (event(STARTED, 3000), event(ENDED, 3600), result(0, True, 3800)):
+        got.append(tracker.on_response(response))
+    assert kinds(got) == ["started", "ended", "started", "ended", "final@3800"]
 
 
 def test_summary_keeps_the_instance_audio_figure_for_containers() -> None:

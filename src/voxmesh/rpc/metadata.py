@@ -31,6 +31,7 @@ from voxmesh.errors import InvalidArgument
 __all__ = [
     "CONTEXT_KEY",
     "LAST_RESORT_KEY",
+    "MAX_CONTEXT_FINALS",
     "OFFSET_KEY",
     "SKIP_KEY",
     "ReplayContext",
@@ -44,7 +45,8 @@ SKIP_KEY = "voxmesh-skip-ms"
 LAST_RESORT_KEY = "voxmesh-last-resort"
 CONTEXT_KEY = "voxmesh-context-bin"
 
-_MAX_CONTEXT_FINALS = 64
+MAX_CONTEXT_FINALS = 64
+"""Most finals a lead-in may name (a router keeps the latest)."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,8 @@ class ReplayContext:
         finals = body.get("finals") if isinstance(body, dict) else None
         if not _is_count(lead_in) or not isinstance(finals, list):
             raise ValueError(f"{CONTEXT_KEY} needs lead_in_ms (an integer >= 0) and finals")
-        if len(finals) > _MAX_CONTEXT_FINALS:
-            raise ValueError(f"{CONTEXT_KEY} has more than {_MAX_CONTEXT_FINALS} finals")
+        if len(finals) > MAX_CONTEXT_FINALS:
+            raise ValueError(f"{CONTEXT_KEY} has more than {MAX_CONTEXT_FINALS} finals")
         parsed = []
         for final in finals:
             if not _is_final(final):
