@@ -107,12 +107,14 @@ class ReplayLog:
 
     @property
     def _lead(self) -> int:
-        """Byte where the lead-in starts: the first kept final's start (rounded down to a
-        whole sample), or the resume point when there is none."""
-        if not self._finals:
-            return self._base
-        lead_ms = self._grid(self._finals[0][0])
-        return min(lead_ms * self._bytes_per_second // 1000, self._base)
+        """Byte where the lead-in starts: the start (rounded down to a whole sample) of
+        the first kept final whose audio the bound has not dropped, or the resume point
+        when there is none."""
+        for start_ms, _, _ in self._finals:
+            lead = self._grid(start_ms) * self._bytes_per_second // 1000
+            if lead >= self._dropped_to:
+                return min(lead, self._base)
+        return self._base
 
     @property
     def pending(self) -> bool:
@@ -143,9 +145,8 @@ class ReplayLog:
         """
         if not self.replayable:
             return False
-        # The lead-in goes too, unless the bound dropped some of it.
-        lead = self._lead
-        self._sent = lead if lead >= self._dropped_to else self._base
+        # The lead-in goes too, from its first final the bound left whole.
+        self._sent = self._lead
         self._replay_from = self._sent
         self._next = 0
         while self._next < len(self._entries) and self._entries[self._next].end <= self._sent:

@@ -258,6 +258,20 @@ def test_the_lead_in_names_at_most_the_latest_finals_an_instance_takes(linear16:
     assert context.finals[-1][2] == f"w{MAX_CONTEXT_FINALS + 1}", "the latest are kept"
 
 
+def test_the_bound_drops_the_oldest_finals_of_a_lead_in_and_keeps_the_rest() -> None:
+    log = ReplayLog(linear16=True, sample_rate=16000, replay_max_bytes=900 * MS, context_ms=15000)
+    data = chunks(log, 10, 100 * MS)
+    drain(log)
+    log.commit(300.0, 0.0, "early")
+    log.commit(800.0, 500.0, "later")  # lead-in 0-800 ms: 1000 ms kept > 900 ms
+    assert log.restart()
+    assert lead_in(log) == (
+        "500",
+        ReplayContext(lead_in_ms=300, finals=((500, 800, "later"),)),
+    ), "the audio of 'early' was dropped; 'later' is still whole"
+    assert drain(log) == data[500 * MS :]
+
+
 def result(
     index: int, final: bool, end_ms: int, text: str = "x"
 ) -> stt_pb2.StreamingRecognizeResponse:
