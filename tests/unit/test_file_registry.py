@@ -192,13 +192,17 @@ async def test_other_pools_and_corrupt_files_are_skipped(
     (tmp_path / "nofields.json").write_text('{"instance_id": "x", "heartbeat_unix": 1}')
     (tmp_path / "noheartbeat.json").write_text(json.dumps({"instance_id": "y"}))
     (tmp_path / ".in-progress.json.tmp").write_text("{")
+    good = json.loads((tmp_path / "good.json").read_text())
+    for name, value in [("max_streams", "4"), ("port", True), ("draining", 0), ("meta", [1])]:
+        (tmp_path / f"bad-{name}.json").write_text(json.dumps({**good, name: value}))
     watcher = FileWatcher(tmp_path, "asr_small", clock=clock)
 
     with caplog.at_level(logging.WARNING, logger="voxmesh.discovery.file"):
         assert [i.instance_id for i in watcher.scan()] == ["good"]
         first = len(caplog.records)
         watcher.scan()
-    assert first == 5
+    assert first == 9
+    assert "max_streams is not int: '4'" in caplog.text
     assert len(caplog.records) == first, "a bad file is reported once, not on every poll"
 
 

@@ -40,9 +40,9 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin, get_type_hints
 
 from voxmesh.discovery.base import InstanceInfo, scrape_labels
 from voxmesh.rpc.address import host_port
@@ -71,13 +71,30 @@ def read_record(path: Path) -> tuple[InstanceInfo, float]:
         raise ValueError("heartbeat_unix is not a number")
     names = {f.name for f in dataclasses.fields(InstanceInfo)}
     fields = {k: v for k, v in data.items() if k in names}
+    for name, value in fields.items():
+        if not _has_type(value, _FIELD_TYPES[name]):
+            raise ValueError(f"{name} is not {_FIELD_TYPES[name].__name__}: {value!r}")
     try:
         info = InstanceInfo(**fields)
     except TypeError as exc:  # a required field is missing
         raise ValueError(str(exc)) from exc
-    if not isinstance(info.port, int) or not isinstance(info.instance_id, str):
-        raise ValueError("port or instance_id has the wrong type")
     return info, float(heartbeat)
+
+
+_FIELD_TYPES: dict[str, type] = {
+    name: get_origin(hint) or hint for name, hint in get_type_hints(InstanceInfo).items()
+}
+"""What each record field must be (``meta``: a mapping of strings)."""
+
+
+def _has_type(value: object, expected: type) -> bool:
+    if expected is int:  # JSON true is no port number
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is Mapping:
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        )
+    return isinstance(value, expected)
 
 
 def _write_atomic(path: Path, payload: object) -> None:
