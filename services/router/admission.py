@@ -5,8 +5,14 @@ otherwise it waits, realtime ahead of batch and, within a priority, streams
 being failed over ahead of new ones, first come first served. Waiting streams
 are served when capacity frees up or an instance appears (:meth:`notify`);
 after ``max_wait_s`` a stream is rejected with ``RESOURCE_EXHAUSTED`` and a
-retry hint, and so is a new stream that finds the queue full. Admitted streams
-are never preempted: overload is absorbed by the queue, not spread over them.
+retry hint, and so is a new stream that finds the queue full; a realtime
+stream that finds it full of batch streams takes the place of the last one
+instead. Admitted streams are never preempted: overload is absorbed by the
+queue, not spread over them.
+
+A stream refused by the instance it was given (full after all) waits again in
+its :class:`QueuePlace`: its place in the order, its wait counted from its
+arrival, never refused for a full queue, admitted (and counted) once.
 
 Choosing and reserving an instance happen together and synchronously, so two
 streams never see the same free slot.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import itertools
 import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -26,7 +33,7 @@ from services.router.balancer import Candidate, PowerOfTwoBalancer
 from services.router.metrics import QUEUE_FULL, QUEUE_TIMEOUT, RouterMetrics
 from voxmesh.errors import ResourceExhausted, Unavailable
 
-__all__ = ["Admission", "QueueLimits", "QueueSnapshot", "Slot"]
+__all__ = ["Admission", "QueueLimits", "QueuePlace", "QueueSnapshot", "Slot"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +76,31 @@ class QueueSnapshot:
 
 
 @dataclass(eq=False)
+class QueuePlace:
+    """One stream's turn in the queue (:meth:`Admission.place`), kept while instances
+    refuse it; a stream being failed over takes a new one."""
+
+    seq: int
+    since: float
+    """When the stream started waiting."""
+    admitted: bool = False
+    """True once given an instance: counted, and not refused for a full queue."""
+
+
+@dataclass(eq=False)
 class _Waiter(Generic[S]):
     key: tuple[int, int, int]
     realtime: bool
+    resumed: bool
     exclude: frozenset[str]
-    since: float
+    place: QueuePlace
     buffered: Callable[[], int]
     future: asyncio.Future[S]
+
+    @property
+    def evictable(self) -> bool:
+        """A new batch stream: what a realtime one may take the place of."""
+        return not (self.realtime or self.resumed or self.place.admitted)
 
 
 @dataclass
@@ -106,6 +131,13 @@ class Admission(Generic[S]):
         self._clock = clock
         self._seq = itertools.count()
         self._closed = False
+        for pool in self._queues:  # every pool exported from the start, empty
+            metrics.queue_bytes.labels(pool).set_function(functools.partial(self._bytes, pool))
+            self._gauge(pool)
+
+    def place(self) -> QueuePlace:
+        """A new place at the end of the queue, for one stream (or one failover)."""
+        return QueuePlace(seq=next(self._seq), since=self._clock())
 
     async def admit(
         self,
@@ -115,12 +147,15 @@ class Admission(Generic[S]):
         exclude: Collection[str] = (),
         resumed: bool = False,
         buffered: Callable[[], int] = lambda: 0,
+        place: QueuePlace | None = None,
     ) -> S:
         """Reserves an instance of ``pool`` for a stream, waiting if none has room.
 
         ``resumed`` marks a stream being failed over (served first, never
         refused for a full queue); ``exclude`` lists instances it must avoid;
-        ``buffered`` reports the audio bytes it holds (for the statistics).
+        ``buffered`` reports the audio bytes it holds (for the statistics);
+        ``place`` is its turn, kept when an instance refused it (default: a new
+        one).
         The caller must ``release()`` the returned slot (a slot handed over in
         the same turn of the loop as the wait times out is returned too). Raises
         :class:`ResourceExhausted` when the queue is full or the wait is too
@@ -129,25 +164,29 @@ class Admission(Generic[S]):
         if self._closed:
             raise Unavailable("the router is shutting down")
         queue = self._queues[pool]
-        loop = asyncio.get_running_loop()
+        place = place or self.place()
         waiter: _Waiter[S] = _Waiter(
-            key=(0 if realtime else 1, 0 if resumed else 1, next(self._seq)),
+            key=(0 if realtime else 1, 0 if resumed else 1, place.seq),
             realtime=realtime,
+            resumed=resumed,
             exclude=frozenset(exclude),
-            since=self._clock(),
+            place=place,
             buffered=buffered,
-            future=loop.create_future(),
+            future=asyncio.get_running_loop().create_future(),
         )
         bisect.insort(queue.waiters, waiter, key=lambda w: w.key)
-        self._dispatch(pool)
-        if not waiter.future.done():
-            full = len(queue.waiters) > self._limits.max_streams
-            if full and not resumed:
-                self._leave(pool, waiter)
-                raise self._reject(pool, waiter, QUEUE_FULL)
-            self._gauge(pool)
         try:
-            async with asyncio.timeout(self._limits.max_wait_s):
+            self._dispatch(pool)
+        except BaseException:
+            self._leave(pool, waiter)
+            raise
+        if not waiter.future.done():
+            if len(queue.waiters) > self._limits.max_streams and not (resumed or place.admitted):
+                self._make_room(pool, waiter)
+            self._gauge(pool)
+        wait_left = self._limits.max_wait_s - (self._clock() - place.since)
+        try:
+            async with asyncio.timeout(max(0.0, wait_left)):
                 slot = await waiter.future
         except TimeoutError:
             self._leave(pool, waiter)
@@ -179,8 +218,8 @@ class Admission(Generic[S]):
         return QueueSnapshot(
             queued_realtime=realtime,
             queued_batch=len(queue.waiters) - realtime,
-            queued_bytes=sum(w.buffered() for w in queue.waiters),
-            oldest_wait_s=max((now - w.since for w in queue.waiters), default=0.0),
+            queued_bytes=self._bytes(pool),
+            oldest_wait_s=max((now - w.place.since for w in queue.waiters), default=0.0),
             admitted_total=queue.admitted_total,
             rejected_total=queue.rejected_total,
         )
@@ -197,6 +236,19 @@ class Admission(Generic[S]):
                 if not waiter.future.done():
                     waiter.future.set_exception(Unavailable("the router is shutting down"))
                 self._leave(pool, waiter)
+
+    def _make_room(self, pool: str, newcomer: _Waiter[S]) -> None:
+        """The queue is full: a realtime newcomer takes the place of the last new batch
+        stream; otherwise the newcomer is refused."""
+        queue = self._queues[pool]
+        victim = newcomer
+        if newcomer.realtime:
+            victim = next((w for w in reversed(queue.waiters) if w.evictable), newcomer)
+        self._leave(pool, victim)
+        err = self._reject(pool, victim, QUEUE_FULL)
+        if victim is newcomer:
+            raise err
+        victim.future.set_exception(err)
 
     def _dispatch(self, pool: str) -> None:
         queue = self._queues[pool]
@@ -217,9 +269,11 @@ class Admission(Generic[S]):
             served.append(waiter)
         for waiter in served:
             self._leave(pool, waiter)
-            queue.admitted_total += 1
-            self._metrics.admitted.labels(pool).inc()
-            self._observe_wait(pool, waiter)
+            if not waiter.place.admitted:
+                waiter.place.admitted = True
+                queue.admitted_total += 1
+                self._metrics.admitted.labels(pool).inc()
+                self._observe_wait(pool, waiter)
 
     @staticmethod
     def _handed_over(waiter: _Waiter[S]) -> S | None:
@@ -249,7 +303,13 @@ class Admission(Generic[S]):
 
     def _observe_wait(self, pool: str, waiter: _Waiter[S]) -> None:
         priority = "realtime" if waiter.realtime else "batch"
-        self._metrics.queue_wait.labels(pool, priority).observe(self._clock() - waiter.since)
+        wait = self._clock() - waiter.place.since
+        self._metrics.queue_wait.labels(pool, priority).observe(wait)
+
+    def _bytes(self, pool: str) -> int:
+        """Audio bytes the waiting streams of ``pool`` hold (read at scrape time too, from
+        the metrics thread: a copy of the list, and ``buffered`` only reads counters)."""
+        return sum(w.buffered() for w in list(self._queues[pool].waiters))
 
     def _gauge(self, pool: str) -> None:
         waiters = self._queues[pool].waiters

@@ -89,7 +89,7 @@ class RouterMetrics:
         )
         self.streams_active = Gauge(
             "voxmesh_router_streams_active",
-            "Streams the router is serving (queued or relayed).",
+            "Streams and unary requests the router is serving (queued or relayed).",
             ["pool"],
             registry=registry,
         )

@@ -177,7 +177,10 @@ class StreamRelay:
                 check_chunk(
                     request.audio_content, self._route.linear16, self._limits.max_chunk_bytes
                 )
-                while self._log.unsent_bytes() >= self._unsent_limit():
+                # Room for the whole chunk (one always goes when nothing is unsent).
+                while (unsent := self._log.unsent_bytes()) and unsent + len(
+                    request.audio_content
+                ) > self._unsent_limit():
                     self._space.clear()
                     await self._space.wait()
                 self._log.append(request)
@@ -214,6 +217,7 @@ class StreamRelay:
         route = self._route
         exclude: set[str] = set()
         attempts = 0
+        place = self._admission.place()  # kept while instances refuse the stream
         while True:
             member = await self._admission.admit(
                 route.pool,
@@ -221,6 +225,7 @@ class StreamRelay:
                 exclude=exclude,
                 resumed=self._tracker.failovers > 0,
                 buffered=self._log.unsent_bytes,
+                place=place,
             )
             self._attached = True
             self._space.set()
@@ -229,7 +234,10 @@ class StreamRelay:
                 outcome = await self._attempt(member, resumed=attempts > 0)
             finally:
                 self._attached = False
-                # A refusal marks the instance full before the queue hears of the release.
+                # A refusal marks the instance full, a failure unreachable, before the
+                # queue hears of the release: the stream behind must not go there.
+                if outcome is _Outcome.FAILED:
+                    member.mark_failed()
                 member.release(full=outcome is _Outcome.FULL)
             attempts += 1
             if outcome is _Outcome.DONE:
@@ -237,8 +245,8 @@ class StreamRelay:
             if outcome is _Outcome.FULL:
                 self._metrics.instance_rejections.labels(route.pool).inc()
                 continue
-            member.mark_failed()
             exclude.add(member.instance_id)
+            place = self._admission.place()
             self._tracker.failovers += 1
             self._metrics.failovers.labels(route.pool).inc()
             logger.warning(

@@ -150,7 +150,11 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
             self._check_open()
             validate_recognition_config(request.config)
             pool = self._resolver.resolve(request.config, self._membership.served_models())
-            response = await self._recognize(pool, request, context)
+            self._metrics.streams_active.labels(pool).inc()
+            try:
+                response = await self._recognize(pool, request, context)
+            finally:
+                self._metrics.streams_active.labels(pool).dec()
             self._metrics.streams.labels(pool, "OK").inc()
             return response
         except VoxmeshError as err:
@@ -175,9 +179,15 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
         realtime = request.config.priority == stt_pb2.PRIORITY_REALTIME
         exclude: set[str] = set()
         failovers = 0
+        place = self._admission.place()  # kept while instances refuse the request
         while True:
             member = await self._admission.admit(
-                pool, realtime, exclude=exclude, resumed=failovers > 0
+                pool,
+                realtime,
+                exclude=exclude,
+                resumed=failovers > 0,
+                buffered=lambda: len(request.audio_content),
+                place=place,
             )
             last_resort = member.open_metadata()
             if last_resort:
@@ -197,6 +207,7 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
                     raise UpstreamError(err) from None
                 member.mark_failed()
                 exclude.add(member.instance_id)
+                place = self._admission.place()
                 failovers += 1
                 self._metrics.failovers.labels(pool).inc()
                 if failovers > self._limits.max_failovers:

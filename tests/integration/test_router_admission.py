@@ -168,3 +168,26 @@ async def test_router_sheds_load_past_its_own_limit() -> None:
         await holder.finish()
         again = await run_stream(m.channel, pcm(0.1), first=config_request(model="asr_small"))
         assert again.error is None
+
+
+async def test_a_queued_unary_request_counts_as_a_stream_with_its_audio() -> None:
+    async with mesh() as m:
+        audio = pcm(2.0, 4)
+        request = stt_pb2.RecognizeRequest(
+            config=stt_pb2.RecognitionConfig(
+                model="asr_small",
+                encoding=stt_pb2.AUDIO_ENCODING_LINEAR16,
+                sample_rate_hertz=16000,
+                priority=stt_pb2.PRIORITY_REALTIME,
+            ),
+            audio_content=audio,
+        )
+        call = stt_pb2_grpc.RecognizerServiceStub(m.channel).Recognize(request, timeout=10.0)
+        await wait_until_async(lambda: m.queue().queued_realtime == 1)
+        assert m.metric("voxmesh_router_streams_active", pool="asr_small") == 1
+        assert m.queue().queued_bytes == len(audio)
+        assert m.metric("voxmesh_router_queue_bytes", pool="asr_small") == len(audio)
+        await m.add("a", max_streams=4)
+        await call
+        assert m.metric("voxmesh_router_streams_active", pool="asr_small") == 0
+        assert m.metric("voxmesh_router_queue_bytes", pool="asr_small") == 0

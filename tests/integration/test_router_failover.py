@@ -217,3 +217,25 @@ async def test_unary_recognize_fails_over() -> None:
         texts = [r.alternatives[0].transcript for r in response.results]
         assert texts == expected_finals(audio, 16000, 1000)
         assert (response.summary.instance_id, response.summary.failovers) == ("ok", 1)
+
+
+async def test_a_queued_stream_is_not_sent_to_the_instance_that_just_failed() -> None:
+    # Telemetry rarely: only the router's own marks say which instance has room.
+    async with mesh(telemetry_interval_s=30.0) as m:
+        a = await m.add("a", max_streams=1)
+        first = await HeldStream(m.channel).open(pcm(0.3, 1))
+        await wait_until_async(first.got_results)
+        await m.add("b", max_streams=1)
+        other = await HeldStream(m.channel).open(pcm(0.3, 2))
+        await wait_until_async(other.got_results)
+        queued = await HeldStream(m.channel).open(pcm(0.3, 3))  # both full: it waits
+        await wait_until_async(lambda: m.queue().queued_realtime == 1)
+        a.fail_streams(grpc.StatusCode.UNAVAILABLE)
+        await first.send(pcm(0.1, 4))  # fails on a: a's slot frees, a is unreachable
+        await wait_until_async(lambda: m.queue().queued_realtime == 2)
+        assert a.streams_total == 1, "the queued stream went to the instance that failed"
+        await m.add("c", max_streams=4)
+        for held in (first, queued, other):
+            await held.finish()
+        assert queued.summary().failovers == 0
+        assert queued.summary().instance_id != "a"

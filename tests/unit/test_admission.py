@@ -176,6 +176,71 @@ async def test_full_queue_rejects_new_streams_at_once_but_not_resumed_ones() -> 
     await asyncio.gather(first, resumed)
 
 
+async def test_a_realtime_stream_takes_the_place_of_the_last_batch_one_when_full() -> None:
+    pool = Pool(max_streams=2)
+    batch = [asyncio.create_task(pool.admission.admit("p", realtime=False)) for _ in range(2)]
+    await wait_until_async(lambda: pool.admission.queued() == 2)
+    realtime = [asyncio.create_task(pool.admission.admit("p", realtime=True))]
+    await wait_until_async(batch[1].done)
+    with pytest.raises(ResourceExhausted, match="queue is full") as refused:
+        await batch[1]
+    assert refused.value.retry_after == 3.0
+    realtime.append(asyncio.create_task(pool.admission.admit("p", realtime=True)))
+    await wait_until_async(batch[0].done)
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        await batch[0]
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        await pool.admission.admit("p", realtime=True)  # full of realtime: it goes itself
+    snap = pool.admission.snapshot("p")
+    assert (snap.queued_realtime, snap.queued_batch, snap.rejected_total) == (2, 0, 3)
+    pool.add("a", 2)
+    await asyncio.gather(*realtime)
+
+
+async def test_a_stream_an_instance_refused_keeps_its_place_and_counts_once() -> None:
+    pool = Pool(max_streams=1)
+    slot = pool.add("a", 1)
+    place = pool.admission.place()
+    first = await pool.admission.admit("p", realtime=True, place=place)
+    later = asyncio.create_task(pool.admission.admit("p", realtime=True))
+    await wait_until_async(lambda: pool.admission.queued() == 1)
+    slot.capacity = 0  # the instance refused the stream: full after all
+    first.release()
+    again = asyncio.create_task(pool.admission.admit("p", realtime=True, place=place))
+    await wait_until_async(lambda: pool.admission.queued() == 2)  # not refused: full queue
+    slot.capacity = 1
+    pool.admission.notify("p")
+    assert await again is slot
+    assert not later.done(), "it arrived later: it waits behind"
+    assert pool.admission.snapshot("p").admitted_total == 1
+    slot.release()
+    assert await later is slot
+    assert pool.admission.snapshot("p").admitted_total == 2
+
+
+async def test_a_stream_an_instance_refused_waits_at_most_max_wait_in_all() -> None:
+    pool = Pool(max_wait_s=5.0)
+    slot = pool.add("a", 1)
+    place = pool.admission.place()
+    (await pool.admission.admit("p", realtime=True, place=place)).release()
+    slot.capacity = 0
+    pool.now += 5.0  # refused again and again for 5 s
+    with pytest.raises(ResourceExhausted, match="no instance freed up in time"):
+        await pool.admission.admit("p", realtime=True, place=place)
+
+
+async def test_queued_bytes_are_exported() -> None:
+    pool = Pool()
+    assert (pool.depth("realtime"), pool.depth("batch")) == (0, 0), "exported from the start"
+    waiting = asyncio.create_task(pool.admission.admit("p", realtime=True, buffered=lambda: 640))
+    await wait_until_async(lambda: pool.admission.queued() == 1)
+    sample = {"pool": "p"}
+    assert pool.metrics.registry.get_sample_value("voxmesh_router_queue_bytes", sample) == 640
+    pool.add("a", 1)
+    await waiting
+    assert pool.metrics.registry.get_sample_value("voxmesh_router_queue_bytes", sample) == 0
+
+
 async def test_no_queueing_when_max_streams_is_zero() -> None:
     pool = Pool(max_streams=0)
     with pytest.raises(ResourceExhausted):
