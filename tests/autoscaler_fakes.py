@@ -30,13 +30,17 @@ PE = "asr_small/preemptible"
 
 
 class Clock:
-    """A monotonic clock moved by hand."""
+    """A monotonic clock moved by hand, with the wall clock it stands for."""
 
     def __init__(self) -> None:
         self.now = 1000.0
 
     def __call__(self) -> float:
         return self.now
+
+    def wall(self) -> float:
+        """Seconds since the epoch at ``now`` (1.7e9 at the start)."""
+        return 1.7e9 - 1000.0 + self.now
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
@@ -47,6 +51,8 @@ class FakeSource:
 
     def __init__(self) -> None:
         self.loads: dict[str, PoolLoad] = {}
+        self.errors: dict[str, Exception] = {}
+        """What reading a pool raises (a fault in the source)."""
         self._stop = asyncio.Event()
 
     async def run(self) -> None:
@@ -56,6 +62,8 @@ class FakeSource:
         self._stop.set()
 
     def read(self, pool: str) -> PoolLoad:
+        if pool in self.errors:
+            raise self.errors[pool]
         return self.loads.get(pool, PoolLoad(pool, age_s=0.5, max_streams=1))
 
     def instance_streams(self, instance_id: str) -> int | None:
@@ -91,11 +99,15 @@ class FakeTarget:
     reclaims: list[Reclaim] = field(default_factory=list)
     errors: dict[str, Exception] = field(default_factory=dict)
     """Raised by ``scale`` for the named groups: a target failing in a way it should not."""
+    status_error: Exception | None = None
+    """Raised by ``status``: an answer the target could not read."""
 
     async def status(self) -> dict[str, GroupStatus]:
         self.status_calls += 1
         if self.unavailable:
             raise TargetUnavailable("nomad answered 503: no leader")
+        if self.status_error is not None:
+            raise self.status_error
         return {
             name: GroupStatus(
                 name=name,

@@ -28,9 +28,11 @@ the pool hold (an error in one pool holds that pool only), and each restarts the
 observation: nothing shrinks before a whole stabilisation window of fresh signals has been
 seen again. Only an applied scale-up starts the policy's scale-up cooldown. A count
 changed by somebody else (the target reports it) is adopted, recorded and logged; the
-pool's policy state restarts, and for one stabilisation window no group moves against the
-change (:func:`~services.autoscaler.policy.respect_manual_change`: after a scale-down, the
-pool grows only while real-time streams queue).
+pool's policy state restarts, and for one stabilisation window after the change was made
+(dated by the target: a new leader adopting an old change holds back only what is left of
+it) no group moves against it
+(:func:`~services.autoscaler.policy.respect_manual_change`: after a scale-down, the
+pool grows only while real-time streams queue); changes to both groups each stand.
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ class _Pool:
     evaluated_at: float | None = None
     starting: dict[CapacityGroup, observe.StartingSince] = field(default_factory=dict)
     adopted: dict[str, tuple[float, int | None]] = field(default_factory=dict)
-    manual: ManualChange | None = None
+    manual: dict[str, ManualChange] = field(default_factory=dict)
+    """The count changes somebody else made to each group, while they stand."""
 
     def unobserved(self) -> None:
         """Restarts the policy's observation: this evaluation did not see the pool."""
@@ -160,13 +163,16 @@ class EvaluationLoop:
         metrics: AutoscalerMetrics | None = None,
         log: DecisionLog | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
+        """``clock`` times the policy; ``wall_clock`` (seconds since the epoch) dates the
+        target's scaling events."""
         self._config = config
         self._source, self._target, self._lock = source, target, lock
         self._metrics = metrics or AutoscalerMetrics()
         self.log = log or DecisionLog()
-        self._clock = clock
+        self._clock, self._wall = clock, wall_clock
         self._rng = rng or random.Random()
         self._pools = {spec.name: _Pool(spec) for spec in config.pools}
         self._leader = False
@@ -292,8 +298,12 @@ class EvaluationLoop:
             try:
                 statuses = await self._target.status()
                 reclaims = Counter(r.group for r in await self._target.reclaiming())
-            except TargetUnavailable as exc:
-                why = f"holding: the scale target is unavailable: {exc}"
+            except Exception as exc:  # unreachable, or an answer it could not read
+                if isinstance(exc, TargetUnavailable):
+                    why = f"holding: the scale target is unavailable: {exc}"
+                else:
+                    logger.exception("reading the scale target failed")
+                    why = f"holding: reading the scale target failed ({type(exc).__name__}: {exc})"
                 for pool in self._pools.values():
                     pool.unobserved()
                     self._record(pool, Kind.HOLD, why, ())
@@ -345,7 +355,9 @@ class EvaluationLoop:
         else:
             decision, pool.state = decide(signals, pool.state, policy, now)
             window = policy.scale_down_window_s
-            decision = respect_manual_change(decision, signals, pool.manual, now, window)
+            pool.manual = {g: c for g, c in pool.manual.items() if now - c.at < window}
+            for change in pool.manual.values():
+                decision = respect_manual_change(decision, signals, change, now, window)
         self._advance(pool, signals, now)
         actions, counts = [], {}
         for cg, cc in _GROUPS:
@@ -362,7 +374,7 @@ class EvaluationLoop:
             # Nothing was added (held back, refused, paused, dry run): nothing to settle, so
             # no scale-up cooldown starts.
             pool.state = replace(pool.state, last_scale_up_at=before.last_scale_up_at)
-        pool.load, pool.max_streams, pool.evaluated_at = load, signals.max_streams, time.time()
+        pool.load, pool.max_streams, pool.evaluated_at = load, signals.max_streams, self._wall()
         pool.groups = tuple(
             observe.group_view(
                 name,
@@ -433,6 +445,9 @@ class EvaluationLoop:
             result = await self._target.scale(group, part.desired, reason, {"pool": pool.spec.name})
         except TargetUnavailable as exc:
             return self._refused(Outcome.FAILED, "target-unavailable", str(exc))
+        except Exception as exc:  # recorded with the other group's outcome, which may be applied
+            logger.exception("%s: scaling %s failed", pool.spec.name, group)
+            return self._refused(Outcome.FAILED, "error", f"{type(exc).__name__}: {exc}")
         if result.outcome is ScaleOutcome.REFUSED:
             refusal = result.refusal.value if result.refusal else "rejected"
             return self._refused(Outcome.REFUSED, refusal, f"{refusal}: {result.detail}")
@@ -455,12 +470,17 @@ class EvaluationLoop:
         pool.adopted[status.name] = (event.time, event.count)
         pool.state = PolicyState()
         after = "the observation window restarts"
+        # Its age, not the adoption's: a new leader (or a restart) adopts the latest
+        # event again, however old, and must not hold the pool another whole window.
+        age = max(0.0, self._wall() - event.time)
         if event.count is not None:
-            pool.manual = ManualChange(status.name, event.previous_count, event.count, now)
-            after = pool.manual.promise(pool.spec.policy.scale_down_window_s)
+            change = ManualChange(status.name, event.previous_count, event.count, now - age)
+            pool.manual[status.name] = change
+            after = change.promise(pool.spec.policy.scale_down_window_s - age)
+        when = f", {age:.0f} s ago" if age >= 1 else ""
         reason = (
             f"adopted external change of {status.name}: {event.previous_count} -> {event.count} "
-            f"({event.message or 'no message'}); {after}"
+            f"({event.message or 'no message'}{when}); {after}"
         )
         action = GroupAction(
             status.name,

@@ -100,6 +100,7 @@ def harness(
         fake_lock,
         metrics=AutoscalerMetrics(registry),
         clock=clock,
+        wall_clock=clock.wall,
     )
     return Harness(loop, source, fake_target, fake_lock, clock, registry)
 
@@ -233,14 +234,16 @@ async def test_an_external_change_is_adopted_recorded_and_not_reverted_within_a_
     h = harness()
     for _ in range(int(WINDOW_S) + 1):  # a whole window observed at 1 instance
         await h.step()
-    operator = ScalingEvent(time=1.7e9, count=3, previous_count=1, message="nomad job scale")
+    operator = ScalingEvent(
+        time=h.clock.wall(), count=3, previous_count=1, message="nomad job scale"
+    )
     h.target.groups[OD] = FakeGroup(CapacityClass.ON_DEMAND, 3, 3, external=operator)
     await h.step()
     await h.step()
     adopted = h.records(Kind.ADOPT)
     assert adopted == [
-        "adopted external change of asr_small/on-demand: 1 -> 3 (nomad job scale); "
-        "not reverted: no scale-down for 10 s"
+        "adopted external change of asr_small/on-demand: 1 -> 3 (nomad job scale, 1 s ago); "
+        "not reverted: no scale-down for 9 s"
     ]
     assert (
         h.metric("voxmesh_autoscaler_decisions_total", pool=POOL, group=OD, direction="adopt") == 1
@@ -380,14 +383,13 @@ async def test_an_error_in_one_pool_is_a_recorded_hold_and_the_other_pools_still
             large: FakeGroup(CapacityClass.ON_DEMAND, 1, 1),
         }
     )
-    target.errors[OD] = OSError(28, "No space left on device")
     h = harness(target, pools=(POOL, "asr_large"))
-    h.source.demand(active=1, queued=1)
+    h.source.errors[POOL] = OSError(28, "No space left on device")
     h.source.loads["asr_large"] = PoolLoad(
         "asr_large", active_streams=1, queued_realtime=1, max_streams=1, age_s=0.5
     )
     await h.step()
-    assert [(c[0], c[1]) for c in target.calls] == [(OD, 2), (large, 2)]
+    assert [(c[0], c[1]) for c in target.calls] == [(large, 2)]
     (failed,) = h.loop.log.recent(POOL)
     assert failed.kind is Kind.HOLD
     assert failed.reason == (
@@ -398,9 +400,41 @@ async def test_an_error_in_one_pool_is_a_recorded_hold_and_the_other_pools_still
     (scaled,) = h.loop.log.recent("asr_large")
     assert scaled.actions[0].outcome is Outcome.APPLIED
 
-    del target.errors[OD]  # the fault is gone: the pool scales on the next interval
+    del h.source.errors[POOL]  # the fault is gone: the pool scales on the next interval
+    h.source.demand(active=1, queued=1)
     await h.step()
-    assert (OD, 2) in [(c[0], c[1]) for c in target.calls[2:]]
+    assert (OD, 2) in [(c[0], c[1]) for c in target.calls[1:]]
+
+
+async def test_a_group_that_fails_to_scale_leaves_the_other_groups_change_on_record() -> None:
+    target = FakeTarget(
+        {OD: FakeGroup(CapacityClass.ON_DEMAND, 1, 1), PE: FakeGroup(CapacityClass.PREEMPTIBLE)}
+    )
+    target.errors[PE] = RuntimeError("boom")
+    h = harness(target, pe_max=4)
+    h.target.groups[OD].count = h.target.groups[OD].running = 4  # room only on preemptible
+    h.source.demand(active=2, queued=4)
+    await h.step()
+    record = h.loop.log.recent(POOL)[-1]
+    outcomes = {a.group: (a.outcome, a.detail) for a in record.actions}
+    assert outcomes[PE] == (Outcome.FAILED, "RuntimeError: boom")
+    assert record.kind is Kind.SCALE
+
+
+async def test_a_target_answer_it_cannot_read_holds_every_pool_and_restarts_observation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = harness(FakeTarget({OD: FakeGroup(CapacityClass.ON_DEMAND, 3, 3)}))
+    for _ in range(int(WINDOW_S) + 2):  # a whole window at demand 0: ready to shrink
+        await h.step()
+    calls = len(h.target.calls)
+    h.target.status_error = KeyError("TaskGroups")
+    await h.step()
+    assert h.records()[-1] == "holding: reading the scale target failed (KeyError: 'TaskGroups')"
+    h.target.status_error = None
+    for _ in range(int(WINDOW_S) - 1):
+        await h.step()
+    assert len(h.target.calls) == calls, "shrank without a fresh window after the gap"
 
 
 async def test_a_sustained_ramp_keeps_bursts_on_preemptible() -> None:
@@ -449,19 +483,19 @@ async def test_an_operator_scale_down_stands_unless_realtime_streams_queue() -> 
     h.source.demand(active=4)
     for _ in range(int(WINDOW_S) + 2):
         await h.step()
-    operator = ScalingEvent(time=1.7e9, count=1, previous_count=4, message="maintenance")
+    operator = ScalingEvent(time=h.clock.wall(), count=1, previous_count=4, message="maintenance")
     h.target.groups[OD] = FakeGroup(CapacityClass.ON_DEMAND, 1, 1, external=operator)
-    for _ in range(int(WINDOW_S) - 1):  # the streams of the stopped instances still count
+    for _ in range(int(WINDOW_S) - 2):  # the streams of the stopped instances still count
         await h.step()
     assert h.target.calls == [], "the operator's scale-down was reverted"
     assert h.records(Kind.ADOPT) == [
-        "adopted external change of asr_small/on-demand: 4 -> 1 (maintenance); not reverted: "
-        "no scale-up for 10 s unless realtime streams queue"
+        "adopted external change of asr_small/on-demand: 4 -> 1 (maintenance, 1 s ago); "
+        "not reverted: no scale-up for 9 s unless realtime streams queue"
     ]
     held = h.loop.log.recent()[-1]
     assert held.kind is Kind.HOLD
     assert held.reason.startswith(
-        "holding: asr_small/on-demand was scaled down by an operator 0 s ago (4 -> 1)"
+        "holding: asr_small/on-demand was scaled down by an operator 1 s ago (4 -> 1)"
     )
 
     h.source.demand(active=1, queued=2)  # streams now wait for a slot
@@ -517,3 +551,74 @@ async def test_a_scale_up_that_was_not_applied_starts_no_cooldown() -> None:
     await h.step()
     assert h.target.groups[OD].count == 15
     assert h.loop.log.recent()[-1].actions[0].outcome is Outcome.APPLIED
+
+
+async def test_a_new_leader_holds_back_only_what_is_left_of_an_operators_window() -> None:
+    # The latest scaling event is an operator's of an hour ago; a new leader adopts it.
+    h = harness(FakeTarget({OD: FakeGroup(CapacityClass.ON_DEMAND, 1, 1)}))
+    operator = ScalingEvent(
+        time=h.clock.wall() - 3600, count=1, previous_count=4, message="maintenance"
+    )
+    h.target.groups[OD].external = operator
+    h.source.loads[POOL] = PoolLoad(
+        POOL, active_streams=1, queued_batch=2, max_streams=1, age_s=0.5
+    )
+    await h.step()
+    assert h.records(Kind.ADOPT) == [
+        "adopted external change of asr_small/on-demand: 4 -> 1 (maintenance, 3601 s ago); "
+        "older than the stabilisation window: nothing held back"
+    ]
+    assert [c[1] for c in h.target.calls] == [3], "an hour-old change held the queue back"
+
+
+async def test_operator_changes_to_both_groups_each_stand() -> None:
+    target = FakeTarget(
+        {
+            OD: FakeGroup(CapacityClass.ON_DEMAND, 2, 2),
+            PE: FakeGroup(CapacityClass.PREEMPTIBLE, 3, 3),
+        }
+    )
+    h = harness(target, pe_max=3)
+    h.source.loads[POOL] = PoolLoad(POOL, active_streams=5, max_streams=1, age_s=0.5)
+    for _ in range(int(WINDOW_S) + 2):
+        await h.step()
+    assert target.calls == []
+    # An operator shrinks on-demand; a moment later preemptible records a change too.
+    wall = h.clock.wall()
+    target.groups[OD] = FakeGroup(
+        CapacityClass.ON_DEMAND, 1, 1, external=ScalingEvent(wall, 1, 2, "shrink on-demand")
+    )
+    target.groups[PE].external = ScalingEvent(wall + 0.5, 3, 2, "preemptible up")
+    for _ in range(int(WINDOW_S) - 2):
+        await h.step()
+    assert len(h.records(Kind.ADOPT)) == 2
+    assert target.calls == [], "the on-demand scale-down was reverted"
+
+
+async def test_on_demand_stays_until_the_preemptible_instances_serve() -> None:
+    # Fallback: 4 on-demand serve; 3 preemptible were requested and are placed now.
+    target = FakeTarget(
+        {OD: FakeGroup(CapacityClass.ON_DEMAND, 4, 4), PE: FakeGroup(CapacityClass.PREEMPTIBLE, 3)}
+    )
+    h = harness(target, pe_max=8)
+    on_demand = tuple(InstanceLoad(f"od-{i}", "on-demand", 1, 1, serving=True) for i in range(4))
+
+    def load(preemptible_serving: bool) -> PoolLoad:
+        preemptible = tuple(
+            InstanceLoad(f"pe-{i}", "preemptible", 0, 1, serving=preemptible_serving)
+            for i in range(3)
+        )
+        return PoolLoad(
+            POOL, active_streams=4, max_streams=1, age_s=0.5, instances=on_demand + preemptible
+        )
+
+    h.source.loads[POOL] = load(False)
+    for _ in range(int(WINDOW_S + COOLDOWN_S) + 2):
+        await h.step()
+    target.groups[PE].running = 3  # started (Nomad: running), still loading the model
+    await h.step()
+    assert not [c for c in target.calls if c[0] == OD], "on-demand went before its replacement"
+    h.source.loads[POOL] = load(True)
+    await h.step()
+    assert [(c[0], c[1]) for c in target.calls if c[0] == OD] == [(OD, 1)]
+    assert "3 serving preemptible instances stay" in target.calls[-1][2]

@@ -34,18 +34,22 @@ class ManualChange:
     count: int
     """The count the change set."""
     at: float
-    """When the loop adopted it (the loop's clock, like ``now``)."""
+    """When it was made, on the loop's clock (like ``now``): the adoption less the
+    event's age."""
 
     @property
     def direction(self) -> int:
         """1 for a scale-up, -1 for a scale-down, 0 for neither."""
         return (self.count > self.previous) - (self.count < self.previous)
 
-    def promise(self, window_s: float) -> str:
-        """What :func:`respect_manual_change` will do about it, for the adoption's record."""
+    def promise(self, left_s: float) -> str:
+        """What :func:`respect_manual_change` will do about it for the ``left_s`` left of
+        its window, for the adoption's record."""
         if self.direction == 0:
             return "the observation window restarts"
-        return f"not reverted: {_held_back(self.direction, f'{window_s:.0f} s')}"
+        if left_s <= 0:
+            return "older than the stabilisation window: nothing held back"
+        return f"not reverted: {_held_back(self.direction, f'{left_s:.0f} s')}"
 
 
 def respect_manual_change(
