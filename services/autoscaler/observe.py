@@ -10,6 +10,10 @@ target, like Nomad, counts an instance it is stopping as neither running nor des
     draining   = instances the signals show draining (stopped, finishing their streams)
 
 so that serving + starting is the target's count unless machines are being reclaimed.
+A target's "running" means the process started, not that the model is loaded: a
+preemptible instance counts as serving only once the signals show it serving (the rest
+count as starting), because a serving preemptible instance is what lets an on-demand one
+go (a loading one may yet fail).
 
 How long the oldest starting instance has waited (a preemptible one past its placement
 deadline counts as a failing placement) is the larger of the target's figure, when it gives
@@ -75,12 +79,18 @@ def observe_pool(
     that have some, and the target's own figure wins when it is larger.
     """
     draining = Counter(i.capacity_class for i in load.instances if not i.serving)
+    seen_serving = Counter(i.capacity_class for i in load.instances if i.serving)
     groups: dict[CapacityGroup, GroupSignals] = {}
     for group in CapacityGroup:
         st = status.get(group)
         signals = group_signals(
             st, reclaims.get(st.name, 0) if st else 0, draining=draining[group.value]
         )
+        unseen = signals.serving - seen_serving[group.value]
+        if group is CapacityGroup.PREEMPTIBLE and unseen > 0:
+            signals = replace(
+                signals, serving=signals.serving - unseen, starting=signals.starting + unseen
+            )
         if signals.starting:
             reported = st.oldest_pending_s if st and st.oldest_pending_s is not None else 0.0
             signals = replace(signals, oldest_starting_s=max(starting_for(group), reported))

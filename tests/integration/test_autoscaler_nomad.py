@@ -19,6 +19,7 @@ import pytest
 from services.autoscaler.loop import EvaluationLoop, LoopConfig, PoolSpec
 from services.autoscaler.policy import GroupLimits, PoolPolicy
 from services.autoscaler.records import DecisionRecord, Kind, Outcome
+from services.autoscaler.signals.base import InstanceLoad, PoolLoad
 from services.autoscaler.targets.nomad import NomadTarget, NomadTargetConfig, default_groups
 from services.autoscaler.targets.nomad_api import PythonNomadApi
 from tests.autoscaler_fakes import OD, PE, POOL, Clock, FakeLock, FakeSource
@@ -143,6 +144,15 @@ async def test_a_burst_goes_preemptible_falls_back_to_on_demand_and_moves_back(
     assert mesh.count("asr-small-ondemand") == 4  # still needed: the spot capacity is short
 
     mesh.nomad.add_node("spot-2", pool="gpu-preemptible", gpus=2)  # capacity returns
+    # Telemetry: every instance serves once Nomad runs it (the loop takes the smaller).
+    instances = tuple(
+        InstanceLoad(f"{cc}-{i}", cc, 1, 1, serving=True)
+        for cc in ("on-demand", "preemptible")
+        for i in range(4)
+    )
+    mesh.source.loads[POOL] = PoolLoad(
+        POOL, active_streams=5, max_streams=1, age_s=0.5, instances=instances
+    )
     for _ in range(30):
         await mesh.tick(START_S)
         if mesh.count("asr-small-ondemand") == 1:
