@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -333,6 +334,13 @@ async def test_local_config_scrapes_the_file_registry_for_the_autoscaler(
             assert (instance.instance_id, instance.capacity_class) == ("asr-small-7", "preemptible")
             assert (instance.active_streams, instance.real_time_factor) == (2, 0.4)
             assert (load.queued_realtime, load.max_streams) == (1, 4)
+
+            # The instance's scrape fails: its series go, its file_sd target's `up` stays.
+            asr_endpoint.stop()
+            wait_until(lambda: not _series(url, query), timeout=15, interval=0.1)
+            await source.poll()
+            silent = source.read("asr_small")
+            assert math.isinf(silent.age_s) and silent.missing == "", silent
 
             groups = _api(url, "rules")["groups"]
             loaded = {rule["name"] for group in groups for rule in group["rules"]}

@@ -4,20 +4,34 @@ PromQL answers, the decision log, the settings and how they wire the app."""
 from __future__ import annotations
 
 import asyncio
+import http.client
+import io
+import json
+import logging
 import math
 import re
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from services.autoscaler.app import AutoscalerApp, make_lock, make_source
 from services.autoscaler.observe import bounded_policy, group_signals, pool_signals
-from services.autoscaler.policy import CapacityGroup, GroupLimits, GroupSignals, PoolPolicy
+from services.autoscaler.policy import (
+    CapacityGroup,
+    GroupLimits,
+    GroupSignals,
+    PolicyState,
+    PoolPolicy,
+    decide,
+)
 from services.autoscaler.records import DecisionLog, GroupAction, Kind, Outcome
 from services.autoscaler.settings import load_settings
 from services.autoscaler.signals.base import InstanceLoad, PoolLoad
 from services.autoscaler.signals.prometheus import (
+    QUERIES,
     PrometheusError,
     PrometheusSource,
     load_from_results,
@@ -250,3 +264,112 @@ def test_gpu_figures_an_instance_reports_unknown_are_not_read_as_zero() -> None:
     assert load.gpu_utilisation == 0.4
     snapshot.gpus[1].unknown_figures.append("utilization_ratio")
     assert _instance_load(_Feed("instance", info, 0.0), snapshot).gpu_utilisation is None
+
+
+def _silent_pool_results(
+    scraped: tuple[str, ...], down: tuple[str, ...]
+) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """PromQL answers for a pool of three on-demand instances with 8 streams; ``a`` has a
+    saturated GPU. Prometheus drops the series of the instances in ``down`` (their scrape
+    failed) but keeps their ``up`` at 0."""
+    small = {"pool": "asr_small"}
+    active = {"a": 1.0, "b": 4.0, "c": 3.0}
+    util = {"a": 0.99, "b": 0.3, "c": 0.3}
+    return {
+        "instances": [({**small, "instance_id": i}, active[i]) for i in scraped],
+        "gpu_util": [({"instance_id": i}, util[i]) for i in scraped],
+        "queued": [({**small, "priority": "realtime"}, 0.0)],
+        "router_streams": [(small, 8.0)],
+        "capacity": [(small, 12.0)],
+        "accepting": [(small, 3.0)],
+        "router_age": [(small, 1.0)],
+        "instance_age": [(small, 2.0)] if scraped else [],
+        "instances_down": [
+            ({**small, "instance_id": i, "service": "voxmesh-asr-small"}, 0.0) for i in down
+        ],
+    }
+
+
+def test_an_instance_prometheus_cannot_scrape_makes_the_pool_stale() -> None:
+    """Prometheus drops the series of a target whose scrape fails: the instance's absence
+    must not read as spare capacity. Its ``up`` says it is there: the pool's signals are
+    stale (no scale-down) while the routers' demand stays fresh (scale-up still works)."""
+    everyone = load_from_results("asr_small", _silent_pool_results(("a", "b", "c"), ()))
+    assert (everyone.age_s, everyone.router_age_s, everyone.missing) == (2.0, 1.0, "")
+
+    silent = load_from_results("asr_small", _silent_pool_results(("b", "c"), ("a",)))
+    assert math.isinf(silent.age_s)
+    assert (silent.router_age_s, silent.missing) == (1.0, "")  # not missing: it may grow
+    assert [i.instance_id for i in silent.instances] == ["b", "c"]
+    assert math.isinf(
+        load_from_results("asr_small", _silent_pool_results((), ("a", "b", "c"))).age_s
+    )
+    # Another pool's silent instance leaves this one alone.
+    other = _silent_pool_results(("a", "b", "c"), ())
+    other["instances_down"] = [({"pool": "asr_large", "instance_id": "z"}, 0.0)]
+    assert load_from_results("asr_small", other).age_s == 2.0
+
+
+def test_the_policy_never_shrinks_a_pool_on_an_instance_prometheus_cannot_scrape() -> None:
+    """The saturated instance ``a`` keeps three instances needed (8 streams on 4-stream
+    instances need two, the GPU guard a third); while ``a`` is not scraped, that guard
+    cannot see it, and the pool must hold instead of shrinking to two."""
+    policy = PoolPolicy(
+        on_demand=GroupLimits(min_count=1, max_count=4, lead_time_s=0.0),
+        preemptible=GroupLimits(min_count=0, max_count=0),
+        target_utilisation=1.0,
+        burst_sigmas=0.0,
+        tolerance=0.0,
+        scale_down_window_s=10.0,
+        stale_after_s=15.0,
+    )
+    serving = GroupSignals(serving=3)
+    state, now = PolicyState(), 0.0
+    for scraped, down in ((("a", "b", "c"), ()), (("b", "c"), ("a",))):
+        load = load_from_results("asr_small", _silent_pool_results(scraped, down))
+        signals = pool_signals(load, serving, GroupSignals(), 1)
+        for _ in range(30):  # three windows
+            now += 1.0
+            decision, state = decide(signals, state, policy, now)
+            assert decision.on_demand.desired == 3, (scraped, decision.reason)
+            assert decision.preemptible.desired == 0
+    assert "nothing shrinks" in decision.reason
+
+
+async def test_a_poll_that_fails_in_any_way_is_a_failed_poll_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever one poll runs into, it says so and returns, so that ``run()`` polls again;
+    the load of the next good poll replaces the error."""
+    fault: list[Exception] = []
+
+    def urlopen(url: str, timeout: float) -> io.BytesIO:
+        if fault:
+            raise fault[0]
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["query"][0]
+        samples = [({"pool": "asr_small"}, 0.5)] if query == QUERIES["router_age"] else []
+        return io.BytesIO(json.dumps(_vector(*samples)).encode())
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    source = PrometheusSource("http://prometheus:9090", ["asr_small"])
+
+    fault[:] = [http.client.LineTooLong("status line")]  # an HTTPException, not an OSError
+    await source.poll()
+    assert source.read("asr_small").missing == (
+        "Prometheus not answered yet: cannot query http://prometheus:9090: "
+        "LineTooLong('got more than 65536 bytes when reading status line')"
+    )
+    fault[:] = [RuntimeError("a fault of nobody's foresight")]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, "services.autoscaler.signals.prometheus"):
+        await source.poll()
+        await source.poll()  # the same fault again: logged once
+    (logged,) = caplog.records
+    assert logged.exc_info is not None and logged.exc_info[0] is RuntimeError
+    reason = source.read("asr_small").missing
+    assert reason.endswith("RuntimeError: a fault of nobody's foresight")
+
+    fault.clear()
+    await source.poll()
+    load = source.read("asr_small")
+    assert load.missing == "" and load.router_age_s < 5

@@ -8,7 +8,7 @@ relabel the service meta the same way):
 
 - instances: ``voxmesh_asr_streams_active{pool, instance_id[, capacity_class]}``,
   ``voxmesh_asr_gpu_utilization_ratio``, ``voxmesh_asr_gpu_memory_{used,total}_bytes``,
-  ``voxmesh_asr_real_time_factor``;
+  ``voxmesh_asr_real_time_factor``, and Prometheus' own ``up{pool, instance_id}``;
 - routers: ``voxmesh_router_queue_depth{pool, priority}``,
   ``voxmesh_router_streams_active{pool}`` (queued and relayed),
   ``voxmesh_router_capacity_streams{pool}``, ``voxmesh_router_instances{pool, state}``.
@@ -17,8 +17,21 @@ The age of a pool's signals is that of its oldest sample (``time() - timestamp(.
 the router age that of the oldest router sample alone (the demand: fresh router samples
 still scale a pool up while an instance's are stale).
 A router that stops being scraped goes stale in Prometheus and its series vanish: the pool
-is then reported missing, as it is while Prometheus cannot be reached (the last good
-load is kept and ages meanwhile). The per-instance stream limit is the routers'
+is then reported missing. An instance whose scrape fails vanishes the same way, and its
+absence would read as spare capacity (the GPU guard loses a saturated instance, the pool
+shrinks). Prometheus still knows the target: its ``up`` series, which carries the target's
+``pool`` and ``instance_id`` labels under both shipped configs (routers and the autoscaler
+have none), is 0. While an instance of the pool is down the pool's signals are stale
+(``age_s`` infinite) and its router age stays as it is: the policy grows the pool on the
+routers' demand but shrinks nothing, as it does when the gRPC source hears nothing from an
+instance. An instant query cannot tell since when a target has been failing, so one failed
+scrape is enough (and the scale-down window starts again); a target that discovery drops
+(a stopped instance) takes its ``up`` series with it.
+
+A poll that fails (Prometheus cannot be reached, answers an error or a broken HTTP
+response, or anything unexpected, logged with its traceback) keeps the last good load,
+which ages meanwhile, and polling goes on every ``interval_s``: stale signals hold the
+pools until Prometheus answers again. The per-instance stream limit is the routers'
 capacity divided by their accepting instances.
 """
 
@@ -26,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import logging
 import math
@@ -61,6 +75,7 @@ QUERIES: Mapping[str, str] = {
     "accepting": 'max by (pool) (voxmesh_router_instances{state="accepting"})',
     "router_age": "max by (pool) (time() - timestamp(voxmesh_router_queue_depth))",
     "instance_age": "max by (pool) (time() - timestamp(voxmesh_asr_streams_active))",
+    "instances_down": 'up{instance_id!=""} == 0',
 }
 """The instant queries of one poll, by name."""
 
@@ -113,6 +128,8 @@ def load_from_results(pool: str, results: Mapping[str, list[Sample]]) -> PoolLoa
     capacity, accepting = pool_value("capacity"), pool_value("accepting")
     router_age = pool_value("router_age")
     ages = [a for a in (router_age, pool_value("instance_age")) if a is not None]
+    if by_pool("instances_down"):  # a silent instance is unknown load, not spare capacity
+        ages.append(math.inf)
     return PoolLoad(
         pool=pool,
         active_streams=round(max(sum(i.active_streams for i in instances), relayed, 0.0)),
@@ -180,16 +197,26 @@ class PrometheusSource:
         self._stop.set()
 
     async def poll(self) -> None:
-        """Runs the queries once and keeps the result (or the error)."""
+        """Runs the queries once and keeps the result (or the error).
+
+        Never raises but for cancellation: :meth:`run` must outlive any one bad answer, or
+        the last good load would age for ever and hold every pool until a restart.
+        """
         try:
             results = await asyncio.to_thread(self._query_all)
+            loads = {pool: load_from_results(pool, results) for pool in self._pools}
         except PrometheusError as exc:
             if exc.args[0] != self._error:
                 logger.warning("prometheus %s: %s", self._url, exc)
             self._error = str(exc.args[0])
             return
+        except Exception as exc:  # a fault not foreseen: a failed poll all the same
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self._error:
+                logger.exception("prometheus %s: poll failed", self._url)
+            self._error = error
+            return
         self._error = ""
-        loads = {pool: load_from_results(pool, results) for pool in self._pools}
         self._last = _Poll(loads, self._clock())
 
     def read(self, pool: str) -> PoolLoad:
@@ -220,8 +247,10 @@ class PrometheusSource:
         except urllib.error.HTTPError as exc:  # 400/422/503 carry an error body
             try:
                 payload = json.loads(exc.read())
-            except ValueError:
+            except (OSError, ValueError, http.client.HTTPException):
                 raise PrometheusError(f"HTTP {exc.code} for {query!r}") from exc
         except (OSError, ValueError) as exc:
             raise PrometheusError(f"cannot query {self._url}: {exc}") from exc
+        except http.client.HTTPException as exc:  # cut short or malformed, and no OSError
+            raise PrometheusError(f"cannot query {self._url}: {exc!r}") from exc
         return parse_vector(payload)
