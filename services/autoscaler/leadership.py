@@ -8,6 +8,9 @@ A standby only campaigns (one try every ``retry_s``); it evaluates nothing. When
 lock is lost the work is cancelled at once: a replica that may no longer lead must not
 act. When ``stop`` is set the work is left to finish what it is doing (it watches
 ``stop`` itself), and the lock is released so that a standby takes over at once.
+
+A try that raises is a failed try (:func:`~voxmesh.leader.campaign`), not the end of the
+evaluation.
 """
 
 from __future__ import annotations

@@ -217,6 +217,29 @@ async def test_file_lock_one_holder_at_a_time(tmp_path: Path) -> None:
     await b.hold()  # not held: returns at once
 
 
+async def test_a_file_lock_that_cannot_write_its_holder_keeps_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``flock`` is taken before the PID is written: a failed write must drop it,
+    or a descriptor nobody knows of would hold the lock until the process exits."""
+    path = tmp_path / "leader.lock"
+    a, b = FileLeaderLock(path), FileLeaderLock(path)
+
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:  # only for this call: it never yields
+        patch.setattr(os, "write", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            await a.acquire()
+    assert not a.is_leader
+    assert await b.acquire(), "a failed acquire left the file locked"
+    await b.release()
+    assert await a.acquire()  # the next try of the same lock works
+    assert path.read_text() == f"{os.getpid()}\n"
+    await a.release()
+
+
 async def test_file_lock_is_freed_when_its_holder_process_dies(tmp_path: Path) -> None:
     path = tmp_path / "leader.lock"
     script = (

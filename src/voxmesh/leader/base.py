@@ -15,9 +15,12 @@ calls :meth:`LeaderLock.release` on shutdown::
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Protocol
 
 __all__ = ["LeaderLock", "campaign"]
+
+logger = logging.getLogger(__name__)
 
 
 class LeaderLock(Protocol):
@@ -40,8 +43,29 @@ class LeaderLock(Protocol):
 
 
 async def campaign(lock: LeaderLock, retry_interval: float) -> None:
-    """Standby loop: tries :meth:`LeaderLock.acquire` every ``retry_interval`` s until it wins."""
+    """Standby loop: tries :meth:`LeaderLock.acquire` every ``retry_interval`` s until it wins.
+
+    A try that raises (a full disk under the file lock, a Consul answer the lock does not
+    map) is a failed try, not the end: ending there would stop the replica from ever
+    leading while it went on reporting itself healthy. The first error of a run is logged
+    with its traceback and the repeats at debug level, so a lasting fault shows once
+    without flooding the log; the first try that works again says so. A cancellation is
+    no ``Exception``: it ends the campaign.
+    """
+    failures = 0
     while True:
-        if await lock.acquire():
-            return
+        try:
+            won = await lock.acquire()
+        except Exception as exc:
+            failures += 1
+            if failures == 1:
+                logger.exception("leader lock: acquire failed; retrying every %g s", retry_interval)
+            else:
+                logger.debug("leader lock: acquire failed again (%d in a row): %r", failures, exc)
+        else:
+            if failures:
+                logger.info("leader lock: acquire works again after %d failed tries", failures)
+                failures = 0
+            if won:
+                return
         await asyncio.sleep(retry_interval)

@@ -30,18 +30,25 @@ class FileLeaderLock:
         return self._fd is not None
 
     async def acquire(self) -> bool:
-        """Tries the lock once; on success writes this process's PID into the file."""
+        """Tries the lock once; on success writes this process's PID into the file.
+
+        Raises ``OSError`` when the file cannot be made, locked or written. The file is
+        closed then, whatever had been done: an ``flock`` left on a descriptor that
+        nothing refers to would be held, unknown to this object, until the process
+        exits, and no replica (this one included) could ever lead.
+        """
         if self._fd is not None:
             return True
         self._path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            won = _lock_and_sign(fd)
+        except BaseException:
+            os.close(fd)  # closing the only descriptor drops the flock
+            raise
+        if not won:
             os.close(fd)
             return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         self._released.clear()
         return True
@@ -58,3 +65,17 @@ class FileLeaderLock:
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def _lock_and_sign(fd: int) -> bool:
+    """Takes the ``flock`` without waiting and writes this process's PID into the file.
+
+    False when another holder has the lock; raises ``OSError`` on any other failure.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return True
