@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
 
 from services.autoscaler.signals.base import PoolLoad
 from services.autoscaler.signals.telemetry import StaticWatcher, TelemetrySource
 from tests.conditions import wait_until_async
+from tests.doubles.fake_asr import FakeAsr, FakeAsrOptions
+from tests.doubles.memory_discovery import MemoryDiscovery
 from tests.integration.router_harness import HeldStream, Mesh, mesh, pcm
 from voxmesh.discovery import InstanceInfo
+from voxmesh.stt.v1 import stt_pb2
 
 
 def _free_port() -> int:
@@ -112,3 +118,51 @@ async def test_a_silent_instance_ages_the_signals_but_not_the_routers_demand() -
         finally:
             await source.shutdown()
             await asyncio.wait_for(running, 5)
+
+
+class _CountingAsr(FakeAsr):
+    """A :class:`FakeAsr` that counts the WatchTelemetry streams open on it."""
+
+    watching = 0
+
+    async def WatchTelemetry(
+        self, request: stt_pb2.WatchTelemetryRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[stt_pb2.WatchTelemetryResponse]:
+        self.watching += 1
+        try:
+            async for response in super().WatchTelemetry(request, context):
+                yield response
+        finally:
+            self.watching -= 1
+
+
+async def test_an_instance_listed_at_a_new_address_is_followed_there_alone() -> None:
+    """The same instance id re-registered at a new address (restarted elsewhere): the
+    subscription to the old address ends at once, and shutdown leaves none behind."""
+    old, new = (_CountingAsr(FakeAsrOptions(instance_id="x", max_streams=n)) for n in (1, 2))
+    await old.start()
+    await new.start()
+    discovery = MemoryDiscovery()
+    source = TelemetrySource(
+        ["asr_small"],
+        discovery.watcher,
+        StaticWatcher([]),
+        interval_s=0.1,
+        backoff_s=(0.05, 0.2),
+    )
+    running = asyncio.create_task(source.run())
+    try:
+        discovery.put(old.info)
+        await _until(source, lambda load: [i.max_streams for i in load.instances] == [1])
+        assert old.watching == 1
+
+        discovery.put(new.info)  # same id, new port
+        await _until(source, lambda load: [i.max_streams for i in load.instances] == [2])
+        await wait_until_async(lambda: old.watching == 0, 5)
+        assert new.watching == 1
+    finally:
+        await source.shutdown()
+        await asyncio.wait_for(running, 5)
+        await wait_until_async(lambda: old.watching == new.watching == 0, 5)
+        await old.stop()
+        await new.stop()

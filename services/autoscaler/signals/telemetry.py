@@ -5,7 +5,9 @@ routers (a fixed list in single-machine mode, the ``voxmesh-router`` Consul serv
 cluster). Each listed endpoint gets one subscription, re-opened with backoff after an
 error. An instance that leaves discovery (it is draining, or gone) keeps its subscription
 until its stream ends, so the streams it is still finishing keep counting as demand; it
-no longer counts for the signals' age.
+no longer counts for the signals' age. An instance listed again under the same id at a
+new address (it restarted elsewhere) is followed there: the subscription to the old
+address is cancelled at once, since its feed no longer counts for anything.
 
 Per pool, :meth:`TelemetrySource.read` combines the last snapshots: demand is the active
 streams (the larger of the instances' sum and the routers' in-flight count, which cover
@@ -24,7 +26,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -97,6 +99,8 @@ class TelemetrySource:
         self._clock = clock
         self._rng = rng or random.Random()
         self._feeds: dict[tuple[str, str], _Feed] = {}
+        self._subscriptions: set[asyncio.Task[None]] = set()
+        """Every feed's task until it ends, also those no longer in ``_feeds``."""
         self._stop = asyncio.Event()
         self._finished = asyncio.Event()
         self._started = False
@@ -114,11 +118,10 @@ class TelemetrySource:
         try:
             await self._stop.wait()
         finally:
-            tasks = watchers + [f.task for f in self._feeds.values() if f.task is not None]
-            for task in tasks:
-                task.cancel()
-            # asyncio.wait never swallows a cancellation of run() itself.
-            await asyncio.wait(tasks)
+            # The watchers first, so that no feed starts while the feeds are cancelled; then
+            # every subscription, in ``_feeds`` or not (a moved instance's old one).
+            await _cancel(watchers)
+            await _cancel(self._subscriptions)
             self._feeds.clear()
             self._finished.set()
 
@@ -192,10 +195,16 @@ class TelemetrySource:
                 feed.listed, feed.info = True, info
                 continue
             if feed is not None:
+                # Moved: the old feed leaves ``_feeds`` and so counts for nothing any more.
+                logger.info("%s moved from %s to %s", instance_id, feed.info.target, info.target)
                 feed.listed = False
+                if feed.task is not None:
+                    feed.task.cancel()
             new = _Feed(kind, info, listed_at=self._clock())
             self._feeds[(kind, instance_id)] = new
             new.task = asyncio.create_task(self._subscribe(new), name=f"telemetry-{instance_id}")
+            self._subscriptions.add(new.task)
+            new.task.add_done_callback(self._subscriptions.discard)
 
     async def _subscribe(self, feed: _Feed) -> None:
         """Follows one endpoint's stream, re-opening it while the endpoint stays listed."""
@@ -229,6 +238,18 @@ class TelemetrySource:
     def _delay(self, failures: int) -> float:
         base, cap = self._backoff
         return min(cap, base * 2.0 ** (failures - 1)) * (0.5 + self._rng.random() / 2)
+
+
+async def _cancel(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancels ``tasks`` and waits until they end (raising nothing of theirs).
+
+    ``asyncio.wait`` never swallows a cancellation of the caller itself.
+    """
+    pending = set(tasks)  # a copy: ending tasks leave the set they came from
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
 
 
 def _wanted(feed: _Feed) -> bool:
