@@ -29,11 +29,13 @@ class FakeProcess:
         self.ready_after = 0.0
         self.drain_signalled = False
         self.killed = False
+        self.start_calls = 0
         self.code: int | None = None
         self._ready = asyncio.Event()
         self._exit = asyncio.Event()
 
     async def start(self, ready_timeout: float = 120.0) -> None:
+        self.start_calls += 1
         ready = asyncio.create_task(self._ready.wait())
         exited = asyncio.create_task(self._exit.wait())
         await asyncio.wait({ready, exited}, timeout=ready_timeout, return_when="FIRST_COMPLETED")
@@ -66,16 +68,42 @@ class FakeProcess:
             self._exit.set()
 
 
+class UnmadeProcess(FakeProcess):
+    """A :class:`FakeProcess` whose ``start()`` is still making its process (as
+    ``create_subprocess_exec`` does) until the test calls :meth:`make`: ``kill()`` has
+    nothing to stop until then, like :class:`ServiceProcess`'s."""
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(instance_id)
+        self.making = asyncio.Event()
+        self.exists = False
+        self._made = asyncio.Event()
+
+    async def start(self, ready_timeout: float = 120.0) -> None:
+        self.making.set()
+        await self._made.wait()
+        self.exists = True
+        await super().start(ready_timeout)
+
+    async def kill(self) -> None:
+        if self.exists:
+            await super().kill()
+
+    def make(self) -> None:
+        self._made.set()
+
+
 class Spawner:
     """The target's spawn function; remembers every process it made."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: type[FakeProcess] = FakeProcess) -> None:
         self.made: list[FakeProcess] = []
         self.groups: list[LocalGroup] = []
+        self._kind = kind
 
     def __call__(self, group: LocalGroup, instance_id: str) -> FakeProcess:
         self.groups.append(group)
-        self.made.append(FakeProcess(instance_id))
+        self.made.append(self._kind(instance_id))
         return self.made[-1]
 
 
@@ -288,3 +316,45 @@ async def test_the_status_says_how_long_the_oldest_instance_has_been_starting(
     spawner.made[0].become_ready()
     await until_serving(target, started, 1)
     assert (await target.status())[OD].oldest_pending_s == 10.0  # only the second starts
+
+
+@pytest.mark.parametrize("stop", ["scale down", "shutdown"])
+async def test_an_instance_cancelled_before_its_start_began_is_never_started(
+    target: LocalTarget, spawner: Spawner, stop: str
+) -> None:
+    """Cancelled in the same turn as the scale-up: its process is not made yet, so
+    ``kill()`` finds nothing to stop, and starting it anyway would only kill it later."""
+    await target.scale(OD, 1, "up")
+    if stop == "shutdown":
+        await target.shutdown()  # not in a task of its own: the start must not run first
+    else:
+        await target.scale(OD, 0, "idle")
+        await asyncio.wait_for(target.shutdown(), 2)  # waits for the instance's task
+    (process,) = spawner.made
+    assert process.start_calls == 0
+    status = (await target.status())[OD]
+    assert (status.desired, status.placed, status.placement_failing) == (0, 0, False)
+    assert len(spawner.made) == 1  # a cancel is no failure: nothing replaces it
+
+
+async def test_an_instance_cancelled_while_its_process_is_made_gives_up_the_start(
+    started: list[tuple[str, float]],
+) -> None:
+    """``kill()`` cannot stop a process still being made: the start itself is given up,
+    and the instance never serves (nor holds a shutdown up for a whole start-up)."""
+    spawner = Spawner(UnmadeProcess)
+    target = LocalTarget(
+        [LocalGroup("asr_small")],
+        spawner,
+        on_started=lambda pool, s: started.append((pool, s)),
+        backoff_s=(0.01, 0.01),
+    )
+    await target.scale(OD, 1, "up")
+    (process,) = spawner.made
+    assert isinstance(process, UnmadeProcess)
+    await asyncio.wait_for(process.making.wait(), 2)
+
+    await asyncio.wait_for(target.shutdown(), 2)
+    assert not process.exists and started == []
+    status = (await target.status())[OD]
+    assert (status.placed, status.placement_failing) == (0, False)

@@ -7,9 +7,10 @@ group's count; a reconcile step then starts or stops processes, like a scheduler
 
 - up: start the missing instances (``ServiceProcess``, which waits for the instance's
   ``VOXMESH_READY`` line; the process start to ready time is the measured start-up);
-- down: cancel starting instances first (they have no streams: killed), then drain
-  serving ones, fewest active streams first: SIGTERM, the instance finishes its streams
-  and exits; it is killed only if still alive ``drain_timeout_s`` plus a grace later;
+- down: cancel starting instances first (they have no streams: killed, or never started
+  if their process is not made yet), then drain serving ones, fewest active streams
+  first: SIGTERM, the instance finishes its streams and exits; it is killed only if still
+  alive ``drain_timeout_s`` plus a grace later;
 - an instance that exits on its own or fails to start (its process cannot even be made,
   or never prints its ready line) is replaced after a backoff; while its group keeps
   failing, its status reports a placement failure with the reason.
@@ -135,6 +136,8 @@ class _Instance:
     process: ManagedProcess
     started_at: float
     state: _State = _State.STARTING
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the instance is stopped while starting: its start is given up."""
 
 
 @dataclass
@@ -250,6 +253,7 @@ class LocalTarget:
             g.desired = 0
             for instance in list(g.instances.values()):
                 instance.state = _State.DRAINING
+                instance.cancelled.set()
                 await instance.process.kill()
 
     def _reconcile(self, g: _Group) -> None:
@@ -303,7 +307,10 @@ class LocalTarget:
         was = instance.state
         instance.state = _State.DRAINING
         if was is _State.STARTING:
+            # kill() stops a process that exists; ``cancelled`` makes _lifecycle give up a
+            # start that has not made its process yet (kill() finds nothing to stop then).
             logger.info("%s: cancelling %s (still starting)", g.spec.name, instance.instance_id)
+            instance.cancelled.set()
             self._track(instance.process.kill(), f"kill-{instance.instance_id}")
             return
         logger.info("%s: draining %s", g.spec.name, instance.instance_id)
@@ -311,15 +318,24 @@ class LocalTarget:
         self._track(self._watch_drain(instance), f"drain-{instance.instance_id}")
 
     async def _lifecycle(self, g: _Group, instance: _Instance) -> None:
-        """Starts one instance, follows it until it exits, and replaces it if unwanted."""
+        """Starts one instance, follows it until it exits, and replaces it if unwanted.
+
+        An instance cancelled before this task first ran is never started: starting it
+        anyway would run a whole start-up (during which it may register and take
+        streams) only to kill it once ready, and hold up a shutdown for as long.
+        """
+        if _stopped(instance):
+            g.instances.pop(instance.instance_id, None)
+            logger.info("%s: %s cancelled before it started", g.spec.name, instance.instance_id)
+            return
         try:
-            await instance.process.start(self._ready_timeout_s)
+            await self._start(instance)
         except (RuntimeError, OSError) as exc:
             g.instances.pop(instance.instance_id, None)
-            if instance.state is not _State.DRAINING:
+            if not _stopped(instance):
                 self._failed(g, f"{instance.instance_id} failed to start: {exc}")
             return
-        if instance.state is _State.DRAINING:  # cancelled while starting
+        if _stopped(instance):  # cancelled while starting
             await instance.process.kill()
             g.instances.pop(instance.instance_id, None)
             return
@@ -338,6 +354,23 @@ class LocalTarget:
             )
         else:
             self._failed(g, f"{instance.instance_id} exited with code {code}")
+
+    async def _start(self, instance: _Instance) -> None:
+        """``process.start()``, cancelled as soon as the instance is (see :meth:`_stop`).
+
+        Returns early, without raising, when cancelled; the caller then kills whatever
+        process the start had made. A failed start raises as ``start()`` does.
+        """
+        start = asyncio.ensure_future(instance.process.start(self._ready_timeout_s))
+        cancelled = asyncio.ensure_future(instance.cancelled.wait())
+        try:
+            await asyncio.wait({start, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            start.cancel()  # nothing when it has ended
+            cancelled.cancel()
+            await asyncio.wait({start, cancelled})
+        if not start.cancelled():
+            start.result()
 
     async def _watch_drain(self, instance: _Instance) -> None:
         """Kills a draining instance still alive after its drain timeout plus a grace."""
@@ -374,3 +407,8 @@ class LocalTarget:
         task = asyncio.create_task(work, name=f"local-target-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _stopped(instance: _Instance) -> bool:
+    """Whether the instance was stopped (scale-down, shutdown); read afresh after an await."""
+    return instance.state is _State.DRAINING
