@@ -31,13 +31,16 @@ job "asr-large-preemptible" {
   # task running for min_healthy_time. Placements fail here whenever spot capacity is
   # gone, and a deployment that cannot place stays active until its progress deadline,
   # refusing every scale call meanwhile: the deadlines are shorter than on-demand's.
+  # No auto_revert: a count-only version that cannot place is what spot shortage looks
+  # like, not a bad release; reverting it would drop the requested count every
+  # progress_deadline while the autoscaler keeps it requested for when capacity returns.
   update {
     max_parallel      = 1
     health_check      = "task_states"
     min_healthy_time  = "10s"
     healthy_deadline  = "3m"
     progress_deadline = "4m"
-    auto_revert       = true
+    auto_revert       = false
   }
 
   group "asr" {

@@ -215,6 +215,9 @@ def test_update_and_migrate_blocks_are_present(job_id: str) -> None:
         assert update["health_check"] == migrate["health_check"]
     if job_id in ASR_JOBS:  # no Nomad checks exist: the instance registers itself
         assert update["health_check"] == "task_states"
+    # A preemptible group failing to place is spot shortage, not a bad release: a revert
+    # would take back the count the autoscaler keeps requested.
+    assert update["auto_revert"] is (job["node_pool"] != "gpu-preemptible")
 
 
 @pytest.mark.parametrize(
