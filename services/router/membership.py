@@ -8,9 +8,10 @@ A :class:`Member` combines them with the router's own in-flight count into
 the live load the balancer uses.
 
 An instance takes new streams only while it is listed by discovery, its
-telemetry stream is up (or was never tried), its health is SERVING and its
-telemetry state is SERVING. One that leaves discovery keeps its channel until
-the router's last stream on it ends. With the last resort on
+telemetry stream is up (or was never tried) and not silent (a snapshot within
+``stale_after_s``: a peer gone without a reset sends nothing, and nothing says
+so), its health is SERVING and its telemetry state is SERVING. One that leaves
+discovery keeps its channel until the router's last stream on it ends. With the last resort on
 (``last_resort_min_drain_s`` set), one that leaves it because it drains (health
 NOT_SERVING or telemetry DRAINING) is also followed until it goes away, since
 while its drain has that much left it may take a stream the balancer sends as a
@@ -45,6 +46,10 @@ _CHANNEL_OPTIONS = [
 ]
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 2.0
+STALE_AFTER_MIN_S = 5.0
+STALE_AFTER_INTERVALS = 10
+"""An instance whose telemetry is silent for this many intervals (at least
+``STALE_AFTER_MIN_S``) takes no new streams until it speaks again."""
 
 
 class Member:
@@ -57,6 +62,7 @@ class Member:
         on_change: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
         last_resort_min_drain_s: float | None = None,
+        stale_after_s: float = float("inf"),
     ) -> None:
         self.info = info
         self.channel = channel
@@ -77,6 +83,7 @@ class Member:
         self._on_change = on_change
         self._clock = clock
         self._last_resort_min_drain_s = last_resort_min_drain_s
+        self._stale_after_s = stale_after_s
 
     @property
     def instance_id(self) -> str:
@@ -122,7 +129,10 @@ class Member:
         """True while the instance may get new streams."""
         if not (self.listed and self.reachable and self.health_serving) or self.info.draining:
             return False
-        return self.snapshot is None or self.snapshot.state == stt_pb2.SERVING_STATE_SERVING
+        if self.snapshot is None:
+            return True
+        silent = self._clock() - self._snapshot_at > self._stale_after_s
+        return not silent and self.snapshot.state == stt_pb2.SERVING_STATE_SERVING
 
     def draining(self) -> bool:
         """True once the instance drains: health NOT_SERVING or telemetry DRAINING."""
@@ -233,6 +243,8 @@ class Membership:
         # How long a member that left discovery is still followed to see whether it
         # drains: its health or telemetry may say so just after discovery does.
         self._grace_s = max(0.5, 3 * telemetry_interval_s)
+        # Silent for this long: no new streams (generous: a busy router reads late).
+        self._stale_after_s = max(STALE_AFTER_MIN_S, STALE_AFTER_INTERVALS * telemetry_interval_s)
         self._followers: dict[Member, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -331,7 +343,12 @@ class Membership:
     def _add(self, info: InstanceInfo) -> Member:
         channel = grpc.aio.insecure_channel(info.target, options=_CHANNEL_OPTIONS)
         member = Member(
-            info, channel, lambda: self._changed(member), self._clock, self._last_resort_min_drain_s
+            info,
+            channel,
+            lambda: self._changed(member),
+            self._clock,
+            self._last_resort_min_drain_s,
+            stale_after_s=self._stale_after_s,
         )
         self._followers[member] = self._spawn(self._follow(member), f"follow-{info.instance_id}")
         return member

@@ -70,3 +70,21 @@ async def test_a_refused_stream_leaves_the_member_full_when_the_queue_is_told() 
         assert room_when_told == [True, False, True, False, True] and member.has_room()
     finally:
         await channel.close()
+
+
+async def test_a_member_whose_telemetry_falls_silent_takes_no_new_streams() -> None:
+    # A peer gone without a reset (a partition) sends nothing and nothing says so.
+    now = [100.0]
+    info = InstanceInfo("a", "asr_small", "tiny.en", "127.0.0.1", 1, max_streams=2)
+    channel = grpc.aio.insecure_channel(info.target)  # never connected
+    try:
+        member = Member(info, channel, lambda: None, lambda: now[0], stale_after_s=5.0)
+        member.update(_snapshot(stt_pb2.SERVING_STATE_SERVING))
+        now[0] += 5.0
+        assert member.accepting()
+        now[0] += 0.1
+        assert not member.accepting(), "silent for more than 5 s"
+        member.update(_snapshot(stt_pb2.SERVING_STATE_SERVING))
+        assert member.accepting()
+    finally:
+        await channel.close()
