@@ -46,6 +46,7 @@ from services.router.membership import Member
 from services.router.metrics import RouterMetrics
 from services.router.routing import Route, check_chunk
 from voxmesh.errors import InvalidArgument, Unavailable, VoxmeshError
+from voxmesh.rpc import status
 from voxmesh.stt.v1 import stt_pb2
 
 __all__ = [
@@ -325,8 +326,10 @@ class StreamRelay:
                     code.name,
                 )
                 return _Outcome.DONE
-            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not answered:
-                return _Outcome.FULL
+            if not answered and (
+                code == grpc.StatusCode.RESOURCE_EXHAUSTED or status.not_accepting(err)
+            ):
+                return _Outcome.FULL  # it never started there: back to the queue
             if code in FAILOVER_CODES:
                 logger.info(
                     "stream %s: instance %s ended with %s: %s",

@@ -21,7 +21,8 @@ are context: no results for them; the fake, having no model, skips them); so is
 ``voxmesh-last-resort: 1`` (taken while draining if the drain has
 ``last_resort_min_drain_s`` left, reported as ``drain_remaining``).
 
-Controls for tests: :meth:`FakeAsr.set_capacity`, :meth:`FakeAsr.fail_streams`
+Controls for tests: :meth:`FakeAsr.set_capacity`, :meth:`FakeAsr.refuse_as_starting`,
+:meth:`FakeAsr.fail_streams`
 (every active stream fails with the given status at its next chunk),
 :meth:`FakeAsr.fail_at_end` (streams fail after their closing final, before or
 after their summary),
@@ -253,6 +254,7 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
         """(offset ms, skip ms, lead-in ms) of every stream that arrived with failover
         metadata."""
         self._fault: grpc.StatusCode | None = None
+        self._not_accepting = 0
         self._end_fault: tuple[grpc.StatusCode, bool] | None = None
         self._draining = False
         self._drain_ends: float | None = None
@@ -289,6 +291,11 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
     def fail_streams(self, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
         """Every active stream (and new one) fails with ``code`` at its next chunk."""
         self._fault = code
+
+    def refuse_as_starting(self, streams: int = 1) -> None:
+        """The next ``streams`` streams are refused as by an instance still starting
+        (UNAVAILABLE, not accepting), whatever its telemetry said."""
+        self._not_accepting = streams
 
     def fail_at_end(
         self, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, *, after_summary: bool = False
@@ -339,6 +346,9 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
     ) -> AsyncIterator[stt_pb2.StreamingRecognizeResponse]:
         """The fake recognition (see the module docstring)."""
         try:
+            if self._not_accepting:
+                self._not_accepting -= 1
+                raise errors.Draining(f"instance {self.options.instance_id} is still starting")
             last_resort = self._draining
             if last_resort:
                 remaining = self.drain_remaining()

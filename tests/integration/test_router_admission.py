@@ -191,3 +191,23 @@ async def test_a_queued_unary_request_counts_as_a_stream_with_its_audio() -> Non
         await call
         assert m.metric("voxmesh_router_streams_active", pool="asr_small") == 0
         assert m.metric("voxmesh_router_queue_bytes", pool="asr_small") == 0
+
+
+async def test_a_unary_request_refused_as_not_accepting_waits_for_another_instance() -> None:
+    async with mesh(telemetry_interval_s=30.0, max_failovers=0) as m:
+        starting = await m.add("starting")
+        starting.refuse_as_starting()
+        request = stt_pb2.RecognizeRequest(
+            config=stt_pb2.RecognitionConfig(
+                model="asr_small",
+                encoding=stt_pb2.AUDIO_ENCODING_LINEAR16,
+                sample_rate_hertz=16000,
+                priority=stt_pb2.PRIORITY_REALTIME,
+            ),
+            audio_content=pcm(1.2, 3),
+        )
+        call = stt_pb2_grpc.RecognizerServiceStub(m.channel).Recognize(request, timeout=10.0)
+        await wait_until_async(lambda: m.queue().queued_realtime == 1)
+        await m.add("ready")
+        response = await call
+        assert (response.summary.instance_id, response.summary.failovers) == ("ready", 0)

@@ -239,3 +239,18 @@ async def test_a_queued_stream_is_not_sent_to_the_instance_that_just_failed() ->
             await held.finish()
         assert queued.summary().failovers == 0
         assert queued.summary().instance_id != "a"
+
+
+async def test_a_stream_an_instance_refuses_as_not_accepting_is_no_failover() -> None:
+    # The instance says it is still starting (or drains) though the router had not
+    # heard: the stream never started there; it waits for another, no failover spent.
+    async with mesh(telemetry_interval_s=30.0, max_failovers=0) as m:
+        starting = await m.add("starting")
+        starting.refuse_as_starting()
+        held = await HeldStream(m.channel).open(pcm(0.3, 1))
+        await wait_until_async(lambda: m.queue().queued_realtime == 1)
+        await m.add("ready")
+        summary = await held.finish()
+        assert (summary.instance_id, summary.failovers) == ("ready", 0)
+        assert m.metric("voxmesh_router_failovers_total", pool="asr_small") == 0
+        assert m.metric("voxmesh_router_instance_rejections_total", pool="asr_small") == 1

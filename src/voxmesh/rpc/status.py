@@ -2,6 +2,10 @@
 
 ``RESOURCE_EXHAUSTED`` carries a ``google.rpc.RetryInfo`` detail (and the
 ``retry-after-ms`` trailing metadata for clients that do not parse details).
+An instance that refuses a stream because it drains (or still starts) answers
+``UNAVAILABLE`` with a ``google.rpc.ErrorInfo`` of reason ``INSTANCE_NOT_ACCEPTING``
+(:func:`not_accepting`): the stream never started there, so a router sends it
+elsewhere without counting a failover.
 """
 
 from __future__ import annotations
@@ -16,9 +20,19 @@ from grpc_status import rpc_status
 from voxmesh import errors
 from voxmesh.rpc.wellknown import duration
 
-__all__ = ["RETRY_AFTER_KEY", "abort", "aborting", "code_of", "retry_after_of", "to_status"]
+__all__ = [
+    "RETRY_AFTER_KEY",
+    "abort",
+    "aborting",
+    "code_of",
+    "not_accepting",
+    "retry_after_of",
+    "to_status",
+]
 
 RETRY_AFTER_KEY = "retry-after-ms"
+ERROR_DOMAIN = "voxmesh.dev"
+NOT_ACCEPTING = "INSTANCE_NOT_ACCEPTING"
 
 _CODES: list[tuple[type[errors.VoxmeshError], grpc.StatusCode]] = [
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -50,6 +64,10 @@ def to_status(err: BaseException) -> grpc.Status:
         info = error_details_pb2.RetryInfo(retry_delay=duration(seconds))
         detail.details.add().Pack(info)
         trailing = ((RETRY_AFTER_KEY, str(int(seconds * 1000))),)
+    if isinstance(err, errors.Draining):
+        detail.details.add().Pack(
+            error_details_pb2.ErrorInfo(reason=NOT_ACCEPTING, domain=ERROR_DOMAIN)
+        )
     status: grpc.Status = rpc_status.to_status(detail)
     if trailing:
         return _WithTrailing(status, trailing)
@@ -84,3 +102,20 @@ def retry_after_of(error: grpc.aio.AioRpcError) -> float | None:
         if key == RETRY_AFTER_KEY:
             return int(value) / 1000.0
     return None
+
+
+def not_accepting(error: grpc.aio.AioRpcError) -> bool:
+    """True when an instance refused the call because it drains or still starts."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # a status detail that does not match the call's
+        return False
+    if status is None:
+        return False
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and (info.domain, info.reason) == (ERROR_DOMAIN, NOT_ACCEPTING):
+            return True
+    return False
