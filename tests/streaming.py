@@ -44,6 +44,18 @@ def config_request(
     )
 
 
+def recognize_request(
+    audio: bytes,
+    *,
+    model: str = "asr_small",
+    priority: stt_pb2.Priority.ValueType = stt_pb2.PRIORITY_REALTIME,
+    rate: int = 16000,
+) -> stt_pb2.RecognizeRequest:
+    """A unary request for ``audio`` (LINEAR16 at ``rate``)."""
+    config = config_request(rate, model=model, priority=priority).streaming_config.config
+    return stt_pb2.RecognizeRequest(config=config, audio_content=audio)
+
+
 @dataclass
 class StreamRun:
     """What one stream received, with arrival times (seconds since its start)."""

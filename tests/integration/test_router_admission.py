@@ -9,7 +9,7 @@ from grpc_status import rpc_status
 from tests.conditions import wait_until_async
 from tests.doubles.fake_asr import expected_finals
 from tests.integration.router_harness import HeldStream, mesh, pcm
-from tests.streaming import config_request, run_stream
+from tests.streaming import config_request, recognize_request, run_stream
 from voxmesh.rpc.status import retry_after_of
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
@@ -138,15 +138,7 @@ async def test_unary_request_refused_by_a_full_instance_goes_to_another() -> Non
         await m.add("b", max_streams=4, region="us")
         a.set_capacity(0)
         audio = pcm(1.5, 7)
-        request = stt_pb2.RecognizeRequest(
-            config=stt_pb2.RecognitionConfig(
-                model="tiny.en",
-                encoding=stt_pb2.AUDIO_ENCODING_LINEAR16,
-                sample_rate_hertz=16000,
-                priority=stt_pb2.PRIORITY_REALTIME,
-            ),
-            audio_content=audio,
-        )
+        request = recognize_request(audio, model="tiny.en")
         stub = stt_pb2_grpc.RecognizerServiceStub(m.channel)
         response = await stub.Recognize(request, timeout=5.0)
         texts = [r.alternatives[0].transcript for r in response.results]
@@ -173,15 +165,7 @@ async def test_router_sheds_load_past_its_own_limit() -> None:
 async def test_a_queued_unary_request_counts_as_a_stream_with_its_audio() -> None:
     async with mesh() as m:
         audio = pcm(2.0, 4)
-        request = stt_pb2.RecognizeRequest(
-            config=stt_pb2.RecognitionConfig(
-                model="asr_small",
-                encoding=stt_pb2.AUDIO_ENCODING_LINEAR16,
-                sample_rate_hertz=16000,
-                priority=stt_pb2.PRIORITY_REALTIME,
-            ),
-            audio_content=audio,
-        )
+        request = recognize_request(audio)
         call = stt_pb2_grpc.RecognizerServiceStub(m.channel).Recognize(request, timeout=10.0)
         await wait_until_async(lambda: m.queue().queued_realtime == 1)
         assert m.metric("voxmesh_router_streams_active", pool="asr_small") == 1
@@ -197,15 +181,7 @@ async def test_a_unary_request_refused_as_not_accepting_waits_for_another_instan
     async with mesh(telemetry_interval_s=30.0, max_failovers=0) as m:
         starting = await m.add("starting")
         starting.refuse_as_starting()
-        request = stt_pb2.RecognizeRequest(
-            config=stt_pb2.RecognitionConfig(
-                model="asr_small",
-                encoding=stt_pb2.AUDIO_ENCODING_LINEAR16,
-                sample_rate_hertz=16000,
-                priority=stt_pb2.PRIORITY_REALTIME,
-            ),
-            audio_content=pcm(1.2, 3),
-        )
+        request = recognize_request(pcm(1.2, 3))
         call = stt_pb2_grpc.RecognizerServiceStub(m.channel).Recognize(request, timeout=10.0)
         await wait_until_async(lambda: m.queue().queued_realtime == 1)
         await m.add("ready")

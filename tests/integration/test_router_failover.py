@@ -8,7 +8,7 @@ import pytest
 from tests.conditions import wait_until_async
 from tests.doubles.fake_asr import CONTAINER_RATE, expected_finals
 from tests.integration.router_harness import CHUNK, HeldStream, mesh, pcm
-from tests.streaming import config_request
+from tests.streaming import config_request, recognize_request
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 
@@ -204,15 +204,7 @@ async def test_unary_recognize_fails_over() -> None:
         await m.add("ok", region="us")
         broken.fail_streams()
         audio = pcm(2.5, 5)
-        request = stt_pb2.RecognizeRequest(
-            config=stt_pb2.RecognitionConfig(
-                model="tiny.en",
-                encoding=stt_pb2.AUDIO_ENCODING_LINEAR16,
-                sample_rate_hertz=16000,
-                priority=stt_pb2.PRIORITY_BATCH,
-            ),
-            audio_content=audio,
-        )
+        request = recognize_request(audio, model="tiny.en", priority=stt_pb2.PRIORITY_BATCH)
         response = await stt_pb2_grpc.RecognizerServiceStub(m.channel).Recognize(request)
         texts = [r.alternatives[0].transcript for r in response.results]
         assert texts == expected_finals(audio, 16000, 1000)

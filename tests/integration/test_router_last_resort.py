@@ -7,7 +7,7 @@ from __future__ import annotations
 from tests.conditions import wait_until_async
 from tests.doubles.fake_asr import FakeAsr, expected_finals
 from tests.integration.router_harness import HeldStream, Mesh, mesh, pcm
-from tests.streaming import config_request
+from tests.streaming import recognize_request
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 
@@ -123,10 +123,7 @@ async def test_a_unary_request_takes_the_last_resort_too() -> None:
         holder, _ = await _full_and_draining(m)
         await _last_resort_known(m, "draining")
         audio = pcm(2.0, 8)
-        request = stt_pb2.RecognizeRequest(
-            config=config_request(model="asr_small").streaming_config.config,
-            audio_content=audio,
-        )
+        request = recognize_request(audio)
         stub = stt_pb2_grpc.RecognizerServiceStub(m.channel)
         response = await stub.Recognize(request, timeout=10)
         assert response.summary.instance_id == "draining" and response.summary.failovers == 0
