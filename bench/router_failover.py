@@ -6,9 +6,11 @@ the stream to another instance and results resume within 1 s of the failure.
 Two real asr_small instances (tiny.en, one CPU thread each, file registry) and
 the router run as processes. Each trial streams ``--streams`` espeak-ng clips
 (five Harvard sentences with 0.6-1.6 s pauses) through the router at real time,
-twice, side by side in time:
+three times, side by side in time:
 
-1. **fault-free**: the clips as they are;
+1. **fault-free**, twice: the clips as they are (the second run is the floor of
+   run-to-run text differences: under load a final may be narrowed to greedy,
+   so text depends on timing even without a fault);
 2. **faulted**: the same clips; at a random moment (seeded, between 3 s and 4 s
    before the end) the instance holding the most streams is SIGKILLed. It is
    started again, and the router sees it, before the next trial.
@@ -78,6 +80,11 @@ class Resume:
     """Faulted minus fault-free arrival of the first final after the kill."""
     same_finals: bool
     wer_vs_clean: float
+    wer_clean_vs_clean: float
+    """The same stream's two fault-free runs against each other: the floor of run-to-run
+    differences (decodes narrowed to greedy under load depend on timing)."""
+    differing: list[tuple[str, str]]
+    """(fault-free, faulted) text of each final that differs."""
 
 
 def _after(run: StreamRun, t: float, results_only: bool) -> float:
@@ -229,10 +236,11 @@ async def measure(trials: int, streams: int, seed: int) -> tuple[list[Resume], i
                 shortest = min(c.seconds for c in chosen)
                 kill_at = rng.uniform(3.0, shortest - 4.0)
                 clean, _, _ = await _streams(mesh, chosen, None)
+                again, _, _ = await _streams(mesh, chosen, None)
                 faulted, killed, victim = await _streams(mesh, chosen, kill_at)
                 kills += 1
                 moved = 0
-                for f, c in zip(faulted, clean, strict=True):
+                for f, c, a in zip(faulted, clean, again, strict=True):
                     if f.summary is None or not f.summary.failovers:
                         continue
                     moved += 1
@@ -246,6 +254,12 @@ async def measure(trials: int, streams: int, seed: int) -> tuple[list[Resume], i
                             final_delay=_final_delay(f, c, killed),
                             same_finals=len(f.finals) == len(c.finals),
                             wer_vs_clean=wer(c.text, f.text),
+                            wer_clean_vs_clean=wer(c.text, a.text),
+                            differing=[
+                                (cf.alternatives[0].transcript, ff.alternatives[0].transcript)
+                                for cf, ff in zip(c.finals, f.finals, strict=False)
+                                if cf.alternatives[0].transcript != ff.alternatives[0].transcript
+                            ],
                         )
                     )
                     r = resumes[-1]
@@ -331,7 +345,9 @@ def main() -> None:
     print(f"finals differing in number from the fault-free run: {lost}")
     print(
         "final text against the fault-free run: WER max "
-        f"{max(r.wer_vs_clean for r in resumes):.1%} (the stream's text, all finals)"
+        f"{max(r.wer_vs_clean for r in resumes):.1%} (the stream's text, all finals); "
+        "two fault-free runs against each other: WER max "
+        f"{max(r.wer_clean_vs_clean for r in resumes):.1%}"
     )
     print(
         f"target (results resume within {TARGET_S:g} s): first result after a kill in speech "
@@ -354,6 +370,14 @@ def main() -> None:
             ),
             "streams_with_other_final_count": lost,
             "wer_vs_fault_free_max": round(max(r.wer_vs_clean for r in resumes), 4),
+            "wer_fault_free_vs_fault_free_max": round(
+                max(r.wer_clean_vs_clean for r in resumes), 4
+            ),
+            "differing_finals": [
+                {"in_speech": r.in_speech, "fault_free": c, "faulted": f}
+                for r in resumes
+                for c, f in r.differing
+            ],
             **overall,
             "by_state_at_kill": split,
         },
