@@ -296,6 +296,10 @@ REPLAY_CASES: dict[str, tuple[tuple[tuple[str, str | bytes], ...], str]] = {
         ((CONTEXT_KEY, b'{"lead_in_ms": 900, "finals": [[800, 100, "x"]]}'),),
         "a final is [start_ms, end_ms >= start_ms, text]",
     ),
+    "prompt not text": (
+        ((CONTEXT_KEY, b'{"lead_in_ms": 900, "finals": [], "prompt": 7}'),),
+        "prompt is text",
+    ),
     "longer than a window": (
         ((CONTEXT_KEY, b'{"lead_in_ms": 31000, "finals": []}'),),
         "longer than Whisper's window",

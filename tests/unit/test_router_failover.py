@@ -143,9 +143,23 @@ def test_finals_older_than_the_context_leave_the_lead_in() -> None:
     offset, context = lead_in(log)
     assert (offset, context) == (
         "1200",
-        ReplayContext(lead_in_ms=800, finals=((1200, 2000, "two"),)),
+        ReplayContext(lead_in_ms=800, finals=((1200, 2000, "two"),), prompt="one"),
     )
     assert drain(log) == data[1200 * MS :]
+
+
+def test_the_text_of_finals_older_than_the_context_is_the_lead_ins_prompt() -> None:
+    log = ReplayLog(linear16=True, sample_rate=16000, replay_max_bytes=1 << 20, context_ms=1000)
+    chunks(log, 30, 100 * MS)
+    drain(log)
+    log.commit(500.0, 0.0, "zero")
+    log.commit(1000.0, 600.0, "one two")
+    log.commit(2000.0, 1200.0, "three")  # "zero" and "one two" leave the context
+    assert log.restart()
+    _, context = lead_in(log)
+    assert context == ReplayContext(
+        lead_in_ms=800, finals=((1200, 2000, "three"),), prompt="zero one two"
+    )
 
 
 def test_without_context_the_replay_starts_at_the_last_final() -> None:
@@ -179,7 +193,7 @@ def test_a_container_skips_to_the_lead_in_and_names_it() -> None:
     raw = metadata.pop(CONTEXT_KEY)
     assert isinstance(raw, bytes) and not metadata
     assert ReplayContext.decode(raw) == ReplayContext(
-        lead_in_ms=1300, finals=((1200, 2000, "two"),)
+        lead_in_ms=1300, finals=((1200, 2000, "two"),), prompt="one"
     )
     assert drain(log) == data, "a container is replayed whole"
     log.commit(2400.0, 2300.0, "late")  # ends before the skip: changes nothing
@@ -267,8 +281,8 @@ def test_the_bound_drops_the_oldest_finals_of_a_lead_in_and_keeps_the_rest() -> 
     assert log.restart()
     assert lead_in(log) == (
         "500",
-        ReplayContext(lead_in_ms=300, finals=((500, 800, "later"),)),
-    ), "the audio of 'early' was dropped; 'later' is still whole"
+        ReplayContext(lead_in_ms=300, finals=((500, 800, "later"),), prompt="early"),
+    ), "the audio of 'early' was dropped (its text is the prompt); 'later' is still whole"
     assert drain(log) == data[500 * MS :]
 
 

@@ -66,6 +66,15 @@ async def test_a_container_replay_has_its_lead_in_after_the_skip() -> None:
     assert len(decoder.jobs[-1].audio) < int(4.0 * SR)
 
 
+async def test_the_lead_ins_prompt_is_the_decodes_prompt() -> None:
+    context = ReplayContext(
+        lead_in_ms=1600, finals=((10_000, 11_200, "earlier words"),), prompt="older text"
+    )
+    _, decoder = await replay([speech(1.0), silence(0.6), speech(1.0), silence(1.0)], context)
+    assert decoder.jobs[-1].prompt == "older text"
+    assert decoder.jobs[-1].prefix == "earlier words"
+
+
 async def test_speech_going_on_where_the_lead_in_ends_starts_an_utterance_there() -> None:
     # An utterance cut at max_utterance: its first 1.5 s were final, speech goes on.
     context = ReplayContext(lead_in_ms=1500, finals=((10_000, 11_500, "first half"),))

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from voxmesh.rpc.metadata import PROMPT_WORDS
+
 __all__ = ["StreamContext"]
 
 _MAX_HISTORY = 8
-_PROMPT_WORDS = 40
 
 
 @dataclass
@@ -27,7 +28,7 @@ class StreamContext:
     """Whisper's window: context plus utterance stay below it."""
     prompt: str = ""
     """Text of finals too old to be context, whether evicted by count or by age (its
-    last ``_PROMPT_WORDS`` words)."""
+    last ``PROMPT_WORDS`` words)."""
     _history: list[tuple[int, int, str]] = field(default_factory=list)
     _cursor: int = 0
 
@@ -65,6 +66,6 @@ class StreamContext:
 
     def _retire(self, finals: list[tuple[int, int, str]]) -> None:
         """Finals leaving the history (the oldest first): their text joins the prompt,
-        which keeps its last ``_PROMPT_WORDS`` words."""
+        which keeps its last ``PROMPT_WORDS`` words."""
         words = (self.prompt + " " + " ".join(text for _, _, text in finals)).split()
-        self.prompt = " ".join(words[-_PROMPT_WORDS:])
+        self.prompt = " ".join(words[-PROMPT_WORDS:])

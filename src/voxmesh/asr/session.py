@@ -323,6 +323,7 @@ class StreamSession:
         self._lead_end = lead_end
         self._lead_pending = True
         self._final_end = lead_end
+        self._context.prompt = replay.prompt
         base_ms = self._time_base * 1000.0
         for start_ms, end_ms, text in replay.finals:
             start = round((start_ms - base_ms) * SR / 1000)

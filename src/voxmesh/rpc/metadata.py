@@ -33,6 +33,7 @@ __all__ = [
     "LAST_RESORT_KEY",
     "MAX_CONTEXT_FINALS",
     "OFFSET_KEY",
+    "PROMPT_WORDS",
     "SKIP_KEY",
     "ReplayContext",
     "last_resort_asked",
@@ -47,6 +48,10 @@ CONTEXT_KEY = "voxmesh-context-bin"
 
 MAX_CONTEXT_FINALS = 64
 """Most finals a lead-in may name (a router keeps the latest)."""
+PROMPT_WORDS = 40
+"""Most words of earlier text a decode is prompted with: the text of the finals too old
+to be context (an instance keeps as many, and a lead-in carries as many)."""
+_MAX_PROMPT_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -61,10 +66,18 @@ class ReplayContext:
 
     lead_in_ms: int
     finals: tuple[tuple[int, int, str], ...]
+    prompt: str = ""
+    """The text of the stream's finals before the lead-in (their last ``PROMPT_WORDS``
+    words): the prompt the instance that failed decoded with."""
 
     def encode(self) -> bytes:
         """The metadata value (UTF-8 JSON)."""
-        body = {"lead_in_ms": self.lead_in_ms, "finals": [list(f) for f in self.finals]}
+        body: dict[str, object] = {
+            "lead_in_ms": self.lead_in_ms,
+            "finals": [list(f) for f in self.finals],
+        }
+        if self.prompt:
+            body["prompt"] = self.prompt
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
     @classmethod
@@ -87,7 +100,10 @@ class ReplayContext:
                     f"{CONTEXT_KEY}: a final is [start_ms, end_ms >= start_ms, text], not {final!r}"
                 )
             parsed.append((final[0], final[1], final[2]))
-        return cls(lead_in_ms=lead_in, finals=tuple(parsed))
+        prompt = body.get("prompt", "")
+        if not isinstance(prompt, str) or len(prompt) > _MAX_PROMPT_CHARS:
+            raise ValueError(f"{CONTEXT_KEY}: prompt is text of at most {_MAX_PROMPT_CHARS} chars")
+        return cls(lead_in_ms=lead_in, finals=tuple(parsed), prompt=prompt)
 
 
 def _is_count(value: object) -> TypeGuard[int]:
