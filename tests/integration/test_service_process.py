@@ -55,6 +55,16 @@ async def test_overlong_lines_go_to_the_log_and_never_block_the_child(tmp_path: 
     assert lines[3:-1] == [b"z" * 100] * 2_000
 
 
+async def test_a_child_that_exits_before_it_is_ready_is_reported_with_its_code(
+    tmp_path: Path,
+) -> None:
+    """It used to read "did not become ready within 120 s" the moment the child died."""
+    write_module(tmp_path, "quitter", "raise SystemExit(3)\n")
+    proc = ServiceProcess("quitter", env={"PYTHONPATH": str(tmp_path)})
+    with pytest.raises(RuntimeError, match=r"^quitter exited with code 3 before it was ready$"):
+        await proc.start(ready_timeout=30)
+
+
 async def test_whatever_ended_the_output_copy_terminate_stops_the_child(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

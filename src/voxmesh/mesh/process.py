@@ -137,8 +137,16 @@ class ServiceProcess:
         finally:
             ready.cancel()
         if not self._ready.is_set():
+            exited = self._proc.returncode
+            if exited is None and self._pump.done():  # EOF: it is exiting
+                with contextlib.suppress(TimeoutError):
+                    exited = await asyncio.wait_for(self._proc.wait(), 1.0)
             await self.kill()
             where = f" (log: {self._log_path})" if self._log_path else ""
+            if exited is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with code {exited} before it was ready{where}"
+                )
             raise RuntimeError(
                 f"{self.name} did not become ready within {ready_timeout:g} s{where}"
             )
