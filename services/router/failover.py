@@ -46,9 +46,9 @@ from voxmesh.rpc.metadata import (
     CONTEXT_KEY,
     MAX_CONTEXT_FINALS,
     OFFSET_KEY,
-    PROMPT_WORDS,
     SKIP_KEY,
     ReplayContext,
+    extend_prompt,
 )
 from voxmesh.stt.v1 import stt_pb2
 
@@ -80,8 +80,8 @@ class ReplayLog:
         self._context_ms = context_ms
         # Finals in the last context_ms before the resume point: (start_ms, end_ms, text).
         self._finals: deque[tuple[int, int, str]] = deque()
-        # The last words of the finals before those: the decode's prompt.
-        self._prompt: deque[str] = deque(maxlen=PROMPT_WORDS)
+        # The text of the finals before those: the decode's prompt.
+        self._prompt = ""
         self._replay_from = 0
         self._rate = sample_rate
         self._bytes_per_second = 2 * sample_rate
@@ -169,11 +169,10 @@ class ReplayLog:
             metadata.append((key, str(start_ms)))
         if start_ms < self._end_ms:
             earlier = [t for s, _, t in self._finals if s < start_ms]  # dropped by the bound
-            prompt = [*self._prompt, *" ".join(earlier).split()][-PROMPT_WORDS:]
             lead_in = ReplayContext(
                 lead_in_ms=self._end_ms - start_ms,
                 finals=tuple(f for f in self._finals if f[0] >= start_ms),
-                prompt=" ".join(prompt),
+                prompt=extend_prompt(self._prompt, earlier),
             )
             metadata.append((CONTEXT_KEY, lead_in.encode()))
         return tuple(metadata)
@@ -208,7 +207,7 @@ class ReplayLog:
             len(self._finals) > MAX_CONTEXT_FINALS
             or self._grid(self._finals[0][0]) < end - self._context_ms
         ):
-            self._prompt.extend(self._finals.popleft()[2].split())
+            self._prompt = extend_prompt(self._prompt, [self._finals.popleft()[2]])
         if not self._linear16:
             return
         self._base = max(self._base, self._grid(end) * self._bytes_per_second // 1000)

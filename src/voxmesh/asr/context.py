@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from voxmesh.rpc.metadata import PROMPT_WORDS
+from voxmesh.rpc.metadata import extend_prompt
 
 __all__ = ["StreamContext"]
 
@@ -28,7 +28,7 @@ class StreamContext:
     """Whisper's window: context plus utterance stay below it."""
     prompt: str = ""
     """Text of finals too old to be context, whether evicted by count or by age (its
-    last ``PROMPT_WORDS`` words)."""
+    last ``voxmesh.rpc.metadata.PROMPT_WORDS`` words)."""
     _history: list[tuple[int, int, str]] = field(default_factory=list)
     _cursor: int = 0
 
@@ -66,6 +66,5 @@ class StreamContext:
 
     def _retire(self, finals: list[tuple[int, int, str]]) -> None:
         """Finals leaving the history (the oldest first): their text joins the prompt,
-        which keeps its last ``PROMPT_WORDS`` words."""
-        words = (self.prompt + " " + " ".join(text for _, _, text in finals)).split()
-        self.prompt = " ".join(words[-PROMPT_WORDS:])
+        which keeps its last ``voxmesh.rpc.metadata.PROMPT_WORDS`` words."""
+        self.prompt = extend_prompt(self.prompt, (text for _, _, text in finals))

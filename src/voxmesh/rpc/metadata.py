@@ -36,6 +36,7 @@ __all__ = [
     "PROMPT_WORDS",
     "SKIP_KEY",
     "ReplayContext",
+    "extend_prompt",
     "last_resort_asked",
     "replay_context_of",
     "value_of",
@@ -104,6 +105,14 @@ class ReplayContext:
         if not isinstance(prompt, str) or len(prompt) > _MAX_PROMPT_CHARS:
             raise ValueError(f"{CONTEXT_KEY}: prompt is text of at most {_MAX_PROMPT_CHARS} chars")
         return cls(lead_in_ms=lead_in, finals=tuple(parsed), prompt=prompt)
+
+
+def extend_prompt(prompt: str, texts: Iterable[str]) -> str:
+    """``prompt`` followed by ``texts`` (finals leaving the context, oldest first), cut to
+    its last ``PROMPT_WORDS`` words: the one shape of a decode's prompt, kept alike by an
+    instance and by a router carrying it to another instance."""
+    words = " ".join([prompt, *texts]).split()
+    return " ".join(words[-PROMPT_WORDS:])
 
 
 def _is_count(value: object) -> TypeGuard[int]:
