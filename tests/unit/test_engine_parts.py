@@ -14,6 +14,7 @@ from voxmesh.asr.agreement import LocalAgreement
 from voxmesh.asr.decoder import DecodeJob, DecodeOutput
 from voxmesh.asr.scheduler import DecodeScheduler, SchedulerOptions
 from voxmesh.asr.vad import FRAME_SAMPLES, Endpointer, EndpointerOptions, VadEvent, VadState
+from voxmesh.errors import Unavailable
 
 
 def test_local_agreement_commits_only_what_two_hypotheses_share() -> None:
@@ -264,9 +265,10 @@ async def test_scheduler_shutdown_waits_for_the_running_decode_off_the_event_loo
         running = scheduler.enqueue(job(1), realtime=True, final=True)
         await wait_until_async(lambda: running.started)
         stopping = asyncio.create_task(scheduler.shutdown())
-        # Shutdown stopped the worker (the job's submitter is told) and now waits for
-        # the model to finish the decode it runs.
-        await wait_until_async(running.future.cancelled)
+        # Shutdown stopped the worker (the job's submitter is told: UNAVAILABLE) and
+        # now waits for the model to finish the decode it runs.
+        await wait_until_async(running.future.done)
+        assert isinstance(running.future.exception(), Unavailable)
         # Only this loop opens the gate: a shutdown blocking the loop would leave the
         # decode waiting until its timeout.
         gate.set()

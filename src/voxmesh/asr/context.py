@@ -33,9 +33,10 @@ class StreamContext:
     _cursor: int = 0
 
     def advance(self, position: int) -> None:
-        """The worker reached ``position`` (the history is kept relative to it, not to
-        the newest audio, which runs ahead when audio arrives faster than real time)."""
-        self._cursor = position
+        """No decode will start before ``position`` any more: the worker reached it (the
+        history is kept relative to that, not to the newest audio, which runs ahead when
+        audio arrives faster than real time). Never moves back."""
+        self._cursor = max(self._cursor, position)
 
     def add(self, start: int, end: int, text: str) -> None:
         """A final result covering [start, end)."""

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from voxmesh.asr.decoder import DecodeJob, DecodeOutput, Decoder
+from voxmesh.errors import Unavailable
 
 __all__ = ["DecodeScheduler", "DecodeTicket", "JobKind", "SchedulerOptions", "SchedulerStats"]
 
@@ -94,7 +95,8 @@ class DecodeTicket:
 
     @property
     def future(self) -> asyncio.Future[DecodeOutput]:
-        """Resolves to the job's output (cancelled if withdrawn or dropped)."""
+        """Resolves to the job's output (cancelled if withdrawn or dropped; UNAVAILABLE
+        if the scheduler shut down first)."""
         return self._entry.future
 
     @property
@@ -212,7 +214,7 @@ class DecodeScheduler:
             except asyncio.CancelledError:
                 for entry in batch:
                     if not entry.future.done():
-                        entry.future.cancel()
+                        entry.future.set_exception(_shutting_down())
                 raise
             except Exception as err:  # the model failed: fail these jobs, keep serving
                 logger.exception("decode batch of %d failed", len(batch))
@@ -242,14 +244,19 @@ class DecodeScheduler:
                     entry.future.set_result(output)
 
     async def shutdown(self) -> None:
-        """Stops the worker; queued jobs are cancelled (idempotent). Returns once a
-        decode still running on the model has ended, without blocking the event loop
-        meanwhile."""
+        """Stops the worker; queued jobs fail with UNAVAILABLE (idempotent), so that
+        their streams end in an error, not as if complete. Returns once a decode still
+        running on the model has ended, without blocking the event loop meanwhile."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for entry in self._heap:
-            entry.future.cancel()
+            if not entry.future.done():
+                entry.future.set_exception(_shutting_down())
         self._heap.clear()
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+
+
+def _shutting_down() -> Unavailable:
+    return Unavailable("instance shutting down: the decode was not run")

@@ -202,7 +202,9 @@ class StreamSession:
         self._final_end = 0  # where the last published final ends: the next starts after
         self._speech_end = 0
         self._paused_at: int | None = None
-        self._speculative: tuple[int, int, tuple[DecodeOutput, int]] | None = None
+        # A decode ahead of the endpoint: (utterance start, pause start, decoded end,
+        # (output, window start)); the final reuses it if the endpoint confirms it.
+        self._speculative: tuple[int, int, int, tuple[DecodeOutput, int]] | None = None
         self._decoded_until = 0
         self._interim_sent = False
         self._agreement = LocalAgreement()
@@ -431,7 +433,11 @@ class StreamSession:
     async def _step(self) -> bool:
         """Does one piece of decode work if any is due; False when idle."""
         if not self._utt_open:
-            self._trim(min(self._lead_floor(), self._context.keep_from(self._total)))
+            # The next utterance starts at its lead pad or later: context older than
+            # that can go, however long no VAD event came (a long silence).
+            floor = self._lead_floor()
+            self._context.advance(floor)
+            self._trim(min(floor, self._context.keep_from(self._total)))
             return False
         if self._total - self._utt_start >= self._opt.max_utterance * SR:
             await self._cut()
@@ -448,7 +454,7 @@ class StreamSession:
                 self._utt_start, end, final=True, stale_after=(VadEvent.SPEECH_RESUMED,)
             )
             if decoded is not None:
-                self._speculative = (self._utt_start, paused, decoded)
+                self._speculative = (self._utt_start, paused, end, decoded)
             return True
         if self.params.interim_results and self._interim_due():
             end = self._total
@@ -547,21 +553,31 @@ class StreamSession:
 
     async def _finalise(self, speech_end: int) -> None:
         end = min(self._total, speech_end + self._pad_after)
-        spec = self._speculative
-        if (
-            spec is not None
-            and spec[0] == self._utt_start
-            and spec[1] == speech_end
-            and (not self.params.word_offsets or spec[2][0].words or not spec[2][0].text)
-        ):
-            output, window = spec[2]
-        else:
-            output, window = await self._decode(self._utt_start, end, final=True)
-        await self._publish_final(output, self._utt_start, end, window)
+        # Whisper hears 30 s: an utterance that grew past the cut length before its end
+        # was handled (audio sent faster than real time) is cut first, as it would have
+        # been while it grew, rather than decoded whole and its tail lost.
+        while end - self._utt_start > self._opt.max_utterance * SR:
+            await self._cut()
+        if end > self._utt_start:  # else a cut took the utterance up to its end
+            decoded = self._speculated(speech_end, end)
+            if decoded is None:
+                decoded = await self._decode(self._utt_start, end, final=True)
+            await self._publish_final(decoded[0], self._utt_start, end, decoded[1])
         self._utt_open = False
         self._speculative = None
         self._paused_at = None
         self._trim(min(end, self._lead_floor(), self._context.keep_from(self._total)))
+
+    def _speculated(self, speech_end: int, end: int) -> tuple[DecodeOutput, int] | None:
+        """The speculative decode of the open utterance, if it is the final's: decoded
+        up to ``end``, after the pause that turned out to end at ``speech_end``."""
+        spec = self._speculative
+        if spec is None or spec[:3] != (self._utt_start, speech_end, end):
+            return None
+        output = spec[3][0]
+        if self.params.word_offsets and output.text and not output.words:
+            return None
+        return spec[3]
 
     def _lead_floor(self) -> int:
         """The oldest sample the next utterance's lead pad may need: ``pad_before`` in
@@ -607,6 +623,8 @@ class StreamSession:
         else:
             head_words = words[:keep]
             cut = min(end, window + int(head_words[-1].end * SR))
+            if cut <= start:  # words aligned into the context audio: no progress
+                head_words, cut = words, end
         text = " ".join(w.word for w in head_words) if head_words else output.text
         head = DecodeOutput(
             text=text,
@@ -617,6 +635,7 @@ class StreamSession:
             language=output.language,
         )
         await self._publish_final(head, start, cut, window)
+        self._context.advance(cut)  # what follows starts here
         self._utt_start = cut
         self._decoded_until = cut
         self._speculative = None
