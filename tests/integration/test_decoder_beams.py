@@ -58,3 +58,28 @@ def test_a_mixed_batch_runs_one_generate_per_beam_and_keeps_the_job_order() -> N
     recording.beams.clear()
     decoder.decode(jobs[1:2])
     assert recording.beams == [(1, 1)]
+
+
+def test_word_timings_of_a_batch_of_two_languages_use_each_ones_tokenizer() -> None:
+    """The alignment took the first job's tokenizer for the whole batch: a stream in
+    another language got its words split and timed as the first one's language."""
+    decoder = WhisperDecoder(resolve_model("base"), "base", WhisperOptions(cpu_threads=2))
+    model = decoder._model
+    calls: list[tuple[str, int]] = []
+    align = model.find_alignment
+
+    def recording_alignment(tokenizer: Any, text_tokens: list[Any], *args: Any) -> Any:
+        calls.append((tokenizer.language_code, len(text_tokens)))
+        return align(tokenizer, text_tokens, *args)
+
+    model.find_alignment = recording_alignment
+    pcm = espeak_pcm("The birch canoe slid on the smooth planks.")
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / np.float32(32768)
+    english = DecodeJob(audio=audio, language="en", words=True)
+    alone = decoder.decode([english])[0]
+    calls.clear()
+    outputs = decoder.decode([english, DecodeJob(audio=audio, language="de", words=True)])
+    assert sorted(calls) == [("de", 1), ("en", 1)]
+    assert [w.word for w in outputs[0].words] == [w.word for w in alone.words]
+    assert outputs[0].words[-1].end == pytest.approx(alone.words[-1].end, abs=0.02)
+    assert outputs[1].words and outputs[1].language == "de"

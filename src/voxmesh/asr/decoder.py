@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from faster_whisper import WhisperModel
@@ -271,8 +271,47 @@ class WhisperDecoder:
             )
         if any(job.words for job in jobs):
             skip = [len(p) for p in prefixes]
-            outputs = self._add_words(jobs, languages, outputs, token_lists, skip, encoder_output)
+            if len(set(languages)) == 1:
+                outputs = self._add_words(
+                    jobs, languages[0], outputs, token_lists, skip, encoder_output
+                )
+            else:
+                outputs = self._add_words_by_language(
+                    jobs, languages, outputs, token_lists, skip, features
+                )
         return outputs
+
+    def _add_words_by_language(
+        self,
+        jobs: Sequence[DecodeJob],
+        languages: list[str | None],
+        outputs: list[DecodeOutput],
+        token_lists: list[list[int]],
+        skip_tokens: list[int],
+        features: np.ndarray[Any, Any],
+    ) -> list[DecodeOutput]:
+        """Word timings of a batch of several languages: the alignment takes one
+        tokenizer (its language token, and how words are split: by spaces, or by
+        characters for zh, ja, th...), so each language is aligned on its own, its
+        audio encoded again (rare: a multilingual model, word timings asked, streams
+        of different languages in one batch)."""
+        merged = list(outputs)
+        groups: dict[str | None, list[int]] = {}
+        for i, language in enumerate(languages):
+            groups.setdefault(language, []).append(i)
+        for language, idx in groups.items():
+            encoded = self._model.encode(features[idx])
+            aligned = self._add_words(
+                [jobs[i] for i in idx],
+                language,
+                [outputs[i] for i in idx],
+                [token_lists[i] for i in idx],
+                [skip_tokens[i] for i in idx],
+                encoded,
+            )
+            for i, out in zip(idx, aligned, strict=True):
+                merged[i] = out
+        return merged
 
     def _languages(self, jobs: Sequence[DecodeJob], encoder_output: object) -> list[str | None]:
         if not self.is_multilingual:
@@ -289,14 +328,15 @@ class WhisperDecoder:
     def _add_words(
         self,
         jobs: Sequence[DecodeJob],
-        languages: list[str | None],
+        language: str | None,
         outputs: list[DecodeOutput],
         token_lists: list[list[int]],
         skip_tokens: list[int],
         encoder_output: object,
     ) -> list[DecodeOutput]:
-        """Aligns prefix + continuation; returns the continuation's words only."""
-        tokenizer = self._tokenizer(languages[0])
+        """Aligns prefix + continuation of jobs in ``language``; returns the
+        continuation's words only."""
+        tokenizer = self._tokenizer(language)
         frames = [min(len(job.audio) // 160, 3000) for job in jobs]
         safe = [tokens if tokens else [tokenizer.eot] for tokens in token_lists]
         try:
