@@ -14,10 +14,12 @@ import contextlib
 import io
 import itertools
 import struct
+import subprocess
 import threading
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import av
@@ -31,6 +33,7 @@ from tests.unit.test_asr_unary_and_end import SMALL_ROOM, FakeContext, recognize
 from voxmesh.asr import audio
 from voxmesh.asr.audio import MODEL_SAMPLE_RATE, ContainerDecoder, Samples
 from voxmesh.asr.session import SessionOptions
+from voxmesh.client.audio import decode_file
 from voxmesh.errors import InvalidArgument
 from voxmesh.stt.v1 import stt_pb2
 
@@ -187,6 +190,47 @@ def test_a_container_sample_rate_out_of_range_is_invalid(rate: int) -> None:
 def test_a_container_at_a_supported_rate_is_resampled(rate: int) -> None:
     samples = decode([wav(rate, pcm16(tone(1.0, rate)))])
     assert abs(len(samples) - SR) < 32
+
+
+def joined_mp3(tmp_path: Path) -> bytes:
+    """Two MP3s joined (``cat a.mp3 b.mp3``), made with sox: 1 s of mono at 44.1 kHz,
+    then 1 s of stereo at 22.05 kHz."""
+    parts = []
+    for rate, channels in ((44100, 1), (22050, 2)):
+        path = tmp_path / f"part-{rate}.mp3"
+        subprocess.run(
+            [
+                "sox",
+                "-n",
+                "-r",
+                str(rate),
+                "-c",
+                str(channels),
+                str(path),
+                "synth",
+                "1",
+                "sine",
+                "440",
+            ],
+            check=True,
+        )
+        parts.append(path.read_bytes())
+    return b"".join(parts)
+
+
+def test_a_sample_rate_that_changes_midway_is_followed(tmp_path: Path) -> None:
+    """The resampler took its rate and layout from the first frame and refused the
+    first frame with others (``ValueError``): the stream failed as malformed."""
+    samples = decode([joined_mp3(tmp_path)])
+    assert 2 * SR <= len(samples) < 2.2 * SR  # MP3 pads each part with some silence
+
+
+def test_the_client_decodes_a_file_whose_rate_changes_midway(tmp_path: Path) -> None:
+    """``voxmesh transcribe`` on such a file ended in a traceback."""
+    path = tmp_path / "joined.mp3"
+    path.write_bytes(joined_mp3(tmp_path))
+    pcm = decode_file(path)
+    assert 2 * SR <= len(pcm) // 2 < 2.2 * SR
 
 
 def test_compressed_silence_is_decoded_in_bounded_pieces() -> None:

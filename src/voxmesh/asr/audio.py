@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from voxmesh.errors import InvalidArgument
+from voxmesh.resample import Resampler
 
 __all__ = [
     "MAX_SAMPLE_RATE",
@@ -68,7 +69,7 @@ class _Resampler:
     """Incremental resampling to 16 kHz mono float32 with libswresample."""
 
     def __init__(self) -> None:
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=MODEL_SAMPLE_RATE)
+        self._resampler = Resampler("flt", MODEL_SAMPLE_RATE)
 
     def push(self, frame: av.AudioFrame | None) -> Samples:
         return _concat(

@@ -7,6 +7,7 @@ import os
 import av
 
 from voxmesh.errors import InvalidArgument
+from voxmesh.resample import Resampler
 
 __all__ = ["SAMPLE_RATE", "decode_file"]
 
@@ -25,11 +26,11 @@ def decode_file(path: str | os.PathLike[str], rate: int = SAMPLE_RATE) -> bytes:
             if not container.streams.audio:
                 raise InvalidArgument(f"{path}: no audio track")
             stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+            resampler = Resampler("s16", rate)
             parts: list[bytes] = []
             for frame in container.decode(stream):
                 parts.extend(out.to_ndarray().tobytes() for out in resampler.resample(frame))
             parts.extend(out.to_ndarray().tobytes() for out in resampler.resample(None))
-    except av.FFmpegError as err:
+    except (av.FFmpegError, ValueError) as err:
         raise InvalidArgument(f"{path}: cannot decode audio: {err}") from err
     return b"".join(parts)
