@@ -49,20 +49,35 @@ async def serve(role):
         from voxmesh.mesh.process import ServiceProcess
         instance = ServiceProcess("mesh_fake_instance", name="instance")
         await instance.start(ready_timeout=60)
+    if role == os.environ.get("FAKE_FAIL_START"):
+        print(f"{role}: cannot listen on 127.0.0.1:50051: in use", flush=True)
+        sys.exit(2)
     print("VOXMESH_READY " + json.dumps({"port": 1, "metrics_port": 2}), flush=True)
-    if role == "autoscaler" and os.environ.get("FAKE_REGISTER"):
+    if role == os.environ.get("FAKE_EXIT_AFTER_READY"):
+        sys.exit(3)
+    register = os.environ.get("FAKE_REGISTER", "")
+    if role == "autoscaler" and register:
         from voxmesh.discovery import InstanceInfo
         from voxmesh.discovery.file import FileRegistrar
-        for pool in ("asr_small", "asr_large"):
+        pools = ("asr_small", "asr_large") if register == "1" else register.split(",")
+        for pool in pools:
             registrar = FileRegistrar(flag("registry-dir"), heartbeat_interval=1.0)
             await registrar.register(InstanceInfo(f"{pool}-1", pool, "fake", "127.0.0.1", 3))
     await asyncio.Event().wait()
+
+
+def stopped(role):
+    with open(os.environ["FAKE_STOP_LOG"], "a") as log:
+        log.write(role + "\\n")
+    os._exit(0)
 
 
 def main(role):
     Path(os.environ["FAKE_PID_DIR"], role).write_text(str(os.getpid()))
     if role in os.environ.get("FAKE_IGNORE_TERM", "").split(","):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif os.environ.get("FAKE_STOP_LOG"):
+        signal.signal(signal.SIGTERM, lambda *_: stopped(role))
     asyncio.run(serve(role))
 '''
 
@@ -113,7 +128,8 @@ class Launcher:
 
 
 Launch = Callable[..., Launcher]
-"""Starts a launcher; keyword arguments are environment variables of the fakes."""
+"""Starts a launcher; positional arguments are its flags, keyword arguments environment
+variables of the fakes."""
 
 
 @pytest.fixture
@@ -124,7 +140,7 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
     write_fakes(fakes)
     started: list[Launcher] = []
 
-    def start(**fake_env: str) -> Launcher:
+    def start(*flags: str, **fake_env: str) -> Launcher:
         pid_dir = tmp_path / "pids"
         pid_dir.mkdir()
         env = {
@@ -134,7 +150,7 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
             **fake_env,
         }
         process = subprocess.Popen(
-            [sys.executable, "-m", "voxmesh.mesh", f"--run-dir={tmp_path / 'run'}"],
+            [sys.executable, "-m", "voxmesh.mesh", f"--run-dir={tmp_path / 'run'}", *flags],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=tmp_path,
@@ -209,3 +225,67 @@ def test_services_and_their_instances_die_with_a_killed_launcher(launch: Launch)
     launcher.send(signal.SIGKILL)
     assert launcher.wait_exit() == -signal.SIGKILL
     assert_all_stopped(launcher, {"router", "autoscaler", "instance"})
+
+
+def test_the_router_drains_before_the_autoscaler(launch: Launch, tmp_path: Path) -> None:
+    """The autoscaler used to go first: its instances drained while the router still
+    admitted streams, into a queue no instance would take from."""
+    stops = tmp_path / "stops"
+    launcher = launch(FAKE_REGISTER="1", FAKE_STOP_LOG=str(stops))
+    launcher.wait_printed("voxmesh is up")
+    launcher.send(signal.SIGINT)
+    assert launcher.wait_exit() == 0
+    assert stops.read_text().split() == ["router", "autoscaler"]
+
+
+@pytest.mark.parametrize("role", ["router", "autoscaler"])
+def test_a_service_that_dies_stops_the_mesh(launch: Launch, role: str) -> None:
+    """The launcher used to watch for signals alone: with its router or autoscaler dead
+    it kept running, silent, and exited 0 on the Ctrl-C that followed."""
+    launcher = launch(FAKE_REGISTER="1")
+    launcher.wait_printed("voxmesh is up")
+    os.kill(launcher.pids()[role], signal.SIGKILL)
+    assert launcher.wait_exit() == 1
+    assert launcher.printed(f"error: {role} exited with code -9: stopping the mesh")
+    assert_all_stopped(launcher, {"router", "autoscaler"})
+
+
+def test_an_autoscaler_that_exits_before_instances_register_fails_start_up(
+    launch: Launch,
+) -> None:
+    launcher = launch(FAKE_EXIT_AFTER_READY="autoscaler")
+    assert launcher.wait_exit() == 1
+    assert launcher.printed("error: autoscaler exited with code 3: stopping the mesh")
+    assert not launcher.printed("voxmesh is up")
+    assert_all_stopped(launcher, {"router", "autoscaler"})
+
+
+def test_a_failed_start_says_why_without_a_traceback(launch: Launch) -> None:
+    """It used to end in a traceback; the reason was only in the log, among earlier runs."""
+    launcher = launch(FAKE_FAIL_START="router")
+    assert launcher.wait_exit() == 1
+    assert launcher.printed("error: router exited with code 2 before it was ready")
+    assert launcher.printed("| router: cannot listen on 127.0.0.1:50051: in use")
+    assert not launcher.printed("Traceback")
+    assert_all_stopped(launcher, {"router"})
+
+
+def test_a_pool_without_an_instance_is_named(launch: Launch) -> None:
+    """It used to say the mesh was up, after the whole wait, without a word of it."""
+    launcher = launch("--instances-timeout=1", FAKE_REGISTER="asr_small")
+    launcher.wait_printed("voxmesh is up")
+    assert launcher.printed("warning: no asr_large instance registered within 1 s")
+    assert not launcher.printed("no asr_small")
+    launcher.send(signal.SIGINT)
+    assert launcher.wait_exit() == 0
+
+
+def test_an_asr_arg_with_a_comma_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """The autoscaler gets the flags as one comma-separated setting: a comma inside one
+    split it, and every instance it started exited on the stray argument."""
+    from voxmesh.mesh.local import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--asr-arg=--model=/models/whisper,v2"])
+    assert exited.value.code == 2
+    assert "--asr-arg cannot contain a comma" in capsys.readouterr().err

@@ -47,28 +47,28 @@ async def test_a_process_that_fails_to_stop_does_not_keep_the_others_running(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     calls: list[str] = []
-    router = FakeProcess("router", calls)
-    autoscaler = FakeProcess("autoscaler", calls, fail=True)
+    router = FakeProcess("router", calls, fail=True)
+    autoscaler = FakeProcess("autoscaler", calls)
     with caplog.at_level(logging.ERROR, logger="voxmesh.mesh.local"):
         await _stop([router, autoscaler], StopSignals())
-    assert calls == ["terminate autoscaler", "terminate router"]
-    assert "stopping autoscaler failed; stopping the others" in caplog.text
+    assert calls == ["terminate router", "terminate autoscaler"]
+    assert "stopping router failed; stopping the others" in caplog.text
 
 
 async def test_signals_escalate_from_drain_to_stop_at_once_to_kill() -> None:
     calls: list[str] = []
-    started = [FakeProcess("router", calls, stubborn=True), FakeProcess("autoscaler", calls)]
+    started = [FakeProcess("router", calls), FakeProcess("autoscaler", calls, stubborn=True)]
     signals = StopSignals()
     stopping = asyncio.create_task(_stop(started, signals))
-    await wait_until_async(lambda: "terminate router" in calls)
+    await wait_until_async(lambda: "terminate autoscaler" in calls)
     signals.deliver(signal.SIGINT)
     await wait_until_async(lambda: "signal autoscaler" in calls)
     assert not stopping.done()
     signals.deliver(signal.SIGINT)
     await asyncio.wait_for(stopping, timeout=5)
     assert calls == [
-        "terminate autoscaler",
         "terminate router",
+        "terminate autoscaler",
         "signal router",
         "signal autoscaler",
         "kill router",

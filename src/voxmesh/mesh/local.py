@@ -4,8 +4,10 @@ Starts the router (``127.0.0.1:50051``) and the autoscaler with its local target
 (control API ``127.0.0.1:50061``); the autoscaler starts the asr_small and asr_large
 instances itself (real models, file-based discovery under ``.run/registry``), one each
 to begin with, and scales them with the load. It prints the endpoints and runs until
-Ctrl-C, SIGTERM or SIGHUP, then stops the autoscaler (which drains the instances it
-started) and drains the router.
+Ctrl-C, SIGTERM or SIGHUP, then drains the router (it takes no new stream, its streams
+finish on the instances) and stops the autoscaler (which drains the instances it
+started). Should the router or the autoscaler exit on its own, the launcher says so,
+with the end of its log, stops the rest and exits 1: a mesh without either is not up.
 
 Signals are caught from before the first process starts until the last has stopped,
 and escalate: the first drains (during start-up: stops what has started), a second
@@ -77,11 +79,40 @@ def _say(text: str) -> None:
         print(text, flush=True)
 
 
-async def _first_instances(registry: Path, timeout_s: float) -> list[InstanceInfo]:
-    """The first instance of every pool, once each is registered (or what is by then)."""
+class ServiceExited(RuntimeError):
+    """The router or the autoscaler exited while the mesh needed it."""
+
+    def __init__(self, proc: ServiceProcess, code: int | None) -> None:
+        super().__init__(f"{proc.name} exited with code {code}")
+        self.proc = proc
+
+
+async def _first_exit(services: Sequence[ServiceProcess]) -> ServiceExited:
+    """Waits until one of ``services`` exits; returns which, with its code."""
+    waits = {asyncio.create_task(proc.wait()): proc for proc in services}
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+    task = next(iter(done))
+    return ServiceExited(waits[task], task.result())
+
+
+async def _first_instances(
+    registry: Path, timeout_s: float, services: Sequence[ServiceProcess]
+) -> list[InstanceInfo]:
+    """The first instance of every pool, once each is registered (or what is by then).
+
+    Raises :class:`ServiceExited` if one of ``services`` exits meanwhile: nothing would
+    register then (the autoscaler starts the instances), and the wait would only hide it.
+    """
     watchers = [FileWatcher(registry, pool) for pool in POOLS]
     deadline = time.monotonic() + timeout_s
     while True:
+        for proc in services:
+            if not proc.running:
+                raise ServiceExited(proc, await proc.wait())
         found = [infos[0] for w in watchers if (infos := await asyncio.to_thread(w.scan))]
         if len(found) == len(POOLS) or time.monotonic() > deadline:
             return found
@@ -96,10 +127,15 @@ async def _start(proc: ServiceProcess, started: list[ServiceProcess]) -> None:
 
 
 async def _start_all(
-    run_dir: Path, asr_args: list[str], autoscaler_args: list[str], started: list[ServiceProcess]
+    run_dir: Path,
+    asr_args: list[str],
+    autoscaler_args: list[str],
+    started: list[ServiceProcess],
+    instances_timeout: float,
 ) -> None:
     """Starts the router and the autoscaler (appended to ``started`` before each starts),
-    then waits for the first instance of every pool."""
+    then waits for the first instance of every pool; a pool with none by then is named
+    (the autoscaler may be in dry-run, or configured without a baseline)."""
     registry = run_dir / "registry"
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -123,27 +159,55 @@ async def _start_all(
     )
     await _start(autoscaler, started)
     _say("the autoscaler starts the ASR instances ...")
-    for info in await _first_instances(registry, timeout_s=300):
+    found = await _first_instances(registry, instances_timeout, [router, autoscaler])
+    for info in found:
         _say(f"  {info.pool}: {info.model} on {info.target} ({info.instance_id})")
+    missing = sorted(set(POOLS) - {info.pool for info in found})
+    if missing:
+        _say(
+            f"warning: no {' or '.join(missing)} instance registered within "
+            f"{instances_timeout:g} s; streams for it wait in the router's queue. "
+            f"See {logs / 'autoscaler.log'} and the instance logs beside it."
+        )
     _say(f"voxmesh is up. Logs: {logs}. Ctrl-C drains and stops.")
 
 
-async def run_mesh(run_dir: Path, asr_args: list[str], autoscaler_args: list[str]) -> int:
-    """Starts the mesh, waits for a signal, drains it; returns the exit code (1 when
-    start-up failed or a signal interrupted it)."""
+async def run_mesh(
+    run_dir: Path,
+    asr_args: list[str],
+    autoscaler_args: list[str],
+    instances_timeout: float = 300.0,
+) -> int:
+    """Starts the mesh, runs it until a signal, drains it; returns the exit code: 0 after
+    a signal stopped a running mesh, 1 when start-up failed, a signal interrupted it, or
+    the router or the autoscaler exited on its own."""
     started: list[ServiceProcess] = []
     with caught(StopSignals()) as signals:
-        starting = asyncio.create_task(_start_all(run_dir, asr_args, autoscaler_args, started))
+        starting = asyncio.create_task(
+            _start_all(run_dir, asr_args, autoscaler_args, started, instances_timeout)
+        )
         first = asyncio.create_task(signals.next())
+        exited: asyncio.Task[ServiceExited] | None = None
         try:
             await asyncio.wait({starting, first}, return_when=asyncio.FIRST_COMPLETED)
             if first.done():
                 _say(f"{first.result().name} during start-up: stopping what started ...")
                 return 1
-            starting.result()  # a failed start-up raises here (after the stop below)
-            _say(f"{(await first).name}: draining ... (a second Ctrl-C stops at once)")
+            if (failure := starting.exception()) is not None:
+                if not isinstance(failure, RuntimeError):
+                    raise failure
+                _failed(failure, started)
+                return 1
+            exited = asyncio.create_task(_first_exit(started))
+            await asyncio.wait({first, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if not first.done():
+                _failed(exited.result(), started)
+                return 1
+            _say(f"{first.result().name}: draining ... (a second Ctrl-C stops at once)")
         finally:
             first.cancel()
+            if exited is not None:
+                exited.cancel()
             if not starting.done():
                 starting.cancel()
                 await asyncio.wait([starting])
@@ -151,8 +215,26 @@ async def run_mesh(run_dir: Path, asr_args: list[str], autoscaler_args: list[str
     return 0
 
 
+def _failed(failure: RuntimeError, started: Sequence[ServiceProcess]) -> None:
+    """Says what failed, with the end of the failed process's log from this run."""
+    proc: ServiceProcess | None = None
+    if isinstance(failure, ServiceExited):
+        proc = failure.proc
+    elif started:
+        proc = started[-1]  # a start failed: the process it was starting
+    _say(f"error: {failure}: stopping the mesh ...")
+    if proc is not None and (tail := proc.log_tail()):
+        _say(f"  the end of {proc.log_path}:")
+        for line in tail:
+            _say(f"  | {line}")
+
+
 async def _stop(started: Sequence[ServiceProcess], signals: StopSignals) -> None:
-    """Drains the autoscaler (and with it its instances), then the router.
+    """Drains the router, then the autoscaler (and with it its instances).
+
+    The router first: it stops taking streams and lets its streams finish on instances
+    that still serve. Draining the instances first would leave the router admitting
+    streams into a queue no instance would ever take from.
 
     A signal meanwhile signals every process again: the autoscaler then kills its
     instances and exits, the router stops at once. A signal after that kills them all.
@@ -160,7 +242,7 @@ async def _stop(started: Sequence[ServiceProcess], signals: StopSignals) -> None
     """
 
     async def drain() -> None:
-        for proc in reversed(started):
+        for proc in started:
             try:
                 await proc.terminate(timeout=90)
             except Exception:
@@ -217,9 +299,20 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="extra flag of the autoscaler, as --autoscaler-arg=--dry-run=true (repeatable)",
     )
+    parser.add_argument(
+        "--instances-timeout",
+        type=float,
+        default=300.0,
+        help="seconds start-up waits for the first instance of each pool (default 300)",
+    )
     args = parser.parse_args(argv)
+    if commas := [arg for arg in args.asr_arg if "," in arg]:
+        # The autoscaler gets them as one comma-separated setting (--local-asr-args).
+        parser.error(f"--asr-arg cannot contain a comma: {commas[0]!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    return asyncio.run(run_mesh(Path(args.run_dir), args.asr_arg, args.autoscaler_arg))
+    return asyncio.run(
+        run_mesh(Path(args.run_dir), args.asr_arg, args.autoscaler_arg, args.instances_timeout)
+    )
 
 
 if __name__ == "__main__":

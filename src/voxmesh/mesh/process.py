@@ -37,6 +37,8 @@ _READ_CHUNK = 64 * 1024
 """Bytes read from the child's output at a time."""
 _MAX_READY_LINE = 64 * 1024
 """Longest line examined for the ready prefix; a longer one only goes to the log."""
+_TAIL_BYTES = 16 * 1024
+"""Most bytes :meth:`ServiceProcess.log_tail` reads from the end of a log."""
 _PR_SET_PDEATHSIG = 1
 """``prctl`` option (``<linux/prctl.h>``): the signal a process gets when its parent dies."""
 
@@ -86,6 +88,8 @@ class ServiceProcess:
         self.name = name or module.rsplit(".", 1)[-1]
         self._env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self._log_path = log_path
+        self._log_from = 0
+        """Where this run's output starts in the log (it is appended to)."""
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
         self.ready: dict[str, Any] = {}
@@ -108,6 +112,11 @@ class ServiceProcess:
     def target(self) -> str:
         """``127.0.0.1:<port>``."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path | None:
+        """The file the child's output goes to (appended to), if any."""
+        return self._log_path
 
     @property
     def running(self) -> bool:
@@ -187,13 +196,32 @@ class ServiceProcess:
                 log.close()
 
     def _open_log(self) -> BinaryIO | None:
+        """Opens the log for appending and marks where this run starts in it."""
         if self._log_path is None:
             return None
         try:
-            return self._log_path.open("ab")
+            log = self._log_path.open("ab")
+            self._log_from = log.tell()
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            log.write(f"--- {self.name} (pid {self.pid}) started {stamp} ---\n".encode())
+            log.flush()
         except OSError as exc:
             logger.warning("%s: cannot open its log %s: %s", self.name, self._log_path, exc)
             return None
+        return log
+
+    def log_tail(self, lines: int = 10) -> list[str]:
+        """The last ``lines`` lines this run wrote to the log (none without a log)."""
+        if self._log_path is None:
+            return []
+        try:
+            with self._log_path.open("rb") as log:
+                size = log.seek(0, os.SEEK_END)
+                log.seek(max(self._log_from, size - _TAIL_BYTES))
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return []
+        return text.splitlines()[-lines:]
 
     def _write_log(self, log: BinaryIO, chunk: bytes) -> BinaryIO | None:
         """Appends ``chunk``; on an error logs once and stops logging (the pipe is still
