@@ -15,7 +15,12 @@ install: system-deps $(VENV_STAMP) node_modules/.bin/buf .tools/bin/grpcurl mode
 
 .PHONY: system-deps
 system-deps: ## Debian packages the tests and benchmarks use (espeak-ng, sox, prometheus, nginx, openssl)
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  [ "$$(dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null)" = installed ] || missing="$$missing $$p"; \
+	done; \
+	probe=$$(mktemp -d); python3 -m venv "$$probe/venv" >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	rm -rf "$$probe"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -34,6 +39,8 @@ node_modules/.bin/buf: package.json package-lock.json
 
 GRPCURL_VERSION := v1.9.3
 .tools/bin/grpcurl: ## grpcurl, a real gRPC client (reflection), from the Go module proxy
+	@command -v go >/dev/null || { echo "error: grpcurl is built with Go (1.21 or later), which is" \
+	  "not installed: see https://go.dev/doc/install"; exit 1; }
 	GOBIN=$(CURDIR)/.tools/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
 # Prometheus 2.42 (Go module v0.42.0, the Debian package's version) built from source:
@@ -95,7 +102,12 @@ gen-check: gen ## Fail if regenerating the stubs changed anything
 .PHONY: breaking
 breaking: node_modules/.bin/buf ## buf breaking against the previous version of protos/
 	@base=$$(git log --format=%H -n 2 -- protos | tail -n 1); \
-	if [ -n "$$base" ]; then node_modules/.bin/buf breaking --against ".git#ref=$$base"; fi
+	if [ -n "$$base" ] && [ "$$base" != "$$(git log --format=%H -n 1 -- protos)" ]; then \
+	  node_modules/.bin/buf breaking --against ".git#ref=$$base"; \
+	else \
+	  echo "buf breaking: skipped, this checkout holds no earlier version of protos/" \
+	    "(shallow clone? git fetch --unshallow)"; \
+	fi
 
 .PHONY: bench
 bench: install ## Run every benchmark with bench/README.md's commands (an hour or more; writes bench/results/*.json)
