@@ -326,9 +326,7 @@ class StreamRelay:
                     code.name,
                 )
                 return _Outcome.DONE
-            if not answered and (
-                code == grpc.StatusCode.RESOURCE_EXHAUSTED or status.not_accepting(err)
-            ):
+            if not answered and (status.instance_full(err) or status.not_accepting(err)):
                 return _Outcome.FULL  # it never started there: back to the queue
             if code in FAILOVER_CODES:
                 logger.info(

@@ -198,7 +198,7 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
                     forwarded, timeout=context.time_remaining(), metadata=last_resort or None
                 )
             except grpc.aio.AioRpcError as err:
-                if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED or status.not_accepting(err):
+                if status.instance_full(err) or status.not_accepting(err):
                     # Back to the queue; the instance stays full until it reports again.
                     self._metrics.instance_rejections.labels(pool).inc()
                     full = True

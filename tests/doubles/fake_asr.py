@@ -63,7 +63,12 @@ from voxmesh.rpc.metadata import (
     replay_context_of,
     value_of,
 )
-from voxmesh.rpc.server import ServerOptions, ServiceServer, wait_for_signal
+from voxmesh.rpc.server import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ServerOptions,
+    ServiceServer,
+    wait_for_signal,
+)
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 __all__ = ["FakeAsr", "FakeAsrOptions", "expected_finals", "serve_main"]
@@ -102,6 +107,8 @@ class FakeAsrOptions:
     """Retry hint of its RESOURCE_EXHAUSTED answers."""
     last_resort_min_drain_s: float = 30.0
     """Drain time that must be left to take a last-resort stream while draining."""
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Largest message its gRPC server takes; gRPC refuses larger ones itself."""
     host: str = "127.0.0.1"
     """Interface to bind."""
     port: int = 0
@@ -235,7 +242,12 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
     def __init__(self, options: FakeAsrOptions) -> None:
         self.options = options
         self._server = ServiceServer(
-            ServerOptions(host=options.host, port=options.port, metrics_port=None),
+            ServerOptions(
+                host=options.host,
+                port=options.port,
+                metrics_port=None,
+                max_message_bytes=options.max_message_bytes,
+            ),
             CollectorRegistry(),
         )
         self._server.add_service(

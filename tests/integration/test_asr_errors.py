@@ -17,7 +17,7 @@ from tests.asr_server import AsrServerThread
 from tests.conditions import wait_until_async
 from tests.speech import silence_pcm, utterance_recording, wer
 from tests.streaming import config_request, run_stream
-from voxmesh.rpc.metadata import CONTEXT_KEY
+from voxmesh.rpc.metadata import CONTEXT_KEY, OFFSET_KEY
 from voxmesh.rpc.status import retry_after_of
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
@@ -97,6 +97,8 @@ CASES: dict[str, tuple[list[Req], grpc.StatusCode, str]] = {
         INVALID,
         "priority is required",
     ),
+    # "$" in the pattern took a trailing newline: it went to the summary and the logs.
+    "stream id with a newline": ([_cfg(stream_id="abc\n"), _audio()], INVALID, "stream_id"),
     "sample rate too low": ([_cfg(rate=4000), _audio()], INVALID, "sample_rate_hertz 4000"),
     "sample rate too high": ([_cfg(rate=96000), _audio()], INVALID, "sample_rate_hertz 96000"),
     "language the model lacks": ([_cfg(language="de"), _audio()], INVALID, "'de' is not supported"),
@@ -193,7 +195,17 @@ async def _wait_idle(channel: grpc.aio.Channel) -> None:
         assert asyncio.get_running_loop().time() < deadline, f"{active} streams still active"
 
 
+def _errors(srv: AsrServerThread, code: str) -> float:
+    """``voxmesh_asr_errors_total{code}`` of the instance."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{srv.ready['metrics_port']}/metrics").read()
+    prefix = f'voxmesh_asr_errors_total{{code="{code}"}} '
+    lines = [line for line in body.decode().splitlines() if line.startswith(prefix)]
+    return float(lines[0][len(prefix) :]) if lines else 0.0
+
+
 async def test_deadline_exceeded_releases_the_stream(server: AsrServerThread) -> None:
+    """...and is counted as such (it was counted as INTERNAL)."""
+    counted = _errors(server, "DEADLINE_EXCEEDED")
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = stt_pb2_grpc.RecognizerServiceStub(channel)
         call = await _hold_open(stub, timeout=0.5)
@@ -203,9 +215,11 @@ async def test_deadline_exceeded_releases_the_stream(server: AsrServerThread) ->
             await asyncio.sleep(0.05)  # pace the audio like a live source
         assert await call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await _wait_idle(channel)
+    await wait_until_async(lambda: _errors(server, "DEADLINE_EXCEEDED") > counted)
 
 
 async def test_client_cancel_releases_the_stream(server: AsrServerThread) -> None:
+    counted = _errors(server, "CANCELLED")
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = stt_pb2_grpc.RecognizerServiceStub(channel)
         call = await _hold_open(stub, timeout=30)
@@ -215,6 +229,50 @@ async def test_client_cancel_releases_the_stream(server: AsrServerThread) -> Non
         call.cancel()
         assert await call.code() == grpc.StatusCode.CANCELLED
         await _wait_idle(channel)
+    await wait_until_async(lambda: _errors(server, "CANCELLED") > counted)
+
+
+async def test_a_silent_client_is_timed_out_and_frees_its_slot() -> None:
+    """A stream that sent nothing (or stopped sending) held its admission slot, and
+    held up a drain, until its deadline: without one, forever."""
+    with AsrServerThread(max_streams=2, idle_timeout=1.0) as srv:
+        async with grpc.aio.insecure_channel(srv.target) as channel:
+            stub = stt_pb2_grpc.RecognizerServiceStub(channel)
+            mute: Call = stub.StreamingRecognize(timeout=30)
+            stalled = await _hold_open(stub, timeout=30)
+            await stalled.write(Req(audio_content=bytes(3200)))
+            assert await mute.code() == grpc.StatusCode.OUT_OF_RANGE
+            assert "no streaming_config received for 1 s" in (await mute.details() or "")
+            assert await stalled.code() == grpc.StatusCode.OUT_OF_RANGE
+            assert "no audio received for 1 s" in (await stalled.details() or "")
+            await _wait_idle(channel)
+
+
+async def test_a_recognize_over_the_size_limit_is_invalid_argument(
+    server: AsrServerThread,
+) -> None:
+    """Up to the router's message limit (20 MiB), the size check must be the handler's:
+    gRPC's own refusal above the instance's limit (17 MiB) was a RESOURCE_EXHAUSTED
+    that a router took for a full instance, and retried for as long as it had."""
+    request = stt_pb2.RecognizeRequest(
+        config=config_request().streaming_config.config, audio_content=bytes(18 << 20)
+    )
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stt_pb2_grpc.RecognizerServiceStub(channel).Recognize(request, timeout=30)
+    assert info.value.code() == INVALID, info.value.details()
+    assert "exceeds the Recognize limit" in (info.value.details() or "")
+
+
+@pytest.mark.parametrize("value", ["-1", str(10**23)])
+async def test_an_offset_out_of_range_is_invalid_argument(
+    server: AsrServerThread, value: str
+) -> None:
+    """10**23 ms overflowed the offsets' Duration: the stream failed as UNKNOWN."""
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        err = await _call(channel, [_cfg(), _audio()], ((OFFSET_KEY, value),))
+    assert err.code() == INVALID, err.details()
+    assert "out of range" in (err.details() or "")
 
 
 async def test_admission_limit_answers_resource_exhausted_with_retry_hint() -> None:

@@ -21,7 +21,7 @@ from tests.speech import (
     utterance_recording,
     wer,
 )
-from tests.streaming import config_request, run_stream
+from tests.streaming import config_request, recognize_request, run_stream
 from voxmesh.rpc.metadata import CONTEXT_KEY, SKIP_KEY, ReplayContext
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
@@ -210,3 +210,55 @@ async def test_long_utterance_is_cut_at_a_committed_word() -> None:
         assert f.end_offset.ToMilliseconds() - f.start_offset.ToMilliseconds() <= 4300
     # no words lost or doubled at the cuts
     assert wer(rec.text, run.text) <= 0.3, run.text
+
+
+async def test_a_long_silence_between_sentences_does_not_stall_the_stream(
+    server: AsrServerThread,
+) -> None:
+    """After a final, 41 s without a VAD event left the session's buffer pinned by the
+    final's context: the stream stopped reading audio and ran into its deadline."""
+    pcm = (
+        silence_pcm(0.5)
+        + espeak_pcm(SENTENCES[0])
+        + silence_pcm(50.0)
+        + espeak_pcm(SENTENCES[1])
+        + silence_pcm(1.0)
+    )
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        run = await run_stream(channel, pcm, timeout=60.0)
+    assert run.error is None, run.error
+    assert len(run.finals) == 2
+    assert "dark blue background" in run.finals[1].alternatives[0].transcript.lower(), run.text
+
+
+async def test_recognize_cuts_a_long_utterance_whose_end_it_saw_first(
+    server: AsrServerThread,
+) -> None:
+    """Recognize feeds faster than the worker decodes: a 35 s utterance had ended
+    before the worker reached its 25 s cut, was decoded in one window, and Whisper
+    (30 s) never heard its tail; its final claimed all of it."""
+    # Harvard sentences run together without punctuation: espeak-ng makes no pause.
+    text = (
+        "the birch canoe slid on the smooth planks glue the sheet to the dark blue background "
+        "it is easy to tell the depth of a well these days a chicken leg is a rare dish "
+        "rice is often served in round bowls the juice of lemons makes fine punch "
+        "the box was thrown beside the parked truck the hogs were fed chopped corn "
+        "four hours of steady work faced us a large size in stockings is hard to sell "
+        "the boy was there when the sun rose a rod is used to catch pink salmon "
+        "the source of the huge river is the clear spring kick the ball straight and follow "
+        "through help the woman get back to her feet a pot of tea helps to pass the evening"
+    )
+    speech = espeak_pcm(text)
+    assert len(speech) > 35 * 16000 * 2  # longer than Whisper's window
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = stt_pb2_grpc.RecognizerServiceStub(channel)
+        response = await stub.Recognize(
+            recognize_request(silence_pcm(0.5) + speech + silence_pcm(1.5)), timeout=120
+        )
+    spans = [
+        (r.start_offset.ToMilliseconds(), r.end_offset.ToMilliseconds()) for r in response.results
+    ]
+    assert len(spans) >= 2, spans
+    assert all(end - start <= 25_300 for start, end in spans), spans
+    transcript = " ".join(r.alternatives[0].transcript for r in response.results)
+    assert "evening" in transcript.lower(), transcript

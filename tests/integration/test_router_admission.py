@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -145,6 +146,23 @@ async def test_unary_request_refused_by_a_full_instance_goes_to_another() -> Non
         assert texts == expected_finals(audio, 16000, 1000)
         assert (response.summary.instance_id, response.summary.failovers) == ("b", 0)
         assert m.metric("voxmesh_router_instance_rejections_total", pool="asr_small") == 1
+
+
+async def test_a_request_an_instance_is_too_small_for_is_not_taken_for_a_full_instance() -> None:
+    """gRPC's own RESOURCE_EXHAUSTED (a message over the instance's size limit) was
+    taken for "instance full": the request went back to the queue and was sent again,
+    every instance marked full in turn, until the queue timed out."""
+    async with mesh() as m:
+        await m.add("a", max_streams=4, max_message_bytes=1 << 20)
+        stub = stt_pb2_grpc.RecognizerServiceStub(m.channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Recognize(recognize_request(pcm(40.0, 5)), timeout=5.0)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert retry_after_of(info.value) is None
+        assert m.metric("voxmesh_router_instance_rejections_total", pool="asr_small") == 0
+        audio = pcm(1.0, 6)
+        response = await stub.Recognize(recognize_request(audio), timeout=5.0)
+        assert response.summary.instance_id == "a"
 
 
 async def test_router_sheds_load_past_its_own_limit() -> None:

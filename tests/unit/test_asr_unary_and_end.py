@@ -49,6 +49,9 @@ class FakeContext:
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return ()
 
+    def time_remaining(self) -> float | None:
+        return None  # no deadline
+
     async def abort_with_status(self, status: Any) -> None:
         raise AssertionError(f"the RPC was aborted: {status}")
 

@@ -33,7 +33,12 @@ from voxmesh.asr.vad import EndpointerOptions
 from voxmesh.discovery import InstanceInfo, Registrar
 from voxmesh.errors import SettingsError
 from voxmesh.mesh.process import READY_PREFIX
-from voxmesh.rpc.server import ServerOptions, ServiceServer, wait_for_signal
+from voxmesh.rpc.server import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ServerOptions,
+    ServiceServer,
+    wait_for_signal,
+)
 from voxmesh.settings import load
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 from voxmesh.telemetry import GpuSampler
@@ -137,7 +142,10 @@ async def serve(
             host=settings.host,
             port=settings.port,
             metrics_port=None if settings.metrics_port < 0 else settings.metrics_port,
-            max_message_bytes=settings.max_unary_bytes + (1 << 20),
+            # Whatever a router forwards (up to its own limit) reaches the handler,
+            # whose size check answers INVALID_ARGUMENT: gRPC's own refusal is a
+            # RESOURCE_EXHAUSTED without a retry hint.
+            max_message_bytes=max(settings.max_unary_bytes, DEFAULT_MAX_MESSAGE_BYTES) + (1 << 20),
         ),
         metrics.registry,
     )
@@ -147,6 +155,7 @@ async def serve(
         max_chunk_bytes=settings.max_chunk_bytes,
         max_unary_bytes=settings.max_unary_bytes,
         max_unary_seconds=settings.max_unary_seconds,
+        idle_timeout=settings.idle_timeout,
     )
     server.add_service(
         lambda s: stt_pb2_grpc.add_RecognizerServiceServicer_to_server(recognizer, s),

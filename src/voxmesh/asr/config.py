@@ -32,7 +32,7 @@ __all__ = [
     "validate_streaming_config",
 ]
 
-_STREAM_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+_STREAM_ID = re.compile(r"[\x21-\x7e]{1,128}")  # fullmatch: "$" would take a trailing newline
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 AUTO_MODELS = ("", "auto")
 
@@ -76,7 +76,7 @@ def validate_recognition_config(
         raise InvalidArgument(
             f"config.language_code {config.language_code!r} is not an ISO 639-1 code"
         )
-    if stream_id and not _STREAM_ID.match(stream_id):
+    if stream_id and not _STREAM_ID.fullmatch(stream_id):
         raise InvalidArgument("stream_id must be 1-128 printable ASCII characters without spaces")
     return ValidatedConfig(
         model=config.model.strip(),

@@ -56,7 +56,7 @@ def to_response(event: SessionEvent, language: str) -> stt_pb2.StreamingRecogniz
                 start_offset=duration(event.start),
                 end_offset=duration(event.end),
                 utterance_index=event.utterance,
-                language_code=language,
+                language_code=event.language or language,
             )
         )
     kind = (

@@ -38,7 +38,7 @@ from voxmesh.asr.config import (
 )
 from voxmesh.asr.instance import AsrInstance
 from voxmesh.asr.results import duration, final_result, to_response
-from voxmesh.asr.session import Final, StreamParams, StreamSession
+from voxmesh.asr.session import Final, Interim, SessionEvent, StreamParams, StreamSession
 from voxmesh.rpc.metadata import (
     OFFSET_KEY,
     SKIP_KEY,
@@ -53,9 +53,11 @@ __all__ = ["RecognizerServicer", "TelemetryServicer"]
 
 logger = logging.getLogger(__name__)
 
-_END = object()
-
 Context = grpc.aio.ServicerContext[Any, Any]
+
+MAX_METADATA_MS = 10**11
+"""Largest offset or skip taken from metadata (some three years): more is not a
+stream time, and would overflow the offsets' ``Duration``."""
 
 
 def _metadata_ms(context: Context, key: str) -> float:
@@ -66,9 +68,30 @@ def _metadata_ms(context: Context, key: str) -> float:
         value = int(text)
     except ValueError:
         raise errors.InvalidArgument(f"metadata {key}={text!r} is not an integer") from None
-    if value < 0:
-        raise errors.InvalidArgument(f"metadata {key}={value} is negative")
+    if not 0 <= value <= MAX_METADATA_MS:
+        raise errors.InvalidArgument(
+            f"metadata {key}={value} is out of range (0 to {MAX_METADATA_MS} ms)"
+        )
     return value / 1000.0
+
+
+def _cancelled_code(context: Context) -> grpc.StatusCode:
+    """Why a call was cancelled under us: its deadline, or the client."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+def _unexpected(err: Exception, what: str) -> errors.Unavailable:
+    """An error nothing expected (the model failed: CUDA out of memory...), logged with
+    its traceback; the client gets UNAVAILABLE, which a router fails over, and not the
+    internals of the message."""
+    logger.error("%s failed: %r", what, err, exc_info=err)
+    return errors.Unavailable(
+        f"the instance failed while serving the {what} ({type(err).__name__}); "
+        "another instance may serve it"
+    )
 
 
 class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
@@ -81,8 +104,10 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         max_chunk_bytes: int,
         max_unary_bytes: int,
         max_unary_seconds: float,
+        idle_timeout: float = 30.0,
     ) -> None:
         self._instance = instance
+        self._idle_timeout = idle_timeout
         self._max_chunk = max_chunk_bytes
         self._max_unary_bytes = max_unary_bytes
         self._max_unary_seconds = max_unary_seconds
@@ -116,8 +141,23 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
             final_results=session.finals,
         )
 
-    def _failed(self, err: BaseException) -> None:
-        self._instance.metrics.errors.labels(code_of(err).name).inc()
+    def _failed(self, code: grpc.StatusCode) -> None:
+        self._instance.metrics.errors.labels(code.name).inc()
+
+    async def _next(
+        self, iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest], waiting_for: str
+    ) -> stt_pb2.StreamingRecognizeRequest | None:
+        """The client's next message (None at its half-close), within the idle timeout:
+        a client that stalls or vanished without a reset must not hold its slot (nor
+        hold up a drain) forever."""
+        try:
+            async with asyncio.timeout(self._idle_timeout):
+                return await anext(iterator, None)
+        except TimeoutError:
+            raise errors.OutOfRange(
+                f"no {waiting_for} received for {self._idle_timeout:g} s: send audio close "
+                "to real time, and half-close the stream at its end"
+            ) from None
 
     async def StreamingRecognize(
         self,
@@ -129,11 +169,15 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
                 async for response in self._stream(request_iterator, context):
                     yield response
         except errors.VoxmeshError as err:
-            self._failed(err)
+            self._failed(code_of(err))
             await abort(context, err)
         except asyncio.CancelledError:
-            self._failed(errors.VoxmeshError())
+            self._failed(_cancelled_code(context))
             raise
+        except Exception as err:
+            failure = _unexpected(err, "stream")
+            self._failed(code_of(failure))
+            await abort(context, failure)
 
     async def _stream(
         self,
@@ -141,7 +185,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         context: Context,
     ) -> AsyncIterator[stt_pb2.StreamingRecognizeResponse]:
         iterator = requests.__aiter__()
-        first = await anext(iterator, None)
+        first = await self._next(iterator, "streaming_config")
         if first is None:
             raise errors.InvalidArgument("empty stream: no streaming_config was sent")
         if first.WhichOneof("streaming_request") != "streaming_config":
@@ -166,10 +210,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         reader = asyncio.create_task(self._read(iterator, decoder, session))
         try:
             while (event := await session.next_event(reader)) is not None:
-                if isinstance(event, Final):
-                    self._instance.metrics.results.labels("final").inc()
-                else:
-                    self._instance.metrics.results.labels("event").inc()
+                self._instance.metrics.results.labels(_kind(event)).inc()
                 yield to_response(event, params.language or "en")
             session.raise_worker_error()
             yield stt_pb2.StreamingRecognizeResponse(
@@ -188,7 +229,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
     ) -> None:
         received = 0
         take = functools.partial(self._feed, session)
-        async for request in iterator:
+        while (request := await self._next(iterator, "audio")) is not None:
             data = audio_chunk(request, self._max_chunk, self._instance.retry_after)
             received += len(data)
             await _decode(decoder, data, take)
@@ -213,8 +254,16 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
             with self._instance.admit(last_resort=last_resort_asked(context.invocation_metadata())):
                 return await self._recognize(request)
         except errors.VoxmeshError as err:
-            self._failed(err)
+            self._failed(code_of(err))
             await abort(context, err)
+            raise  # unreachable: abort raises
+        except asyncio.CancelledError:
+            self._failed(_cancelled_code(context))
+            raise
+        except Exception as err:
+            failure = _unexpected(err, "request")
+            self._failed(code_of(failure))
+            await abort(context, failure)
             raise  # unreachable: abort raises
 
     async def _recognize(self, request: stt_pb2.RecognizeRequest) -> stt_pb2.RecognizeResponse:
@@ -266,6 +315,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         try:
             while (event := await session.next_event(feeder)) is not None:
                 if isinstance(event, Final) and event.text:
+                    self._instance.metrics.results.labels("final").inc()
                     results.append(final_result(event, params.language or "en"))
             session.raise_worker_error()
         finally:
@@ -279,6 +329,13 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         """Feeds a whole recording (a Recognize request's audio), then half-closes."""
         await self._feed(session, audio)
         session.finish()
+
+
+def _kind(event: SessionEvent) -> str:
+    """The ``kind`` label of a result sent."""
+    if isinstance(event, Final):
+        return "final"
+    return "interim" if isinstance(event, Interim) else "event"
 
 
 async def _decode(

@@ -132,6 +132,8 @@ class Interim:
     stability: float
     start: float
     end: float
+    language: str = ""
+    """The language decoded (detected, on a multilingual model without one set)."""
 
 
 @dataclass(frozen=True)
@@ -476,6 +478,7 @@ class StreamSession:
                         stability=self._agreement.stability(tail),
                         start=self._t(self._utt_start),
                         end=self._t(end),
+                        language=output.language,
                     )
                 )
             return True

@@ -61,6 +61,11 @@ class AsrSettings:
         1 << 20, "largest audio chunk (bytes); more is RESOURCE_EXHAUSTED"
     )
     max_unary_bytes: int = setting(16 << 20, "largest Recognize request audio (bytes)")
+    idle_timeout: float = setting(
+        30.0,
+        "longest wait (s) for a stream's next message (its config, then audio); more is "
+        "OUT_OF_RANGE: a client that stalls or vanished frees its slot",
+    )
     max_unary_seconds: float = setting(600.0, "longest Recognize request audio (s)")
     retry_after: float = setting(2.0, "retry hint (s) sent with RESOURCE_EXHAUSTED")
     drain_timeout: float = setting(30.0, "seconds active streams get to finish on SIGTERM")
@@ -109,6 +114,8 @@ class AsrSettings:
             raise SettingsError(
                 f"setting capacity_class={self.capacity_class!r}: expected on-demand or preemptible"
             )
+        if self.idle_timeout <= 0:
+            raise SettingsError(f"setting idle_timeout={self.idle_timeout}: must be > 0")
         if self.min_silence <= 0 or self.interim_interval <= 0 or self.max_utterance > 29:
             raise SettingsError(
                 "settings min_silence and interim_interval must be > 0 and max_utterance <= 29 s "

@@ -26,11 +26,12 @@ from voxmesh.errors import SettingsError
 from voxmesh.rpc.address import host_port
 from voxmesh.rpc.tls import ServerTls, server_credentials
 
-__all__ = ["ServerOptions", "ServiceServer", "wait_for_signal"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ServerOptions", "ServiceServer", "wait_for_signal"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_MESSAGE_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 20 * 1024 * 1024
+"""Largest gRPC message a voxmesh service accepts by default (the router's limit)."""
 _GRPC_BIND_FAILED = "in use, or not an address of this machine"
 """grpcio says no more than "Failed to bind" (the reason goes to its own log)."""
 
@@ -45,7 +46,7 @@ class ServerOptions:
     """gRPC port; 0 picks a free one (the bound port is ``ServiceServer.port``)."""
     metrics_port: int | None = 0
     """Prometheus HTTP port; 0 picks a free one, None disables it."""
-    max_message_bytes: int = _MAX_MESSAGE_BYTES
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     """Largest gRPC message accepted (bounds unary Recognize requests)."""
     tls: ServerTls | None = None
     """TLS for the gRPC port (None: plaintext); the metrics port stays plain HTTP."""

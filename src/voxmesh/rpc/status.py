@@ -25,6 +25,7 @@ __all__ = [
     "abort",
     "aborting",
     "code_of",
+    "instance_full",
     "not_accepting",
     "retry_after_of",
     "to_status",
@@ -102,6 +103,14 @@ def retry_after_of(error: grpc.aio.AioRpcError) -> float | None:
         if key == RETRY_AFTER_KEY:
             return int(value) / 1000.0
     return None
+
+
+def instance_full(error: grpc.aio.AioRpcError) -> bool:
+    """True when an instance refused the call for want of room: RESOURCE_EXHAUSTED with
+    a retry delay. gRPC's own RESOURCE_EXHAUSTED (a message over the receiver's size
+    limit) carries none: it is the request's fault, and the next instance would refuse
+    it too."""
+    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after_of(error) is not None
 
 
 def not_accepting(error: grpc.aio.AioRpcError) -> bool:

@@ -247,8 +247,8 @@ class StreamingRecognitionConfig(_message.Message):
     """When true, interim results are sent while an utterance is open."""
     stream_id: _builtins.str
     """A client-chosen identifier of the stream, echoed in logs and the
-    summary. At most 128 printable ASCII characters; a server-generated id
-    is used when empty.
+    summary. At most 128 printable ASCII characters other than space
+    (0x21-0x7E); a server-generated id is used when empty.
     """
     @_builtins.property
     def config(self) -> Global___RecognitionConfig:

@@ -68,11 +68,16 @@ class RecognizerServiceStub:
       encoding, sample rate out of range, odd-length LINEAR16 chunk, empty
       stream, malformed compressed audio.
     * NOT_FOUND: the requested model or pool is not served here.
-    * OUT_OF_RANGE: the stream is longer than the maximum stream duration.
+    * OUT_OF_RANGE: the stream is longer than the maximum stream duration,
+      or no request came for the idle timeout (30 s by default): send audio
+      close to real time and half-close at the end.
     * RESOURCE_EXHAUSTED: the instance (or the router's admission queue) is
       full, or a chunk is larger than the maximum chunk size; a
       `google.rpc.RetryInfo` detail gives the delay after which to retry.
-    * UNAVAILABLE: the instance is draining; retry on another instance.
+      Without that detail it is gRPC's own refusal of a message over the
+      receiver's size limit: do not retry it.
+    * UNAVAILABLE: the instance is draining, or failed while serving the
+      stream; retry on another instance.
     * DEADLINE_EXCEEDED / CANCELLED: the client's deadline or cancellation.
     """
     Recognize: _grpc.UnaryUnaryMultiCallable[_stt_pb2.RecognizeRequest, _stt_pb2.RecognizeResponse]
@@ -114,11 +119,16 @@ class RecognizerServiceAsyncStub(RecognizerServiceStub):
       encoding, sample rate out of range, odd-length LINEAR16 chunk, empty
       stream, malformed compressed audio.
     * NOT_FOUND: the requested model or pool is not served here.
-    * OUT_OF_RANGE: the stream is longer than the maximum stream duration.
+    * OUT_OF_RANGE: the stream is longer than the maximum stream duration,
+      or no request came for the idle timeout (30 s by default): send audio
+      close to real time and half-close at the end.
     * RESOURCE_EXHAUSTED: the instance (or the router's admission queue) is
       full, or a chunk is larger than the maximum chunk size; a
       `google.rpc.RetryInfo` detail gives the delay after which to retry.
-    * UNAVAILABLE: the instance is draining; retry on another instance.
+      Without that detail it is gRPC's own refusal of a message over the
+      receiver's size limit: do not retry it.
+    * UNAVAILABLE: the instance is draining, or failed while serving the
+      stream; retry on another instance.
     * DEADLINE_EXCEEDED / CANCELLED: the client's deadline or cancellation.
     """
     Recognize: _aio.UnaryUnaryMultiCallable[_stt_pb2.RecognizeRequest, _stt_pb2.RecognizeResponse]  # type: ignore[assignment]
@@ -163,11 +173,16 @@ class RecognizerServiceServicer(metaclass=_abc_1.ABCMeta):
           encoding, sample rate out of range, odd-length LINEAR16 chunk, empty
           stream, malformed compressed audio.
         * NOT_FOUND: the requested model or pool is not served here.
-        * OUT_OF_RANGE: the stream is longer than the maximum stream duration.
+        * OUT_OF_RANGE: the stream is longer than the maximum stream duration,
+          or no request came for the idle timeout (30 s by default): send audio
+          close to real time and half-close at the end.
         * RESOURCE_EXHAUSTED: the instance (or the router's admission queue) is
           full, or a chunk is larger than the maximum chunk size; a
           `google.rpc.RetryInfo` detail gives the delay after which to retry.
-        * UNAVAILABLE: the instance is draining; retry on another instance.
+          Without that detail it is gRPC's own refusal of a message over the
+          receiver's size limit: do not retry it.
+        * UNAVAILABLE: the instance is draining, or failed while serving the
+          stream; retry on another instance.
         * DEADLINE_EXCEEDED / CANCELLED: the client's deadline or cancellation.
         """
 
