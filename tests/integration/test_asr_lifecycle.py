@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +19,8 @@ from tests.conditions import wait_until, wait_until_async
 from tests.doubles.consul_double import ConsulDouble
 from tests.speech import silence_pcm, utterance_recording, wer
 from tests.streaming import run_stream
+from voxmesh.asr import app
+from voxmesh.discovery import InstanceInfo
 from voxmesh.mesh.process import ServiceProcess
 from voxmesh.rpc.metadata import LAST_RESORT_KEY
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
@@ -95,7 +98,7 @@ async def test_sigterm_drains_active_streams_then_deregisters(tmp_path: Path) ->
                 )
                 for _ in range(3)
             ]
-            await wait_until_async(lambda: _active(proc) == 3, timeout=15)
+            await wait_until_async(lambda: _active(proc.ready) == 3, timeout=15)
             proc.signal_drain()
             await wait_until_async(lambda: json.loads(record.read_text())["draining"], timeout=10)
             late = await run_stream(channel, silence_pcm(0.5))
@@ -125,9 +128,51 @@ async def test_sigterm_drains_active_streams_then_deregisters(tmp_path: Path) ->
         await proc.kill()
 
 
-def _active(proc: ServiceProcess) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{proc.ready['metrics_port']}/metrics") as r:
+def _active(ready: Mapping[str, Any]) -> float:
+    """``voxmesh_asr_streams_active`` of the instance whose ready line is ``ready``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{ready['metrics_port']}/metrics") as r:
         for line in r.read().decode().splitlines():
             if line.startswith("voxmesh_asr_streams_active "):
                 return float(line.split()[1])
     return -1.0
+
+
+class _UnwritableRegistry:
+    """A discovery backend whose drain mark fails (a registry on a full disk, a Consul
+    token without the right to set maintenance); records what it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def register(self, info: InstanceInfo) -> None:
+        self.calls.append("register")
+
+    async def set_draining(self) -> None:
+        self.calls.append("set_draining")
+        raise OSError(28, "No space left on device")
+
+    async def deregister(self) -> None:
+        self.calls.append("deregister")
+
+
+async def test_a_discovery_error_during_the_drain_does_not_cut_it_short(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The error ended the drain where it happened: active streams were cut, the
+    instance never deregistered, and it exited with the error."""
+    registry = _UnwritableRegistry()
+    monkeypatch.setattr(app, "make_registrar", lambda settings: registry)
+    rec = utterance_recording()
+    server = AsrServerThread(max_streams=2)
+    with server:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stream = asyncio.create_task(
+                run_stream(channel, rec.pcm + silence_pcm(0.5, rec.rate), rec.rate, speed=1.0)
+            )
+            await wait_until_async(lambda: _active(server.ready) == 1, timeout=15)
+            server.stop()
+            run = await stream
+    assert run.error is None, run.error
+    assert wer(rec.text, run.text) <= 0.25, run.text
+    assert server.exit_code == 0
+    assert registry.calls == ["register", "set_draining", "deregister"]

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -204,17 +204,27 @@ async def serve(
         else:
             await stop.wait()
     finally:
+        # Each step is taken whatever the discovery backend does: a registry that
+        # cannot be written must not cut the streams short or skip the rest.
         instance.begin_drain(settings.drain_timeout)
         await server.set_not_serving()
-        await registrar.set_draining()
+        await _despite_errors("marking the instance draining", registrar.set_draining())
         drained = await instance.wait_idle(settings.drain_timeout)
         if not drained:
             logger.warning("drain timeout: %d streams still active are cancelled", instance.active)
-        await registrar.deregister()
+        await _despite_errors("deregistering the instance", registrar.deregister())
         stopping.set()
         await server.stop(grace=1.0)
         await instance.shutdown()
     return 0
+
+
+async def _despite_errors(what: str, step: Awaitable[None]) -> None:
+    """Awaits one step of the drain; an error is logged, not raised."""
+    try:
+        await step
+    except Exception:
+        logger.exception("%s failed; draining on", what)
 
 
 def main(
