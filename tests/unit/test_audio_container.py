@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import io
 import itertools
+import logging
+import os
 import struct
 import subprocess
 import threading
@@ -77,9 +79,10 @@ def encode(
     return out.getvalue()
 
 
-def wav(rate: int, pcm: bytes) -> bytes:
-    """16-bit mono PCM behind a WAV header that declares ``rate`` Hz, whatever it is."""
-    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)
+def wav(rate: int, pcm: bytes, *, bits: int = 16) -> bytes:
+    """16-bit mono PCM behind a WAV header that declares ``rate`` Hz and ``bits`` per
+    sample, whatever they are."""
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, bits)
     body = b"WAVEfmt " + fmt + b"data" + struct.pack("<I", len(pcm)) + pcm
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
@@ -190,6 +193,111 @@ def test_a_container_sample_rate_out_of_range_is_invalid(rate: int) -> None:
 def test_a_container_at_a_supported_rate_is_resampled(rate: int) -> None:
     samples = decode([wav(rate, pcm16(tone(1.0, rate)))])
     assert abs(len(samples) - SR) < 32
+
+
+def ogg_page(serial: int, sequence: int, packet: bytes, flags: int = 0) -> bytes:
+    """An Ogg page of logical stream ``serial`` holding one ``packet`` (under 255 bytes)."""
+    header = struct.pack("<4sBBqIIIB", b"OggS", 0, flags, 0, serial, sequence, 0, 1)
+    page = header + bytes([len(packet)]) + packet
+    crc = 0  # Ogg's CRC-32 (0x04C11DB7, unreflected) of the page with its CRC field 0
+    for byte in page:
+        crc ^= byte << 24
+        for _ in range(8):  # the 1 << 32 of 0x104C11DB7 clears the bit shifted out
+            crc = (crc << 1) ^ 0x104C11DB7 if crc & 0x80000000 else crc << 1
+    return page[:22] + struct.pack("<I", crc) + page[26:]
+
+
+def ogg_opus_streams(count: int) -> bytes:
+    """An Ogg file of ``count`` logical Opus streams, multiplexed (``count`` start
+    pages first, as the format has it), each with its tags and a packet of silence."""
+    head = b"OpusHead" + struct.pack("<BBHIhB", 1, 1, 312, 48000, 0, 0)
+    tags = b"OpusTags" + struct.pack("<II", 0, 0)
+    packets = [(head, 0x02), (tags, 0), (b"\xf8\xff\xfe", 0)]
+    return b"".join(
+        ogg_page(serial, sequence, packet, flags)
+        for sequence, (packet, flags) in enumerate(packets)
+        for serial in range(count)
+    )
+
+
+def matroska_tracks(count: int) -> bytes:
+    """A Matroska file of ``count`` tracks of 1 s of FLAC (16 kHz mono) each."""
+    out = io.BytesIO()
+    samples = tone(1.0, 16000)
+    with av.open(out, "w", format="matroska") as container:
+        streams = [container.add_stream("flac", rate=16000) for _ in range(count)]
+        for stream in streams:
+            stream.layout = "mono"
+        for i in range(0, len(samples), 960):
+            for stream in streams:
+                frame = av.AudioFrame.from_ndarray(samples[None, i : i + 960], "flt", "mono")
+                frame.sample_rate = 16000
+                frame.pts = i
+                container.mux(stream.encode(frame))
+        for stream in streams:
+            container.mux(stream.encode(None))
+    return out.getvalue()
+
+
+def resident() -> int:
+    """The bytes of this process in memory (FFmpeg's allocations too, which
+    tracemalloc does not see)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads Linux's /proc")
+def test_a_container_of_many_streams_is_invalid_as_it_opens() -> None:
+    """FFmpeg made a stream of each of up to 1000 Ogg start pages and opened a
+    decoder for each as it probed them: 1000 (122 KB of input here) held some 230 MB
+    for as long as the stream lasted. The container is refused as it opens."""
+    assert len(decode([ogg_opus_streams(8)])) > 0  # up to 8 are taken
+    data = ogg_opus_streams(1000)
+    decoder = ContainerDecoder()
+    before = resident()
+    error = None
+    try:
+        try:
+            decoder.feed(data)
+            drain(decoder)
+        except InvalidArgument as err:
+            error = str(err)
+        grown = resident() - before
+    finally:
+        decoder.close()
+    assert grown < 64 << 20, f"{grown >> 20} MiB held"
+    assert error is not None
+    assert error.startswith("malformed compressed audio: more than 8 streams"), error
+
+
+def test_a_container_just_past_the_streams_bound_is_invalid_not_cut_short() -> None:
+    """FFmpeg drops the Matroska tracks past its bound, then gives up on the blocks
+    of the dropped ones: a file of 9 tracks, cut at 8, decoded the first 0.07 s of
+    its first track as if that were all."""
+    assert len(decode([matroska_tracks(8)])) == SR
+    with pytest.raises(InvalidArgument, match=r"more than 8 streams in the container$"):
+        decode([matroska_tracks(9)])
+
+
+@pytest.mark.parametrize("bits", [0, 65535])
+def test_a_container_codec_without_a_decoder_is_invalid(
+    bits: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A WAV header of 0 bits per sample declares a codec FFmpeg has no decoder for:
+    reading the stream's sample rate raised ``AttributeError``, logged with its
+    traceback (at ERROR, on every such request) and told to the client."""
+    decoder = ContainerDecoder()
+    try:
+        with (
+            caplog.at_level(logging.ERROR),
+            pytest.raises(InvalidArgument, match="unsupported codec") as raised,
+        ):
+            decoder.feed(wav(16000, bytes(2000), bits=bits))
+            decoder.finish()
+    finally:
+        decoder.close()
+    assert "AttributeError" not in str(raised.value)
+    assert not caplog.records
 
 
 def joined_mp3(tmp_path: Path) -> bytes:

@@ -110,6 +110,23 @@ _PROBE_BYTES = 4096
 """How much of a container FFmpeg reads to learn its streams before decoding
 starts (5 MB by default: over 4 s of a 48 kHz WAV stream held back)."""
 
+_MAX_STREAMS = 8
+"""The most streams a container may have. FFmpeg makes up to its ``max_streams``
+(1000 by default) and opens a decoder for each while probing, some 220 KB for
+Opus, held while the container is open: 1000 Ogg start pages (184 KB of input,
+a separate Opus stream each) held 220 MB per request. A voice file has one
+audio stream; 8 leave room for what a recording tool may add beside it (a video
+track, an Ogg Skeleton, subtitles, a cover image) and keep a hostile input's
+cost to a couple of MB.
+
+FFmpeg is let make one stream more, so that a container past the bound is seen
+and refused: some demuxers drop the tracks past ``max_streams`` and then give up
+on the blocks of the dropped ones (a Matroska file of 9 tracks, cut at 8, gave
+the first 0.07 s of its first track as if that were all). Others (Ogg) fail with
+``ENOMEM`` on the stream past it, at once, before any decoder is opened."""
+
+_TOO_MANY_STREAMS = f"malformed compressed audio: more than {_MAX_STREAMS} streams in the container"
+
 
 class _Closed(Exception):
     """Ends the worker of a :class:`ContainerDecoder` that was closed."""
@@ -179,6 +196,10 @@ class ContainerDecoder:
             error = None
         except InvalidArgument as err:
             error = str(err)
+        except av.error.MemoryError as err:
+            # FFmpeg's answer to a stream past max_streams, as it opens the
+            # container or finds a new stream in it; rarely a true lack of memory.
+            error = f"{_TOO_MANY_STREAMS} (or FFmpeg ran out of memory: {err.strerror})"
         except (av.FFmpegError, ValueError, OSError) as err:
             error = f"malformed compressed audio: {err}"
         except Exception as err:
@@ -193,11 +214,21 @@ class ContainerDecoder:
 
     def _decode(self) -> None:
         resampler = _Resampler()
-        probe = {"probesize": str(_PROBE_BYTES)}
-        with av.open(_Reader(self._read), mode="r", container_options=probe) as container:
+        options = {"probesize": str(_PROBE_BYTES), "max_streams": str(_MAX_STREAMS + 1)}
+        with av.open(_Reader(self._read), mode="r", container_options=options) as container:
+            if len(container.streams) > _MAX_STREAMS:
+                raise InvalidArgument(_TOO_MANY_STREAMS)
             if not container.streams.audio:
                 raise InvalidArgument("compressed audio has no audio track")
             stream = container.streams.audio[0]
+            if stream.codec_context is None:
+                # FFmpeg has no decoder for the codec the header declares (a WAV
+                # of 0 bits per sample): the stream has no codec context, and
+                # reading its sample rate raised AttributeError.
+                raise InvalidArgument(
+                    "compressed audio: unsupported codec in the audio track "
+                    f"of the {container.format.name} container (no decoder for it)"
+                )
             if stream.sample_rate:
                 _check_rate(stream.sample_rate)
             for frame in container.decode(stream):
