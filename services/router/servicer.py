@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-import psutil
 
 from services.router.admission import Admission
 from services.router.membership import Member, Membership
@@ -27,6 +26,7 @@ from voxmesh.errors import InvalidArgument, ResourceExhausted, Unavailable, Voxm
 from voxmesh.rpc import status
 from voxmesh.rpc.wellknown import duration, timestamp
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
+from voxmesh.telemetry import HostSampler
 from voxmesh.telemetry.stats import max_known
 
 __all__ = ["RouterRecognizer", "RouterTelemetry", "snapshot_builder"]
@@ -274,9 +274,7 @@ def snapshot_builder(
     ``InstanceLoad`` per instance the membership knows (sorted by pool, then id).
     """
     started = time.time()
-    process = psutil.Process()
-    cpu_count = psutil.cpu_count() or 1
-    psutil.cpu_percent(None)
+    host = HostSampler()
 
     def build() -> stt_pb2.TelemetrySnapshot:
         snap = stt_pb2.TelemetrySnapshot(
@@ -310,12 +308,15 @@ def snapshot_builder(
             )
         snap.max_streams = capacity
         snap.instances.extend(_instance_load(member) for member in membership.instances())
-        memory = psutil.virtual_memory()
-        snap.host.cpu_utilization_ratio = psutil.cpu_percent(None) / 100.0
-        snap.host.cpu_count = cpu_count
-        snap.host.memory_used_bytes = memory.total - memory.available
-        snap.host.memory_total_bytes = memory.total
-        snap.host.process_resident_bytes = process.memory_info().rss
+        # Sampled as snapshots are built; the figure spans the sampler's trailing
+        # window whoever reads, rather than the time since any subscriber's last read.
+        host.tick()
+        cpu, cpus, used, total, rss = host.read()
+        snap.host.cpu_utilization_ratio = cpu
+        snap.host.cpu_count = cpus
+        snap.host.memory_used_bytes = used
+        snap.host.memory_total_bytes = total
+        snap.host.process_resident_bytes = rss
         now = time.time()
         snap.time.CopyFrom(timestamp(now))
         snap.uptime.CopyFrom(duration(now - started))

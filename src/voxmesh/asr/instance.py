@@ -11,6 +11,11 @@ stream the router sends as a last resort (no accepting instance had room) is
 taken while draining if a slot is free and at least ``last_resort_min_drain``
 seconds of the drain are left; the streams still running when the drain ends
 are failed over by the router.
+
+Load figures: the real-time factor and the host CPU utilisation are measured over
+the trailing ``load_window`` seconds (5 by default), from samples the instance
+records on its own cadence once started, so that every telemetry subscriber and
+the Prometheus gauge see the same figure, however many read it and however often.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
@@ -32,8 +37,12 @@ from voxmesh.asr.session import SessionOptions
 from voxmesh.errors import Draining, ResourceExhausted
 from voxmesh.stt.v1 import stt_pb2
 from voxmesh.telemetry import GpuReading, GpuSampler, HostSampler
+from voxmesh.telemetry.host import TrailingWindow
 
 __all__ = ["AsrInstance", "InstanceIdentity"]
+
+_LOAD_SAMPLES = 10
+"""Samples of the load counters per ``load_window`` (how finely the window slides)."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,12 @@ class InstanceIdentity:
 
 
 class AsrInstance:
-    """Shared state of the servicers of one process."""
+    """Shared state of the servicers of one process.
+
+    ``load_window``: the trailing seconds the real-time factor and the host CPU
+    utilisation are measured over; ``clock``: the clock of those figures and of the
+    drain deadline.
+    """
 
     def __init__(
         self,
@@ -63,6 +77,8 @@ class AsrInstance:
         metrics: AsrMetrics,
         gpu: GpuSampler | None = None,
         last_resort_min_drain: float = 30.0,
+        load_window: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.identity = identity
         self.decoder = decoder
@@ -71,6 +87,7 @@ class AsrInstance:
         self.retry_after = retry_after
         self.metrics = metrics
         self.last_resort_min_drain = last_resort_min_drain
+        self._clock = clock
         self._drain_ends: float | None = None
         self.scheduler = DecodeScheduler(decoder, scheduler_options, on_batch=metrics.on_batch)
         self.state = stt_pb2.SERVING_STATE_STARTING
@@ -79,27 +96,31 @@ class AsrInstance:
         self._idle = asyncio.Event()
         self._idle.set()
         self._gpu = gpu or GpuSampler()
-        self._host = HostSampler()
+        self._host = HostSampler(load_window, clock=clock)
         self._gpu_series: dict[Gauge, set[str]] = {}
-        self._started = time.monotonic()
-        self._rtf_mark = (time.monotonic(), 0.0, 0.0)
+        self._started = clock()
+        self._load = TrailingWindow(load_window, self._load_counters(), clock)
+        self._sampler: asyncio.Task[None] | None = None
+        metrics.real_time_factor.set_function(self.real_time_factor)
 
     def start(self) -> None:
-        """Starts the scheduler and takes streams."""
+        """Starts the scheduler and the load sampling, and takes streams."""
         self.scheduler.start()
+        if self._sampler is None:
+            self._sampler = asyncio.create_task(self._sample_load(), name="voxmesh-load-sampler")
         self.state = stt_pb2.SERVING_STATE_SERVING
 
     def begin_drain(self, timeout: float | None = None) -> None:
         """No new streams from now on (but last-resort ones); the active streams have
         ``timeout`` seconds to finish (None: unbounded, so no last-resort streams)."""
         self.state = stt_pb2.SERVING_STATE_DRAINING
-        self._drain_ends = None if timeout is None else time.monotonic() + timeout
+        self._drain_ends = None if timeout is None else self._clock() + timeout
 
     def drain_remaining(self) -> float | None:
         """Seconds left of the drain; None when not draining or unbounded."""
         if self.state != stt_pb2.SERVING_STATE_DRAINING or self._drain_ends is None:
             return None
-        return max(0.0, self._drain_ends - time.monotonic())
+        return max(0.0, self._drain_ends - self._clock())
 
     @contextlib.contextmanager
     def admit(self, *, last_resort: bool = False) -> Iterator[None]:
@@ -142,20 +163,31 @@ class AsrInstance:
             return False
         return True
 
+    def _load_counters(self) -> tuple[float, float]:
+        return self.scheduler.stats.busy_seconds, self.audio_seconds
+
+    def sample_load(self) -> None:
+        """Records one sample of the load counters and of the host CPU time (once
+        started, the instance does so every ``load_window / 10`` s)."""
+        self._load.record(self._load_counters())
+        self._host.tick()
+
+    async def _sample_load(self) -> None:
+        while True:
+            await asyncio.sleep(self._load.window / _LOAD_SAMPLES)
+            self.sample_load()
+
     def real_time_factor(self) -> float:
-        """Model seconds per audio second since the last call (0 when idle)."""
-        now = time.monotonic()
-        _, busy0, audio0 = self._rtf_mark
-        busy, audio = self.scheduler.stats.busy_seconds, self.audio_seconds
-        self._rtf_mark = (now, busy, audio)
-        return (busy - busy0) / (audio - audio0) if audio > audio0 else 0.0
+        """Model seconds per second of audio received, over the trailing load window
+        (0 when no audio came in). Reading it changes nothing (any thread may)."""
+        busy, audio = self._load.growth(self._load_counters())
+        return busy / audio if audio > 0 else 0.0
 
     def snapshot(self) -> stt_pb2.TelemetrySnapshot:
         """The instance's state now (also refreshes the gauges)."""
         pending = self.scheduler.pending
         rtf = self.real_time_factor()
         self.metrics.decode_pending.set(pending)
-        self.metrics.real_time_factor.set(rtf)
         cpu, cpus, used, total, rss = self._host.read()
         gpus = self._gpu.sample()
         now = timestamp_pb2.Timestamp()
@@ -184,7 +216,7 @@ class AsrInstance:
                 process_resident_bytes=rss,
             ),
             time=now,
-            uptime=duration(time.monotonic() - self._started),
+            uptime=duration(self._clock() - self._started),
         )
         remaining = self.drain_remaining()
         if remaining is not None:
@@ -221,5 +253,9 @@ class AsrInstance:
             self._gpu_series[gauge] = set(fresh)
 
     async def shutdown(self) -> None:
-        """Stops the scheduler (idempotent)."""
+        """Stops the load sampling and the scheduler (idempotent)."""
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
         await self.scheduler.shutdown()

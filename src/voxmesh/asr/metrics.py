@@ -69,7 +69,7 @@ class AsrMetrics:
             ),
             real_time_factor=Gauge(
                 p + "real_time_factor",
-                "Model seconds per second of audio received (last interval)",
+                "Model seconds per second of audio received, over the last few seconds",
                 registry=r,
             ),
             audio_seconds=Counter(p + "audio_seconds", "Seconds of audio received", registry=r),

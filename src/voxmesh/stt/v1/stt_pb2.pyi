@@ -721,8 +721,9 @@ class TelemetrySnapshot(_message.Message):
     admission queues (router).
     """
     real_time_factor: _builtins.float
-    """Compute seconds spent per second of audio decoded over the last
-    interval (below 1 keeps up with real time). 0 when idle.
+    """Compute seconds spent per second of audio received over the last few
+    seconds (a trailing window, the same for every subscriber; below 1 keeps
+    up with real time). 0 when idle.
     """
     audio_seconds_total: _builtins.float
     """Seconds of audio received since start."""
@@ -870,7 +871,9 @@ class HostStats(_message.Message):
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     PROCESS_RESIDENT_BYTES_FIELD_NUMBER: _builtins.int
     cpu_utilization_ratio: _builtins.float
-    """Host-wide CPU utilisation in [0, 1] since the previous snapshot."""
+    """Host-wide CPU utilisation in [0, 1] over the last few seconds (a
+    trailing window, the same for every subscriber).
+    """
     cpu_count: _builtins.int
     """Logical CPUs of the host."""
     memory_used_bytes: _builtins.int
