@@ -241,11 +241,14 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
     async def _feed(self, session: StreamSession, samples: np.typing.NDArray[np.float32]) -> None:
         """Feeds in pieces of at most one second, waiting while the session is behind:
         a client that sends faster than the instance decodes is slowed down by gRPC
-        flow control instead of growing the buffer."""
+        flow control instead of growing the buffer. Each piece runs the VAD on the
+        event loop: other streams get their turn between pieces, not only once a
+        large chunk (a Recognize request: minutes) is all in."""
         self._instance.add_audio(len(samples) / MODEL_SAMPLE_RATE)
         for i in range(0, len(samples), MODEL_SAMPLE_RATE):
             await session.wait_for_room()
             session.feed(samples[i : i + MODEL_SAMPLE_RATE])
+            await asyncio.sleep(0)
 
     async def Recognize(
         self, request: stt_pb2.RecognizeRequest, context: Context
