@@ -50,7 +50,8 @@ async def test_overlong_lines_go_to_the_log_and_never_block_the_child(tmp_path: 
     finally:
         code = await proc.terminate(timeout=10)
     assert code == -signal.SIGTERM
-    lines = log.read_bytes().splitlines()
+    header, *lines = log.read_bytes().splitlines()
+    assert header.startswith(b"--- chatty (pid ")  # where this run starts in the log
     assert lines[0] == b"x" * 65_530 and lines[2] == b"y" * 300_000
     assert lines[3:-1] == [b"z" * 100] * 2_000
 
