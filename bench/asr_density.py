@@ -6,8 +6,10 @@ specs are sized from.
 Two configurations of one asr_small instance (tiny.en int8, 2 threads), in
 the same run:
 
-* ``scheduled`` (as shipped): one scheduler for all streams, batches across
-  streams, finals before interims, interim cadence thinned under load;
+* ``scheduled`` (as shipped): one scheduler for all streams, finals before
+  interims, interim cadence thinned under load, finals narrowed to greedy while
+  other work waits; batches across streams where batching pays (a GPU: on CPU
+  ``max_batch`` is 1, so this run measures the scheduling, not batching);
 * ``per_stream`` (the baseline): every decode is its own model call, first
   come first served, every stream at a fixed interim cadence, i.e. each stream
   decoded on its own schedule.

@@ -41,8 +41,10 @@ CONFIGS = {
 }
 
 
-def latencies(clip: Clip, run: StreamRun) -> tuple[list[float], list[float]]:
-    """(final latencies after speech end, first-result latencies after speech start)."""
+def latencies(clip: Clip, run: StreamRun) -> tuple[list[float], list[float], list[float]]:
+    """(final latencies after speech end, first-interim latencies after speech start,
+    first-result latencies after speech start: an interim or, for an utterance too
+    short to get one, its final)."""
     finals = [
         (t, r.result)
         for t, r in run.responses
@@ -51,7 +53,10 @@ def latencies(clip: Clip, run: StreamRun) -> tuple[list[float], list[float]]:
     results = [
         (t, r.result) for t, r in run.responses if r.WhichOneof("streaming_response") == "result"
     ]
-    final_lat, first_lat = [], []
+    interims = [(t, r) for t, r in results if not r.is_final]
+    final_lat: list[float] = []
+    interim_lat: list[float] = []
+    first_lat: list[float] = []
     for start, end in clip.spans:
         covering = [
             t
@@ -64,7 +69,10 @@ def latencies(clip: Clip, run: StreamRun) -> tuple[list[float], list[float]]:
         heard = [t for t, r in results if r.end_offset.ToMilliseconds() / 1000 > start]
         if heard:
             first_lat.append(heard[0] - start)
-    return final_lat, first_lat
+        shown = [t for t, r in interims if start < r.end_offset.ToMilliseconds() / 1000 <= end + 1]
+        if shown:
+            interim_lat.append(shown[0] - start)
+    return final_lat, interim_lat, first_lat
 
 
 async def realtime_run(channel: grpc.aio.Channel, clip: Clip, timeout: float) -> StreamRun:
@@ -80,6 +88,7 @@ async def measure(clips: list[Clip], args: list[str]) -> dict[str, Any]:
     )
     await proc.start()
     finals: list[float] = []
+    interims: list[float] = []
     firsts: list[float] = []
     missed = 0
     try:
@@ -88,10 +97,11 @@ async def measure(clips: list[Clip], args: list[str]) -> dict[str, Any]:
                 run = await realtime_run(channel, clip, timeout=600)
                 if run.error is not None:
                     raise RuntimeError(f"{clip.name}: {run.error}")
-                f, i = latencies(clip, run)
+                f, i, r = latencies(clip, run)
                 missed += len(clip.spans) - len(f)
                 finals += f
-                firsts += i
+                interims += i
+                firsts += r
     finally:
         await proc.terminate()
     return {
@@ -100,6 +110,10 @@ async def measure(clips: list[Clip], args: list[str]) -> dict[str, Any]:
         "final_p50_s": round(percentile(finals, 50), 3),
         "final_p95_s": round(percentile(finals, 95), 3),
         "final_max_s": round(max(finals), 3),
+        "utterances_with_an_interim": len(interims),
+        "first_interim_p50_s": round(percentile(interims, 50), 3),
+        "first_interim_p95_s": round(percentile(interims, 95), 3),
+        "first_interim_max_s": round(max(interims), 3),
         "first_result_p50_s": round(percentile(firsts, 50), 3),
         "first_result_p95_s": round(percentile(firsts, 95), 3),
         "first_result_max_s": round(max(firsts), 3),
@@ -137,8 +151,9 @@ def main() -> None:
     for key, target in (
         ("final_p50_s", "<= 0.8"),
         ("final_p95_s", "<= 1.5"),
-        ("first_result_p95_s", "<= 1.5 (first interim)"),
-        ("first_result_max_s", ""),
+        ("first_interim_p95_s", "<= 1.5"),
+        ("first_interim_max_s", "<= 1.5"),
+        ("first_result_max_s", "(interim, or final of a short utterance)"),
     ):
         ratio = ours[key] / base[key] if base[key] else float("nan")
         vs_greedy = ours[key] / greedy[key] if greedy[key] else float("nan")
@@ -149,7 +164,7 @@ def main() -> None:
     met = (
         ours["final_p50_s"] <= 0.8
         and ours["final_p95_s"] <= 1.5
-        and ours["first_result_max_s"] <= 1.5
+        and ours["first_interim_max_s"] <= 1.5
     )
     print(f"targets {'met' if met else 'NOT met'}")
     write_result(

@@ -2,10 +2,11 @@
 (issue 2 §7; target: none on at least 99% of them).
 
 100 streams of 6 s each, generated with sox: digital silence, near-silent
-dither, and white, pink and brown noise at three volumes with different seeds.
-Side by side in the same run: the instance (VAD-gated, Whisper's no-speech
-rules) and plain offline Whisper without VAD on the same clips (what the model
-alone emits on non-speech).
+dither, and white, pink and brown noise at three volumes with different seeds,
+sent at real time with interim results on (four at a time). A stream counts as
+clean only if no result, interim or final, carried a word. Side by side in the
+same run: the instance (VAD-gated, Whisper's no-speech rules) and plain offline
+Whisper without VAD on the same clips (what the model alone emits on non-speech).
 
     python -m bench.asr_silence
 """
@@ -59,10 +60,12 @@ async def streaming(items: list[tuple[str, bytes]]) -> list[str]:
 
             async def one(pcm: bytes) -> str:
                 async with sem:
-                    run = await run_stream(channel, pcm, timeout=300)
+                    run = await run_stream(channel, pcm, speed=1.0, timeout=300)
                 if run.error is not None:
                     raise RuntimeError(str(run.error))
-                return run.text
+                # Words a client saw, in interims too (a final may withdraw them).
+                said = [r.alternatives[0].transcript for r in run.finals + run.interims]
+                return " | ".join(t for t in said if t.strip())
 
             return list(await asyncio.gather(*(one(pcm) for _, pcm in items)))
     finally:

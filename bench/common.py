@@ -39,20 +39,25 @@ def metric_value(metrics_port: int, sample: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def machine() -> dict[str, Any]:
-    """Where the benchmark ran."""
+def _git(*args: str) -> str:
     try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=False).stdout
     except OSError:
-        rev = ""
+        return ""
+
+
+def machine() -> dict[str, Any]:
+    """Where the benchmark ran, and on which code: ``git_dirty`` is true when tracked
+    files differed from ``git_rev`` (results meant to be committed must not be)."""
+    rev = _git("rev-parse", "--short", "HEAD").strip()
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no").strip())
     return {
         "cpu_count": os.cpu_count(),
         **_cpu(),
         "memory_bytes": psutil.virtual_memory().total,
         "python": platform.python_version(),
         "git_rev": rev,
+        "git_dirty": dirty,
         "gpu": "none",
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
@@ -93,4 +98,9 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     }
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     print(f"wrote {path}")
+    if payload["machine"]["git_dirty"]:
+        print(
+            f"warning: tracked files differ from {payload['machine']['git_rev']}: these "
+            "results are not those of a commit; commit first, then run again to publish them"
+        )
     return path
