@@ -103,6 +103,8 @@ job "router" {
         # TLS on the public endpoint (docs/router.md, TLS): render the pair into the
         # secrets dir (a template from Vault PKI, change_mode "noop": the router re-reads
         # changed files at the next handshake) and set grpc_use_tls on the check above.
+        # The autoscaler must then reach the routers over TLS too:
+        # VOXMESH_AUTOSCALER_ROUTER_TLS_CA_FILE (and _CERT_FILE/_KEY_FILE for mutual TLS).
         # VOXMESH_ROUTER_TLS_CERT_FILE = "${NOMAD_SECRETS_DIR}/tls.pem"
         # VOXMESH_ROUTER_TLS_KEY_FILE  = "${NOMAD_SECRETS_DIR}/tls.key"
       }

@@ -12,9 +12,11 @@ import os
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.autoscaler.policy import GroupLimits, PoolPolicy
 from voxmesh.errors import SettingsError
+from voxmesh.rpc.tls import ClientTls
 from voxmesh.settings import load, pairs, setting
 
 __all__ = ["ENV_PREFIX", "AutoscalerSettings", "load_settings"]
@@ -79,6 +81,15 @@ class AutoscalerSettings:
     """Routers whose telemetry carries the admission queues. When empty: the
     ``voxmesh-router`` Consul service with ``discovery=consul``, else the local router
     ``127.0.0.1:50051``."""
+    router_tls: bool = setting(False, "reach the routers over TLS (system CA roots)")
+    """The routers serve TLS (their ``tls_cert_file`` is set): their telemetry is read
+    over TLS. Implied by any ``router_tls_*_file``."""
+    router_tls_ca_file: str = setting("", "PEM CA bundle to verify the routers' certificates")
+    """CA bundle the routers' certificates are verified with (empty: the system roots)."""
+    router_tls_cert_file: str = setting("", "PEM client certificate for routers requiring mTLS")
+    """Client certificate chain, for routers that require one (``tls_client_ca_file``)."""
+    router_tls_key_file: str = setting("", "PEM private key of router_tls_cert_file")
+    """Private key of ``router_tls_cert_file``."""
     telemetry_interval: float = setting(0.5, "interval asked of telemetry streams")
     """Interval asked of every telemetry subscription (at least 0.1 s)."""
     prometheus_url: str = setting("http://127.0.0.1:9090", "Prometheus HTTP API base URL")
@@ -165,6 +176,15 @@ class AutoscalerSettings:
         return self.instance_id or f"autoscaler-{socket.gethostname()}-{os.getpid()}"
 
     @property
+    def router_client_tls(self) -> ClientTls | None:
+        """How the routers' telemetry is reached: None for plaintext."""
+        files = (self.router_tls_ca_file, self.router_tls_cert_file, self.router_tls_key_file)
+        if not (self.router_tls or any(files)):
+            return None
+        ca, cert, key = (Path(f) if f else None for f in files)
+        return ClientTls(ca_file=ca, cert_file=cert, key_file=key)
+
+    @property
     def router_targets(self) -> tuple[str, ...]:
         """The routers to follow by address; empty when Consul discovers them."""
         if self.routers or self.discovery == "consul":
@@ -240,6 +260,12 @@ class AutoscalerSettings:
             )
         if self.history < 1:
             raise SettingsError(f"setting history={self.history!r}: at least 1")
+        if bool(self.router_tls_cert_file) != bool(self.router_tls_key_file):
+            raise SettingsError("settings router_tls_cert_file and router_tls_key_file go together")
+        for name in ("router_tls_ca_file", "router_tls_cert_file", "router_tls_key_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise SettingsError(f"setting {name}={path!r}: no such file")
         for target in self.routers:
             host, _, port = target.rpartition(":")
             if not host or not port.isdigit():

@@ -15,6 +15,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from services.autoscaler.settings import AutoscalerSettings
+from services.autoscaler.signals.telemetry import StaticWatcher, TelemetrySource
+from tests.conditions import wait_until_async
 from tests.integration.router_harness import Mesh, mesh
 from tests.integration.test_reflection_grpcurl import GRPCURL
 from tests.tls_certs import Authority, Pair
@@ -167,6 +170,39 @@ async def test_router_over_mutual_tls_with_the_client_and_grpcurl(
         assert code != 0  # the handshake fails: no client certificate
         assert "Failed to dial" in err
         assert "RecognizerService" not in out
+
+
+async def test_the_autoscaler_reads_a_tls_router(pki: dict[str, Authority | Pair]) -> None:
+    """It subscribed to routers in plaintext only: with TLS on the router, it heard
+    nothing from it, held every pool and never scaled from zero."""
+    ca, server_pair, client = _ca(pki, "ca"), _pair(pki, "server"), _pair(pki, "client")
+    async with mesh(
+        host="localhost",
+        tls_cert_file=str(server_pair.cert),
+        tls_key_file=str(server_pair.key),
+        tls_client_ca_file=str(ca),
+    ) as the_mesh:
+        await the_mesh.add("small-1")
+        settings = AutoscalerSettings(
+            routers=(the_mesh.router.target,),
+            router_tls_ca_file=str(ca),
+            router_tls_cert_file=str(client.cert),
+            router_tls_key_file=str(client.key),
+        )
+        source = TelemetrySource(
+            ["asr_small"],
+            the_mesh.discovery.watcher,
+            StaticWatcher(settings.router_targets),
+            interval_s=0.1,
+            router_tls=settings.router_client_tls,
+        )
+        running = asyncio.create_task(source.run())
+        try:
+            await wait_until_async(lambda: not source.read("asr_small").missing, timeout=10)
+        finally:
+            await source.shutdown()
+            await asyncio.wait_for(running, 5)
+        assert AutoscalerSettings(routers=(the_mesh.router.target,)).router_client_tls is None
 
 
 async def _run(*argv: str) -> tuple[int, str, str]:

@@ -33,6 +33,7 @@ import grpc
 
 from services.autoscaler.signals.base import InstanceLoad, PoolLoad
 from voxmesh.discovery import InstanceInfo, Watcher
+from voxmesh.rpc.tls import ClientTls
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 from voxmesh.telemetry.stats import known_figure, max_known
 
@@ -90,8 +91,12 @@ class TelemetrySource:
         backoff_s: tuple[float, float] = (0.2, 5.0),
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        router_tls: ClientTls | None = None,
     ) -> None:
+        """``router_tls``: how routers serving TLS are reached (None: plaintext);
+        instances are always reached in plaintext, inside the mesh."""
         self._pools = list(pools)
+        self._router_credentials = router_tls.credentials() if router_tls else None
         self._instance_watcher = instance_watcher
         self._router_watcher = router_watcher
         self._interval_s = interval_s
@@ -214,7 +219,7 @@ class TelemetrySource:
         try:
             while True:
                 try:
-                    async with grpc.aio.insecure_channel(feed.info.target) as channel:
+                    async with self._channel(feed) as channel:
                         stub = stt_pb2_grpc.TelemetryServiceStub(channel)
                         async for response in stub.WatchTelemetry(request):
                             feed.snapshot, feed.received_at = response.snapshot, self._clock()
@@ -234,6 +239,11 @@ class TelemetrySource:
             key = (feed.kind, feed.info.instance_id)
             if self._feeds.get(key) is feed:
                 del self._feeds[key]
+
+    def _channel(self, feed: _Feed) -> grpc.aio.Channel:
+        if feed.kind == _ROUTER and self._router_credentials is not None:
+            return grpc.aio.secure_channel(feed.info.target, self._router_credentials)
+        return grpc.aio.insecure_channel(feed.info.target)
 
     def _delay(self, failures: int) -> float:
         base, cap = self._backoff
