@@ -299,11 +299,15 @@ class EvaluationLoop:
                 statuses = await self._target.status()
                 reclaims = Counter(r.group for r in await self._target.reclaiming())
             except Exception as exc:  # unreachable, or an answer it could not read
+                # Counted like a refused scale call: the pools cannot move while it
+                # lasts (Nomad down, a token without read-job), and it alerts the same.
                 if isinstance(exc, TargetUnavailable):
                     why = f"holding: the scale target is unavailable: {exc}"
+                    self._metrics.refused.labels("target-unavailable").inc()
                 else:
                     logger.exception("reading the scale target failed")
                     why = f"holding: reading the scale target failed ({type(exc).__name__}: {exc})"
+                    self._metrics.refused.labels("error").inc()
                 for pool in self._pools.values():
                     pool.unobserved()
                     self._record(pool, Kind.HOLD, why, ())

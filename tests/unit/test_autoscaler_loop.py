@@ -224,6 +224,9 @@ async def test_an_unreachable_target_is_a_recorded_hold_not_a_crash() -> None:
     assert h.records() == [
         "holding: the scale target is unavailable: nomad answered 503: no leader"
     ]
+    # Counted (and alerted on) like a refused scale call: it was only counted when a
+    # scale call failed after a successful read, so a token without read-job was silent.
+    assert h.metric("voxmesh_autoscaler_scale_refused_total", reason="target-unavailable") == 2
     h.target.unavailable = False
     h.source.demand(active=1, queued=1)
     await h.step()
@@ -431,6 +434,7 @@ async def test_a_target_answer_it_cannot_read_holds_every_pool_and_restarts_obse
     h.target.status_error = KeyError("TaskGroups")
     await h.step()
     assert h.records()[-1] == "holding: reading the scale target failed (KeyError: 'TaskGroups')"
+    assert h.metric("voxmesh_autoscaler_scale_refused_total", reason="error") == 1
     h.target.status_error = None
     for _ in range(int(WINDOW_S) - 1):
         await h.step()
