@@ -101,9 +101,13 @@ class FakeTarget:
     """Raised by ``scale`` for the named groups: a target failing in a way it should not."""
     status_error: Exception | None = None
     """Raised by ``status``: an answer the target could not read."""
+    status_stalls: bool = False
+    """``status`` never answers (a Nomad call hanging on a dead connection)."""
 
     async def status(self) -> dict[str, GroupStatus]:
         self.status_calls += 1
+        if self.status_stalls:
+            await asyncio.Event().wait()
         if self.unavailable:
             raise TargetUnavailable("nomad answered 503: no leader")
         if self.status_error is not None:

@@ -72,7 +72,12 @@ def make_source(settings: AutoscalerSettings, clock: Callable[[], float]) -> Sig
         )
         routers = StaticWatcher(settings.router_targets)
     return TelemetrySource(
-        settings.pools, instances, routers, interval_s=settings.telemetry_interval, clock=clock
+        settings.pools,
+        instances,
+        routers,
+        interval_s=settings.telemetry_interval,
+        clock=clock,
+        router_tls=settings.router_client_tls,
     )
 
 
@@ -247,20 +252,27 @@ class AutoscalerApp:
         await self.server.stop(0)
 
     async def _stop(self) -> None:
-        grace = self.settings.drain_timeout
+        # One deadline for the loop, the tasks and the server, not drain_timeout each:
+        # three in a row outlasted the scheduler's kill timeout (Nomad: 45 s), which
+        # then killed the autoscaler before it released the leader lock.
+        deadline = time.monotonic() + self.settings.drain_timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         await self.server.set_not_serving()
-        await self.loop.shutdown(grace)
+        await self.loop.shutdown(left())
         await self.source.shutdown()
         if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=grace)
+            _, late = await asyncio.wait(self._tasks, timeout=left())
             for task in late:
-                logger.warning("%s did not stop within %g s: cancelled", task.get_name(), grace)
+                logger.warning("%s did not stop in time: cancelled", task.get_name())
                 task.cancel()
             if late:
                 await asyncio.wait(late)
         if isinstance(self.target, LocalTarget):
-            await self.target.shutdown()
-        await self.server.stop(grace)
+            await self.target.shutdown()  # drains the instances it started, its own bound
+        await self.server.stop(left())
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -215,6 +215,20 @@ async def test_a_negative_replay_is_an_invalid_argument(running: Running) -> Non
     assert "replay" in (err.value.details() or "")
 
 
+async def test_shutdown_keeps_to_one_drain_timeout_with_a_call_hanging(
+    running: Running,
+) -> None:
+    """Loop, tasks and server had drain_timeout each, one after the other: with a Nomad
+    call hanging, shutdown took twice the drain timeout or more, past the scheduler's
+    kill timeout, which killed the autoscaler before it released the leader lock."""
+    running.target.status_stalls = True
+    running.lock.grant = True
+    await wait_until_async(lambda: running.target.status_calls >= 1, 5)
+    drain_timeout = running.app.settings.drain_timeout
+    await asyncio.wait_for(running.app.shutdown(), drain_timeout + 1.5)
+    assert running.lock.released == 1 and not running.lock.is_leader
+
+
 async def test_shutdown_ends_streams_releases_the_lock_and_reports_not_serving(
     running: Running,
 ) -> None:
