@@ -1,7 +1,7 @@
 """The router's settings: one frozen dataclass, built once in the entry point.
 
-Every field can be set by a flag (``--queue-max-wait``) or an environment
-variable (``VOXMESH_ROUTER_QUEUE_MAX_WAIT``); see :func:`voxmesh.settings.load`.
+Every field can be set by a flag (``--queue-max-wait-s``) or an environment
+variable (``VOXMESH_ROUTER_QUEUE_MAX_WAIT_S``); see :func:`voxmesh.settings.load`.
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ class RouterSettings:
     per stream in memory (32 KB a second at 16 kHz); 0 replays from the last final only."""
 
     telemetry_interval_s: float = setting(0.5, "interval of instance telemetry subscriptions")
-    """Interval asked of each instance's telemetry stream (and of the router's own default)."""
+    """Interval asked of each instance's telemetry stream (the router's own telemetry
+    defaults to 1 s, or what its subscriber asks)."""
     drain_timeout_s: float = setting(30.0, "time active streams get to finish on SIGTERM")
     """On SIGTERM, how long active streams may run before they are cancelled."""
     last_resort: bool = setting(

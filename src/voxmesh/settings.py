@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -82,11 +83,19 @@ def load(
     ``overrides``, each overriding the one before.
 
     ``cls`` may define ``validate(self) -> None`` raising :class:`SettingsError`.
+    An environment variable under ``prefix`` that names no setting is an error, not
+    ignored: a misspelt one would otherwise leave its setting at the default unseen.
     """
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
     values: dict[str, Any] = dict(defaults or {})
     env = env or {}
+    known = [f"{prefix}_{f.name.upper()}" for f in fields]
+    for key in sorted(env):
+        if key.startswith(f"{prefix}_") and key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.85)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SettingsError(f"environment variable {key} is not a setting{hint}")
     for f in fields:
         key = f"{prefix}_{f.name.upper()}"
         if key in env:

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from services.router.settings import RouterSettings
 from voxmesh.asr.config import check_model, validate_streaming_config
 from voxmesh.asr.settings import AsrSettings
 from voxmesh.errors import InvalidArgument, NotFound, SettingsError
@@ -71,6 +72,21 @@ def test_settings_precedence_and_errors() -> None:
         load(AsrSettings, prefix="VOXMESH_ASR", env={"VOXMESH_ASR_MAX_STREAMS": "0"})
     with pytest.raises(SettingsError, match="discovery='etcd'"):
         load(AsrSettings, prefix="VOXMESH_ASR", argv=["--discovery", "etcd"])
+
+
+def test_a_misspelt_environment_variable_is_an_error_not_ignored() -> None:
+    """VOXMESH_ROUTER_QUEUE_MAX_WAIT (a name the router's docs gave) left the setting,
+    queue_max_wait_s, at its default without a word."""
+    with pytest.raises(
+        SettingsError,
+        match="VOXMESH_ROUTER_QUEUE_MAX_WAIT is not a setting "
+        r"\(did you mean VOXMESH_ROUTER_QUEUE_MAX_WAIT_S\?\)",
+    ):
+        load(RouterSettings, prefix="VOXMESH_ROUTER", env={"VOXMESH_ROUTER_QUEUE_MAX_WAIT": "7"})
+    with pytest.raises(SettingsError, match=r"VOXMESH_ASR_FLUX is not a setting$"):
+        load(AsrSettings, prefix="VOXMESH_ASR", env={"VOXMESH_ASR_FLUX": "1"})
+    other = {"VOXMESH_ROUTER_PORT": "1", "VOXMESH_MODEL_CACHE": "/m", "PATH": "/bin"}
+    assert load(AsrSettings, prefix="VOXMESH_ASR", env=other).port == 0
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::]"])
