@@ -1,5 +1,6 @@
 # asr_large (base) on on-demand GPUs: the pool's baseline. Unlike asr_small this pool may
-# scale to zero (at night): the policy holds the day-time floor, Nomad's floor is 0.
+# scale to zero when idle (at night): Nomad's floor is 0, and so is the autoscaler's
+# (VOXMESH_AUTOSCALER_ON_DEMAND_MIN in autoscaler.nomad.hcl).
 # Its burst twin is asr-large-preemptible.nomad.hcl. The two capacity classes are two
 # jobs because node_pool is a job attribute and a deployment blocks scaling of the whole
 # job (see README.md). The voxmesh autoscaler changes `count` through the scale API.

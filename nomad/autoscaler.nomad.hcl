@@ -99,6 +99,8 @@ job "autoscaler" {
         VOXMESH_AUTOSCALER_CONSUL_ADDR   = "http://${attr.unique.network.ip-address}:8500"
         VOXMESH_AUTOSCALER_LEADER_KEY    = "voxmesh/autoscaler/leader"
         VOXMESH_AUTOSCALER_DRAIN_TIMEOUT = "30"
+        # asr_large may go to zero when idle (at night); asr_small keeps its baseline of 1.
+        VOXMESH_AUTOSCALER_ON_DEMAND_MIN = "asr_large=0"
       }
 
       resources {

@@ -6,9 +6,11 @@ taken away (preemptible capacity being reclaimed). A group is one pool (for
 example ``asr_small``) in one capacity class (on-demand or preemptible); its
 name is :func:`group_name` of the two, so the loop and every target agree.
 
-Scaling down never kills streams: the target stops instances by draining them
-(Nomad sends ``kill_signal`` and waits ``kill_timeout``; the local target sends
-SIGTERM), and each instance finishes its streams before it exits.
+Scaling down drains: the target stops instances by draining them (Nomad sends
+``kill_signal`` and waits ``kill_timeout``; the local target sends SIGTERM), and
+each instance finishes its streams before it exits, up to its drain timeout;
+streams still running then are failed over by the router. The local target
+also picks the emptiest instances; Nomad picks the allocations itself.
 
 Expected refusals (a deployment in progress, a count outside the bounds) come
 back as a :class:`ScaleResult`; only an unreachable or incoherent target raises
