@@ -99,7 +99,7 @@ def make_target(
     if settings.local_preemptible:
         classes.append(CapacityClass.PREEMPTIBLE)
     groups = [
-        LocalGroup(pool, cls, args=settings.local_asr_args)
+        LocalGroup(pool, cls, args=settings.local_asr_args, max_count=settings.local_group_max)
         for pool in settings.pools
         for cls in classes
     ]

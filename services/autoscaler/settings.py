@@ -124,6 +124,11 @@ class AutoscalerSettings:
     mesh treats everything as on-demand."""
     local_ready_timeout: float = setting(120.0, "longest start-up of a local instance")
     """A local instance not ready after this long counts as a failed start."""
+    local_max_instances: int = setting(
+        0, "most instances of each local capacity group (0: this machine's CPU count)"
+    )
+    """On one machine more CPU-bound instances than cores only slow each other down (and
+    a rising real-time factor would ask for more): the local target stops there."""
 
     on_demand_min: tuple[str, ...] = setting((), "pool=count fewest on-demand instances")
     """Per pool, the on-demand baseline; 0 lets the pool scale to zero."""
@@ -174,6 +179,11 @@ class AutoscalerSettings:
     def replica_id(self) -> str:
         """This replica's id."""
         return self.instance_id or f"autoscaler-{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def local_group_max(self) -> int:
+        """Most instances of each local capacity group."""
+        return self.local_max_instances or os.cpu_count() or 1
 
     @property
     def router_client_tls(self) -> ClientTls | None:
@@ -260,6 +270,10 @@ class AutoscalerSettings:
             )
         if self.history < 1:
             raise SettingsError(f"setting history={self.history!r}: at least 1")
+        if self.local_max_instances < 0:
+            raise SettingsError(
+                f"setting local_max_instances={self.local_max_instances!r}: 0 (CPU count) or more"
+            )
         if bool(self.router_tls_cert_file) != bool(self.router_tls_key_file):
             raise SettingsError("settings router_tls_cert_file and router_tls_key_file go together")
         for name in ("router_tls_ca_file", "router_tls_cert_file", "router_tls_key_file"):

@@ -7,14 +7,18 @@ decides when an instance becomes ready, finishes its drain, or crashes.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from services.autoscaler.app import make_target
+from services.autoscaler.metrics import AutoscalerMetrics
+from services.autoscaler.settings import load_settings
 from services.autoscaler.targets.base import CapacityClass, Refusal, ScaleOutcome
 from services.autoscaler.targets.local import LocalGroup, LocalTarget, spawn_service
-from tests.autoscaler_fakes import Clock
+from tests.autoscaler_fakes import Clock, FakeSource
 from tests.conditions import wait_until_async
 from voxmesh.mesh.process import ServiceProcess
 
@@ -358,3 +362,20 @@ async def test_an_instance_cancelled_while_its_process_is_made_gives_up_the_star
     assert not process.exists and started == []
     status = (await target.status())[OD]
     assert (status.placed, status.placement_failing) == (0, False)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"), [((), os.cpu_count() or 1), (("--local-max-instances=3",), 3)]
+)
+async def test_local_groups_are_capped_at_the_cpu_count_by_default(
+    flags: tuple[str, ...], expected: int, tmp_path: Path
+) -> None:
+    """The local groups had no cap of their own, so the policy's 64 applied on one
+    machine: a rising real-time factor asked for ever more CPU-bound instances."""
+    settings = load_settings(
+        ["--target=local", f"--registry-dir={tmp_path}", "--pools=asr_small", *flags]
+    )
+    target = make_target(settings, FakeSource(), AutoscalerMetrics())
+    assert isinstance(target, LocalTarget)
+    statuses = await target.status()
+    assert {status.max_count for status in statuses.values()} == {expected}
