@@ -75,10 +75,16 @@ def _metadata_ms(context: Context, key: str) -> float:
     return value / 1000.0
 
 
+DEADLINE_SLACK_S = 0.25
+"""A cancel this close to the call's deadline is the deadline: the client's timer may
+fire first, and its reset then reaches the server as a cancel just before the server's
+own timer would have."""
+
+
 def _cancelled_code(context: Context) -> grpc.StatusCode:
     """Why a call was cancelled under us: its deadline, or the client."""
     remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
+    if remaining is not None and remaining <= DEADLINE_SLACK_S:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
 
