@@ -50,7 +50,10 @@ def machine() -> dict[str, Any]:
     """Where the benchmark ran, and on which code: ``git_dirty`` is true when tracked
     files differed from ``git_rev`` (results meant to be committed must not be)."""
     rev = _git("rev-parse", "--short", "HEAD").strip()
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no").strip())
+    # Results written by earlier benchmarks of the same run are not a change of code.
+    dirty = bool(
+        _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results").strip()
+    )
     return {
         "cpu_count": os.cpu_count(),
         **_cpu(),
