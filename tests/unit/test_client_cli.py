@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import duration_pb2
 
+from voxmesh.client import cli
 from voxmesh.client.cli import TranscriptView, format_status, main
 from voxmesh.stt.v1 import stt_pb2
 
@@ -141,6 +142,20 @@ def test_a_client_certificate_without_its_key_is_bad_usage(
         main(["status", "--cert", "client.pem"])
     assert exited.value.code == 2
     assert "--cert and --key go together" in capsys.readouterr().err
+
+
+def test_a_reader_gone_away_ends_quietly_with_the_sigpipe_status(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`voxmesh status --watch | head` printed "error: [Errno 32] Broken pipe" and
+    exited 1 once head had its lines."""
+
+    async def reader_gone(args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_status", reader_gone)
+    assert main(["status", "--target", "127.0.0.1:1"]) == 141
+    assert capsys.readouterr().err == ""
 
 
 def test_an_unreadable_ca_file_is_a_clear_error(

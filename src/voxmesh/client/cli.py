@@ -10,13 +10,15 @@
 The target defaults to ``$VOXMESH_TARGET`` or the router's default port. ``--ca``,
 ``--cert`` and ``--key`` imply ``--tls``; ``--cert``/``--key`` present a client
 certificate (a router that requires one: ``tls_client_ca_file``).
-Exit status: 0 on success, 1 on an RPC or input error, 2 on bad usage.
+Exit status: 0 on success, 1 on an RPC or input error, 2 on bad usage, 130 after
+Ctrl-C, 141 when the output's reader went away (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -36,6 +38,10 @@ from voxmesh.telemetry.stats import known_figure
 __all__ = ["main"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT, as a shell reports a program it ended)."""
+EXIT_BROKEN_PIPE = 141
+"""Exit status when the output's reader went away (128 + SIGPIPE)."""
 _PROGRESS_MIN_S = 20.0
 _BAR_WIDTH = 30
 _PRIORITIES = {"realtime": stt_pb2.PRIORITY_REALTIME, "batch": stt_pb2.PRIORITY_BATCH}
@@ -314,9 +320,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
     except VoxmeshError as err:
         print(f"error: {err}", file=sys.stderr)
+    except BrokenPipeError:
+        # The reader of the output went away (`| head`): stop quietly, with the status
+        # of a program SIGPIPE ended, and keep the flush at exit from failing again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OSError as err:  # a TLS file that cannot be read
         reason = f"{err.strerror}: {err.filename}" if err.filename is not None else str(err)
         print(f"error: {reason}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 1
