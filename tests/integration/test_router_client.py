@@ -48,6 +48,23 @@ async def test_client_streams_and_collects_results() -> None:
         assert snapshot.role == stt_pb2.ROLE_ROUTER
 
 
+async def test_a_writer_that_fails_ends_the_stream_with_its_error() -> None:
+    """The reader never learnt of it: the call waited for audio that never came, until
+    the server gave up (there was no deadline)."""
+
+    def progress(seconds: float) -> None:
+        raise ValueError("the progress display failed")
+
+    async with mesh() as m:
+        await m.add("a")
+        async with RecognizerClient(m.router.target) as client:
+            with pytest.raises(ValueError, match="progress display failed"):
+                async with asyncio.timeout(10):
+                    await client.transcribe_pcm(
+                        pcm(2.0, 4), 16000, StreamOptions(speed=0), on_progress=progress
+                    )
+
+
 async def test_cli_transcribes_a_file_and_shows_status(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -165,9 +165,18 @@ class RecognizerClient:
             await call.done_writing()
 
         writer = asyncio.create_task(write())
+        # A writer failing on its own (``on_progress`` raising, say) ends the call: the
+        # server would otherwise wait for audio that never comes.
+        writer.add_done_callback(lambda task: call.cancel() if _failure(task) else None)
         try:
             while (response := await call.read()) != grpc.aio.EOF:
                 yield response
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            task = asyncio.current_task()
+            cancelled = task is not None and task.cancelling() > 0  # our caller's cancel
+            if not cancelled and writer.done() and (failure := _failure(writer)) is not None:
+                raise failure from None
+            raise
         finally:
             if not writer.done():
                 writer.cancel()
@@ -240,3 +249,14 @@ class RecognizerClient:
                 f"no telemetry from {self.target} within {timeout_s:g} s"
             ) from None
         raise Unavailable(f"{self.target}: the telemetry stream ended without a snapshot")
+
+
+def _failure(writer: asyncio.Task[None]) -> BaseException | None:
+    """The error a stream's writer failed with, unless it only raced the call's end
+    (whose status the read side reports)."""
+    if writer.cancelled():
+        return None
+    err = writer.exception()
+    if isinstance(err, grpc.aio.AioRpcError | asyncio.InvalidStateError):
+        return None
+    return err
