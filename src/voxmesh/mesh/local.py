@@ -11,9 +11,11 @@ with the end of its log, stops the rest and exits 1: a mesh without either is no
 
 Signals are caught from before the first process starts until the last has stopped,
 and escalate: the first drains (during start-up: stops what has started), a second
-signals every process again (they stop at once), a third kills them. The launcher
-never dies of a signal it can catch and leaves its children running; should it die
-of one it cannot (SIGKILL), its children get SIGTERM from the kernel on Linux
+signals every process again (they stop at once: the autoscaler kills its instances),
+a third kills the router and the autoscaler; instances a killed autoscaler leaves get
+SIGTERM from the kernel and drain on their own, within their drain timeout. The
+launcher never dies of a signal it can catch and leaves its children running; should
+it die of one it cannot (SIGKILL), its children get SIGTERM from the kernel on Linux
 (see :mod:`voxmesh.mesh.process`).
 """
 
