@@ -5,6 +5,7 @@ connections without a restart. Third-party check: grpcurl over TLS, through refl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -139,18 +140,26 @@ async def test_rotated_certificate_serves_new_connections_and_old_ones_carry_on(
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_router_over_mutual_tls_with_the_client_and_grpcurl(
-    pki: dict[str, Authority | Pair],
-) -> None:
-    ca, server_pair, client = _ca(pki, "ca"), _pair(pki, "server"), _pair(pki, "client")
-    the_mesh: Mesh
+@contextlib.asynccontextmanager
+async def _mtls_mesh(pki: dict[str, Authority | Pair]) -> AsyncIterator[Mesh]:
+    """A router serving mutual TLS (the server pair, clients of the CA) and one fake
+    instance, small-1."""
+    server_pair = _pair(pki, "server")
     async with mesh(
         host="localhost",
         tls_cert_file=str(server_pair.cert),
         tls_key_file=str(server_pair.key),
-        tls_client_ca_file=str(ca),
+        tls_client_ca_file=str(_ca(pki, "ca")),
     ) as the_mesh:
         await the_mesh.add("small-1")
+        yield the_mesh
+
+
+async def test_router_over_mutual_tls_with_the_client_and_grpcurl(
+    pki: dict[str, Authority | Pair],
+) -> None:
+    ca, client = _ca(pki, "ca"), _pair(pki, "client")
+    async with _mtls_mesh(pki) as the_mesh:
         tls = ClientTls(ca_file=ca, cert_file=client.cert, key_file=client.key)
         async with RecognizerClient(the_mesh.router.target, tls=tls) as client_api:
             snapshot = await client_api.telemetry()
@@ -175,14 +184,8 @@ async def test_router_over_mutual_tls_with_the_client_and_grpcurl(
 async def test_the_autoscaler_reads_a_tls_router(pki: dict[str, Authority | Pair]) -> None:
     """It subscribed to routers in plaintext only: with TLS on the router, it heard
     nothing from it, held every pool and never scaled from zero."""
-    ca, server_pair, client = _ca(pki, "ca"), _pair(pki, "server"), _pair(pki, "client")
-    async with mesh(
-        host="localhost",
-        tls_cert_file=str(server_pair.cert),
-        tls_key_file=str(server_pair.key),
-        tls_client_ca_file=str(ca),
-    ) as the_mesh:
-        await the_mesh.add("small-1")
+    ca, client = _ca(pki, "ca"), _pair(pki, "client")
+    async with _mtls_mesh(pki) as the_mesh:
         settings = AutoscalerSettings(
             routers=(the_mesh.router.target,),
             router_tls_ca_file=str(ca),

@@ -150,6 +150,24 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
     def _failed(self, code: grpc.StatusCode) -> None:
         self._instance.metrics.errors.labels(code.name).inc()
 
+    @contextlib.asynccontextmanager
+    async def _answering(self, context: Context, what: str) -> AsyncIterator[None]:
+        """Ends the call with the status of what failed inside the block, and counts it:
+        a voxmesh error's own status; a cancel as CANCELLED or DEADLINE_EXCEEDED (the
+        call is gone: nothing to send); anything else as UNAVAILABLE, logged."""
+        try:
+            yield
+        except errors.VoxmeshError as err:
+            self._failed(code_of(err))
+            await abort(context, err)
+        except asyncio.CancelledError:
+            self._failed(_cancelled_code(context))
+            raise
+        except Exception as err:
+            failure = _unexpected(err, what)
+            self._failed(code_of(failure))
+            await abort(context, failure)
+
     async def _next(
         self, iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest], waiting_for: str
     ) -> stt_pb2.StreamingRecognizeRequest | None:
@@ -170,20 +188,10 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         request_iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest],
         context: Context,
     ) -> AsyncIterator[stt_pb2.StreamingRecognizeResponse]:
-        try:
+        async with self._answering(context, "stream"):
             with self._instance.admit(last_resort=last_resort_asked(context.invocation_metadata())):
                 async for response in self._stream(request_iterator, context):
                     yield response
-        except errors.VoxmeshError as err:
-            self._failed(code_of(err))
-            await abort(context, err)
-        except asyncio.CancelledError:
-            self._failed(_cancelled_code(context))
-            raise
-        except Exception as err:
-            failure = _unexpected(err, "stream")
-            self._failed(code_of(failure))
-            await abort(context, failure)
 
     async def _stream(
         self,
@@ -259,21 +267,10 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
     async def Recognize(
         self, request: stt_pb2.RecognizeRequest, context: Context
     ) -> stt_pb2.RecognizeResponse:
-        try:
+        async with self._answering(context, "request"):
             with self._instance.admit(last_resort=last_resort_asked(context.invocation_metadata())):
                 return await self._recognize(request)
-        except errors.VoxmeshError as err:
-            self._failed(code_of(err))
-            await abort(context, err)
-            raise  # unreachable: abort raises
-        except asyncio.CancelledError:
-            self._failed(_cancelled_code(context))
-            raise
-        except Exception as err:
-            failure = _unexpected(err, "request")
-            self._failed(code_of(failure))
-            await abort(context, failure)
-            raise  # unreachable: abort raises
+        raise AssertionError("unreachable: a failure aborts the call")
 
     async def _recognize(self, request: stt_pb2.RecognizeRequest) -> stt_pb2.RecognizeResponse:
         if not request.HasField("config"):
