@@ -21,7 +21,9 @@ time and played ``--loops`` times over (3: about 90 s and 12 utterances per
 stream), starts 0-2 s after the others and plays the recordings in its own
 rotated order, as independent speakers would (streams playing the same audio in
 step would end their utterances together, a worst case no real traffic has).
-Resident memory of the instance is sampled idle and under each N: the first
+Each level also reports what the scheduling gives up for it: utterances that got no
+interim, the first interim's p95, and finals narrowed to greedy (from the
+instance's metrics). Resident memory of the instance is sampled idle and under each N: the first
 stream's step (the decoder's working set) and each further stream's (the slope
 after it) are reported apart. With ``--calibrate`` it also writes
 bench/results/calibration.json, the autoscaler simulator's input (only when
@@ -43,7 +45,7 @@ import grpc
 import psutil
 
 from bench.asr_latency import latencies, realtime_run
-from bench.common import RESULTS, percentile, write_result
+from bench.common import RESULTS, metric_value, percentile, write_result
 from bench.speech_sets import Clip, composed_real_set
 from voxmesh.mesh.process import ServiceProcess
 from voxmesh.rpc import aio_compat
@@ -53,6 +55,7 @@ CONFIGS = {
     "per_stream": ["--max-batch", "1", "--prioritise", "false", "--adaptive-interims", "false"],
 }
 SLO_P95 = 2.0
+NARROWED = "voxmesh_asr_finals_narrowed_total"
 
 
 def stream_audio(rotation: int = 0, loops: int = 1) -> Clip:
@@ -70,18 +73,27 @@ def stream_audio(rotation: int = 0, loops: int = 1) -> Clip:
     return Clip(name, " ".join(c.text for c in clips), pcm, 16000, tuple(spans))
 
 
-async def level(target: str, loops: int, n: int, proc: psutil.Process) -> dict[str, Any]:
+async def level(
+    target: str, loops: int, n: int, proc: psutil.Process, metrics_port: int
+) -> dict[str, Any]:
+    """N streams at once; what it cost the finals, the interims and the beam."""
     rng = random.Random(n)
     rss: list[int] = []
+    utterances = 0
 
-    async def one(index: int, delay: float) -> tuple[list[float], bool]:
+    async def one(index: int, delay: float) -> tuple[list[float], list[float], bool]:
+        nonlocal utterances
         clip = stream_audio(rotation=index, loops=loops)
         await asyncio.sleep(delay)
         async with grpc.aio.insecure_channel(target) as channel:
             run = await realtime_run(channel, clip, timeout=300)
         if run.error is not None:
-            return [], False
-        return latencies(clip, run)[0], True
+            return [], [], False
+        utterances += len(clip.spans)
+        finals, interims, _ = latencies(clip, run)
+        return finals, interims, True
+
+    narrowed = metric_value(metrics_port, NARROWED)
 
     async def sample() -> None:
         while True:
@@ -93,13 +105,20 @@ async def level(target: str, loops: int, n: int, proc: psutil.Process) -> dict[s
         outcomes = await asyncio.gather(*(one(i, rng.uniform(0, 2.0)) for i in range(n)))
     finally:
         sampler.cancel()
-    lat = [x for lats, _ in outcomes for x in lats]
+    lat = [x for lats, _, _ in outcomes for x in lats]
+    shown = [x for _, interims, _ in outcomes for x in interims]
     return {
         "streams": n,
         "finals_measured": len(lat),
-        "failed_streams": sum(1 for _, ok in outcomes if not ok),
+        "failed_streams": sum(1 for _, _, ok in outcomes if not ok),
         "final_p50_s": round(percentile(lat, 50), 3),
         "final_p95_s": round(percentile(lat, 95), 3),
+        # What the scheduling gives up under load, beside the finals' latency: interims
+        # shed (utterances without one; the first one later) and finals narrowed to greedy.
+        "utterances": utterances,
+        "utterances_with_an_interim": len(shown),
+        "first_interim_p95_s": round(percentile(shown, 95), 3) if shown else None,
+        "finals_narrowed_to_greedy": int(metric_value(metrics_port, NARROWED) - narrowed),
         "peak_rss_bytes": max(rss) if rss else 0,
     }
 
@@ -107,7 +126,7 @@ async def level(target: str, loops: int, n: int, proc: psutil.Process) -> dict[s
 async def measure(name: str, args: list[str], max_n: int, loops: int) -> dict[str, Any]:
     proc = ServiceProcess(
         "services.asr_small",
-        ["--cpu-threads", "2", "--metrics-port", "-1", "--max-streams", str(max_n + 1), *args],
+        ["--cpu-threads", "2", "--metrics-port", "0", "--max-streams", str(max_n + 1), *args],
     )
     await proc.start()
     ps = psutil.Process(proc.pid)
@@ -115,11 +134,14 @@ async def measure(name: str, args: list[str], max_n: int, loops: int) -> dict[st
     levels = []
     try:
         for n in range(1, max_n + 1):
-            result = await level(proc.target, loops, n, ps)
+            result = await level(proc.target, loops, n, ps, int(proc.ready["metrics_port"]))
             levels.append(result)
             print(
                 f"  {name:10} N={n:2}  p50 {result['final_p50_s']:6.2f} s  "
                 f"p95 {result['final_p95_s']:6.2f} s  failed {result['failed_streams']}  "
+                f"interims {result['utterances_with_an_interim']}/{result['utterances']} "
+                f"(first p95 {result['first_interim_p95_s']} s)  "
+                f"narrowed {result['finals_narrowed_to_greedy']}  "
                 f"rss {result['peak_rss_bytes'] / 2**20:6.0f} MiB",
                 flush=True,
             )
