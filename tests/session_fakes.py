@@ -9,12 +9,22 @@ from typing import Any
 
 import numpy as np
 
-from voxmesh.asr.decoder import DecodeJob, DecodeOutput
+from voxmesh.asr.decoder import DecodeJob, DecodeOutput, Decoder
+from voxmesh.asr.instance import AsrInstance, InstanceIdentity
+from voxmesh.asr.metrics import AsrMetrics
 from voxmesh.asr.scheduler import DecodeScheduler, SchedulerOptions
 from voxmesh.asr.session import SessionOptions, StreamParams, StreamSession
 from voxmesh.asr.vad import FRAME_SAMPLES, StreamingVad
 
-__all__ = ["SR", "GatedDecoder", "LoudnessVad", "open_session", "silence", "speech"]
+__all__ = [
+    "SR",
+    "GatedDecoder",
+    "LoudnessVad",
+    "fake_instance",
+    "open_session",
+    "silence",
+    "speech",
+]
 
 SR = 16000
 
@@ -46,6 +56,28 @@ class GatedDecoder:
             raise TimeoutError("test never opened the gate")
         self.jobs.extend(jobs)
         return [DecodeOutput(text="hello world", avg_logprob=-0.1) for _ in jobs]
+
+
+def fake_instance(
+    decoder: Decoder | None = None,
+    options: SessionOptions | None = None,
+    *,
+    max_streams: int = 4,
+    **kwargs: Any,
+) -> AsrInstance:
+    """An instance (not started) on ``decoder`` (default: a gated fake model), with
+    ``kwargs`` for the rest of :class:`AsrInstance`'s options (``metrics`` has a fresh
+    default)."""
+    kwargs.setdefault("metrics", AsrMetrics.create())
+    return AsrInstance(
+        InstanceIdentity(instance_id="asr-1", pool="fake", model="fake"),
+        decoder or GatedDecoder(),
+        SchedulerOptions(max_batch=1),
+        options or SessionOptions(),
+        max_streams=max_streams,
+        retry_after=1.0,
+        **kwargs,
+    )
 
 
 def speech(seconds: float) -> np.ndarray:

@@ -19,11 +19,9 @@ import numpy as np
 import pytest
 
 from tests.conditions import wait_until_async
-from tests.session_fakes import GatedDecoder, LoudnessVad, silence, speech
+from tests.session_fakes import GatedDecoder, LoudnessVad, fake_instance, silence, speech
 from voxmesh.asr import servicer as servicer_module
 from voxmesh.asr.decoder import DecodeJob, DecodeOutput
-from voxmesh.asr.instance import AsrInstance, InstanceIdentity
-from voxmesh.asr.metrics import AsrMetrics
 from voxmesh.asr.scheduler import DecodeScheduler, SchedulerOptions
 from voxmesh.asr.servicer import RecognizerServicer
 from voxmesh.asr.session import (
@@ -89,15 +87,7 @@ async def recognizer(
     monkeypatch.setattr(servicer_module, "StreamSession", session)
     decoder = GatedDecoder()
     decoder.gate.set()
-    instance = AsrInstance(
-        InstanceIdentity(instance_id="asr-1", pool="fake", model="fake"),
-        decoder,
-        SchedulerOptions(max_batch=1),
-        options,
-        max_streams=2,
-        retry_after=1.0,
-        metrics=AsrMetrics.create(),
-    )
+    instance = fake_instance(decoder, options, max_streams=2)
     instance.start()
     try:
         yield (

@@ -11,11 +11,8 @@ from typing import Any
 import pynvml
 import pytest
 
-from tests.session_fakes import GatedDecoder
-from voxmesh.asr.instance import AsrInstance, InstanceIdentity
+from tests.session_fakes import fake_instance
 from voxmesh.asr.metrics import AsrMetrics
-from voxmesh.asr.scheduler import SchedulerOptions
-from voxmesh.asr.session import SessionOptions
 from voxmesh.telemetry import GpuSampler, known_figure
 
 UUIDS = [f"GPU-{i}{i}{i}{i}aaaa-0000-0000-0000-00000000000{i}" for i in range(4)]
@@ -228,16 +225,7 @@ def test_a_gpu_that_fails_at_start_up_leaves_the_others_read(
 async def test_the_snapshot_and_gauges_show_only_the_gpus_and_figures_read() -> None:
     nvml = FakeNvml(count=2)
     metrics = AsrMetrics.create()
-    instance = AsrInstance(
-        InstanceIdentity(instance_id="asr-1", pool="fake", model="fake"),
-        GatedDecoder(),
-        SchedulerOptions(max_batch=1),
-        SessionOptions(),
-        max_streams=1,
-        retry_after=1.0,
-        metrics=metrics,
-        gpu=GpuSampler(nvml, env={}),
-    )
+    instance = fake_instance(max_streams=1, metrics=metrics, gpu=GpuSampler(nvml, env={}))
 
     def gauges(name: str) -> list[float | None]:
         sample = metrics.registry.get_sample_value

@@ -16,11 +16,8 @@ from typing import Any
 import pytest
 
 from tests.conditions import wait_until_async
-from tests.session_fakes import GatedDecoder
-from voxmesh.asr.instance import AsrInstance, InstanceIdentity
-from voxmesh.asr.metrics import AsrMetrics
-from voxmesh.asr.scheduler import SchedulerOptions
-from voxmesh.asr.session import SessionOptions
+from tests.session_fakes import fake_instance
+from voxmesh.asr.instance import AsrInstance
 from voxmesh.telemetry.host import HostSampler
 
 WINDOW = 5.0
@@ -42,16 +39,7 @@ class FakeClock:
 
 def new_instance(**options: Any) -> AsrInstance:
     """An instance on a fake model, not started: nothing samples the load but the test."""
-    return AsrInstance(
-        InstanceIdentity(instance_id="asr-1", pool="fake", model="fake"),
-        GatedDecoder(),
-        SchedulerOptions(max_batch=1),
-        SessionOptions(),
-        max_streams=4,
-        retry_after=1.0,
-        metrics=AsrMetrics.create(),
-        **options,
-    )
+    return fake_instance(**options)
 
 
 @pytest.fixture
