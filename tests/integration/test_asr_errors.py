@@ -204,8 +204,15 @@ def _errors(srv: AsrServerThread, code: str) -> float:
 
 
 async def test_deadline_exceeded_releases_the_stream(server: AsrServerThread) -> None:
-    """...and is counted as such (it was counted as INTERNAL)."""
-    counted = _errors(server, "DEADLINE_EXCEEDED")
+    """...and is counted (it was counted as INTERNAL): as DEADLINE_EXCEEDED, or as
+    CANCELLED where the client's timer fired well before the server's (the client's
+    reset reaches the server as a cancel; on a loaded host the server may have started
+    the call late, and so its own deadline too)."""
+
+    def counted_now() -> float:
+        return _errors(server, "DEADLINE_EXCEEDED") + _errors(server, "CANCELLED")
+
+    counted = counted_now()
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = stt_pb2_grpc.RecognizerServiceStub(channel)
         call = await _hold_open(stub, timeout=2.0)
@@ -218,7 +225,7 @@ async def test_deadline_exceeded_releases_the_stream(server: AsrServerThread) ->
             await asyncio.sleep(0.05)  # pace the audio like a live source
         assert await call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await _wait_idle(channel)
-    await wait_until_async(lambda: _errors(server, "DEADLINE_EXCEEDED") > counted)
+    await wait_until_async(lambda: counted_now() > counted)
 
 
 async def test_client_cancel_releases_the_stream(server: AsrServerThread) -> None:
