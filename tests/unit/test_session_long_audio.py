@@ -27,6 +27,8 @@ from voxmesh.asr.session import (
 from voxmesh.asr.vad import StreamingVad
 from voxmesh.errors import Unavailable
 
+PAD_AFTER = SessionOptions().pad_after
+"""Audio a final keeps after its last speech frame."""
 DEADLINE_S = 20.0
 """The whole stream's deadline: the fake model decodes at once."""
 
@@ -81,7 +83,7 @@ async def test_continuous_speech_longer_than_the_buffer_does_not_stall_the_strea
     spans = [(f.start, f.end) for f in finals(events)]
     assert len(spans) >= 4
     assert all(a[1] == pytest.approx(b[0]) for a, b in itertools.pairwise(spans))
-    assert spans[-1][1] == pytest.approx(90.5 + 0.2, abs=0.1)  # speech end + pad
+    assert spans[-1][1] == pytest.approx(90.5 + PAD_AFTER, abs=0.1)  # speech end + pad
     assert all(len(job.audio) <= 30 * SR for job in decoder.jobs)
 
 
@@ -97,25 +99,31 @@ async def test_an_utterance_that_ended_before_it_was_cut_is_still_cut() -> None:
     spans = [(f.start, f.end) for f in finals(events)]
     assert len(spans) == 2
     assert spans[0][1] == pytest.approx(spans[1][0])
-    assert spans[1][1] == pytest.approx(35.5 + 0.2, abs=0.1)
+    assert spans[1][1] == pytest.approx(35.5 + PAD_AFTER, abs=0.1)
     assert all(len(job.audio) <= 30 * SR for job in decoder.jobs)
 
 
-async def test_a_speculative_decode_shorter_than_the_final_is_not_reused() -> None:
-    """With a speculative pause shorter than the pad after speech, the decode ahead
-    ended before the final's end and was published as the final all the same."""
+async def test_a_speculative_pause_shorter_than_the_pad_waits_for_the_pad() -> None:
+    """A decode ahead that ends short of the final's audio cannot be the final (the
+    final would lose its tail): with a speculative pause shorter than the pad after
+    speech, the decode ahead starts once the pause covers the pad, and is the final."""
     options = SessionOptions(context=0.0, speculative_pause=0.1, pad_after=0.2)
     async with open_session(options) as (session, decoder):
         session.feed(np.concatenate([silence(0.5), speech(1.0)]))
         await wait_until_async(lambda: session.caught_up)
+        interims = len(decoder.jobs)
         session.feed(silence(0.13))  # past the speculative pause, short of the pad
-        await wait_until_async(lambda: session.caught_up and len(decoder.jobs) >= 2)
+        await wait_until_async(lambda: session.caught_up)
+        assert len(decoder.jobs) == interims
+        session.feed(silence(0.1))  # the pause covers the pad: the decode ahead
+        await wait_until_async(lambda: session.caught_up and len(decoder.jobs) > interims)
         session.feed(silence(0.7))
         session.finish()
         events = []
         while (event := await session.next_event()) is not None:
             events.append(event)
     (final,) = finals(events)
+    assert len(decoder.jobs) == interims + 1  # the final is the decode ahead
     assert len(decoder.jobs[-1].audio) == pytest.approx((final.end - final.start) * SR, abs=1)
 
 

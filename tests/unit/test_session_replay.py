@@ -16,6 +16,8 @@ from voxmesh.rpc.metadata import ReplayContext
 
 OFFSET = 10.0
 """Stream time of the replay's first sample (the router's voxmesh-offset-ms)."""
+PAD_AFTER = SessionOptions().pad_after
+"""Audio a final keeps after its last speech frame."""
 
 
 async def replay(
@@ -45,7 +47,7 @@ async def test_an_utterance_in_the_lead_in_is_context_not_a_result() -> None:
     assert len(finals) == 1 and len(starts) == 1, events
     assert starts[0].offset >= OFFSET + 1.6 - 1 / SR
     assert finals[0].start >= OFFSET + 1.6 - 1 / SR
-    assert finals[0].end == pytest.approx(OFFSET + 2.6 + 0.2, abs=0.05)
+    assert finals[0].end == pytest.approx(OFFSET + 2.6 + PAD_AFTER, abs=0.05)
     final_job = decoder.jobs[-1]
     assert final_job.prefix == "earlier words", "the earlier final is the decoder prefix"
     assert len(final_job.audio) >= int(2.6 * SR), "its audio is in front of the utterance"
@@ -60,7 +62,7 @@ async def test_a_container_replay_has_its_lead_in_after_the_skip() -> None:
     finals = [e for e in events if isinstance(e, Final)]
     assert len(finals) == 1, events
     assert finals[0].start >= 2.0 + 1.6 - 1 / SR, "offsets count from the stream start"
-    assert finals[0].end == pytest.approx(2.0 + 2.6 + 0.2, abs=0.05)
+    assert finals[0].end == pytest.approx(2.0 + 2.6 + PAD_AFTER, abs=0.05)
     assert decoder.jobs[-1].prefix == "earlier words"
     assert len(decoder.jobs[-1].audio) >= int(2.6 * SR), "the lead-in, not the skip, in front"
     assert len(decoder.jobs[-1].audio) < int(4.0 * SR)

@@ -51,7 +51,11 @@ class AsrSettings:
         "busier it was, withdrawn if a pause begins first)",
     )
     prioritise: bool = setting(True, "decode realtime before batch and finals before interims")
-    speculative_pause: float = setting(0.2, "pause (s) after which an utterance is decoded ahead")
+    speculative_pause: float = setting(
+        0.1,
+        "pause (s) after which an utterance is decoded ahead (at least the 0.1 s kept after "
+        "speech, so that the decode can be the final)",
+    )
     min_silence: float = setting(0.45, "pause (s) that ends an utterance")
     max_utterance: float = setting(
         25.0, "longest utterance (s) before it is cut at a committed word"
