@@ -103,27 +103,47 @@ async def test_an_utterance_that_ended_before_it_was_cut_is_still_cut() -> None:
     assert all(len(job.audio) <= 30 * SR for job in decoder.jobs)
 
 
-async def test_a_speculative_pause_shorter_than_the_pad_waits_for_the_pad() -> None:
-    """A decode ahead that ends short of the final's audio cannot be the final (the
-    final would lose its tail): with a speculative pause shorter than the pad after
-    speech, the decode ahead starts once the pause covers the pad, and is the final."""
+async def test_a_decode_ahead_short_of_the_pad_is_the_final() -> None:
+    """The decode ahead starts once the pause reaches the speculative pause, before
+    all the pad after speech has arrived; the pause then ends the utterance with no
+    speech in it, so that decode is the final: no second decode (which would cost a
+    whole encoder pass of latency), and the final still spans speech end + pad."""
     options = SessionOptions(context=0.0, speculative_pause=0.1, pad_after=0.2)
     async with open_session(options) as (session, decoder):
         session.feed(np.concatenate([silence(0.5), speech(1.0)]))
         await wait_until_async(lambda: session.caught_up)
         interims = len(decoder.jobs)
         session.feed(silence(0.13))  # past the speculative pause, short of the pad
-        await wait_until_async(lambda: session.caught_up)
-        assert len(decoder.jobs) == interims
-        session.feed(silence(0.1))  # the pause covers the pad: the decode ahead
         await wait_until_async(lambda: session.caught_up and len(decoder.jobs) > interims)
+        ahead = len(decoder.jobs[-1].audio)
         session.feed(silence(0.7))
         session.finish()
         events = []
         while (event := await session.next_event()) is not None:
             events.append(event)
     (final,) = finals(events)
-    assert len(decoder.jobs) == interims + 1  # the final is the decode ahead
+    assert len(decoder.jobs) == interims + 1
+    assert final.end == pytest.approx(1.5 + 0.2, abs=0.05)  # speech end + pad
+    assert (final.end - final.start) * SR - 0.1 * SR < ahead < (final.end - final.start) * SR
+
+
+async def test_a_decode_ahead_of_a_pause_that_speech_resumed_is_not_the_final() -> None:
+    options = SessionOptions(context=0.0, speculative_pause=0.1, pad_after=0.2)
+    async with open_session(options) as (session, decoder):
+        session.feed(np.concatenate([silence(0.5), speech(1.0)]))
+        await wait_until_async(lambda: session.caught_up)
+        interims = len(decoder.jobs)
+        session.feed(silence(0.15))
+        await wait_until_async(lambda: session.caught_up and len(decoder.jobs) > interims)
+        ahead = len(decoder.jobs)
+        session.feed(np.concatenate([speech(0.5), silence(0.7)]))
+        session.finish()
+        events = []
+        while (event := await session.next_event()) is not None:
+            events.append(event)
+    (final,) = finals(events)
+    assert len(decoder.jobs) > ahead
+    assert final.end == pytest.approx(2.15 + 0.2, abs=0.05)  # speech end + pad
     assert len(decoder.jobs[-1].audio) == pytest.approx((final.end - final.start) * SR, abs=1)
 
 

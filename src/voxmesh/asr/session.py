@@ -13,8 +13,8 @@ Inside RECEIVING the worker follows the endpointer (see :mod:`.vad`):
 * while someone speaks, an interim decode of the open utterance every
   ``interim_interval`` seconds of new speech (stretched when the scheduler
   is loaded); LocalAgreement-2 commits the prefix two hypotheses share;
-* when a pause reaches ``speculative_pause`` (and covers ``pad_after``), a decode
-  of the utterance up to the pause and its pad; if the pause then ends the
+* when a pause reaches ``speculative_pause``, a decode of the utterance up to
+  the pause (and as much of its pad as has arrived); if the pause then ends the
   utterance with no new speech, that decode is the final result (no second
   decode: this is most of the final latency saved);
 * an utterance longer than ``max_utterance`` is cut after its last committed
@@ -85,17 +85,17 @@ class SessionOptions:
     """Audio kept before an utterance's first speech frame (faster-whisper's offline
     VAD pads 0.4 s too). Silero's onset lags the first phoneme; with 0.2 s, first
     words of espeak-ng sentences came out wrong ("hoist" as "high speed")."""
-    pad_after: float = 0.1
-    """Audio kept after an utterance's last speech frame (the frame's end already
-    lags the last phoneme: Silero's probability decays over a frame or two)."""
+    pad_after: float = 0.2
+    """Audio kept after an utterance's last speech frame."""
     interim_interval: float = 1.0
     """New speech between two interim decodes (unloaded)."""
     first_interim: float = 0.5
     """Speech before an utterance's first interim decode."""
     speculative_pause: float = 0.1
-    """Pause after which the utterance so far is decoded speculatively. Below
-    ``pad_after`` the decode ahead would end short of the final's audio and could not
-    be reused; it fires once the pause covers the pad."""
+    """Pause after which the utterance so far is decoded ahead, up to the pause plus
+    ``pad_after`` or as much of it as has arrived; if the pause ends the utterance,
+    that decode is the final. The least audio after the last speech frame a final
+    is decoded with (all of it silence by the VAD)."""
     max_utterance: float = 25.0
     """Longest utterance before it is cut at a committed word."""
     max_stream: float = 4 * 3600.0
@@ -182,8 +182,6 @@ class StreamSession:
         self._time_base = offset + skip
         self._pad_before = int(options.pad_before * SR)
         self._pad_after = int(options.pad_after * SR)
-        # A decode ahead must reach the final's end (the pad after speech) to be it.
-        self._speculative_after = max(int(options.speculative_pause * SR), self._pad_after)
         self._skip_left = round(skip * SR)
         self.events: asyncio.Queue[SessionEvent | None] = asyncio.Queue(max_events)
         # Audio since sample index _buf_start (indices count from the first kept sample).
@@ -453,7 +451,7 @@ class StreamSession:
         if (
             paused is not None
             and self._endpointer.state is VadState.TRAILING
-            and self._total - paused >= self._speculative_after
+            and self._total - paused >= self._opt.speculative_pause * SR
             and (self._speculative is None or self._speculative[1] != paused)
         ):
             end = min(self._total, paused + self._pad_after)
@@ -578,9 +576,11 @@ class StreamSession:
 
     def _speculated(self, speech_end: int, end: int) -> tuple[DecodeOutput, int] | None:
         """The speculative decode of the open utterance, if it is the final's: decoded
-        up to ``end``, after the pause that turned out to end at ``speech_end``."""
+        after the pause that turned out to end at ``speech_end``, up to ``end`` or
+        short of it by the pad that had not arrived (silence: the VAD heard no speech
+        after ``speech_end``)."""
         spec = self._speculative
-        if spec is None or spec[:3] != (self._utt_start, speech_end, end):
+        if spec is None or spec[:2] != (self._utt_start, speech_end) or spec[2] > end:
             return None
         output = spec[3][0]
         if self.params.word_offsets and output.text and not output.words:

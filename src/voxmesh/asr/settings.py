@@ -53,8 +53,8 @@ class AsrSettings:
     prioritise: bool = setting(True, "decode realtime before batch and finals before interims")
     speculative_pause: float = setting(
         0.1,
-        "pause (s) after which an utterance is decoded ahead (at least the 0.1 s kept after "
-        "speech, so that the decode can be the final)",
+        "pause (s) after which an utterance is decoded ahead; if the pause ends it, that "
+        "decode is the final (the least silence a final is decoded with)",
     )
     min_silence: float = setting(0.45, "pause (s) that ends an utterance")
     max_utterance: float = setting(
