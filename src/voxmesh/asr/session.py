@@ -212,7 +212,7 @@ class StreamSession:
         self._paused_at: int | None = None
         # A decode ahead of the endpoint: (utterance start, pause start, decoded end,
         # (output, window start)); the final reuses it if the endpoint confirms it.
-        self._speculative: tuple[int, int, int, tuple[DecodeOutput, int]] | None = None
+        self._speculative: tuple[int, int, tuple[DecodeOutput, int]] | None = None
         self._decoded_until = 0
         self._interim_sent = False
         self._agreement = LocalAgreement()
@@ -462,7 +462,7 @@ class StreamSession:
                 self._utt_start, end, final=True, stale_after=(VadEvent.SPEECH_RESUMED,)
             )
             if decoded is not None:
-                self._speculative = (self._utt_start, paused, end, decoded)
+                self._speculative = (self._utt_start, paused, decoded)
             return True
         if self.params.interim_results and self._interim_due():
             end = self._total
@@ -568,7 +568,7 @@ class StreamSession:
         while end - self._utt_start > self._opt.max_utterance * SR:
             await self._cut()
         if end > self._utt_start:  # else a cut took the utterance up to its end
-            decoded = self._speculated(speech_end, end)
+            decoded = self._speculated(speech_end)
             if decoded is None:
                 decoded = await self._decode(self._utt_start, end, final=True)
             await self._publish_final(decoded[0], self._utt_start, end, decoded[1])
@@ -577,18 +577,18 @@ class StreamSession:
         self._paused_at = None
         self._trim(min(end, self._lead_floor(), self._context.keep_from(self._total)))
 
-    def _speculated(self, speech_end: int, end: int) -> tuple[DecodeOutput, int] | None:
+    def _speculated(self, speech_end: int) -> tuple[DecodeOutput, int] | None:
         """The speculative decode of the open utterance, if it is the final's: decoded
-        after the pause that turned out to end at ``speech_end``, up to ``end`` or
-        short of it by the pad that had not arrived (silence: the VAD heard no speech
-        after ``speech_end``)."""
+        after the pause that turned out to end at ``speech_end``, up to the final's end
+        or short of it by the pad that had not arrived (silence: the VAD heard no
+        speech after ``speech_end``)."""
         spec = self._speculative
-        if spec is None or spec[:2] != (self._utt_start, speech_end) or spec[2] > end:
+        if spec is None or spec[:2] != (self._utt_start, speech_end):
             return None
-        output = spec[3][0]
+        output = spec[2][0]
         if self.params.word_offsets and output.text and not output.words:
             return None
-        return spec[3]
+        return spec[2]
 
     def _lead_floor(self) -> int:
         """The oldest sample the next utterance's lead pad may need: ``pad_before`` in
