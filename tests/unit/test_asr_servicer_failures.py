@@ -150,6 +150,43 @@ async def test_a_cancelled_call_is_counted_by_why(
         assert errors_counted(servicer, code) == 2
 
 
+async def test_requests_that_end_past_the_deadline_are_not_a_half_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gRPC ends the requests of a call whose deadline passed as a half-close would: the
+    stream was finished (a final decode for no one), answered OK and not counted."""
+    async with recognizer(monkeypatch, SessionOptions(context=0.0)) as (servicer, _):
+        context = RecordingContext(time_remaining=0.0)
+        stream = servicer.StreamingRecognize(requests(speech(1.0)), cast(Any, context))
+        with pytest.raises(Aborted):
+            async with asyncio.timeout(20):
+                async for _ in stream:
+                    pass
+        assert context.status is not None
+        assert context.status.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert errors_counted(servicer, "DEADLINE_EXCEEDED") == 1
+        assert results_counted(servicer, "final") == 0
+
+
+@pytest.mark.parametrize(("remaining", "code"), [(None, "CANCELLED"), (0.1, "DEADLINE_EXCEEDED")])
+async def test_a_stream_closed_by_grpc_is_counted_by_why(
+    monkeypatch: pytest.MonkeyPatch, remaining: float | None, code: str
+) -> None:
+    """gRPC closes the stream's generator when it cannot send a response (the call ended
+    while the server was sending): that end was not counted at all."""
+    async with recognizer(monkeypatch, SessionOptions(context=0.0)) as (servicer, _):
+        hold = asyncio.Event()
+        audio = np.concatenate([speech(1.0), silence(1.0)])
+        stream = servicer.StreamingRecognize(
+            requests(audio, hold=hold), cast(Any, RecordingContext(remaining))
+        )
+        async with asyncio.timeout(20):
+            await anext(aiter(stream))  # the stream's first response was sent
+            await stream.aclose()  # type: ignore[attr-defined]  # an async generator
+        assert errors_counted(servicer, code) == 1
+        assert sum(errors_counted(servicer, c.name) for c in grpc.StatusCode) == 1
+
+
 class GermanModel:
     """A model that hears German (a multilingual model detecting the language)."""
 

@@ -89,6 +89,12 @@ def _cancelled_code(context: Context) -> grpc.StatusCode:
     return grpc.StatusCode.CANCELLED
 
 
+def _expired(context: Context) -> bool:
+    """Whether the call's deadline has passed."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
 def _unexpected(err: Exception, what: str) -> errors.Unavailable:
     """An error nothing expected (the model failed: CUDA out of memory...), logged with
     its traceback; the client gets UNAVAILABLE, which a router fails over, and not the
@@ -160,7 +166,9 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         except errors.VoxmeshError as err:
             self._failed(code_of(err))
             await abort(context, err)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: gRPC stopped taking responses (it could not send one: the
+            # call ended) and closed the stream's generator.
             self._failed(_cancelled_code(context))
             raise
         except Exception as err:
@@ -221,7 +229,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         except BaseException:
             decoder.close()
             raise
-        reader = asyncio.create_task(self._read(iterator, decoder, session))
+        reader = asyncio.create_task(self._read(iterator, decoder, session, context))
         try:
             while (event := await session.next_event(reader)) is not None:
                 self._instance.metrics.results.labels(_kind(event)).inc()
@@ -240,6 +248,7 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest],
         decoder: AudioDecoder,
         session: StreamSession,
+        context: Context,
     ) -> None:
         received = 0
         take = functools.partial(self._feed, session)
@@ -247,6 +256,10 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
             data = audio_chunk(request, self._max_chunk, self._instance.retry_after)
             received += len(data)
             await _decode(decoder, data, take)
+        if _expired(context):
+            # gRPC ends the requests of a call whose deadline passed as if the client
+            # had half-closed: the final decode would be work for no one.
+            raise errors.DeadlineExceeded("the call's deadline passed while it streamed audio")
         if received == 0:
             raise errors.InvalidArgument("empty stream: no audio was sent after the config")
         await _decode(decoder, None, take)
