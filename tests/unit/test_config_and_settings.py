@@ -72,6 +72,8 @@ def test_settings_precedence_and_errors() -> None:
         load(AsrSettings, prefix="VOXMESH_ASR", env={"VOXMESH_ASR_MAX_STREAMS": "0"})
     with pytest.raises(SettingsError, match="discovery='etcd'"):
         load(AsrSettings, prefix="VOXMESH_ASR", argv=["--discovery", "etcd"])
+    with pytest.raises(SettingsError, match=r"speculative_pause_idle=-0\.1: must be >= 0"):
+        load(AsrSettings, prefix="VOXMESH_ASR", argv=["--speculative-pause-idle", "-0.1"])
 
 
 def test_a_misspelt_environment_variable_is_an_error_not_ignored() -> None:

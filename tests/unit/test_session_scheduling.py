@@ -7,6 +7,7 @@ and a fake VAD network that calls a frame speech when it is loud.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.conditions import wait_until_async
 from tests.session_fakes import SR, GatedDecoder, LoudnessVad, open_session, silence, speech
@@ -132,3 +133,39 @@ async def test_an_utterance_starts_after_the_previous_final_even_with_its_lead_p
         finals = await finals_until_done(session)
         assert len(finals) == 2
         assert finals[0].end <= finals[1].start < finals[1].end
+
+
+@pytest.mark.parametrize(
+    ("utilization", "ahead_at_short_pause"), [(0.0, True), (0.49, True), (0.5, False)]
+)
+async def test_an_idle_model_decodes_ahead_of_a_shorter_pause(
+    monkeypatch: pytest.MonkeyPatch, utilization: float, ahead_at_short_pause: bool
+) -> None:
+    """With the defaults, an idle model (busy under half of the last 5 s) decodes the
+    utterance ahead once a pause reaches ``speculative_pause_idle`` (0.1 s); a busier
+    one waits for ``speculative_pause`` (0.2 s), keeping its time for due decodes."""
+    options = SessionOptions(context=0.0)
+    assert options.speculative_pause_idle < 0.13 < options.speculative_pause < 0.23
+    async with open_session(options) as (session, decoder):
+        scheduler = session._scheduler
+        monkeypatch.setattr(scheduler, "utilization", lambda window=5.0: utilization)
+        session.feed(np.concatenate([silence(0.5), speech(1.0)]))
+        await wait_until_async(lambda: session.caught_up)
+        interims = len(decoder.jobs)
+        session.feed(silence(0.13))
+        await wait_until_async(lambda: session.caught_up)
+        assert (len(decoder.jobs) > interims) is ahead_at_short_pause
+        session.feed(silence(0.1))  # the pause reaches 0.23 s: decoded ahead either way
+        await wait_until_async(lambda: session.caught_up and len(decoder.jobs) == interims + 1)
+
+
+async def test_a_fixed_cadence_keeps_the_configured_pause() -> None:
+    """Without adaptive mode, the decode ahead waits for ``speculative_pause``, idle
+    model or not."""
+    async with open_session(SessionOptions(context=0.0, adaptive=False)) as (session, decoder):
+        session.feed(np.concatenate([silence(0.5), speech(1.0)]))
+        await wait_until_async(lambda: session.caught_up)
+        interims = len(decoder.jobs)
+        session.feed(silence(0.13))
+        await wait_until_async(lambda: session.caught_up)
+        assert len(decoder.jobs) == interims

@@ -127,6 +127,7 @@ async def serve(
             endpointer=EndpointerOptions(min_silence=settings.min_silence),
             interim_interval=settings.interim_interval,
             speculative_pause=settings.speculative_pause,
+            speculative_pause_idle=settings.speculative_pause_idle,
             adaptive=settings.adaptive_interims,
             max_utterance=settings.max_utterance,
             max_stream=settings.max_stream_seconds,

@@ -13,10 +13,10 @@ Inside RECEIVING the worker follows the endpointer (see :mod:`.vad`):
 * while someone speaks, an interim decode of the open utterance every
   ``interim_interval`` seconds of new speech (stretched when the scheduler
   is loaded); LocalAgreement-2 commits the prefix two hypotheses share;
-* when a pause reaches ``speculative_pause``, a decode of the utterance up to
-  the pause (and as much of its pad as has arrived); if the pause then ends the
-  utterance with no new speech, that decode is the final result (no second
-  decode: this is most of the final latency saved);
+* when a pause reaches ``speculative_pause`` (shorter while the model is idle), a
+  decode of the utterance up to the pause (and as much of its pad as has arrived);
+  if the pause then ends the utterance with no new speech, that decode is the
+  final result (no second decode: this is most of the final latency saved);
 * an utterance longer than ``max_utterance`` is cut after its last committed
   word, and goes on as a new utterance;
 * silence is never decoded; output that looks like noise (Whisper's
@@ -63,6 +63,8 @@ _WINDOW = int(29.5 * SR)
 """Whisper hears 30 s at most; context plus utterance stay below it."""
 _PAUSING = (VadEvent.PAUSE_STARTED, VadEvent.SPEECH_ENDED)
 """Endpointer events after which a queued interim decode is not worth running."""
+_IDLE_UTILIZATION = 0.5
+"""The model's busy share of the last 5 s under which it counts as idle."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,11 @@ class SessionOptions:
     instance's final latency and cost density: more decodes ahead of pauses that
     speech resumes after (0.1 s: p50 0.68 s against 0.83 s on one stream; 3 streams
     at p95 2.4 s against 1.9 s; ``bench/README.md``)."""
+    speculative_pause_idle: float = 0.1
+    """``speculative_pause`` while the model is idle (adaptive mode: no decode waits for
+    it and it was busy less than half of the last 5 s), if shorter: an idle instance
+    spends its spare time on decodes ahead of shorter pauses and gives lower final
+    latency; a loaded one keeps its time for the decodes that are due."""
     max_utterance: float = 25.0
     """Longest utterance before it is cut at a committed word."""
     max_stream: float = 4 * 3600.0
@@ -454,7 +461,7 @@ class StreamSession:
         if (
             paused is not None
             and self._endpointer.state is VadState.TRAILING
-            and self._total - paused >= self._opt.speculative_pause * SR
+            and self._total - paused >= self._speculative_pause() * SR
             and (self._speculative is None or self._speculative[1] != paused)
         ):
             end = min(self._total, paused + self._pad_after)
@@ -489,6 +496,18 @@ class StreamSession:
                 )
             return True
         return False
+
+    def _speculative_pause(self) -> float:
+        """The pause after which the utterance is decoded ahead, as loaded as the
+        model is now."""
+        pause = self._opt.speculative_pause
+        if (
+            self._opt.adaptive
+            and self._scheduler.pending == 0
+            and self._scheduler.utilization() < _IDLE_UTILIZATION
+        ):
+            return min(pause, self._opt.speculative_pause_idle)
+        return pause
 
     def _interim_due(self) -> bool:
         if self._endpointer.state is not VadState.SPEAKING:

@@ -57,6 +57,12 @@ class AsrSettings:
         "decode is the final (the least silence a final is decoded with); 0.1 lowers one "
         "stream's final latency and costs density (see docs/asr.md)",
     )
+    speculative_pause_idle: float = setting(
+        0.1,
+        "speculative_pause while the model is idle (no decode waits, busy under half of "
+        "the last 5 s; with adaptive_interims), if shorter: lower final latency from spare "
+        "model time",
+    )
     min_silence: float = setting(0.45, "pause (s) that ends an utterance")
     max_utterance: float = setting(
         25.0, "longest utterance (s) before it is cut at a committed word"
@@ -121,6 +127,9 @@ class AsrSettings:
             )
         if self.idle_timeout <= 0:
             raise SettingsError(f"setting idle_timeout={self.idle_timeout}: must be > 0")
+        for name in ("speculative_pause", "speculative_pause_idle"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"setting {name}={getattr(self, name)}: must be >= 0")
         if self.min_silence <= 0 or self.interim_interval <= 0 or self.max_utterance > 29:
             raise SettingsError(
                 "settings min_silence and interim_interval must be > 0 and max_utterance <= 29 s "
