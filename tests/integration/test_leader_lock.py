@@ -171,7 +171,7 @@ async def test_release_hands_over_at_once(
     session = a.session_id
     async with holding(a) as hold:
         await a.release()
-        await asyncio.wait_for(hold, timeout=1)
+        await asyncio.wait_for(hold, timeout=5)
     assert await b.acquire(), "a released key has no lock-delay"
     assert session not in double.session_ids()
     await a.release()  # idempotent
@@ -209,7 +209,7 @@ async def test_file_lock_one_holder_at_a_time(tmp_path: Path) -> None:
     assert path.read_text() == f"{os.getpid()}\n"
     hold = asyncio.create_task(a.hold())
     await a.release()
-    await asyncio.wait_for(hold, timeout=1)
+    await asyncio.wait_for(hold, timeout=5)
     assert not a.is_leader
     assert await b.acquire() and b.is_leader
     await b.release()

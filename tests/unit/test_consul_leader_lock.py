@@ -76,7 +76,7 @@ async def test_renews_keep_the_lock_while_they_answer() -> None:
         assert lock.is_leader and not hold.done()
     finally:
         await lock.release()
-        await asyncio.wait_for(hold, timeout=1)
+        await asyncio.wait_for(hold, timeout=5)
 
 
 @pytest.mark.parametrize(
