@@ -215,10 +215,10 @@ async def test_deadline_exceeded_releases_the_stream(server: AsrServerThread) ->
     counted = counted_now()
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = stt_pb2_grpc.RecognizerServiceStub(channel)
-        call = await _hold_open(stub, timeout=2.0)
+        call = await _hold_open(stub, timeout=4.0)
         await call.write(Req(audio_content=bytes(3200)))
         # Counted once the handler runs: a loaded host could reach the deadline first.
-        await wait_until_async(lambda: _holding(server), timeout=1.5)
+        await wait_until_async(lambda: _holding(server), timeout=3.0)
         while not call.done():
             with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 await call.write(Req(audio_content=bytes(3200)))

@@ -247,7 +247,7 @@ async def test_cluster_settings_wire_consul_discovery_the_consul_lock_and_nomad(
     assert await sole.acquire() and sole.is_leader
     holding = asyncio.create_task(sole.hold())
     await sole.release()
-    await asyncio.wait_for(holding, 1)
+    await asyncio.wait_for(holding, 5)
     assert not sole.is_leader
 
 
