@@ -92,9 +92,12 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     """Writes ``bench/results/<name>.json`` with the command and the machine."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
+    # Services started by a benchmark take their settings from VOXMESH_* variables
+    # too: they are part of the command that reproduces the run.
+    settings = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("VOXMESH_")]
     payload = {
         "benchmark": name,
-        "command": " ".join(["python", "-m", f"bench.{name}", *sys.argv[1:]]),
+        "command": " ".join([*settings, "python", "-m", f"bench.{name}", *sys.argv[1:]]),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         **result,
