@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -94,10 +95,13 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     # Services started by a benchmark take their settings from VOXMESH_* variables
     # too: they are part of the command that reproduces the run.
-    settings = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("VOXMESH_")]
+    settings = [
+        f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("VOXMESH_")
+    ]
+    run = shlex.join(["python", "-m", f"bench.{name}", *sys.argv[1:]])
     payload = {
         "benchmark": name,
-        "command": " ".join([*settings, "python", "-m", f"bench.{name}", *sys.argv[1:]]),
+        "command": " ".join([*settings, run]),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         **result,
