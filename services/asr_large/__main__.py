@@ -6,7 +6,7 @@ import sys
 
 from voxmesh.asr.app import main
 
-DEFAULTS = {"pool": "asr_large", "model": "base"}
+DEFAULTS = {"pool": "asr_large", "model": "base", "max_streams": 2}
 
 if __name__ == "__main__":
     sys.exit(main(DEFAULTS))

@@ -102,7 +102,7 @@ class PoolSpec:
     """The pool (``asr_small``)."""
     policy: PoolPolicy = field(default_factory=PoolPolicy)
     """Its scaling policy (the target's bounds narrow it further)."""
-    fallback_max_streams: int = 4
+    fallback_max_streams: int = 3
     """Per-instance stream limit assumed while no instance reports its own."""
 
 

@@ -137,7 +137,7 @@ class AutoscalerSettings:
     preemptible_max: tuple[str, ...] = setting((), "pool=count most preemptible instances")
     """Per pool, the most preemptible instances (0 disables the group)."""
     max_streams: tuple[str, ...] = setting(
-        ("asr_small=4", "asr_large=2"), "pool=streams per instance while none reports it"
+        ("asr_small=3", "asr_large=2"), "pool=streams per instance while none reports it"
     )
     """Per pool, the per-instance stream limit assumed while no instance reports its own."""
     target_utilisation: float = setting(0.9, "share of the slots the policy plans to fill")
@@ -248,7 +248,7 @@ class AutoscalerSettings:
 
     def fallback_max_streams(self, pool: str) -> int:
         """Streams per instance of ``pool`` assumed while no instance reports its limit."""
-        return _per_pool("max_streams", self.max_streams, pool, 4)
+        return _per_pool("max_streams", self.max_streams, pool, 3)
 
     def validate(self) -> None:
         """Raises :class:`SettingsError` naming the first invalid setting."""

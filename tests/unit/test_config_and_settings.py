@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from importlib import import_module
 
 import pytest
 
+from services.autoscaler.settings import AutoscalerSettings
 from services.router.settings import RouterSettings
 from voxmesh.asr.config import check_model, validate_streaming_config
 from voxmesh.asr.settings import AsrSettings
@@ -126,3 +128,19 @@ def test_float_settings_must_be_finite(raw: str) -> None:
             load(_Floats, prefix="T", argv=argv)
     fine = load(_Floats, prefix="T", argv=["--plain=1e3", "--maybe=-0.5", "--several=1,2"])
     assert (fine.plain, fine.maybe, fine.several) == (1000.0, -0.5, (1.0, 2.0))
+
+
+@pytest.mark.parametrize(
+    ("module", "pool"),
+    [("services.asr_small.__main__", "asr_small"), ("services.asr_large.__main__", "asr_large")],
+)
+def test_each_asr_service_admits_what_the_autoscaler_assumes_of_its_pool(
+    module: str, pool: str
+) -> None:
+    """The autoscaler sizes a pool by the per-instance limit it assumes until an instance
+    reports its own: the two must agree, or the first scale-up of an empty pool is off."""
+    defaults = import_module(module).DEFAULTS
+    asr = load(AsrSettings, prefix="VOXMESH_ASR", defaults=defaults, argv=[], env={})
+    autoscaler = AutoscalerSettings()
+    assert asr.pool == pool
+    assert asr.max_streams == autoscaler.fallback_max_streams(pool)

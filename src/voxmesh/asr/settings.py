@@ -36,7 +36,9 @@ class AsrSettings:
         " 1: always greedy, lower latency on CPU (see docs/asr.md, Accuracy)",
     )
     max_streams: int = setting(
-        4, "admission limit: concurrent streams (calibrate with bench/asr_density.py)"
+        3,
+        "admission limit: concurrent streams (calibrate with bench/asr_density.py; the "
+        "default is tiny.en's measured density on 2 CPU cores)",
     )
     max_batch: int = setting(
         0,
