@@ -1161,10 +1161,12 @@ class NomadDouble:
                 st.blocked.pop(job["ID"], None)
             evaluation["ModifyIndex"] = self._bump("evals")
             return
-        evaluation.update(Status="complete", ModifyIndex=self._bump("evals"))
         if not failed:
+            evaluation.update(Status="complete", ModifyIndex=self._bump("evals"))
             st.blocked.pop(job["ID"], None)  # untracked, left "blocked" in the state
             return
+        # GenericScheduler.process creates the blocked evaluation first (createBlockedEval);
+        # setStatus marks this one complete last, so its ModifyIndex is the higher one.
         blocked = self._new_eval(
             job["ID"], "queued-allocs", evaluation["JobModifyIndex"], "blocked"
         )
@@ -1176,7 +1178,9 @@ class NomadDouble:
             QueuedAllocations=dict(queued),
             SnapshotIndex=st.index,
         )
-        evaluation["BlockedEval"] = blocked["ID"]
+        evaluation.update(
+            Status="complete", BlockedEval=blocked["ID"], ModifyIndex=self._bump("evals")
+        )
         st.blocked[job["ID"]] = blocked["ID"]
         if tracked and tracked in st.evals and st.evals[tracked]["Status"] == "blocked":
             st.evals[tracked].update(

@@ -263,6 +263,10 @@ def test_no_free_gpu_gives_failed_allocs_and_a_blocked_evaluation(nomad: NomadDo
     assert blocked["StatusDescription"] == "created to place remaining allocations"
     assert blocked["FailedTGAllocs"]["asr"]["DimensionExhausted"]
 
+    # The scheduler creates the blocked evaluation while it runs (GenericScheduler.process)
+    # and only then marks the original complete (setStatus): the original is modified last.
+    assert blocked["CreateIndex"] == blocked["ModifyIndex"] < original["ModifyIndex"]
+
     nomad.add_node("gpu-2", pool="gpu", gpus=2)
     unblocked = call(nomad, "GET", f"/v1/evaluation/{blocked['ID']}")
     assert (unblocked["Status"], unblocked["FailedTGAllocs"]) == ("complete", None)
