@@ -30,7 +30,6 @@ buffer).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import time
@@ -340,9 +339,15 @@ class StreamRelay:
             raise UpstreamError(err) from None
         finally:
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-            call.cancel()
+            try:
+                # Not ``await writer`` under a suppressed CancelledError: a cancel of this
+                # task that came while the writer ended would be swallowed with the
+                # writer's, and a stream its client left would fail over and go on.
+                await asyncio.wait({writer})
+            finally:
+                call.cancel()
+            if not writer.cancelled():
+                writer.result()  # a failure of the writer's own is not hidden
 
     async def _on_response(self, response: stt_pb2.StreamingRecognizeResponse) -> None:
         self._responses += 1
