@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -198,14 +198,18 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
     ) -> AsyncIterator[stt_pb2.StreamingRecognizeResponse]:
         async with self._answering(context, "stream"):
             with self._instance.admit(last_resort=last_resort_asked(context.invocation_metadata())):
-                async for response in self._stream(request_iterator, context):
-                    yield response
+                # Closed here, not when the garbage collector gets to it: when gRPC closes
+                # this generator, the stream's reader, session and decoder end before its
+                # slot is free.
+                async with contextlib.aclosing(self._stream(request_iterator, context)) as stream:
+                    async for response in stream:
+                        yield response
 
     async def _stream(
         self,
         requests: AsyncIterator[stt_pb2.StreamingRecognizeRequest],
         context: Context,
-    ) -> AsyncIterator[stt_pb2.StreamingRecognizeResponse]:
+    ) -> AsyncGenerator[stt_pb2.StreamingRecognizeResponse, None]:
         iterator = requests.__aiter__()
         first = await self._next(iterator, "streaming_config")
         if first is None:
