@@ -44,6 +44,7 @@ from services.router.failover import ReplayLog, ResultTracker, duration_ms
 from services.router.membership import Member
 from services.router.metrics import RouterMetrics
 from services.router.routing import Route, check_chunk
+from voxmesh.asr.config import audio_content
 from voxmesh.errors import InvalidArgument, Unavailable, VoxmeshError
 from voxmesh.rpc import status
 from voxmesh.stt.v1 import stt_pb2
@@ -169,18 +170,12 @@ class StreamRelay:
     ) -> None:
         try:
             async for request in requests:
-                if request.WhichOneof("streaming_request") != "audio_content":
-                    raise InvalidArgument(
-                        "only the first request may carry streaming_config; "
-                        "later requests carry audio_content"
-                    )
-                check_chunk(
-                    request.audio_content, self._route.linear16, self._limits.max_chunk_bytes
-                )
+                data = audio_content(request)
+                check_chunk(data, self._route.linear16, self._limits.max_chunk_bytes)
                 # Room for the whole chunk (one always goes when nothing is unsent).
-                while (unsent := self._log.unsent_bytes()) and unsent + len(
-                    request.audio_content
-                ) > self._unsent_limit():
+                while (unsent := self._log.unsent_bytes()) and (
+                    unsent + len(data) > self._unsent_limit()
+                ):
                     self._space.clear()
                     await self._space.wait()
                 self._log.append(request)

@@ -32,6 +32,7 @@ def config(**changes: Any) -> Request:
 CASES: dict[str, list[Request]] = {
     "audio before config": [audio(3200), config()],
     "second config": [config(), audio(3200), config()],
+    "request carrying nothing": [config(), audio(3200), Request(), audio(3200)],
     "unknown model": [config(model="whisper-huge"), audio(3200)],
     "unsupported encoding": [config(encoding=stt_pb2.AUDIO_ENCODING_UNSPECIFIED), audio(3200)],
     "unknown encoding": [config(encoding=7), audio(3200)],

@@ -25,6 +25,7 @@ __all__ = [
     "MIN_SAMPLE_RATE",
     "ValidatedConfig",
     "audio_chunk",
+    "audio_content",
     "check_model",
     "make_decoder",
     "serves_model",
@@ -113,13 +114,26 @@ def check_model(requested: str, *, pool: str, model: str) -> None:
         )
 
 
+def audio_content(request: stt_pb2.StreamingRecognizeRequest) -> bytes:
+    """The audio of a request after the first; rejects a second config and a request
+    that carries neither (the instances and the router answer both alike)."""
+    kind = request.WhichOneof("streaming_request")
+    if kind == "streaming_config":
+        raise InvalidArgument("a stream carries exactly one streaming_config, as its first request")
+    if kind is None:
+        raise InvalidArgument(
+            "a request carries neither streaming_config nor audio_content: every request "
+            "after the first carries audio_content"
+        )
+    return request.audio_content
+
+
 def audio_chunk(
     request: stt_pb2.StreamingRecognizeRequest, max_chunk_bytes: int, retry_after: float
 ) -> bytes:
-    """The audio of a request after the first; rejects a second config and oversized chunks."""
-    if request.WhichOneof("streaming_request") == "streaming_config":
-        raise InvalidArgument("a stream carries exactly one streaming_config, as its first request")
-    data = request.audio_content
+    """The audio of a request after the first; rejects what :func:`audio_content` does and
+    oversized chunks."""
+    data = audio_content(request)
     if len(data) > max_chunk_bytes:
         raise ResourceExhausted(
             f"audio chunk of {len(data)} bytes exceeds the maximum chunk size of "
