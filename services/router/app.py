@@ -117,6 +117,7 @@ class RouterApp:
                 max_chunk_bytes=settings.max_chunk_bytes,
                 max_failovers=settings.max_failovers,
                 failover_context_s=settings.failover_context_s,
+                idle_timeout_s=settings.idle_timeout_s,
             ),
             metrics=self.metrics,
             max_streams=settings.max_streams,

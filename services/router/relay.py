@@ -33,9 +33,9 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -45,7 +45,7 @@ from services.router.membership import Member
 from services.router.metrics import RouterMetrics
 from services.router.routing import Route, check_chunk
 from voxmesh.asr.config import audio_content
-from voxmesh.errors import InvalidArgument, Unavailable, VoxmeshError
+from voxmesh.errors import InvalidArgument, OutOfRange, Unavailable, VoxmeshError
 from voxmesh.rpc import status
 from voxmesh.stt.v1 import stt_pb2
 
@@ -55,9 +55,12 @@ __all__ = [
     "RelayLimits",
     "StreamRelay",
     "UpstreamError",
+    "idle_wait",
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 FAILOVER_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
@@ -67,6 +70,19 @@ FAILOVER_CODES = frozenset(
 LATENCY_SAMPLE_EVERY = 8
 """One message in this many is timed for ``voxmesh_router_added_latency_seconds``
 (a histogram observation costs about as much as a tenth of relaying a message)."""
+
+
+async def idle_wait(message: Awaitable[T], timeout_s: float, waiting_for: str) -> T:
+    """Awaits the client's next ``message`` (or what it brings) for at most ``timeout_s``;
+    OUT_OF_RANGE beyond, in an instance's words."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await message
+    except TimeoutError:
+        raise OutOfRange(
+            f"no {waiting_for} received for {timeout_s:g} s: send audio close to real time, "
+            "and half-close the stream at its end"
+        ) from None
 
 
 class UpstreamError(Exception):
@@ -105,6 +121,8 @@ class RelayLimits:
     """Most failovers of one stream."""
     failover_context_s: float = 0.0
     """Audio of earlier finals replayed in front on failover, as context only."""
+    idle_timeout_s: float = 30.0
+    """Longest wait for the client's next message while no instance waits for it."""
 
 
 class StreamRelay:
@@ -273,7 +291,7 @@ class StreamRelay:
             if log.half_closed:
                 return False
             self._data.clear()
-            await self._data.wait()
+            await idle_wait(self._data.wait(), self._limits.idle_timeout_s, "audio")
         return True
 
     async def _finish(self, member: Member) -> None:

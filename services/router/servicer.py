@@ -19,7 +19,13 @@ import grpc
 from services.router.admission import Admission
 from services.router.membership import Member, Membership
 from services.router.metrics import ROUTER_FULL, RouterMetrics
-from services.router.relay import FAILOVER_CODES, RelayLimits, StreamRelay, UpstreamError
+from services.router.relay import (
+    FAILOVER_CODES,
+    RelayLimits,
+    StreamRelay,
+    UpstreamError,
+    idle_wait,
+)
 from services.router.routing import PoolResolver
 from voxmesh.asr.config import validate_recognition_config
 from voxmesh.errors import InvalidArgument, ResourceExhausted, Unavailable, VoxmeshError
@@ -100,7 +106,11 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
         self._enter()
         try:
             self._check_open()
-            first = await anext(aiter(request_iterator), None)
+            first = await idle_wait(
+                anext(aiter(request_iterator), None),
+                self._limits.idle_timeout_s,
+                "streaming_config",
+            )
             if first is None:
                 raise InvalidArgument("empty stream: the first request must carry streaming_config")
             if first.WhichOneof("streaming_request") != "streaming_config":

@@ -99,6 +99,16 @@ class RouterSettings:
     """Audio kept per stream for replay on failover; a stream past it cannot fail over."""
     max_chunk_bytes: int = setting(1 << 20, "largest audio chunk accepted (as the instances)")
     """Largest audio chunk; larger ones fail with ``RESOURCE_EXHAUSTED`` (the ASR default)."""
+    idle_timeout_s: float = setting(
+        30.0,
+        "longest wait (s) for a client's next message while no instance waits for it "
+        "(its config; more audio after a failover); more is OUT_OF_RANGE",
+    )
+    """How long a stream may wait for its client while the router alone holds it: for its
+    config, and, after a failover that left every byte with its final, for more audio or
+    the half-close. Beyond, OUT_OF_RANGE, as an instance answers a client that stalls
+    (its ``idle_timeout``): a client that stalls or vanished without a reset must not hold
+    a router stream (nor hold up a drain) forever."""
     max_failovers: int = setting(3, "most failovers of one stream")
     """Most times one stream moves to another instance before it fails with UNAVAILABLE."""
     failover_context_s: float = setting(
@@ -176,6 +186,7 @@ class RouterSettings:
             "max_chunk_bytes": self.max_chunk_bytes,
             "telemetry_interval_s": self.telemetry_interval_s,
             "queue_max_wait_s": self.queue_max_wait_s,
+            "idle_timeout_s": self.idle_timeout_s,
         }
         for name, value in positive.items():
             if value <= 0:

@@ -94,3 +94,17 @@ async def test_cancel_and_deadline_reach_the_instance() -> None:
         assert await late.call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await wait_until_async(lambda: fake.active == 0)
         await wait_until_async(lambda: m.router.recognizer.active_streams == 0)
+
+
+async def test_a_client_that_sends_no_config_is_timed_out() -> None:
+    """The router waited for the first request forever (an instance answers OUT_OF_RANGE
+    after its idle timeout): a client that stalled or vanished held a router stream,
+    and the drain, for good."""
+    async with mesh(idle_timeout_s=0.5) as m:
+        await m.add("a")
+        call: Any = stt_pb2_grpc.RecognizerServiceStub(m.channel).StreamingRecognize(timeout=30)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call.read()
+        assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "no streaming_config received for 0.5 s" in (err.value.details() or "")
+        await wait_until_async(lambda: m.router.recognizer.active_streams == 0)

@@ -130,6 +130,25 @@ async def test_a_stream_whose_audio_all_has_finals_waits_for_more_after_a_failur
             assert second.streams_total == 0
 
 
+async def test_a_stream_waiting_for_more_after_a_failure_is_timed_out_if_its_client_stalls() -> (
+    None
+):
+    # As above, but the client sends nothing more and stays: the router waited for it
+    # forever, with no instance (and its idle timeout) in the way.
+    async with mesh(idle_timeout_s=0.5) as m:
+        first = await m.add("first")
+        held = await HeldStream(m.channel).open(pcm(1.0, 2))
+        await wait_until_async(lambda: len(held.finals()) == 1)
+        await m.add("second")
+        await first.stop(grace=0)
+        await wait_until_async(lambda: held.error is not None, timeout=10.0)
+        assert held.error is not None
+        assert held.error.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "no audio received for 0.5 s" in (held.error.details() or "")
+        assert m.metric("voxmesh_router_failovers_total", pool="asr_small") == 1
+        await wait_until_async(lambda: m.router.recognizer.active_streams == 0)
+
+
 @pytest.mark.parametrize("encoding", ["linear16", "container"])
 async def test_instance_dying_after_its_summary_is_not_failed_over(encoding: str) -> None:
     first_request = config_request(
