@@ -48,8 +48,9 @@ class RecognizerServiceStub:
 
     1. The first request carries `streaming_config` and no audio. A stream
        whose first request holds audio fails with INVALID_ARGUMENT.
-    2. Every later request carries `audio_content` only. A second config
-       fails the stream with INVALID_ARGUMENT.
+    2. Every later request carries `audio_content` only. A second config, or
+       a request that carries neither field, fails the stream with
+       INVALID_ARGUMENT.
     3. The client half-closes when it has no more audio. The server then
        finishes the open utterance, sends its final result, sends one
        `summary` and closes the stream with OK.
@@ -64,9 +65,10 @@ class RecognizerServiceStub:
 
     Errors (the message says which limit or field):
 
-    * INVALID_ARGUMENT: audio before config, second config, unsupported
-      encoding, sample rate out of range, odd-length LINEAR16 chunk, empty
-      stream, malformed compressed audio.
+    * INVALID_ARGUMENT: audio before config, second config, a request with
+      neither config nor audio, unsupported encoding, sample rate out of
+      range, odd-length LINEAR16 chunk, empty stream, malformed compressed
+      audio.
     * NOT_FOUND: the requested model or pool is not served here.
     * OUT_OF_RANGE: the stream is longer than the maximum stream duration,
       or no request came for the idle timeout (30 s by default): send audio
@@ -99,8 +101,9 @@ class RecognizerServiceAsyncStub(RecognizerServiceStub):
 
     1. The first request carries `streaming_config` and no audio. A stream
        whose first request holds audio fails with INVALID_ARGUMENT.
-    2. Every later request carries `audio_content` only. A second config
-       fails the stream with INVALID_ARGUMENT.
+    2. Every later request carries `audio_content` only. A second config, or
+       a request that carries neither field, fails the stream with
+       INVALID_ARGUMENT.
     3. The client half-closes when it has no more audio. The server then
        finishes the open utterance, sends its final result, sends one
        `summary` and closes the stream with OK.
@@ -115,9 +118,10 @@ class RecognizerServiceAsyncStub(RecognizerServiceStub):
 
     Errors (the message says which limit or field):
 
-    * INVALID_ARGUMENT: audio before config, second config, unsupported
-      encoding, sample rate out of range, odd-length LINEAR16 chunk, empty
-      stream, malformed compressed audio.
+    * INVALID_ARGUMENT: audio before config, second config, a request with
+      neither config nor audio, unsupported encoding, sample rate out of
+      range, odd-length LINEAR16 chunk, empty stream, malformed compressed
+      audio.
     * NOT_FOUND: the requested model or pool is not served here.
     * OUT_OF_RANGE: the stream is longer than the maximum stream duration,
       or no request came for the idle timeout (30 s by default): send audio
@@ -153,8 +157,9 @@ class RecognizerServiceServicer(metaclass=_abc_1.ABCMeta):
 
         1. The first request carries `streaming_config` and no audio. A stream
            whose first request holds audio fails with INVALID_ARGUMENT.
-        2. Every later request carries `audio_content` only. A second config
-           fails the stream with INVALID_ARGUMENT.
+        2. Every later request carries `audio_content` only. A second config, or
+           a request that carries neither field, fails the stream with
+           INVALID_ARGUMENT.
         3. The client half-closes when it has no more audio. The server then
            finishes the open utterance, sends its final result, sends one
            `summary` and closes the stream with OK.
@@ -169,9 +174,10 @@ class RecognizerServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors (the message says which limit or field):
 
-        * INVALID_ARGUMENT: audio before config, second config, unsupported
-          encoding, sample rate out of range, odd-length LINEAR16 chunk, empty
-          stream, malformed compressed audio.
+        * INVALID_ARGUMENT: audio before config, second config, a request with
+          neither config nor audio, unsupported encoding, sample rate out of
+          range, odd-length LINEAR16 chunk, empty stream, malformed compressed
+          audio.
         * NOT_FOUND: the requested model or pool is not served here.
         * OUT_OF_RANGE: the stream is longer than the maximum stream duration,
           or no request came for the idle timeout (30 s by default): send audio
