@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from google.protobuf import timestamp_pb2
 from prometheus_client import Gauge
 
+from voxmesh import tasks
 from voxmesh.asr.decoder import Decoder
 from voxmesh.asr.metrics import AsrMetrics
 from voxmesh.asr.results import duration
@@ -255,7 +256,5 @@ class AsrInstance:
     async def shutdown(self) -> None:
         """Stops the load sampling and the scheduler (idempotent)."""
         if self._sampler is not None:
-            self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sampler
+            await tasks.stop(self._sampler)
         await self.scheduler.shutdown()

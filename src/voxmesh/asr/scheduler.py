@@ -33,6 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from voxmesh import tasks
 from voxmesh.asr.decoder import DecodeJob, DecodeOutput, Decoder
 from voxmesh.errors import Unavailable
 
@@ -248,9 +249,7 @@ class DecodeScheduler:
         their streams end in an error, not as if complete. Returns once a decode still
         running on the model has ended, without blocking the event loop meanwhile."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await tasks.stop(self._task)
         for entry in self._heap:
             if not entry.future.done():
                 entry.future.set_exception(_shutting_down())

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from voxmesh import errors
+from voxmesh import errors, tasks
 from voxmesh.asr.audio import MODEL_SAMPLE_RATE, AudioDecoder, ContainerDecoder, Samples
 from voxmesh.asr.config import (
     ValidatedConfig,
@@ -383,10 +383,7 @@ async def _decode(
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
     """Cancels ``task`` and waits for it to end; its own error is not ours to raise."""
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await tasks.stop(task)
 
 
 class TelemetryServicer(stt_pb2_grpc.TelemetryServiceServicer):

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from voxmesh import tasks
 from voxmesh.asr.agreement import LocalAgreement
 from voxmesh.asr.audio import MODEL_SAMPLE_RATE, Samples
 from voxmesh.asr.context import StreamContext
@@ -295,11 +296,8 @@ class StreamSession:
             try:
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                if not getter.done():
-                    # An event not taken yet stays queued for the next call.
-                    getter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await getter
+                # An event not taken yet stays queued for the next call.
+                await tasks.stop(getter)
             if getter.done() and not getter.cancelled():
                 if producer is not None and producer.done():
                     producer.result()  # a failed producer comes first
@@ -307,10 +305,7 @@ class StreamSession:
 
     async def close(self) -> None:
         """Stops the worker (idempotent); pending decodes are dropped."""
-        if not self._task.done():
-            self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
+        await tasks.stop(self._task)
 
     def raise_worker_error(self) -> None:
         """Raises the error the worker failed with, if it has failed."""
