@@ -173,8 +173,10 @@ async def test_a_stream_closed_by_grpc_is_counted_by_why(
     monkeypatch: pytest.MonkeyPatch, remaining: float | None, code: str
 ) -> None:
     """gRPC closes the stream's generator when it cannot send a response (the call ended
-    while the server was sending): that end was not counted at all."""
-    async with recognizer(monkeypatch, SessionOptions(context=0.0)) as (servicer, _):
+    while the server was sending): that end was not counted at all. And the stream's own
+    generator was left to the garbage collector: the slot was free while the reader still
+    read and the session still decoded, until the event loop's finaliser got to them."""
+    async with recognizer(monkeypatch, SessionOptions(context=0.0)) as (servicer, sessions):
         hold = asyncio.Event()
         audio = np.concatenate([speech(1.0), silence(1.0)])
         stream = servicer.StreamingRecognize(
@@ -185,6 +187,14 @@ async def test_a_stream_closed_by_grpc_is_counted_by_why(
             await stream.aclose()  # type: ignore[attr-defined]  # an async generator
         assert errors_counted(servicer, code) == 1
         assert sum(errors_counted(servicer, c.name) for c in grpc.StatusCode) == 1
+        assert servicer._instance.active == 0
+        assert sessions[0].worker.done()
+        readers = [
+            t
+            for t in asyncio.all_tasks()
+            if not t.done() and t.get_coro().__qualname__ == "RecognizerServicer._read"  # type: ignore[union-attr]
+        ]
+        assert readers == []
 
 
 class GermanModel:
@@ -213,28 +223,3 @@ async def test_interims_report_the_language_decoded(monkeypatch: pytest.MonkeyPa
         assert [r.language_code for r in results if r.is_final] == ["de"]
         assert results_counted(servicer, "interim") == len(interims)
         assert results_counted(servicer, "final") == 1
-
-
-async def test_a_stream_closed_by_grpc_ends_its_reader_and_session_at_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The stream's own generator was left to the garbage collector: once gRPC had closed
-    the call's, the slot was free while the reader still read and the session still
-    decoded, until the event loop's finaliser got round to them."""
-    async with recognizer(monkeypatch, SessionOptions(context=0.0)) as (servicer, sessions):
-        hold = asyncio.Event()
-        audio = np.concatenate([speech(1.0), silence(1.0)])
-        stream = servicer.StreamingRecognize(
-            requests(audio, hold=hold), cast(Any, RecordingContext(None))
-        )
-        async with asyncio.timeout(20):
-            await anext(aiter(stream))
-            await stream.aclose()  # type: ignore[attr-defined]  # an async generator
-        assert servicer._instance.active == 0
-        assert sessions[0].worker.done()
-        readers = [
-            t
-            for t in asyncio.all_tasks()
-            if not t.done() and t.get_coro().__qualname__ == "RecognizerServicer._read"  # type: ignore[union-attr]
-        ]
-        assert readers == []
