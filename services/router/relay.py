@@ -44,6 +44,7 @@ from services.router.failover import ReplayLog, ResultTracker, duration_ms
 from services.router.membership import Member
 from services.router.metrics import RouterMetrics
 from services.router.routing import Route, check_chunk
+from voxmesh import tasks
 from voxmesh.asr.config import audio_content
 from voxmesh.errors import InvalidArgument, OutOfRange, Unavailable, VoxmeshError
 from voxmesh.rpc import status
@@ -351,12 +352,11 @@ class StreamRelay:
                 return _Outcome.FAILED
             raise UpstreamError(err) from None
         finally:
-            writer.cancel()
             try:
                 # Not ``await writer`` under a suppressed CancelledError: a cancel of this
                 # task that came while the writer ended would be swallowed with the
                 # writer's, and a stream its client left would fail over and go on.
-                await asyncio.wait({writer})
+                await tasks.stop(writer)
             finally:
                 call.cancel()
             if not writer.cancelled():
