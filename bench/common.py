@@ -89,6 +89,15 @@ def _cpu() -> dict[str, Any]:
     }
 
 
+def _running_module(name: str) -> str:
+    """The benchmark module this process runs (``python -m bench.X``): a result's name
+    may differ from it (``router_overhead_interim10`` comes from ``bench.router_overhead``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name.startswith("bench."):
+        return str(spec.name)
+    return f"bench.{name}"
+
+
 def write_result(name: str, result: dict[str, Any]) -> Path:
     """Writes ``bench/results/<name>.json`` with the command and the machine."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -98,7 +107,7 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     settings = [
         f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("VOXMESH_")
     ]
-    run = shlex.join(["python", "-m", f"bench.{name}", *sys.argv[1:]])
+    run = shlex.join(["python", "-m", _running_module(name), *sys.argv[1:]])
     payload = {
         "benchmark": name,
         "command": " ".join([*settings, run]),
