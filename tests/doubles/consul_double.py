@@ -408,6 +408,15 @@ class ConsulDouble:
             chk = self._checks.get(check_id)
             return None if chk is None else {**self._check_json(chk), "Definition": chk.definition}
 
+    def critical_for(self, check_id: str) -> float | None:
+        """Seconds the check has counted as critical towards its reaping (the agent's
+        ``CheckState.CriticalFor``; no API shows it), None while its clock is not running."""
+        with self._cond:
+            chk = self._checks.get(check_id)
+            if chk is None or chk.critical_since is None:
+                return None
+            return time.monotonic() - chk.critical_since
+
     def session_ids(self) -> list[str]:
         """IDs of the live sessions."""
         with self._cond:
@@ -446,11 +455,16 @@ class ConsulDouble:
         return idx
 
     def _set_status(self, chk: _Check, status: str, output: str) -> None:
+        # As the agent's UpdateCheck (agent/local/state.go): the critical clock is kept
+        # on every update, a repeated one included, and only updates start it.
+        if status != "critical":
+            chk.critical_since = None
+        elif chk.critical_since is None:
+            chk.critical_since = time.monotonic()
         chk.output = output
         if status == chk.status:
             return
         chk.status = status
-        chk.critical_since = time.monotonic() if status == "critical" else None
         chk.modify_index = self._touch(*([chk.service_name] if chk.service_id else []))
         if status == "critical":
             for sess in list(self._sessions.values()):
@@ -665,9 +679,9 @@ class ConsulDouble:
         for chk in new_checks:
             previous = self._checks.get(chk.check_id)
             if previous is not None:
-                chk.status, chk.output, chk.critical_since = (
-                    previous.status, previous.output, previous.critical_since,
-                )  # fmt: skip
+                # The agent restores status and output from its snapshot, in a new
+                # check state whose critical clock starts again at the next update.
+                chk.status, chk.output = previous.status, previous.output
                 if previous.prober is not None:
                     previous.prober.set()
             chk.create_index = chk.modify_index = idx
@@ -702,7 +716,7 @@ class ConsulDouble:
             grpc=d.get("grpc") or "", interval=interval,
             timeout=_seconds(d.get("timeout"), "Timeout") or 10.0,
             deregister_after=_seconds(d.get("deregistercriticalserviceafter"), "Deregister"),
-            definition=d, critical_since=time.monotonic() if status == "critical" else None,
+            definition=d,
             ttl_deadline=time.monotonic() + ttl if ttl else None,
         )  # fmt: skip
 
