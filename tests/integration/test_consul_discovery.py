@@ -345,22 +345,27 @@ def test_critical_instance_is_reaped_after_deregister_critical_service_after(
     assert elapsed >= 0.05 + 0.3, "the clock starts when the TTL runs out, then the minimum"
 
 
-def test_registering_again_restarts_the_reap_clock(double: ConsulDouble) -> None:
+def test_registering_again_restarts_the_reap_clock() -> None:
     """The agent restores a re-registered check's status and output, in a new check state
     whose critical clock starts again at its next update: an instance that registers
     itself again is not reaped on the old clock."""
-    client = consul.Consul(host="127.0.0.1", port=double.port)
-    check = {"TTL": "50ms", "DeregisterCriticalServiceAfter": "10ms"}
-    client.agent.service.register(SERVICE, service_id="again", port=1, check=check)
-    wait_until(lambda: (double.critical_for("service:again") or 0.0) >= 0.2)
-    client.agent.service.register(SERVICE, service_id="again", port=1, check=check)
-    registered_again = time.monotonic()
-    assert double.critical_for("service:again") is None
-    restored = double.check("service:again")
-    assert restored is not None and restored["Status"] == "critical"
-    assert restored["Output"] == "TTL expired"
-    wait_until(lambda: double.service("again") is None)
-    assert time.monotonic() - registered_again >= 0.05 + 0.3
+    double = ConsulDouble(min_check_interval=0.05, reap_interval=0.05, deregister_min=1.0)
+    double.start()
+    try:
+        client = consul.Consul(host="127.0.0.1", port=double.port)
+        check = {"TTL": "50ms", "DeregisterCriticalServiceAfter": "10ms"}
+        client.agent.service.register(SERVICE, service_id="again", port=1, check=check)
+        wait_until(lambda: double.critical_for("service:again") is not None)  # TTL ran out
+        client.agent.service.register(SERVICE, service_id="again", port=1, check=check)
+        registered_again = time.monotonic()
+        assert double.critical_for("service:again") is None
+        restored = double.check("service:again")
+        assert restored is not None and restored["Status"] == "critical"
+        assert restored["Output"] == "TTL expired"
+        wait_until(lambda: double.service("again") is None)
+        assert time.monotonic() - registered_again >= 0.05 + 1.0
+    finally:
+        double.stop()
 
 
 async def test_watcher_keeps_last_set_while_consul_refuses_and_recovers(
