@@ -1135,18 +1135,24 @@ def _decode(body: bytes) -> Any:
 
 
 def _fixup_session_checks(args: Json) -> tuple[list[str], list[str]]:
-    """``Checks`` and ``NodeChecks`` of a new session, as the API reference documents them.
-
-    ``serfHealth`` is added unless the body has a ``Checks`` key (``"Checks": []``
-    removes it; the deprecated ``Checks`` are node checks); ``NodeChecks`` come on top,
-    so a body with an empty ``NodeChecks`` and no ``Checks`` key still gets
-    ``serfHealth``. (The stored ``fixupEmptySessionChecks`` source reads as if such a
-    body dropped ``serfHealth``; the double keeps the documented answer, and voxmesh's
-    lock sends neither field.)
+    """``Checks`` and ``NodeChecks`` of a new session, as the agent's ``SessionCreate``
+    leaves them (agent/session_endpoint.go): both default to ``serfHealth``, a key in
+    the body replaces its default, then ``fixupEmptySessionChecks`` runs. So
+    ``{"NodeChecks": ["x"]}`` depends on ``x`` alone, ``{"NodeChecks": []}`` and
+    ``{"Checks": []}`` on nothing, and ``{"Checks": ["x"]}`` on ``x`` and ``serfHealth``.
+    (The reference notes read "serfHealth unless a Checks key"; the agent's source and
+    the session docs ("if you override this list, include the default serfHealth")
+    agree with each other and not with that line. voxmesh's lock sends neither key.)
     """
-    base = [str(c) for c in args["checks"] or []] if "checks" in args else [_SERF]
-    extra = [str(c) for c in args.get("nodechecks") or []]
-    return [], base + [c for c in extra if c not in base]
+    checks = [str(c) for c in args["checks"] or []] if "checks" in args else [_SERF]
+    node_checks = [str(c) for c in args["nodechecks"] or []] if "nodechecks" in args else [_SERF]
+    if not checks:
+        return [], []
+    if checks == [_SERF]:
+        return [], node_checks
+    if not node_checks:
+        return [], []
+    return checks, node_checks
 
 
 def _validate_meta(meta: dict[str, str]) -> None:

@@ -599,7 +599,7 @@ def test_double_session_defaults_and_lock_delay_quirk(double: ConsulDouble) -> N
     assert status == 500 and body.startswith(b"Invalid Session TTL")
 
 
-def test_double_session_checks_follow_the_documented_defaults(double: ConsulDouble) -> None:
+def test_double_session_checks_follow_the_agents_defaults(double: ConsulDouble) -> None:
     client = consul.Consul(host="127.0.0.1", port=double.port)
     check = {"TTL": "1h", "Status": "passing"}
     client.agent.service.register(SERVICE, service_id="ttl", port=1, check=check)
@@ -611,18 +611,22 @@ def test_double_session_checks_follow_the_documented_defaults(double: ConsulDoub
         info: dict[str, object] = json.loads(http(double, "GET", f"/v1/session/info/{sid}")[2])[0]
         return info
 
-    both = create({"NodeChecks": ["service:ttl"]})
-    assert both["NodeChecks"] == ["serfHealth", "service:ttl"], "serfHealth unless Checks"
-    assert "Checks" not in both
-    assert create({"NodeChecks": []})["NodeChecks"] == ["serfHealth"], "an empty list keeps it"
-    only_service = create({"Checks": ["service:ttl"]})
-    assert only_service["NodeChecks"] == ["service:ttl"], "a Checks key replaces serfHealth"
-    assert create({"Checks": []})["NodeChecks"] == []
-    assert create({"LockDelay": "90s"})["LockDelay"] == 90_000_000_000, "capped only when used"
+    default = create({"LockDelay": "90s"})
+    assert default["NodeChecks"] == ["serfHealth"] and "Checks" not in default
+    assert default["LockDelay"] == 90_000_000_000, "capped only when used"
+    only_service = create({"NodeChecks": ["service:ttl"]})
+    assert only_service["NodeChecks"] == ["service:ttl"], "a NodeChecks key replaces serfHealth"
+    assert "Checks" not in only_service
+    assert create({"NodeChecks": []})["NodeChecks"] == [], "so does an empty one"
+    deprecated = create({"Checks": ["service:ttl"]})
+    assert deprecated["Checks"] == ["service:ttl"], "the deprecated field is kept"
+    assert deprecated["NodeChecks"] == ["serfHealth"], "beside the default node check"
+    assert create({"Checks": []})["NodeChecks"] == [], "an empty Checks empties NodeChecks"
 
     double.node_fail()
     alive = double.session_ids()
-    assert only_service["ID"] in alive and both["ID"] not in alive, "serfHealth is only in one"
+    assert only_service["ID"] in alive, "serfHealth is not among its checks"
+    assert default["ID"] not in alive and deprecated["ID"] not in alive
 
 
 def test_double_blocking_query_waits_for_change_or_timeout(double: ConsulDouble) -> None:
