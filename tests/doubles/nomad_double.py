@@ -400,6 +400,8 @@ class _Alloc:
     deployment_id: str = ""
     healthy: bool | None = None
     modified: float = 0.0
+    job_create_index: int = 0
+    """``CreateIndex`` of the job (as registered then) the allocation belongs to."""
 
     def live(self) -> bool:
         """Not terminal (``Allocation.TerminalStatus`` is false)."""
@@ -625,7 +627,11 @@ class NomadDouble:
     ) -> tuple[Any, int]:
         if rest.endswith("/allocations"):
             job_id = rest.removesuffix("/allocations")
-            return self._read(query, lambda: self._job_allocations(job_id), method)
+            try:
+                every = _parse_bool(query.get("all", ""))
+            except ValueError:  # the agent ignores ParseBool's error: false
+                every = False
+            return self._read(query, lambda: self._job_allocations(job_id, every), method)
         if rest.endswith("/evaluations"):
             job_id = rest.removesuffix("/evaluations")
             return self._read(query, lambda: self._job_evaluations(job_id), method)
@@ -764,9 +770,18 @@ class NomadDouble:
         }
         return answer, index
 
-    def _job_allocations(self, job_id: str) -> tuple[list[Json], int]:
-        job_type = self._state.jobs.get(job_id, {}).get("Type", "service")
-        return [a.stub(job_type) for a in self._job_allocs(job_id)], self._table("allocs")
+    def _job_allocations(self, job_id: str, every: bool) -> tuple[list[Json], int]:
+        """``AllocsByJob``: without ``?all``, only the allocations of the job registered
+        now under that ID, not those of an earlier, purged job of the same ID (the
+        scheduler sees them all)."""
+        job = self._state.jobs.get(job_id)
+        job_type = (job or {}).get("Type", "service")
+        allocs = [
+            a
+            for a in self._job_allocs(job_id)
+            if every or job is None or a.job_create_index == job["CreateIndex"]
+        ]
+        return [a.stub(job_type) for a in allocs], self._table("allocs")
 
     def _job_evaluations(self, job_id: str) -> tuple[list[Json], int]:
         evals = [copy.deepcopy(e) for e in self._state.evals.values() if e["JobID"] == job_id]
@@ -1296,6 +1311,7 @@ class NomadDouble:
             modify_index=index,
             start_at=now + node.start_delay_s,
             deployment_id=deployment_id if tg.get("Update") else "",
+            job_create_index=job["CreateIndex"],
         )
         st.allocs[alloc.id] = alloc
         return None

@@ -451,6 +451,22 @@ def test_stopping_an_unknown_job_is_no_error_and_purge_deletes(nomad: NomadDoubl
     assert fails(nomad, "DELETE", "/v1/job/x", purge="maybe").code == 400
 
 
+def test_a_job_registered_again_after_a_purge_lists_only_its_own_allocations(
+    nomad: NomadDouble,
+) -> None:
+    """``AllocsByJob``: the old job's allocations stay in the state but are listed only
+    with ``?all=true`` (a bad value is read as false)."""
+    (old,) = allocs(nomad)
+    call(nomad, "DELETE", f"/v1/job/{JOB}", purge="true")
+    nomad.register_job(gpu_service_job(JOB, node_pool="gpu", scaling=(1, 4)))
+    (new,) = allocs(nomad)
+    assert new["ID"] != old["ID"]
+    listed = call(nomad, "GET", f"/v1/job/{JOB}/allocations", all="true")
+    assert {a["ID"] for a in listed} == {old["ID"], new["ID"]}
+    unparsed = call(nomad, "GET", f"/v1/job/{JOB}/allocations", all="yes")
+    assert [a["ID"] for a in unparsed] == [new["ID"]]
+
+
 def test_cancelling_a_drain_with_mark_eligible(nomad: NomadDouble) -> None:
     node = node_id(nomad, "gpu-1")
     call(nomad, "PUT", f"/v1/node/{node}/drain", {"DrainSpec": {"Deadline": -1}})
