@@ -166,3 +166,48 @@ async def test_an_instance_listed_at_a_new_address_is_followed_there_alone() -> 
         await wait_until_async(lambda: old.watching == new.watching == 0, 5)
         await old.stop()
         await new.stop()
+
+
+class _FrozenAsr(_CountingAsr):
+    """A :class:`FakeAsr` that sends one snapshot, then nothing, and never ends the stream:
+    what the source sees of a host that vanished without a reset (a reclaimed node)."""
+
+    async def WatchTelemetry(
+        self, request: stt_pb2.WatchTelemetryRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[stt_pb2.WatchTelemetryResponse]:
+        self.watching += 1
+        try:
+            yield stt_pb2.WatchTelemetryResponse(snapshot=self.snapshot())
+            await asyncio.Event().wait()
+        finally:
+            self.watching -= 1
+
+
+async def test_a_stream_gone_silent_after_its_instance_left_discovery_stops_counting() -> None:
+    """An instance that left discovery counts as demand while its stream lives; a stream
+    that says nothing any more is no live stream: its last snapshot stops counting and
+    its subscription ends, rather than add phantom demand (and a feed) for ever."""
+    frozen = _FrozenAsr(FakeAsrOptions(instance_id="x", max_streams=2))
+    frozen.active = 2  # its last word: two streams
+    await frozen.start()
+    discovery = MemoryDiscovery()
+    source = TelemetrySource(
+        ["asr_small"],
+        discovery.watcher,
+        StaticWatcher([]),
+        interval_s=0.1,
+        backoff_s=(0.05, 0.2),
+        silence_s=0.5,
+    )
+    running = asyncio.create_task(source.run())
+    try:
+        discovery.put(frozen.info)
+        await _until(source, lambda load: load.active_streams == 2)
+        discovery.remove("x")  # the node is gone; its stream never ends on its own
+        gone = await _until(source, lambda load: not load.instances)
+        assert gone.active_streams == 0
+        await wait_until_async(lambda: frozen.watching == 0, 5)
+    finally:
+        await source.shutdown()
+        await asyncio.wait_for(running, 5)
+        await frozen.stop()

@@ -5,9 +5,13 @@ routers (a fixed list in single-machine mode, the ``voxmesh-router`` Consul serv
 cluster). Each listed endpoint gets one subscription, re-opened with backoff after an
 error. An instance that leaves discovery (it is draining, or gone) keeps its subscription
 until its stream ends, so the streams it is still finishing keep counting as demand; it
-no longer counts for the signals' age. An instance listed again under the same id at a
-new address (it restarted elsewhere) is followed there: the subscription to the old
-address is cancelled at once, since its feed no longer counts for anything.
+no longer counts for the signals' age. Every endpoint sends a snapshot per interval: a
+stream silent for ``silence_s`` is taken for dead and re-opened (or, unlisted, ended). A
+host that vanished without a reset (a reclaimed node) never ends its stream otherwise, and
+its last snapshot would count as demand, its feed stay, for as long as the source runs.
+An instance listed again under the same id at a new address (it restarted elsewhere) is
+followed there: the subscription to the old address is cancelled at once, since its feed
+no longer counts for anything.
 
 Per pool, :meth:`TelemetrySource.read` combines the last snapshots: demand is the active
 streams (the larger of the instances' sum and the routers' in-flight count, which cover
@@ -28,6 +32,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -35,6 +40,7 @@ from services.autoscaler.signals.base import InstanceLoad, PoolLoad
 from voxmesh.discovery import InstanceInfo, Watcher
 from voxmesh.rpc.tls import ClientTls
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
+from voxmesh.tasks import stop
 from voxmesh.telemetry.stats import known_figure, max_known
 
 __all__ = ["StaticWatcher", "TelemetrySource"]
@@ -92,14 +98,18 @@ class TelemetrySource:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         router_tls: ClientTls | None = None,
+        silence_s: float | None = None,
     ) -> None:
         """``router_tls``: how routers serving TLS are reached (None: plaintext);
-        instances are always reached in plaintext, inside the mesh."""
+        instances are always reached in plaintext, inside the mesh. ``silence_s``: how long
+        a stream may say nothing before it counts as dead (None: ten intervals, at least
+        10 s)."""
         self._pools = list(pools)
         self._router_credentials = router_tls.credentials() if router_tls else None
         self._instance_watcher = instance_watcher
         self._router_watcher = router_watcher
         self._interval_s = interval_s
+        self._silence_s = max(10 * interval_s, 10.0) if silence_s is None else silence_s
         self._backoff = backoff_s
         self._clock = clock
         self._rng = rng or random.Random()
@@ -221,10 +231,17 @@ class TelemetrySource:
                 try:
                     async with self._channel(feed) as channel:
                         stub = stt_pb2_grpc.TelemetryServiceStub(channel)
-                        async for response in stub.WatchTelemetry(request):
+                        call = stub.WatchTelemetry(request)
+                        while True:
+                            response = await _read_within(call, self._silence_s)
+                            if response is None:  # the read is cancelled, and the call
+                                why = f"nothing for {self._silence_s:g} s"
+                                break
+                            if not isinstance(response, stt_pb2.WatchTelemetryResponse):  # EOF
+                                why = "stream ended"
+                                break
                             feed.snapshot, feed.received_at = response.snapshot, self._clock()
                             failures = 0
-                    why = "stream ended"
                 except grpc.aio.AioRpcError as err:
                     why = f"{err.code().name}: {err.details()}"
                 if not _wanted(feed):
@@ -260,6 +277,21 @@ async def _cancel(tasks: Iterable[asyncio.Task[None]]) -> None:
         task.cancel()
     if pending:
         await asyncio.wait(pending)
+
+
+async def _read_within(call: grpc.aio.UnaryStreamCall[Any, Any], timeout: float) -> object | None:
+    """The call's next message (or ``grpc.aio.EOF``); None, the read cancelled, when
+    nothing came within ``timeout`` s.
+
+    Not ``asyncio.wait_for``: before Python 3.12 it drops a cancellation that comes as
+    the message arrives, and the subscription would read on after it was cancelled.
+    """
+    read = asyncio.ensure_future(call.read())
+    try:
+        await asyncio.wait({read}, timeout=timeout)
+    finally:
+        await stop(read)  # nothing when it has ended
+    return None if read.cancelled() else read.result()
 
 
 def _wanted(feed: _Feed) -> bool:
