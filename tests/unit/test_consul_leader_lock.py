@@ -111,3 +111,38 @@ def test_the_limits_themselves_are_accepted(ttl: float, lock_delay: float) -> No
 def test_the_http_client_times_out_below_half_the_shortest_ttl() -> None:
     default = inspect.signature(PyConsulSessionApi.connect).parameters["timeout_s"].default
     assert default < 10.0 / 2
+
+
+class GatedSessions(FakeSessions):
+    """Renews answer only when ``gate`` is opened (once per renew)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def renew_session(self, session_id: str) -> float | None:
+        self.renews += 1
+        self.waiting.set()
+        await self.gate.wait()
+        self.gate.clear()
+        return TTL
+
+
+async def test_hold_cancelled_as_a_renew_answers_ends_rather_than_renew_on() -> None:
+    """The owner cancels hold() (shutdown, or the work ended) just as a renew answers.
+
+    ``asyncio.wait_for`` before Python 3.12 returns the answer then and drops the
+    cancellation: hold() went on renewing, and the owner, waiting for it to end before
+    releasing the lock, kept the lock (and no standby could lead) until it gave up."""
+    api = GatedSessions()
+    lock = ConsulLeaderLock(api, ttl=TTL, min_ttl=TTL, lock_delay=0, retry_interval=0.05)
+    assert await lock.acquire()
+    holding = asyncio.create_task(lock.hold())
+    await asyncio.wait_for(api.waiting.wait(), 5)
+    api.gate.set()
+    await asyncio.sleep(0)  # the renew has answered; hold() has not seen it yet
+    holding.cancel()
+    done, _ = await asyncio.wait({holding}, timeout=2 * TTL)
+    assert holding in done and holding.cancelled()
+    assert api.renews == 1
