@@ -213,7 +213,8 @@ class EvaluationLoop:
         self._stop.set()
         if self._running:
             try:
-                await asyncio.wait_for(self._finished.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self._finished.wait()
             except TimeoutError:
                 logger.warning("evaluation loop did not stop within %g s", timeout_s)
         self.log.close()
@@ -225,7 +226,8 @@ class EvaluationLoop:
             except Exception:
                 logger.exception("evaluation failed; trying again next interval")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._interval())
+                async with asyncio.timeout(self._interval()):
+                    await self._stop.wait()
 
     def _interval(self) -> float:
         spread = self._config.jitter * (2 * self._rng.random() - 1)

@@ -149,6 +149,27 @@ async def test_scheduler_batches_in_priority_order_and_drops_cancelled_jobs() ->
         await scheduler.shutdown()
 
 
+async def test_scheduler_stops_when_cancelled_as_a_job_arrives() -> None:
+    """While it waits for a fuller batch, the worker waited with ``asyncio.wait_for``,
+    which on Python 3.11 drops a cancellation that comes as the awaited event fires: the
+    worker went on, and shutdown() would wait for it forever."""
+    scheduler = DecodeScheduler(RecordingDecoder(), SchedulerOptions(max_batch=2, max_wait=60.0))
+    scheduler.start()
+    worker = scheduler._task
+    assert worker is not None
+    try:
+        ticket = scheduler.enqueue(job(1), realtime=True, final=True)
+        await wait_until_async(lambda: not scheduler._wake.is_set())  # waiting for a second
+        scheduler.enqueue(job(2), realtime=True, final=True)  # sets the wake...
+        worker.cancel()  # ...in the same turn of the loop as the cancel
+        done, _ = await asyncio.wait({worker}, timeout=5.0)
+        assert done, "the cancelled worker went on"
+        assert worker.cancelled()
+        assert not ticket.future.done(), "the job was neither decoded nor failed yet"
+    finally:
+        await scheduler.shutdown()
+
+
 async def test_scheduler_narrows_wide_beam_finals_only_while_other_work_waits() -> None:
     gate = threading.Event()
 

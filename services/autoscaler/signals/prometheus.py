@@ -190,7 +190,8 @@ class PrometheusSource:
         while not self._stop.is_set():
             await self.poll()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._interval_s)
+                async with asyncio.timeout(self._interval_s):
+                    await self._stop.wait()
 
     async def shutdown(self) -> None:
         """Stops polling (a poll in flight finishes in its thread); idempotent."""

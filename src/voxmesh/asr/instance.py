@@ -159,7 +159,8 @@ class AsrInstance:
     async def wait_idle(self, timeout: float) -> bool:
         """Waits until no stream is active; False on timeout."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True

@@ -186,7 +186,8 @@ class DecodeScheduler:
             while len(self._heap) < self._options.max_batch and self._clock() < deadline:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), deadline - self._clock())
+                    async with asyncio.timeout(deadline - self._clock()):
+                        await self._wake.wait()
         batch: list[_Entry] = []
         while self._heap and len(batch) < self._options.max_batch:
             entry = heapq.heappop(self._heap)

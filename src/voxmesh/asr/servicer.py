@@ -409,7 +409,8 @@ class TelemetryServicer(stt_pb2_grpc.TelemetryServiceServicer):
         while True:
             yield stt_pb2.WatchTelemetryResponse(snapshot=self._instance.snapshot())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._stopping.wait()
             if self._stopping.is_set():
                 yield stt_pb2.WatchTelemetryResponse(snapshot=self._instance.snapshot())
                 return

@@ -136,7 +136,8 @@ class ConsulLeaderLock:
         delay = self.renew_interval
         while self._held_session() is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             session = self._held_session()  # release() may have run meanwhile
             if session is None:
                 return

@@ -149,7 +149,8 @@ class ServiceProcess:
             exited = self._proc.returncode
             if exited is None and self._pump.done():  # EOF: it is exiting
                 with contextlib.suppress(TimeoutError):
-                    exited = await asyncio.wait_for(self._proc.wait(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        exited = await self._proc.wait()
             await self.kill()
             where = f" (log: {self._log_path})" if self._log_path else ""
             if exited is not None:
@@ -258,7 +259,8 @@ class ServiceProcess:
         if self._proc is None:
             return None
         try:
-            return await asyncio.wait_for(self._proc.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                return await self._proc.wait()
         except TimeoutError:
             return None
 
