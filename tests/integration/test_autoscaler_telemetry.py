@@ -20,7 +20,7 @@ from tests.conditions import wait_until_async
 from tests.doubles.fake_asr import FakeAsr, FakeAsrOptions
 from tests.doubles.memory_discovery import MemoryDiscovery
 from tests.integration.router_harness import HeldStream, Mesh, mesh, pcm
-from voxmesh.discovery import InstanceInfo
+from voxmesh.discovery import InstanceInfo, Watcher
 from voxmesh.stt.v1 import stt_pb2
 
 
@@ -32,12 +32,20 @@ def _free_port() -> int:
 
 def _source(m: Mesh) -> TelemetrySource:
     """Follows the harness's asr_small instances and its router, polling fast."""
+    return _fast_source(m.discovery.watcher, [m.router.target])
+
+
+def _fast_source(
+    instances: Callable[[str], Watcher], routers: list[str], silence_s: float | None = None
+) -> TelemetrySource:
+    """asr_small's instances from ``instances``, the routers listed, polling fast."""
     return TelemetrySource(
         ["asr_small"],
-        m.discovery.watcher,
-        StaticWatcher([m.router.target]),
+        instances,
+        StaticWatcher(routers),
         interval_s=0.1,
         backoff_s=(0.05, 0.2),
+        silence_s=silence_s,
     )
 
 
@@ -85,10 +93,7 @@ async def test_demand_capacity_and_queue_come_from_instances_and_the_router() ->
 async def test_without_router_telemetry_the_pool_is_missing_and_ages() -> None:
     async with mesh() as m:
         await m.add("a", max_streams=2)
-        silent = StaticWatcher([f"127.0.0.1:{_free_port()}"])
-        source = TelemetrySource(
-            ["asr_small"], m.discovery.watcher, silent, interval_s=0.1, backoff_s=(0.05, 0.2)
-        )
+        source = _fast_source(m.discovery.watcher, [f"127.0.0.1:{_free_port()}"])
         running = asyncio.create_task(source.run())
         try:
             load = await _until(source, lambda load: bool(load.instances))
@@ -143,13 +148,7 @@ async def test_an_instance_listed_at_a_new_address_is_followed_there_alone() -> 
     await old.start()
     await new.start()
     discovery = MemoryDiscovery()
-    source = TelemetrySource(
-        ["asr_small"],
-        discovery.watcher,
-        StaticWatcher([]),
-        interval_s=0.1,
-        backoff_s=(0.05, 0.2),
-    )
+    source = _fast_source(discovery.watcher, [])
     running = asyncio.create_task(source.run())
     try:
         discovery.put(old.info)
@@ -191,14 +190,7 @@ async def test_a_stream_gone_silent_after_its_instance_left_discovery_stops_coun
     frozen.active = 2  # its last word: two streams
     await frozen.start()
     discovery = MemoryDiscovery()
-    source = TelemetrySource(
-        ["asr_small"],
-        discovery.watcher,
-        StaticWatcher([]),
-        interval_s=0.1,
-        backoff_s=(0.05, 0.2),
-        silence_s=0.5,
-    )
+    source = _fast_source(discovery.watcher, [], silence_s=0.5)
     running = asyncio.create_task(source.run())
     try:
         discovery.put(frozen.info)
