@@ -300,6 +300,32 @@ async def test_a_spawn_error_is_a_failed_start_retried_after_a_backoff(
     assert not (await target.status())[OD].placement_failing
 
 
+async def test_a_retry_due_soon_is_not_held_back_by_a_longer_one(
+    spawner: Spawner, started: list[tuple[str, float]]
+) -> None:
+    """One timer serves every group's retries: it kept the first delay asked for, so a
+    group whose start failed waited out another group's longer backoff."""
+    errors = [OSError(28, "No space left on device")]
+
+    def spawn(group: LocalGroup, instance_id: str) -> FakeProcess:
+        if errors:
+            raise errors.pop()
+        return spawner(group, instance_id)
+
+    target = LocalTarget(
+        [LocalGroup("asr_small")],
+        spawn,
+        on_started=lambda pool, s: started.append((pool, s)),
+        backoff_s=(0.01, 0.01),
+    )
+    try:
+        target._retry_later(60.0)  # another group's backoff, long after many failures
+        await target.scale(OD, 1, "queue of 1 stream")  # fails; due again in 0.01 s
+        await wait_until_async(lambda: spawner.made, 2)
+    finally:
+        await target.shutdown()
+
+
 async def test_the_status_says_how_long_the_oldest_instance_has_been_starting(
     spawner: Spawner, started: list[tuple[str, float]]
 ) -> None:

@@ -393,15 +393,22 @@ class LocalTarget:
         return delay
 
     def _retry_later(self, delay: float) -> None:
+        """Reconciles every group in ``delay`` s, or sooner if that was already due: one
+        timer for all groups, set to the earliest retry (a group not due yet when it
+        fires asks again), so no group waits out another's longer backoff."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
         if self._retry is not None:
-            return
+            if self._retry.when() <= when:
+                return
+            self._retry.cancel()
 
         def fire() -> None:
             self._retry = None
             for g in self._groups.values():
                 self._reconcile(g)
 
-        self._retry = asyncio.get_running_loop().call_later(delay, fire)
+        self._retry = loop.call_at(when, fire)
 
     def _track(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=f"local-target-{name}")
