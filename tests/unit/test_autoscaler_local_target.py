@@ -269,24 +269,32 @@ def test_spawn_service_runs_the_pool_module_on_the_file_registry(tmp_path: Path)
     ]
 
 
-async def test_a_spawn_error_is_a_failed_start_retried_after_a_backoff(
-    spawner: Spawner, started: list[tuple[str, float]]
-) -> None:
-    """A process that cannot even be made (no room for its log) fails like a failed start:
-    the count stands, the group reports the failure, and the start is retried."""
-    errors = [OSError(28, "No space left on device"), OSError(28, "No space left on device")]
+def target_failing_first(
+    failures: int, spawner: Spawner, started: list[tuple[str, float]]
+) -> LocalTarget:
+    """An asr_small target whose first ``failures`` processes cannot even be made (no
+    room for their logs); its backoff is 10 ms."""
+    errors = [OSError(28, "No space left on device")] * failures
 
     def spawn(group: LocalGroup, instance_id: str) -> FakeProcess:
         if errors:
             raise errors.pop()
         return spawner(group, instance_id)
 
-    target = LocalTarget(
+    return LocalTarget(
         [LocalGroup("asr_small")],
         spawn,
         on_started=lambda pool, s: started.append((pool, s)),
         backoff_s=(0.01, 0.01),
     )
+
+
+async def test_a_spawn_error_is_a_failed_start_retried_after_a_backoff(
+    spawner: Spawner, started: list[tuple[str, float]]
+) -> None:
+    """A process that cannot even be made (no room for its log) fails like a failed start:
+    the count stands, the group reports the failure, and the start is retried."""
+    target = target_failing_first(2, spawner, started)
     result = await target.scale(OD, 1, "queue of 1 stream")
     assert result.outcome is ScaleOutcome.APPLIED
     await wait_until_async(lambda: spawner.made, 2)  # retried after two failures
@@ -305,19 +313,7 @@ async def test_a_retry_due_soon_is_not_held_back_by_a_longer_one(
 ) -> None:
     """One timer serves every group's retries: it kept the first delay asked for, so a
     group whose start failed waited out another group's longer backoff."""
-    errors = [OSError(28, "No space left on device")]
-
-    def spawn(group: LocalGroup, instance_id: str) -> FakeProcess:
-        if errors:
-            raise errors.pop()
-        return spawner(group, instance_id)
-
-    target = LocalTarget(
-        [LocalGroup("asr_small")],
-        spawn,
-        on_started=lambda pool, s: started.append((pool, s)),
-        backoff_s=(0.01, 0.01),
-    )
+    target = target_failing_first(1, spawner, started)
     try:
         target._retry_later(60.0)  # another group's backoff, long after many failures
         await target.scale(OD, 1, "queue of 1 stream")  # fails; due again in 0.01 s
