@@ -33,9 +33,9 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -45,8 +45,8 @@ from services.router.membership import Member
 from services.router.metrics import RouterMetrics
 from services.router.routing import Route, check_chunk
 from voxmesh import tasks
-from voxmesh.asr.config import audio_content
-from voxmesh.errors import InvalidArgument, OutOfRange, Unavailable, VoxmeshError
+from voxmesh.asr.config import audio_content, idle_wait
+from voxmesh.errors import InvalidArgument, Unavailable, VoxmeshError
 from voxmesh.rpc import status
 from voxmesh.stt.v1 import stt_pb2
 
@@ -56,12 +56,9 @@ __all__ = [
     "RelayLimits",
     "StreamRelay",
     "UpstreamError",
-    "idle_wait",
 ]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 FAILOVER_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
@@ -71,19 +68,6 @@ FAILOVER_CODES = frozenset(
 LATENCY_SAMPLE_EVERY = 8
 """One message in this many is timed for ``voxmesh_router_added_latency_seconds``
 (a histogram observation costs about as much as a tenth of relaying a message)."""
-
-
-async def idle_wait(message: Awaitable[T], timeout_s: float, waiting_for: str) -> T:
-    """Awaits the client's next ``message`` (or what it brings) for at most ``timeout_s``;
-    OUT_OF_RANGE beyond, in an instance's words."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await message
-    except TimeoutError:
-        raise OutOfRange(
-            f"no {waiting_for} received for {timeout_s:g} s: send audio close to real time, "
-            "and half-close the stream at its end"
-        ) from None
 
 
 class UpstreamError(Exception):

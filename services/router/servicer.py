@@ -19,15 +19,9 @@ import grpc
 from services.router.admission import Admission
 from services.router.membership import Member, Membership
 from services.router.metrics import ROUTER_FULL, RouterMetrics
-from services.router.relay import (
-    FAILOVER_CODES,
-    RelayLimits,
-    StreamRelay,
-    UpstreamError,
-    idle_wait,
-)
+from services.router.relay import FAILOVER_CODES, RelayLimits, StreamRelay, UpstreamError
 from services.router.routing import PoolResolver
-from voxmesh.asr.config import validate_recognition_config
+from voxmesh.asr.config import idle_wait, validate_recognition_config
 from voxmesh.errors import InvalidArgument, ResourceExhausted, Unavailable, VoxmeshError
 from voxmesh.rpc import status
 from voxmesh.rpc.wellknown import duration, timestamp

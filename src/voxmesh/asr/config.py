@@ -1,14 +1,19 @@
-"""Validation of client configs: the same rules on every instance and the router.
+"""Validation of client configs and requests: the same rules on every instance and the
+router.
 
 Every rejection is an :class:`~voxmesh.errors.InvalidArgument` or
-:class:`~voxmesh.errors.NotFound` whose message names the field and value.
+:class:`~voxmesh.errors.NotFound` whose message names the field and value (a client that
+sends nothing for the idle timeout: :class:`~voxmesh.errors.OutOfRange`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from voxmesh.asr.audio import (
     MAX_SAMPLE_RATE,
@@ -17,7 +22,7 @@ from voxmesh.asr.audio import (
     ContainerDecoder,
     Linear16Decoder,
 )
-from voxmesh.errors import InvalidArgument, NotFound, ResourceExhausted
+from voxmesh.errors import InvalidArgument, NotFound, OutOfRange, ResourceExhausted
 from voxmesh.stt.v1 import stt_pb2
 
 __all__ = [
@@ -27,11 +32,14 @@ __all__ = [
     "audio_chunk",
     "audio_content",
     "check_model",
+    "idle_wait",
     "make_decoder",
     "serves_model",
     "validate_recognition_config",
     "validate_streaming_config",
 ]
+
+T = TypeVar("T")
 
 _STREAM_ID = re.compile(r"[\x21-\x7e]{1,128}")  # fullmatch: "$" would take a trailing newline
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
@@ -126,6 +134,20 @@ def audio_content(request: stt_pb2.StreamingRecognizeRequest) -> bytes:
             "after the first carries audio_content"
         )
     return request.audio_content
+
+
+async def idle_wait(message: Awaitable[T], timeout_s: float, waiting_for: str) -> T:
+    """Awaits the client's next ``message`` (or what it brings) for at most ``timeout_s``;
+    OUT_OF_RANGE beyond. A client that stalls, or vanished without a reset, must not hold
+    a stream (nor hold up a drain) forever; instances and the router answer it alike."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await message
+    except TimeoutError:
+        raise OutOfRange(
+            f"no {waiting_for} received for {timeout_s:g} s: send audio close to real time, "
+            "and half-close the stream at its end"
+        ) from None
 
 
 def audio_chunk(

@@ -32,6 +32,7 @@ from voxmesh.asr.config import (
     ValidatedConfig,
     audio_chunk,
     check_model,
+    idle_wait,
     make_decoder,
     validate_recognition_config,
     validate_streaming_config,
@@ -179,17 +180,8 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
     async def _next(
         self, iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest], waiting_for: str
     ) -> stt_pb2.StreamingRecognizeRequest | None:
-        """The client's next message (None at its half-close), within the idle timeout:
-        a client that stalls or vanished without a reset must not hold its slot (nor
-        hold up a drain) forever."""
-        try:
-            async with asyncio.timeout(self._idle_timeout):
-                return await anext(iterator, None)
-        except TimeoutError:
-            raise errors.OutOfRange(
-                f"no {waiting_for} received for {self._idle_timeout:g} s: send audio close "
-                "to real time, and half-close the stream at its end"
-            ) from None
+        """The client's next message (None at its half-close), within the idle timeout."""
+        return await idle_wait(anext(iterator, None), self._idle_timeout, waiting_for)
 
     async def StreamingRecognize(
         self,
