@@ -32,7 +32,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
@@ -40,7 +39,6 @@ from services.autoscaler.signals.base import InstanceLoad, PoolLoad
 from voxmesh.discovery import InstanceInfo, Watcher
 from voxmesh.rpc.tls import ClientTls
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
-from voxmesh.tasks import stop
 from voxmesh.telemetry.stats import known_figure, max_known
 
 __all__ = ["StaticWatcher", "TelemetrySource"]
@@ -233,8 +231,10 @@ class TelemetrySource:
                         stub = stt_pb2_grpc.TelemetryServiceStub(channel)
                         call = stub.WatchTelemetry(request)
                         while True:
-                            response = await _read_within(call, self._silence_s)
-                            if response is None:  # the read is cancelled, and the call
+                            try:
+                                async with asyncio.timeout(self._silence_s):
+                                    response = await call.read()
+                            except TimeoutError:  # the read is cancelled, and the call
                                 why = f"nothing for {self._silence_s:g} s"
                                 break
                             if not isinstance(response, stt_pb2.WatchTelemetryResponse):  # EOF
@@ -277,21 +277,6 @@ async def _cancel(tasks: Iterable[asyncio.Task[None]]) -> None:
         task.cancel()
     if pending:
         await asyncio.wait(pending)
-
-
-async def _read_within(call: grpc.aio.UnaryStreamCall[Any, Any], timeout: float) -> object | None:
-    """The call's next message (or ``grpc.aio.EOF``); None, the read cancelled, when
-    nothing came within ``timeout`` s.
-
-    Not ``asyncio.wait_for``: before Python 3.12 it drops a cancellation that comes as
-    the message arrives, and the subscription would read on after it was cancelled.
-    """
-    read = asyncio.ensure_future(call.read())
-    try:
-        await asyncio.wait({read}, timeout=timeout)
-    finally:
-        await stop(read)  # nothing when it has ended
-    return None if read.cancelled() else read.result()
 
 
 def _wanted(feed: _Feed) -> bool:

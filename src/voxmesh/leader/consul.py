@@ -36,7 +36,6 @@ from collections.abc import Callable
 from voxmesh.discovery.consul import ConsulError, format_go_duration
 from voxmesh.errors import SettingsError
 from voxmesh.leader.consul_api import ConsulSessionApi
-from voxmesh.tasks import stop
 
 __all__ = ["ConsulLeaderLock"]
 
@@ -147,7 +146,8 @@ class ConsulLeaderLock:
                 self._lose(f"no successful renew within the {self._session_ttl:g} s TTL")
                 return
             try:
-                ttl = await self._renew(session, left)
+                async with asyncio.timeout(left):
+                    ttl = await self._api.renew_session(session)
             except TimeoutError:
                 self._lose(f"renew unanswered at the deadline of the {self._session_ttl:g} s TTL")
                 return
@@ -166,21 +166,6 @@ class ConsulLeaderLock:
                 return
             self._renewed_at, self._session_ttl = sent, ttl or self._ttl
             delay = self.renew_interval
-
-    async def _renew(self, session: str, timeout: float) -> float | None:
-        """One renew, given up (``TimeoutError``) after ``timeout`` s.
-
-        Not ``asyncio.wait_for``: before Python 3.12 it drops a cancellation that comes
-        as the renew answers, and hold() would renew on after its owner cancelled it.
-        """
-        renew = asyncio.ensure_future(self._api.renew_session(session))
-        try:
-            await asyncio.wait({renew}, timeout=timeout)
-        finally:
-            await stop(renew)  # nothing when it has answered
-        if renew.cancelled():
-            raise TimeoutError
-        return renew.result()
 
     def _deadline(self) -> float:
         """When the session may be gone: its TTL, less the margin, after the last renew."""
