@@ -1,0 +1,1 @@
+"""Test vectors shared by the implementations of one behaviour."""
