@@ -1,0 +1,3 @@
+module github.com/voxmesh/voxmesh
+
+go 1.21
