@@ -245,7 +245,12 @@ func (l *ReplayLog) Commit(endMs, startMs float64, text string) {
 	for len(l.entries) > 0 && l.entries[0].end() <= lead {
 		l.kept -= int64(len(l.entries[0].audio))
 		l.popFront()
-		l.next--
+		// Only an empty chunk can go unsent (lead never passes what was sent): it is
+		// dropped and the cursor stays. Python's ReplayLog.commit decrements its
+		// cursor regardless, to -1, then sends the wrong chunks (a reported bug).
+		if l.next > 0 {
+			l.next--
+		}
 	}
 }
 

@@ -1,0 +1,100 @@
+package failover_test
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/voxmesh/voxmesh/dataplane/failover"
+)
+
+func newLog(t *testing.T, cfg failover.ReplayConfig) *failover.ReplayLog {
+	t.Helper()
+	log, err := failover.NewReplayLog(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return log
+}
+
+// drain returns everything the current instance has still to be sent.
+func drain(log *failover.ReplayLog) []byte {
+	var out []byte
+	for {
+		audio, ok := log.Next()
+		if !ok {
+			return out
+		}
+		out = append(out, audio...)
+	}
+}
+
+// contextOf returns the lead-in of log's resume metadata ("" without one).
+func contextOf(log *failover.ReplayLog) string {
+	for _, p := range log.ResumeMetadata() {
+		if p.Key == failover.ContextKey {
+			return p.Value
+		}
+	}
+	return ""
+}
+
+func TestLinear16NeedsASampleRate(t *testing.T) {
+	if _, err := failover.NewReplayLog(failover.ReplayConfig{Linear16: true}); err == nil {
+		t.Error("a LINEAR16 log without a sample rate was made")
+	}
+	if _, err := failover.NewReplayLog(failover.ReplayConfig{}); err != nil {
+		t.Errorf("a container needs no sample rate: %v", err)
+	}
+}
+
+// An empty chunk not yet sent when a final ends where the sent audio ends is dropped
+// with the audio before it; the cursor stays on what follows. (Python's log moves its
+// cursor to -1 there and then sends C, nothing, C: B is lost.)
+func TestAnEmptyChunkDroppedUnsentLeavesTheCursorInPlace(t *testing.T) {
+	log := newLog(t, failover.ReplayConfig{Linear16: true, SampleRate: 16000, ReplayMaxBytes: 1 << 20})
+	log.Append(bytes.Repeat([]byte("A"), 3200))
+	drain(log)
+	log.Append(nil)
+	log.Commit(100, 0, "") // ends at byte 3200, where the sent audio ends
+	b, c := bytes.Repeat([]byte("B"), 3200), bytes.Repeat([]byte("C"), 3200)
+	log.Append(b)
+	log.Append(c)
+	if got, want := drain(log), append(append([]byte{}, b...), c...); !bytes.Equal(got, want) {
+		t.Errorf("sent %q..., want B then C", got[:min(len(got), 8)])
+	}
+}
+
+// The vectors never reach MaxContextFinals or PromptWords: this is
+// test_the_lead_in_names_at_most_the_latest_finals_an_instance_takes (Python) with
+// the prompt checked too.
+func TestTheLeadInNamesAtMostTheLatestFinals(t *testing.T) {
+	for _, linear16 := range []bool{true, false} {
+		cfg := failover.ReplayConfig{Linear16: linear16, ReplayMaxBytes: 1 << 30, ContextMs: 29000}
+		if linear16 {
+			cfg.SampleRate = 16000
+		}
+		log := newLog(t, cfg)
+		for i := 0; i < 300; i++ { // 30 s
+			log.Append(make([]byte, 3200))
+		}
+		drain(log)
+		words := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i"} // 9 words a final
+		for i := 0; i < failover.MaxContextFinals+6; i++ {             // short utterances 0.42 s apart
+			log.Commit(float64(1320+420*i), float64(1000+420*i), strings.Join(words, " "))
+		}
+		if !log.Restart() {
+			t.Fatal("not replayable")
+		}
+		context := contextOf(log)
+		if n := strings.Count(context, "],["); n+1 != failover.MaxContextFinals {
+			t.Errorf("linear16=%v: %d finals in the lead-in, want %d", linear16, n+1, failover.MaxContextFinals)
+		}
+		// Six finals left for the prompt (54 words): it keeps the last PromptWords.
+		prompt := strings.Repeat(" "+strings.Join(words, " "), 6)
+		prompt = strings.Join(strings.Fields(prompt)[54-failover.PromptWords:], " ")
+		if !strings.HasSuffix(context, `,"prompt":"`+prompt+`"}`) {
+			t.Errorf("linear16=%v: lead-in %s..., want the prompt %q", linear16, context[:40], prompt)
+		}
+	}
+}
