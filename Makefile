@@ -75,6 +75,14 @@ test: install .tools/bin/prometheus ## Run the test suite (real models, real gRP
 	@set -o pipefail; $(PY) -m pytest -q -rs -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+.PHONY: go-test
+go-test: ## gofmt, go vet and go test of the native data path (dataplane/: Go, standard library only)
+	@command -v go >/dev/null || { echo "error: the native data path (dataplane/) is Go (1.21 or later)," \
+	  "which is not installed: see https://go.dev/doc/install"; exit 1; }
+	@unformatted=$$(gofmt -l dataplane); [ -z "$$unformatted" ] || \
+	  { echo "not gofmt-formatted (gofmt -w dataplane):"; echo "$$unformatted"; exit 1; }
+	go vet ./dataplane/... && go test ./dataplane/...
+
 .PHONY: contract
 contract: $(VENV_STAMP) ## The Consul/Nomad contract tests; real agents: VOXMESH_CONTRACT_CONSUL=URL VOXMESH_CONTRACT_NOMAD=URL
 	@set -o pipefail; $(PY) -m pytest -q -rs -p no:cacheprovider tests/contract; rc=$$?; \
