@@ -135,7 +135,8 @@ func appendJSONString(b []byte, s string) []byte {
 
 // ExtendPrompt returns prompt followed by texts (finals leaving the context, oldest
 // first), cut to its last PromptWords words: the one shape of a decode's prompt.
-// Words are split as Python's str.split() splits them (see [isPythonSpace]).
+// Words are split as Python's str.split() splits them: at Unicode whitespace,
+// U+001C..U+001F included (strings.Fields leaves those out).
 func ExtendPrompt(prompt string, texts []string) string {
 	words := strings.FieldsFunc(strings.Join(append([]string{prompt}, texts...), " "), isPythonSpace)
 	if len(words) > PromptWords {

@@ -12,8 +12,8 @@ type ReplayConfig struct {
 	// Linear16 is true for raw LINEAR16 audio, which can be cut anywhere; false for
 	// a container, which is kept and replayed whole.
 	Linear16 bool
-	// SampleRate is the LINEAR16 sample rate in Hz (more than 0 for LINEAR16;
-	// ignored for a container but for the lead-in arithmetic, as in Python).
+	// SampleRate is the LINEAR16 sample rate in Hz, above 0. A container needs
+	// none (0); the Python router passes the stream config's, to the same effect.
 	SampleRate int64
 	// ReplayMaxBytes bounds the audio kept: past it, audio the instance has
 	// received is dropped.
