@@ -71,7 +71,7 @@ run: install ## Install everything and run the local mesh (embedded mode, real m
 	$(PY) -m voxmesh.mesh
 
 .PHONY: test
-test: install .tools/bin/prometheus ## Run the test suite (real models, real gRPC, real Prometheus)
+test: install .tools/bin/prometheus go-test ## Run the test suite (the Go data path's, then real models, real gRPC, real Prometheus)
 	@set -o pipefail; $(PY) -m pytest -q -rs -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

@@ -214,7 +214,9 @@ class ReplayLog:
         lead = self._lead
         while self._entries and self._entries[0].end <= lead:
             self._kept -= len(self._entries.popleft().request.audio_content)
-            self._next -= 1
+            # Only an empty chunk can end at the lead unsent: the cursor stays put.
+            if self._next > 0:
+                self._next -= 1
 
     def audio_seconds(self) -> float:
         """Seconds of LINEAR16 audio received (0 for containers, whose rate is unknown)."""

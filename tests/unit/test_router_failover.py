@@ -407,3 +407,16 @@ def test_nothing_is_pending_once_finals_cover_every_byte_received() -> None:
     drain(container)
     container.commit(10_000.0)
     assert container.pending  # a container is always replayed whole
+
+
+def test_an_empty_chunk_dropped_unsent_leaves_the_cursor_in_place() -> None:
+    # A final ending exactly where the sent audio ends drops an empty chunk not yet
+    # sent: the cursor must not move back past the start of the log.
+    log = ReplayLog(linear16=True, sample_rate=16000, replay_max_bytes=1 << 20)
+    log.append(audio(b"A" * 3200))
+    assert log.next_request() is not None
+    log.append(audio(b""))
+    log.commit(100.0)
+    log.append(audio(b"B" * 3200))
+    log.append(audio(b"C" * 3200))
+    assert drain(log) == b"B" * 3200 + b"C" * 3200

@@ -182,7 +182,8 @@ def _random_log_case(rng: random.Random) -> dict[str, Any]:
     for _ in range(rng.randint(10, 60)):
         roll = rng.random()
         if roll < 0.35:
-            n = chunk if rng.random() < 0.8 else rng.randrange(2, 3 * chunk, 2)
+            roll = rng.random()
+            n = chunk if roll < 0.75 else 0 if roll < 0.8 else rng.randrange(2, 3 * chunk, 2)
             ops.append({"op": "append", "n": n})
             total += n
         elif roll < 0.6:
@@ -275,6 +276,13 @@ _SCRIPTED_LOG_CASES: list[dict[str, Any]] = [
                 {"op": "append", "n": 3200}, {"op": "state"}, {"op": "restart"},
                 {"op": "commit", "end_ms": 300, "start_ms": 0, "text": "x"},
                 {"op": "state"}, {"op": "restart"}, {"op": "metadata"}],
+    },
+    {  # an empty chunk dropped unsent by a final ending where the sent audio ends
+        "linear16": True, "sample_rate": 16000, "replay_max_bytes": 1 << 20, "context_ms": 0,
+        "ops": [{"op": "append", "n": 3200}, {"op": "next"}, {"op": "append", "n": 0},
+                {"op": "commit", "end_ms": 100.0, "start_ms": 0, "text": ""},
+                {"op": "append", "n": 3200}, {"op": "append", "n": 3200},
+                *[{"op": "next"}] * 3, {"op": "state"}],
     },
 ]  # fmt: skip
 
