@@ -74,7 +74,7 @@ func main() {
 	flag.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "longest drain on SIGTERM")
 	flag.Parse()
 	if o.utteranceMs < 10 || o.interimEvery < 1 || o.maxStreams < 0 {
-		fmt.Fprintln(os.Stderr, "fakebackend: --utterance-ms must be at least 10, --interim-every positive")
+		fmt.Fprintln(os.Stderr, "fakebackend: --utterance-ms must be at least 10, --interim-every positive, --max-streams not negative")
 		os.Exit(2)
 	}
 	if err := serve(o); err != nil {
