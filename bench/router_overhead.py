@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +322,17 @@ def _combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _pin(pid: int, cpu: int) -> None:
+    """Puts every thread of a process and of its children on ``cpu``. The affinity of a
+    pid is its main thread's only, so gRPC's and the Go runtime's threads must be pinned
+    one by one; threads started later inherit their creator's."""
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        for thread in proc.threads():
+            with suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.sched_setaffinity(thread.id, [cpu])
+
+
 def _series(
     levels: list[int], args: argparse.Namespace, h: Harness, env: dict[str, Any], pinned: bool
 ) -> list[dict[str, Any]]:
@@ -330,10 +341,9 @@ def _series(
     pids = env["pids"]
     measured = _modes(h)
     if pinned:
-        psutil.Process(pids["backend"]).cpu_affinity([0])
+        _pin(pids["backend"], 0)
         for proxy in measured[1:]:
-            for proc in [psutil.Process(pids[proxy]), *psutil.Process(pids[proxy]).children()]:
-                proc.cpu_affinity([1])
+            _pin(pids[proxy], 1)
     rows: list[dict[str, Any]] = []
     for streams in levels:
         runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in measured}
