@@ -43,6 +43,25 @@ GRPCURL_VERSION := v1.9.3
 	  "not installed: see https://go.dev/doc/install"; exit 1; }
 	GOBIN=$(CURDIR)/.tools/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
+# The Go harness of bench/router_overhead.py (bench/native): load generator, fake backend
+# and relay floor at a fraction of the Python ones' CPU, so that its top levels measure
+# the proxy rather than the harness. The Go code for stt.proto is generated at build time
+# into bench/native/gen (not committed) by buf with the two plugins below: protoc-gen-go
+# at the protobuf version of bench/native/go.mod (installed from inside that module),
+# protoc-gen-go-grpc at the last version whose code grpc v1.61 runs.
+PROTOC_GEN_GO_GRPC_VERSION := v1.3.0
+.PHONY: bench-native
+bench-native: node_modules/.bin/buf ## Build the Go benchmark harness (bench/native) into .tools/bin
+	@command -v go >/dev/null || { echo "error: the native benchmark harness is built with Go (1.22 or" \
+	  "later), which is not installed: see https://go.dev/doc/install"; exit 1; }
+	cd bench/native && GOBIN=$(CURDIR)/.tools/bin go install google.golang.org/protobuf/cmd/protoc-gen-go
+	GOBIN=$(CURDIR)/.tools/bin go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	node_modules/.bin/buf generate --template bench/native/buf.gen.yaml
+	cd bench/native && go vet ./... && go test ./... && \
+	  for cmd in loadgen fakebackend relayfloor; do \
+	    go build -o $(CURDIR)/.tools/bin/voxmesh-$$cmd ./cmd/$$cmd || exit 1; \
+	  done
+
 # Prometheus 2.42 (Go module v0.42.0, the Debian package's version) built from source:
 # Debian's build leaves Consul service discovery out, which prometheus/prometheus.yml uses.
 PROMETHEUS_MODULE_VERSION := v0.42.0
@@ -118,7 +137,7 @@ breaking: node_modules/.bin/buf ## buf breaking against the previous version of 
 	fi
 
 .PHONY: bench
-bench: install ## Run every benchmark with bench/README.md's commands (an hour or more; writes bench/results/*.json)
+bench: install bench-native ## Run every benchmark with bench/README.md's commands (an hour or more; writes bench/results/*.json)
 	$(PY) -m bench.asr_accuracy
 	$(PY) -m bench.asr_context
 	$(PY) -m bench.asr_latency

@@ -9,16 +9,23 @@ timed until the interim result the backend sends for it) against:
 * ``floor``: ``bench/grpc_relay_floor.py`` in front of it, the least any
   grpc.aio proxy does per message (raw bytes handed through, nothing else), so
   the router's cost reads against what its Python gRPC stack alone costs;
+* ``native_floor`` (native harness only): the same relay in Go
+  (``bench/native/cmd/relayfloor``), what a proxy costs per message outside Python;
 * ``nginx``: Debian nginx with ``grpc_pass`` in front of it (one worker, like
   the single-process router), as a proxy baseline.
 
-The backend is ``tests.doubles.fake_asr`` (no model; one interim result per
-chunk) in its own process. Added latency is the proxy's percentile minus the
-direct percentile at the same level. CPU is measured with psutil on the
-proxy's processes over the measured window. Everything shares this machine's
-cores, so contention shows up in every figure; the JSON says how many cores.
+The backend is a fake ASR instance (no model; one interim result per chunk) in
+its own process. ``--harness`` picks where it and the load generator come from
+(:mod:`bench.harness`): ``python`` (``tests.doubles.fake_asr``,
+``bench/loadgen.py``) or ``native`` (their Go ports, built by ``make
+bench-native``; the default once built), which take a fraction of the CPU, so
+that the top levels measure the proxy rather than the harness. Added latency is
+the proxy's percentile minus the direct percentile at the same level. CPU is
+measured with psutil on the proxy's processes over the measured window.
+Everything shares this machine's cores, so contention shows up in every
+figure; the JSON says how many cores and which harness ran.
 
-    python -m bench.router_overhead --duration 10 --repeats 2
+    python -m bench.router_overhead --duration 10 --repeats 2 [--harness python]
 
 A second series runs the highest levels again with the proxy alone on CPU 1
 (backend and load generator on CPU 0), which shows the proxy's own capacity
@@ -39,18 +46,25 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from bench.common import write_result
+from bench.harness import HARNESSES, Harness, default_harness, harness
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX = "/usr/sbin/nginx"
-MODES = ("direct", "router", "floor", "nginx")
-PROXY_PROCESS = {"direct": "backend", "router": "router", "floor": "floor", "nginx": "nginx"}
+PROXY_PROCESS = {
+    "direct": "backend",
+    "router": "router",
+    "floor": "floor",
+    "native_floor": "native_floor",
+    "nginx": "nginx",
+}
+"""The process whose CPU each mode reports: the proxy's (the backend's for direct)."""
 SUSTAINED_P99_MS = 100.0
 """A level is sustained only while p99 stays within one 100 ms chunk period."""
 
@@ -122,56 +136,55 @@ http {{
     return conf
 
 
+def _modes(h: Harness) -> tuple[str, ...]:
+    """The modes a harness measures, in the order they run and print."""
+    return ("direct", "router", *h.floors, "nginx")
+
+
 @contextmanager
-def _processes(work: Path, interim_every: int) -> Iterator[dict[str, Any]]:
-    """Starts the backend, the router and nginx; yields their ports and psutil handles."""
+def _processes(work: Path, interim_every: int, h: Harness) -> Iterator[dict[str, Any]]:
+    """Starts the backend, the router, the floors and nginx; yields their ports and pids."""
     registry = work / "registry"
     procs: list[subprocess.Popen[str]] = []
+    ports: dict[str, int] = {}
+    pids: dict[str, int] = {}
     try:
-        backend, backend_port = _spawn(
-            [sys.executable, "-m", "tests.doubles.fake_asr", "--port", "0",
+        backend, ports["direct"] = _spawn(
+            [*h.backend, "--port", "0",
              "--instance-id", "bench-backend", "--max-streams", "100000",
              "--utterance-ms", "100000000", "--interim-every", str(interim_every),
              "--registry-dir", str(registry)],
             r"^PORT (\d+)", work / "backend.log",
         )  # fmt: skip
         procs.append(backend)
-        router, router_port = _spawn(
+        pids["backend"] = backend.pid
+        router, ports["router"] = _spawn(
             [sys.executable, "-m", "services.router", "--port", "0", "--metrics-port", "-1",
              "--registry-dir", str(registry), "--registry-poll-s", "0.2",
              "--queue-max-streams", "0", "--log-level", "WARNING"],
             r"^VOXMESH_READY .*\"port\": (\d+)", work / "router.log",
         )  # fmt: skip
         procs.append(router)
-        floor, floor_port = _spawn(
-            [sys.executable, "-m", "bench.grpc_relay_floor", "--port", "0",
-             "--backend", f"127.0.0.1:{backend_port}"],
-            r"^PORT (\d+)", work / "floor.log",
-        )  # fmt: skip
-        procs.append(floor)
+        pids["router"] = router.pid
+        for mode, command in h.floors.items():
+            floor, ports[mode] = _spawn(
+                [*command, "--port", "0", "--backend", f"127.0.0.1:{ports['direct']}"],
+                r"^PORT (\d+)",
+                work / f"{mode}.log",
+            )
+            procs.append(floor)
+            pids[mode] = floor.pid
         nginx_port = _free_port()
-        conf = _nginx_conf(work / "nginx", nginx_port, backend_port)
+        conf = _nginx_conf(work / "nginx", nginx_port, ports["direct"])
         nginx = subprocess.Popen(
             [NGINX, "-p", str(work / "nginx"), "-c", str(conf), "-e", str(work / "nginx.err")],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         procs.append(nginx)  # type: ignore[arg-type]
+        ports["nginx"], pids["nginx"] = nginx_port, nginx.pid
         _wait_listening(nginx_port)
-        _wait_router_ready(router_port)
-        yield {
-            "ports": {
-                "direct": backend_port,
-                "router": router_port,
-                "floor": floor_port,
-                "nginx": nginx_port,
-            },
-            "pids": {
-                "backend": backend.pid,
-                "router": router.pid,
-                "floor": floor.pid,
-                "nginx": nginx.pid,
-            },
-        }
+        _wait_router_ready(ports["router"], h)
+        yield {"ports": ports, "pids": pids}
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -193,9 +206,9 @@ def _wait_listening(port: int) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def _wait_router_ready(port: int) -> None:
+def _wait_router_ready(port: int, h: Harness) -> None:
     """Runs one short stream through the router until it succeeds (discovery done)."""
-    probe = [sys.executable, "-m", "bench.loadgen", "--target", f"127.0.0.1:{port}",
+    probe = [*h.loadgen, "--target", f"127.0.0.1:{port}",
              "--streams", "1", "--channels", "1", "--ramp", "0", "--warmup", "0",
              "--duration", "0.3"]  # fmt: skip
     deadline = time.monotonic() + 30
@@ -220,9 +233,14 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _run_level(
-    target: str, streams: int, args: argparse.Namespace, pids: dict[str, int], pinned: bool
+    target: str,
+    streams: int,
+    args: argparse.Namespace,
+    h: Harness,
+    pids: dict[str, int],
+    pinned: bool,
 ) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench.loadgen", "--target", target, "--streams", str(streams),
+    cmd = [*h.loadgen, "--target", target, "--streams", str(streams),
            "--channels", str(args.channels), "--ramp", str(args.ramp), "--warmup",
            str(args.warmup), "--duration", str(args.duration),
            "--interim-every", str(args.interim_every)]  # fmt: skip
@@ -268,13 +286,13 @@ def _added(proxy: dict[str, Any], direct: dict[str, Any]) -> dict[str, float]:
 
 def _ratios(row: dict[str, Any]) -> dict[str, float | None]:
     """Router over nginx: end-to-end p50/p99, added p50, proxy CPU; and router CPU over
-    the grpc.aio floor's."""
+    the grpc.aio floor's (and the grpc-go floor's, when it ran)."""
 
     def ratio(a: float, b: float, floor: float) -> float | None:
         return round(a / b, 2) if b > floor else None  # None: too small to divide by
 
     router, nginx = row["router"], row["nginx"]
-    return {
+    ratios = {
         "p50": ratio(router["latency_ms"]["p50"], nginx["latency_ms"]["p50"], 0.05),
         "p99": ratio(router["latency_ms"]["p99"], nginx["latency_ms"]["p99"], 0.05),
         "added_p50": ratio(row["router_added_ms"]["p50"], row["nginx_added_ms"]["p50"], 0.05),
@@ -283,6 +301,11 @@ def _ratios(row: dict[str, Any]) -> dict[str, float | None]:
             router["cpu_cores"]["router"], row["floor"]["cpu_cores"]["floor"], 0.001
         ),
     }
+    if "native_floor" in row:
+        ratios["cpu_vs_grpc_go_floor"] = ratio(
+            router["cpu_cores"]["router"], row["native_floor"]["cpu_cores"]["native_floor"], 0.001
+        )
+    return ratios
 
 
 def _median(values: list[float]) -> float:
@@ -299,48 +322,67 @@ def _combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _pin(pid: int, cpu: int) -> None:
+    """Puts every thread of a process and of its children on ``cpu``. The affinity of a
+    pid is its main thread's only, so gRPC's and the Go runtime's threads must be pinned
+    one by one; threads started later inherit their creator's."""
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        for thread in proc.threads():
+            with suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.sched_setaffinity(thread.id, [cpu])
+
+
 def _series(
-    levels: list[int], args: argparse.Namespace, env: dict[str, Any], pinned: bool
+    levels: list[int], args: argparse.Namespace, h: Harness, env: dict[str, Any], pinned: bool
 ) -> list[dict[str, Any]]:
     """Every level, every mode (interleaved repeats); ``pinned`` puts the proxies on CPU 1
     and the backend and the load generator on CPU 0."""
     pids = env["pids"]
+    measured = _modes(h)
     if pinned:
-        psutil.Process(pids["backend"]).cpu_affinity([0])
-        for proxy in ("router", "floor", "nginx"):
-            for proc in [psutil.Process(pids[proxy]), *psutil.Process(pids[proxy]).children()]:
-                proc.cpu_affinity([1])
+        _pin(pids["backend"], 0)
+        for proxy in measured[1:]:
+            _pin(pids[proxy], 1)
     rows: list[dict[str, Any]] = []
     for streams in levels:
-        runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+        runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in measured}
         for _ in range(args.repeats):
-            for mode in MODES:  # interleaved, so drifting background load hits all alike
+            for mode in measured:  # interleaved, so drifting background load hits all alike
                 target = f"127.0.0.1:{env['ports'][mode]}"
-                runs[mode].append(_run_level(target, streams, args, pids, pinned))
+                runs[mode].append(_run_level(target, streams, args, h, pids, pinned))
         row: dict[str, Any] = {"streams": streams}
-        row.update({mode: _combine(runs[mode]) for mode in MODES})
-        row["router_added_ms"] = _added(row["router"], row["direct"])
-        row["floor_added_ms"] = _added(row["floor"], row["direct"])
-        row["nginx_added_ms"] = _added(row["nginx"], row["direct"])
+        row.update({mode: _combine(runs[mode]) for mode in measured})
+        for proxy in measured[1:]:
+            row[f"{proxy}_added_ms"] = _added(row[proxy], row["direct"])
         row["router_vs_nginx"] = _ratios(row)
-        row["router_cpu_ms_per_stream_s"] = round(
-            1000 * row["router"]["cpu_cores"]["router"] / streams, 3
-        )
-        row["floor_cpu_ms_per_stream_s"] = round(
-            1000 * row["floor"]["cpu_cores"]["floor"] / streams, 3
-        )
+        for proxy in ("router", *h.floors):
+            row[f"{proxy}_cpu_ms_per_stream_s"] = round(
+                1000 * row[proxy]["cpu_cores"][PROXY_PROCESS[proxy]] / streams, 3
+            )
         rows.append(row)
-        _print_row(row)
+        _print_row(row, measured)
     return rows
+
+
+def _per_stream(rows: list[dict[str, Any]], proxy: str) -> dict[str, float | None]:
+    """A proxy's median CPU per stream-second over the levels it sustained, and the cores
+    that makes at 500 streams."""
+    values = [r[f"{proxy}_cpu_ms_per_stream_s"] for r in rows if r[proxy]["sustained"]]
+    median = _median(values) if values else None
+    return {
+        "cpu_ms_per_stream_s_median": median,
+        "cores_at_500_extrapolated": None if median is None else round(0.5 * median, 2),
+    }
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     sustained = [r for r in rows if r["router"]["sustained"]]
     best = max(sustained, key=lambda r: r["streams"]) if sustained else None
     top = rows[-1]
-    per_stream = [r["router_cpu_ms_per_stream_s"] for r in sustained]
-    floor_per_stream = [r["floor_cpu_ms_per_stream_s"] for r in rows if r["floor"]["sustained"]]
-    return {
+    router = _per_stream(rows, "router")
+    floor = _per_stream(rows, "floor")
+    summary: dict[str, Any] = {
         "largest_level_sustained_by_router": best["streams"] if best else 0,
         "at_largest_sustained_level": None
         if best is None
@@ -351,11 +393,20 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "nginx_added_p99_ms": best["nginx_added_ms"]["p99"],
             "router_cpu_cores": best["router"]["cpu_cores"]["router"],
             "grpc_aio_floor_cpu_cores": best["floor"]["cpu_cores"]["floor"],
+            **(
+                {"grpc_go_floor_cpu_cores": best["native_floor"]["cpu_cores"]["native_floor"]}
+                if "native_floor" in best
+                else {}
+            ),
             "nginx_cpu_cores": best["nginx"]["cpu_cores"]["nginx"],
             "router_vs_nginx": best["router_vs_nginx"],
         },
         "at_top_level": {
             "streams": top["streams"],
+            "direct_sustained": top["direct"]["sustained"],
+            "harness_cpu_cores_direct": {
+                k: top["direct"]["cpu_cores"][k] for k in ("backend", "loadgen")
+            },
             "router_sustained": top["router"]["sustained"],
             "router_added_p99_ms": top["router_added_ms"]["p99"],
             "router_cpu_cores": top["router"]["cpu_cores"]["router"],
@@ -364,17 +415,16 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "target_router_cpu_le_1_core": top["router"]["sustained"]
             and top["router"]["cpu_cores"]["router"] <= 1.0,
         },
-        "router_cpu_ms_per_stream_s_median": _median(per_stream) if per_stream else None,
-        "router_cores_at_500_extrapolated": round(0.5 * _median(per_stream), 2)
-        if per_stream
-        else None,
-        "grpc_aio_floor_cpu_ms_per_stream_s_median": _median(floor_per_stream)
-        if floor_per_stream
-        else None,
-        "grpc_aio_floor_cores_at_500_extrapolated": round(0.5 * _median(floor_per_stream), 2)
-        if floor_per_stream
-        else None,
+        "router_cpu_ms_per_stream_s_median": router["cpu_ms_per_stream_s_median"],
+        "router_cores_at_500_extrapolated": router["cores_at_500_extrapolated"],
+        "grpc_aio_floor_cpu_ms_per_stream_s_median": floor["cpu_ms_per_stream_s_median"],
+        "grpc_aio_floor_cores_at_500_extrapolated": floor["cores_at_500_extrapolated"],
     }
+    if "native_floor" in top:
+        go_floor = _per_stream(rows, "native_floor")
+        summary["grpc_go_floor_cpu_ms_per_stream_s_median"] = go_floor["cpu_ms_per_stream_s_median"]
+        summary["grpc_go_floor_cores_at_500_extrapolated"] = go_floor["cores_at_500_extrapolated"]
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,9 +448,20 @@ def main(argv: list[str] | None = None) -> int:
         help="the backend answers one chunk in this many (1: every chunk, the worst case; "
         "10: one interim per second of audio, as an ASR instance sends them)",
     )
+    parser.add_argument(
+        "--harness",
+        choices=HARNESSES,
+        default=default_harness(),
+        help="load generator and backend: Python, or their Go ports (make bench-native; "
+        "the default once built)",
+    )
     args = parser.parse_args(argv)
     if shutil.which(NGINX) is None and not Path(NGINX).exists():
         raise SystemExit(f"{NGINX} not found (Debian package nginx)")
+    try:
+        h = harness(args.harness)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
     levels = [int(x) for x in args.levels.split(",") if x]
     pinned_levels = [int(x) for x in args.pinned_levels.split(",") if x]
     if (os.cpu_count() or 1) < 2:
@@ -408,14 +469,15 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     with (
         tempfile.TemporaryDirectory(prefix="voxmesh-bench-") as tmp,
-        _processes(Path(tmp), args.interim_every) as env,
+        _processes(Path(tmp), args.interim_every, h) as env,
     ):
+        print(f"=== {h.name} harness", flush=True)
         print("=== shared cores: load generator, backend and proxy on every CPU", flush=True)
-        rows = _series(levels, args, env, pinned=False)
+        rows = _series(levels, args, h, env, pinned=False)
         pinned_rows: list[dict[str, Any]] = []
         if pinned_levels:
             print("=== pinned: proxy alone on CPU 1, backend and load generator on CPU 0")
-            pinned_rows = _series(pinned_levels, args, env, pinned=True)
+            pinned_rows = _series(pinned_levels, args, h, env, pinned=True)
     load_after = os.getloadavg()
     summary = {"shared_cores": _summary(rows)}
     if pinned_rows:
@@ -434,7 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         name,
         {
             "setup": {
-                "backend": f"tests.doubles.fake_asr (no model, {answers})",
+                "harness": h.name,
+                "backend": f"{h.description['backend']}, {answers}",
+                "loadgen": h.description["loadgen"],
                 "interim_every": args.interim_every,
                 "chunk_ms": 100,
                 "measured_s": args.duration,
@@ -442,6 +506,11 @@ def main(argv: list[str] | None = None) -> int:
                 "figures": "median over repeats of each run's p50/p99 and CPU",
                 "nginx": "1 worker, grpc_pass, http2",
                 "floor": "bench/grpc_relay_floor.py: grpc.aio relay of raw bytes, nothing else",
+                **(
+                    {"native_floor": h.description["native_floor"]}
+                    if "native_floor" in h.floors
+                    else {}
+                ),
                 "note": "'levels': load generator, backend and proxy share this machine's "
                 "cores; 'pinned_levels': the proxy alone on CPU 1; other work on the "
                 "machine shows in the load averages",
@@ -457,28 +526,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _print_row(row: dict[str, Any]) -> None:
+def _print_row(row: dict[str, Any], measured: tuple[str, ...]) -> None:
     def cell(mode: str) -> str:
         r = row[mode]
-        lat = r["latency_ms"]
+        lat, cpu = r["latency_ms"], r["cpu_cores"]
         proc = PROXY_PROCESS[mode]
+        harness_cpu = "" if mode == "direct" else f"backend {cpu['backend']:.2f}, "
         return (
-            f"{mode:>6}: p50 {lat['p50']:7.2f} p99 {lat['p99']:7.2f} ms "
-            f"{proc} {r['cpu_cores'][proc]:.2f} cores "
+            f"{mode:>12}: p50 {lat['p50']:7.2f} p99 {lat['p99']:7.2f} ms "
+            f"{proc} {cpu[proc]:.2f} cores ({harness_cpu}loadgen {cpu['loadgen']:.2f}) "
             f"{'ok' if r['sustained'] else 'NOT sustained'}"
         )
 
     print(f"--- {row['streams']} streams x 10 chunks/s", flush=True)
-    for mode in MODES:
+    for mode in measured:
         print("  " + cell(mode), flush=True)
     ratios = row["router_vs_nginx"]
+    added = ", ".join(
+        f"{proxy} {row[f'{proxy}_added_ms']['p50']:.2f}/{row[f'{proxy}_added_ms']['p99']:.2f} ms"
+        for proxy in measured[1:]
+    )
+    go_floor = (
+        f", grpc-go floor x{ratios['cpu_vs_grpc_go_floor']}"
+        if "cpu_vs_grpc_go_floor" in ratios
+        else ""
+    )
     print(
-        f"  added p50/p99: router {row['router_added_ms']['p50']:.2f}/"
-        f"{row['router_added_ms']['p99']:.2f} ms, floor {row['floor_added_ms']['p50']:.2f}/"
-        f"{row['floor_added_ms']['p99']:.2f} ms, nginx {row['nginx_added_ms']['p50']:.2f}/"
-        f"{row['nginx_added_ms']['p99']:.2f} ms; router/nginx: p50 x{ratios['p50']}, "
+        f"  added p50/p99: {added}; router/nginx: p50 x{ratios['p50']}, "
         f"p99 x{ratios['p99']}, added p50 x{ratios['added_p50']}, CPU x{ratios['cpu']}; "
-        f"router/grpc.aio floor CPU x{ratios['cpu_vs_grpc_aio_floor']}",
+        f"router CPU / grpc.aio floor x{ratios['cpu_vs_grpc_aio_floor']}{go_floor}",
         flush=True,
     )
 
