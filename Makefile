@@ -43,24 +43,26 @@ GRPCURL_VERSION := v1.9.3
 	  "not installed: see https://go.dev/doc/install"; exit 1; }
 	GOBIN=$(CURDIR)/.tools/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
-# The Go harness of bench/router_overhead.py (bench/native): load generator, fake backend
-# and relay floor at a fraction of the Python ones' CPU, so that its top levels measure
-# the proxy rather than the harness. The Go code for stt.proto is generated at build time
-# into bench/native/gen (not committed) by buf with the two plugins below: protoc-gen-go
-# at the protobuf version of bench/native/go.mod (installed from inside that module),
-# protoc-gen-go-grpc at the last version whose code grpc v1.61 runs.
+# Go code (go.mod at the root): the native data path (dataplane/) and the benchmark
+# harness of bench/router_overhead.py (bench/native). Their code for protos/ is generated
+# at build time into gen/go (not committed) by buf with the two plugins below:
+# protoc-gen-go at the protobuf version of go.mod, protoc-gen-go-grpc at the last version
+# whose code grpc v1.61 runs.
 PROTOC_GEN_GO_GRPC_VERSION := v1.3.0
-.PHONY: bench-native
-bench-native: node_modules/.bin/buf ## Build the Go benchmark harness (bench/native) into .tools/bin
-	@command -v go >/dev/null || { echo "error: the native benchmark harness is built with Go (1.22 or" \
-	  "later), which is not installed: see https://go.dev/doc/install"; exit 1; }
-	cd bench/native && GOBIN=$(CURDIR)/.tools/bin go install google.golang.org/protobuf/cmd/protoc-gen-go
+GO_MISSING := echo "error: dataplane/ and bench/native are Go (1.22 or later), which is not" \
+  "installed: see https://go.dev/doc/install"
+.PHONY: go-gen
+go-gen: node_modules/.bin/buf ## Generate the Go code for protos/ into gen/go (not committed)
+	@command -v go >/dev/null || { $(GO_MISSING); exit 1; }
+	GOBIN=$(CURDIR)/.tools/bin go install google.golang.org/protobuf/cmd/protoc-gen-go
 	GOBIN=$(CURDIR)/.tools/bin go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
-	node_modules/.bin/buf generate --template bench/native/buf.gen.yaml
-	cd bench/native && go vet ./... && go test ./... && \
-	  for cmd in loadgen fakebackend relayfloor; do \
-	    go build -o $(CURDIR)/.tools/bin/voxmesh-$$cmd ./cmd/$$cmd || exit 1; \
-	  done
+	node_modules/.bin/buf generate --template buf.gen.go.yaml
+
+.PHONY: bench-native
+bench-native: go-gen ## Build the Go benchmark harness (bench/native) into .tools/bin
+	for cmd in loadgen fakebackend relayfloor; do \
+	  go build -o $(CURDIR)/.tools/bin/voxmesh-$$cmd ./bench/native/cmd/$$cmd || exit 1; \
+	done
 
 # Prometheus 2.42 (Go module v0.42.0, the Debian package's version) built from source:
 # Debian's build leaves Consul service discovery out, which prometheus/prometheus.yml uses.
@@ -90,17 +92,15 @@ run: install ## Install everything and run the local mesh (embedded mode, real m
 	$(PY) -m voxmesh.mesh
 
 .PHONY: test
-test: install .tools/bin/prometheus go-test ## Run the test suite (the Go data path's, then real models, real gRPC, real Prometheus)
+test: install .tools/bin/prometheus go-test bench-native ## Run the test suite (the Go data path's, then real models, real gRPC, real Prometheus)
 	@set -o pipefail; $(PY) -m pytest -q -rs -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 .PHONY: go-test
-go-test: ## gofmt, go vet and go test of the native data path (dataplane/: Go, standard library only)
-	@command -v go >/dev/null || { echo "error: the native data path (dataplane/) is Go (1.21 or later)," \
-	  "which is not installed: see https://go.dev/doc/install"; exit 1; }
-	@unformatted=$$(gofmt -l dataplane); [ -z "$$unformatted" ] || \
-	  { echo "not gofmt-formatted (gofmt -w dataplane):"; echo "$$unformatted"; exit 1; }
-	go vet ./dataplane/... && go test ./dataplane/...
+go-test: go-gen ## gofmt, go vet and go test of the Go code (dataplane/, bench/native, internal/)
+	@unformatted=$$(gofmt -l dataplane bench/native internal); [ -z "$$unformatted" ] || \
+	  { echo "not gofmt-formatted (gofmt -w):"; echo "$$unformatted"; exit 1; }
+	go vet ./... && go test ./...
 
 .PHONY: contract
 contract: $(VENV_STAMP) ## The Consul/Nomad contract tests; real agents: VOXMESH_CONTRACT_CONSUL=URL VOXMESH_CONTRACT_NOMAD=URL

@@ -33,7 +33,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	sttv1 "github.com/voxmesh/voxmesh/bench/native/gen/voxmesh/stt/v1"
+	sttv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/stt/v1"
 )
 
 // What the double reports about its machine, the Python double's defaults.

@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	sttv1 "github.com/voxmesh/voxmesh/bench/native/gen/voxmesh/stt/v1"
+	sttv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/stt/v1"
 )
 
 // Limits and hints of tests/doubles/fake_asr.py's defaults.

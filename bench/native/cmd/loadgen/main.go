@@ -40,8 +40,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	sttv1 "github.com/voxmesh/voxmesh/bench/native/gen/voxmesh/stt/v1"
-	"github.com/voxmesh/voxmesh/bench/native/internal/rawcodec"
+	sttv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/stt/v1"
+	"github.com/voxmesh/voxmesh/internal/rawcodec"
 )
 
 const method = "/voxmesh.stt.v1.RecognizerService/StreamingRecognize"

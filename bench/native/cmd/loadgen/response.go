@@ -5,7 +5,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 
-	sttv1 "github.com/voxmesh/voxmesh/bench/native/gen/voxmesh/stt/v1"
+	sttv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/stt/v1"
 )
 
 // The fields isInterim reads, found by name in the generated descriptors.

@@ -5,7 +5,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	sttv1 "github.com/voxmesh/voxmesh/bench/native/gen/voxmesh/stt/v1"
+	sttv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/stt/v1"
 )
 
 func TestIsInterim(t *testing.T) {

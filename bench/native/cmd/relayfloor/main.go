@@ -27,7 +27,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/voxmesh/voxmesh/bench/native/internal/rawcodec"
+	"github.com/voxmesh/voxmesh/internal/rawcodec"
 )
 
 var relayDesc = grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
