@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
+from services.router.active import ActiveStreams
 from services.router.admission import Admission, QueueLimits
 from services.router.balancer import PowerOfTwoBalancer, Preference
 from services.router.membership import Member, Membership
@@ -106,6 +107,12 @@ class RouterApp:
             batch_pool=settings.auto_batch_pool,
             language_pools=settings.language_pools(),
         )
+        self.streams = ActiveStreams(
+            self.metrics,
+            max_streams=settings.max_streams,
+            retry_after_s=settings.queue_retry_after_s,
+        )
+        """The router's streams in progress, whichever data path relays them."""
         self.recognizer = RouterRecognizer(
             resolver=resolver,
             membership=self.membership,
@@ -120,11 +127,10 @@ class RouterApp:
                 idle_timeout_s=settings.idle_timeout_s,
             ),
             metrics=self.metrics,
-            max_streams=settings.max_streams,
-            retry_after_s=settings.queue_retry_after_s,
+            streams=self.streams,
         )
         self.telemetry_snapshot = snapshot_builder(
-            settings.router_id, pools, self.recognizer, self.membership, self.admission
+            settings.router_id, pools, self.streams, self.membership, self.admission
         )
         """Builds the router's current telemetry snapshot."""
         telemetry = RouterTelemetry(self.telemetry_snapshot)
