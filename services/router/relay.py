@@ -205,7 +205,7 @@ class StreamRelay:
                 outcome = await self._attempt(member, resumed=control.attempts > 0)
             finally:
                 self._attached = False
-                control.ended(outcome)
+                control.ended(outcome)  # marked full or failed before the queue hears
             if outcome is Outcome.DONE:
                 return
             if outcome is Outcome.FULL:
