@@ -15,8 +15,14 @@ bound, for port 0) on stdout; the rest of its stdout goes to the router's log, i
 stderr to the router's.
 
 It runs in its own session, so a Ctrl-C in a terminal reaches the router only and
-the router stops it in its shutdown order; on Linux it gets SIGTERM should the
-router die without stopping it (``PR_SET_PDEATHSIG``).
+the router stops it in its shutdown order. Its stdin is a pipe the router holds open
+while it runs and closes when it has stopped it: EOF on stdin while it still runs
+means the router died without stopping it (SIGKILL, a crash), and the data path
+should then exit rather than keep the public port with no control plane. (Not
+``PR_SET_PDEATHSIG`` from a ``preexec_fn``, as :mod:`voxmesh.mesh.process` does: a
+``preexec_fn`` makes Python fork instead of spawn, and gRPC's fork handlers in a
+process with live gRPC threads crash the child often, SIGSEGV or SIGABRT before
+its ``exec``.)
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ import signal
 
 from voxmesh import tasks
 from voxmesh.errors import SettingsError
-from voxmesh.mesh.process import parent_death_signal
 from voxmesh.rpc.tls import ServerTls
 
 __all__ = ["PORT_PREFIX", "DataPlaneProcess", "dataplane_argv"]
@@ -76,10 +81,9 @@ class DataPlaneProcess:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE,  # open while the router runs: see above
                 stdout=asyncio.subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=parent_death_signal(),
             )
         except OSError as err:
             raise SettingsError(
@@ -157,5 +161,7 @@ class DataPlaneProcess:
                     proc.kill()
                     await proc.wait()
         finally:
+            if proc.stdin is not None:
+                proc.stdin.close()
             if self._pump is not None:
                 await tasks.stop(self._pump)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["READY_PREFIX", "ServiceProcess", "parent_death_signal"]
+__all__ = ["READY_PREFIX", "ServiceProcess"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ _PR_SET_PDEATHSIG = 1
 """``prctl`` option (``<linux/prctl.h>``): the signal a process gets when its parent dies."""
 
 
-def parent_death_signal() -> Callable[[], None] | None:
+def _parent_death_signal() -> Callable[[], None] | None:
     """A ``preexec_fn`` asking Linux to SIGTERM the child when this process dies.
 
     None elsewhere, or where ``prctl`` cannot be found. ``prctl`` is looked up here,
@@ -135,7 +135,7 @@ class ServiceProcess:
             stderr=asyncio.subprocess.STDOUT,
             env=self._env,
             start_new_session=True,
-            preexec_fn=parent_death_signal(),
+            preexec_fn=_parent_death_signal(),
         )
         self._pump = asyncio.create_task(self._read_output(), name=f"voxmesh-pump-{self.name}")
         ready = asyncio.create_task(self._ready.wait())
