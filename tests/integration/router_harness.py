@@ -4,7 +4,7 @@ The router is the real one (:class:`services.router.app.RouterApp`); the
 instances are :class:`tests.doubles.fake_asr.FakeAsr` doubles; discovery is
 the in-memory double unless a test passes its own watcher factory. With
 :func:`native_mesh` the router runs its native data path's control plane, the
-data path's process being a stand-in (:mod:`tests.doubles.dataplane_standin`):
+data path's process being a stand-in (:mod:`tests.doubles.dataplane_process`):
 tests drive ``DataPlaneService.Attach`` themselves, as the data path would.
 """
 
@@ -24,7 +24,7 @@ from services.router.app import RouterApp
 from services.router.membership import Member
 from services.router.settings import RouterSettings
 from tests.conditions import wait_until_async
-from tests.doubles.dataplane_standin import write_executable
+from tests.doubles.dataplane_process import write_executable
 from tests.doubles.fake_asr import FakeAsr, FakeAsrOptions
 from tests.doubles.memory_discovery import MemoryDiscovery
 from tests.streaming import config_request

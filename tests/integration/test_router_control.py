@@ -48,14 +48,19 @@ def config(**changes: Any) -> Request:
 async def python_status(target: str, requests: Sequence[Request]) -> Status:
     """What the Python relay answers a client that sends ``requests`` and half-closes."""
     async with grpc.aio.insecure_channel(target) as channel:
-        call: Any = stt_pb2_grpc.RecognizerServiceStub(channel).StreamingRecognize(timeout=10)
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            for request in requests:
-                await call.write(request)
-            await call.done_writing()
+        call: Any = stt_pb2_grpc.RecognizerServiceStub(channel).StreamingRecognize(timeout=30)
+
+        async def write() -> None:  # beside the reads: a write the router refused may hang
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                for request in requests:
+                    await call.write(request)
+                await call.done_writing()
+
+        writer = asyncio.create_task(write())
         with contextlib.suppress(grpc.aio.AioRpcError):
             while await call.read() != grpc.aio.EOF:
                 pass
+        await writer
         return await _status(call)
 
 
