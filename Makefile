@@ -121,9 +121,9 @@ gen: $(VENV_STAMP) ## Regenerate Python stubs from protos/
 
 .PHONY: gen-check
 gen-check: gen ## Fail if regenerating the stubs changed anything
-	@git diff --exit-code -- src/voxmesh/stt src/voxmesh/autoscaler || \
+	@git diff --exit-code -- src/voxmesh/stt src/voxmesh/autoscaler src/voxmesh/router || \
 	  (echo "generated stubs differ from protos/: run 'make gen' and commit" && exit 1)
-	@test -z "$$(git ls-files --others --exclude-standard -- src/voxmesh/stt src/voxmesh/autoscaler)" || \
+	@test -z "$$(git ls-files --others --exclude-standard -- src/voxmesh/stt src/voxmesh/autoscaler src/voxmesh/router)" || \
 	  (echo "untracked generated files: run 'make gen' and commit" && exit 1)
 
 .PHONY: breaking

@@ -2,6 +2,8 @@
 
 Once serving it prints ``VOXMESH_READY {json}`` (port, metrics port, id) on
 stdout, like every voxmesh service, for :class:`voxmesh.mesh.process.ServiceProcess`.
+It drains and exits 0 on SIGTERM/SIGINT; should its native data path exit while it
+runs, it stops and exits 1, for its supervisor to start it again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 
 from services.router.app import RouterApp
 from services.router.settings import RouterSettings, load_settings
+from voxmesh import tasks
 from voxmesh.errors import SettingsError
 from voxmesh.mesh.process import READY_PREFIX
 from voxmesh.rpc import aio_compat
@@ -34,10 +37,22 @@ async def serve(settings: RouterSettings) -> int:
         "pools": list(settings.pools),
     }
     print(READY_PREFIX + json.dumps(ready), flush=True)
-    signal = await wait_for_signal()
-    logger.info("%s: draining", signal.name)
+    signal = asyncio.create_task(wait_for_signal(), name="router-signal")
+    failed = asyncio.create_task(app.wait_failed(), name="router-failed")
+    try:
+        await asyncio.wait({signal, failed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        try:
+            await tasks.stop(signal)
+        finally:
+            await tasks.stop(failed)
+    if not signal.cancelled() and signal.exception() is None:
+        logger.info("%s: draining", signal.result().name)
+        await app.shutdown()
+        return 0
+    logger.error("stopping: the router cannot serve without its native data path")
     await app.shutdown()
-    return 0
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,37 +1,66 @@
 """Wires the router together: discovery, membership, balancer, admission, servicers, server.
 
+With ``data_path = python`` the gRPC server serves the public endpoint. With
+``native`` it serves a Unix socket in a private directory instead (Recognize,
+TelemetryService, health, reflection and the control plane's DataPlaneService),
+and the native data path, a child process (:mod:`services.router.dataplane`),
+serves the public endpoint: started once the socket serves, its ``PORT`` is the
+router's. Should it exit while the router runs, :meth:`RouterApp.wait_failed`
+returns and the entry point stops the router with a non-zero exit.
+
 Shutdown order (SIGTERM): health NOT_SERVING, refuse new streams, let the
 active ones finish (up to ``drain_timeout_s``), fail what still waits in the
-queues, stop the server (cancelling what is left), stop the watches and
-close the channels.
+queues, stop the native data path (SIGTERM, then SIGKILL after
+``DATAPLANE_STOP_TIMEOUT_S``), stop the server (cancelling what is left), stop
+the watches and close the channels.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
+from services.router.active import ActiveStreams
 from services.router.admission import Admission, QueueLimits
 from services.router.balancer import PowerOfTwoBalancer, Preference
+from services.router.control import DataPlaneService
+from services.router.dataplane import DataPlaneProcess, dataplane_argv
 from services.router.membership import Member, Membership
 from services.router.metrics import RouterMetrics
 from services.router.relay import RelayLimits
 from services.router.routing import PoolResolver
 from services.router.servicer import RouterRecognizer, RouterTelemetry, snapshot_builder
 from services.router.settings import RouterSettings
+from voxmesh import tasks
 from voxmesh.discovery import Watcher
+from voxmesh.router.v1 import dataplane_pb2, dataplane_pb2_grpc
+from voxmesh.rpc.address import host_port
 from voxmesh.rpc.server import ServerOptions, ServiceServer
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
-__all__ = ["RouterApp", "discovery_watchers"]
+__all__ = [
+    "DATAPLANE_START_TIMEOUT_S",
+    "DATAPLANE_STOP_TIMEOUT_S",
+    "RouterApp",
+    "discovery_watchers",
+]
 
 logger = logging.getLogger(__name__)
+
+DATAPLANE_START_TIMEOUT_S = 10.0
+"""Longest wait for the native data path's ``PORT`` line at start."""
+DATAPLANE_STOP_TIMEOUT_S = 10.0
+"""Longest wait for the native data path to exit after SIGTERM before SIGKILL (its
+streams have had the drain by then)."""
 
 
 def discovery_watchers(settings: RouterSettings) -> Callable[[str], Watcher]:
@@ -106,35 +135,46 @@ class RouterApp:
             batch_pool=settings.auto_batch_pool,
             language_pools=settings.language_pools(),
         )
+        self.streams = ActiveStreams(
+            self.metrics,
+            max_streams=settings.max_streams,
+            retry_after_s=settings.queue_retry_after_s,
+        )
+        """The router's streams in progress, whichever data path relays them."""
+        limits = RelayLimits(
+            queue_max_bytes=settings.queue_max_bytes,
+            relay_buffer_bytes=settings.relay_buffer_bytes,
+            replay_max_bytes=settings.replay_max_bytes,
+            max_chunk_bytes=settings.max_chunk_bytes,
+            max_failovers=settings.max_failovers,
+            failover_context_s=settings.failover_context_s,
+            idle_timeout_s=settings.idle_timeout_s,
+        )
         self.recognizer = RouterRecognizer(
             resolver=resolver,
             membership=self.membership,
             admission=self.admission,
-            limits=RelayLimits(
-                queue_max_bytes=settings.queue_max_bytes,
-                relay_buffer_bytes=settings.relay_buffer_bytes,
-                replay_max_bytes=settings.replay_max_bytes,
-                max_chunk_bytes=settings.max_chunk_bytes,
-                max_failovers=settings.max_failovers,
-                failover_context_s=settings.failover_context_s,
-                idle_timeout_s=settings.idle_timeout_s,
-            ),
+            limits=limits,
             metrics=self.metrics,
-            max_streams=settings.max_streams,
-            retry_after_s=settings.queue_retry_after_s,
+            streams=self.streams,
         )
         self.telemetry_snapshot = snapshot_builder(
-            settings.router_id, pools, self.recognizer, self.membership, self.admission
+            settings.router_id, pools, self.streams, self.membership, self.admission
         )
         """Builds the router's current telemetry snapshot."""
         telemetry = RouterTelemetry(self.telemetry_snapshot)
         metrics_port = None if settings.metrics_port < 0 else settings.metrics_port
+        native = settings.data_path == "native"
+        self._run_dir = tempfile.mkdtemp(prefix="voxmesh-router-") if native else ""
+        self.control_socket = os.path.join(self._run_dir, "control.sock") if native else ""
+        """The Unix socket the server serves with the native data path ("" otherwise)."""
         self.server = ServiceServer(
             ServerOptions(
                 host=settings.host,
                 port=settings.port,
                 metrics_port=metrics_port,
-                tls=settings.tls,
+                tls=None if native else settings.tls,
+                unix_socket=self.control_socket,
             ),
             self.registry,
         )
@@ -147,12 +187,37 @@ class RouterApp:
             lambda s: stt_pb2_grpc.add_TelemetryServiceServicer_to_server(telemetry, s),
             services["TelemetryService"].full_name,
         )
+        self.dataplane: DataPlaneProcess | None = None
+        """The native data path's process (None with the Python data path)."""
+        if native:
+            control = DataPlaneService(
+                resolver=resolver,
+                membership=self.membership,
+                admission=self.admission,
+                limits=limits,
+                metrics=self.metrics,
+                streams=self.streams,
+            )
+            self.server.add_service(
+                lambda s: dataplane_pb2_grpc.add_DataPlaneServiceServicer_to_server(control, s),
+                dataplane_pb2.DESCRIPTOR.services_by_name["DataPlaneService"].full_name,
+            )
+            self.dataplane = DataPlaneProcess(
+                dataplane_argv(
+                    settings.dataplane_bin,
+                    listen=host_port(settings.host, settings.port),
+                    socket=self.control_socket,
+                    tls=settings.tls,
+                )
+            )
+        self._failed = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
         self._shutdown: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
-        """The bound gRPC port."""
-        return self.server.port
+        """The bound port of the public endpoint (the native data path's with it)."""
+        return self.dataplane.port if self.dataplane is not None else self.server.port
 
     @property
     def target(self) -> str:
@@ -160,11 +225,36 @@ class RouterApp:
         return f"{self.settings.host}:{self.port}"
 
     async def start(self) -> None:
-        """Starts discovery and the server, then reports SERVING."""
-        self.membership.start()
-        await self.server.start()
+        """Starts discovery, the server and the native data path, then reports SERVING.
+
+        What started is stopped again should a later part fail to start."""
+        try:
+            self.membership.start()
+            await self.server.start()
+            if self.dataplane is not None:
+                await self.dataplane.start(DATAPLANE_START_TIMEOUT_S)
+                self._watch = asyncio.create_task(
+                    self._watch_dataplane(self.dataplane), name="dataplane-watch"
+                )
+        except BaseException:
+            await self._stop_parts()
+            raise
         await self.server.set_serving()
         logger.info("router %s serving pools %s", self.target, ", ".join(self.settings.pools))
+
+    async def wait_failed(self) -> None:
+        """Returns once the router cannot serve any more: its native data path exited
+        while it ran (never with the Python data path)."""
+        await self._failed.wait()
+
+    async def _watch_dataplane(self, dataplane: DataPlaneProcess) -> None:
+        code = await dataplane.wait()
+        logger.error(
+            "the native data path (pid %d) exited with code %d while the router ran",
+            dataplane.pid,
+            code,
+        )
+        self._failed.set()
 
     async def shutdown(self) -> None:
         """Drains and stops (idempotent; concurrent callers wait for the same shutdown)."""
@@ -174,13 +264,25 @@ class RouterApp:
 
     async def _drain_and_stop(self) -> None:
         await self.server.set_not_serving()
-        self.recognizer.begin_drain()
-        if not await self.recognizer.wait_idle(self.settings.drain_timeout_s):
-            logger.warning("drain timeout: cancelling %d streams", self.recognizer.active_streams)
+        self.streams.begin_drain()
+        if not await self.streams.wait_idle(self.settings.drain_timeout_s):
+            logger.warning("drain timeout: cancelling %d streams", self.streams.active)
         self.admission.close()
-        await self.server.stop(0)
-        await self.membership.shutdown()
+        await self._stop_parts()
         logger.info("router stopped")
+
+    async def _stop_parts(self) -> None:
+        """Stops the native data path, the server, the watches (idempotent)."""
+        try:
+            if self._watch is not None:
+                await tasks.stop(self._watch)  # its exit is asked for now
+            if self.dataplane is not None:
+                await self.dataplane.stop(DATAPLANE_STOP_TIMEOUT_S)
+            await self.server.stop(0)
+            await self.membership.shutdown()
+        finally:
+            if self._run_dir:
+                shutil.rmtree(self._run_dir, ignore_errors=True)
 
     def _capacity_changed(self, pool: str) -> None:
         self.admission.notify(pool)

@@ -24,13 +24,14 @@ unsent: the bound is ``queue_max_bytes`` while no instance holds the stream,
 attempt (follows the log's cursor) and the handler's own task (admission,
 then reads the instance's responses and writes them to the client, one at a
 time, so a slow client slows the instance's stream instead of growing a
-buffer).
+buffer). Admission and the accounting of each attempt's outcome are a
+:class:`~services.router.stream_control.StreamControl`'s, as for a stream the
+native data path relays.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -43,51 +44,27 @@ from services.router.admission import Admission
 from services.router.failover import ReplayLog, ResultTracker, duration_ms
 from services.router.membership import Member
 from services.router.metrics import RouterMetrics
-from services.router.routing import Route, check_chunk
+from services.router.routing import Route, check_chunk, no_audio_error
+from services.router.stream_control import (
+    FAILOVER_CODES,
+    Outcome,
+    StreamControl,
+    UpstreamError,
+    instance_outcome,
+    unreplayable_error,
+)
 from voxmesh import tasks
 from voxmesh.asr.config import audio_content, idle_wait
-from voxmesh.errors import InvalidArgument, Unavailable, VoxmeshError
-from voxmesh.rpc import status
+from voxmesh.errors import Unavailable, VoxmeshError
 from voxmesh.stt.v1 import stt_pb2
 
-__all__ = [
-    "FAILOVER_CODES",
-    "LATENCY_SAMPLE_EVERY",
-    "RelayLimits",
-    "StreamRelay",
-    "UpstreamError",
-]
+__all__ = ["LATENCY_SAMPLE_EVERY", "RelayLimits", "StreamRelay"]
 
 logger = logging.getLogger(__name__)
-
-FAILOVER_CODES = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
-)
-"""Statuses of an instance that mean "the instance failed", not "the stream is bad"."""
 
 LATENCY_SAMPLE_EVERY = 8
 """One message in this many is timed for ``voxmesh_router_added_latency_seconds``
 (a histogram observation costs about as much as a tenth of relaying a message)."""
-
-
-class UpstreamError(Exception):
-    """An instance ended the stream with a status the client must see as it is."""
-
-    def __init__(self, error: grpc.aio.AioRpcError) -> None:
-        super().__init__(error.details())
-        self.error = error
-
-    async def abort(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """Ends the client's RPC with the instance's code, details and trailing
-        metadata (rich status details such as RetryInfo included). Never returns."""
-        err = self.error
-        await context.abort(err.code(), err.details() or "", tuple(err.trailing_metadata() or ()))
-
-
-class _Outcome(enum.Enum):
-    DONE = "done"
-    FULL = "full"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -126,9 +103,15 @@ class StreamRelay:
         self._route = route
         self._config = config
         self._context = context
-        self._admission = admission
         self._limits = limits
-        self._metrics = metrics
+        self._control = StreamControl(
+            admission=admission,
+            metrics=metrics,
+            pool=route.pool,
+            realtime=route.realtime,
+            max_failovers=limits.max_failovers,
+            name=f"stream {route.stream_id}",
+        )
         self._log = ReplayLog(
             route.linear16,
             route.sample_rate,
@@ -187,7 +170,7 @@ class StreamRelay:
                     self._received_at[self._log.total_bytes] = time.perf_counter()
                 self._data.set()
             if self._log.total_bytes == 0:
-                raise InvalidArgument("empty stream: no audio was sent after the config")
+                raise no_audio_error()
             self._log.half_closed = True
             self._data.set()
         except VoxmeshError as err:
@@ -212,56 +195,25 @@ class StreamRelay:
         return self._limits.queue_max_bytes
 
     async def _serve(self) -> None:
-        route = self._route
-        exclude: set[str] = set()
-        attempts = 0
-        place = self._admission.place()  # kept while instances refuse the stream
+        control = self._control
         while True:
-            member = await self._admission.admit(
-                route.pool,
-                route.realtime,
-                exclude=exclude,
-                resumed=self._tracker.failovers > 0,
-                buffered=self._log.unsent_bytes,
-                place=place,
-            )
+            member = await control.place(self._log.unsent_bytes)
             self._attached = True
             self._space.set()
-            outcome: _Outcome | None = None
+            outcome = Outcome.ERROR  # what an attempt that raised counts as
             try:
-                outcome = await self._attempt(member, resumed=attempts > 0)
+                outcome = await self._attempt(member, resumed=control.attempts > 0)
             finally:
                 self._attached = False
-                # A refusal marks the instance full, a failure unreachable, before the
-                # queue hears of the release: the stream behind must not go there.
-                if outcome is _Outcome.FAILED:
-                    member.mark_failed()
-                member.release(full=outcome is _Outcome.FULL)
-            attempts += 1
-            if outcome is _Outcome.DONE:
+                control.ended(outcome)  # marked full or failed before the queue hears
+            if outcome is Outcome.DONE:
                 return
-            if outcome is _Outcome.FULL:
-                self._metrics.instance_rejections.labels(route.pool).inc()
+            if outcome is Outcome.FULL:
                 continue
-            exclude.add(member.instance_id)
-            place = self._admission.place()
-            self._tracker.failovers += 1
-            self._metrics.failovers.labels(route.pool).inc()
-            logger.warning(
-                "stream %s: instance %s failed; failing over (%d)",
-                route.stream_id,
-                member.instance_id,
-                self._tracker.failovers,
-            )
-            if self._tracker.failovers > self._limits.max_failovers:
-                raise Unavailable(
-                    f"stream failed on {self._tracker.failovers} instances; giving up"
-                )
+            self._tracker.failovers = control.failovers
+            control.check_failovers()
             if not self._log.replayable:
-                raise Unavailable(
-                    "the serving instance failed and the stream cannot be replayed: it "
-                    f"outgrew the replay buffer ({self._limits.replay_max_bytes} bytes)"
-                )
+                raise unreplayable_error(self._limits.replay_max_bytes)
             if not await self._audio_to_resume():
                 await self._finish(member)
                 return
@@ -291,14 +243,11 @@ class StreamRelay:
         )
         await self._on_response(stt_pb2.StreamingRecognizeResponse(summary=summary))
 
-    async def _attempt(self, member: Member, resumed: bool) -> _Outcome:
+    async def _attempt(self, member: Member, resumed: bool) -> Outcome:
         if not self._log.restart():
             raise Unavailable("the stream cannot be replayed: it outgrew the replay buffer")
         self._tracker.begin_attempt(resumed)
-        last_resort = member.open_metadata()
-        metadata = self._log.resume_metadata() + last_resort
-        if last_resort:
-            self._metrics.last_resort.labels(self._route.pool).inc()
+        metadata = self._log.resume_metadata() + self._control.open_metadata()
         remaining = self._context.time_remaining()
         call: Any = member.recognizer.StreamingRecognize(
             metadata=metadata or None, timeout=remaining
@@ -309,7 +258,7 @@ class StreamRelay:
             while True:
                 response = await call.read()
                 if response is grpc.aio.EOF:
-                    return _Outcome.DONE
+                    return Outcome.DONE
                 answered = True
                 await self._on_response(response)
         except grpc.aio.AioRpcError as err:
@@ -322,10 +271,11 @@ class StreamRelay:
                     member.instance_id,
                     code.name,
                 )
-                return _Outcome.DONE
-            if not answered and (status.instance_full(err) or status.not_accepting(err)):
-                return _Outcome.FULL  # it never started there: back to the queue
-            if code in FAILOVER_CODES:
+                return Outcome.DONE
+            outcome = instance_outcome(err, answered)  # FULL: it never started there
+            if outcome is Outcome.ERROR:
+                raise UpstreamError(err) from None
+            if outcome is Outcome.FAILED:
                 logger.info(
                     "stream %s: instance %s ended with %s: %s",
                     self._route.stream_id,
@@ -333,8 +283,7 @@ class StreamRelay:
                     code.name,
                     err.details(),
                 )
-                return _Outcome.FAILED
-            raise UpstreamError(err) from None
+            return outcome
         finally:
             try:
                 # Not ``await writer`` under a suppressed CancelledError: a cancel of this

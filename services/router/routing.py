@@ -15,7 +15,7 @@ from voxmesh.asr.config import validate_streaming_config
 from voxmesh.errors import InvalidArgument, NotFound, ResourceExhausted
 from voxmesh.stt.v1 import stt_pb2
 
-__all__ = ["AUTO_MODEL", "PoolResolver", "Route", "check_chunk"]
+__all__ = ["AUTO_MODEL", "PoolResolver", "Route", "check_chunk", "no_audio_error"]
 
 AUTO_MODEL = "auto"
 
@@ -49,6 +49,11 @@ def check_chunk(data: bytes, linear16: bool, max_chunk_bytes: int) -> None:
             f"LINEAR16 audio chunk has an odd length ({len(data)} bytes): "
             "chunks must hold whole 16-bit samples"
         )
+
+
+def no_audio_error() -> InvalidArgument:
+    """The error of a stream whose client half-closed without sending any audio."""
+    return InvalidArgument("empty stream: no audio was sent after the config")
 
 
 class PoolResolver:
@@ -118,3 +123,24 @@ class PoolResolver:
             sample_rate=valid.sample_rate if linear16 else 0,
             stream_id=valid.stream_id,
         )
+
+    def open_stream(
+        self,
+        first: stt_pb2.StreamingRecognizeRequest | None,
+        served_models: Mapping[str, str],
+    ) -> tuple[Route, stt_pb2.StreamingRecognizeRequest]:
+        """Checks a stream's ``first`` request (None: the client sent none) and returns
+        its route and the request that opens it on an instance: the config with the
+        pool as its model and the stream id filled in. Raises on a bad first request."""
+        if first is None:
+            raise InvalidArgument("empty stream: the first request must carry streaming_config")
+        if first.WhichOneof("streaming_request") != "streaming_config":
+            raise InvalidArgument(
+                "audio before config: the first request must carry streaming_config"
+            )
+        route = self.route(first.streaming_config, served_models)
+        forwarded = stt_pb2.StreamingRecognizeRequest()
+        forwarded.CopyFrom(first)
+        forwarded.streaming_config.config.model = route.pool
+        forwarded.streaming_config.stream_id = route.stream_id
+        return route, forwarded

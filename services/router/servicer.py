@@ -16,13 +16,20 @@ from typing import Any
 
 import grpc
 
+from services.router.active import ActiveStreams
 from services.router.admission import Admission
 from services.router.membership import Member, Membership
-from services.router.metrics import ROUTER_FULL, RouterMetrics
-from services.router.relay import FAILOVER_CODES, RelayLimits, StreamRelay, UpstreamError
+from services.router.metrics import RouterMetrics
+from services.router.relay import RelayLimits, StreamRelay
 from services.router.routing import PoolResolver
+from services.router.stream_control import (
+    Outcome,
+    StreamControl,
+    UpstreamError,
+    instance_outcome,
+)
 from voxmesh.asr.config import idle_wait, validate_recognition_config
-from voxmesh.errors import InvalidArgument, ResourceExhausted, Unavailable, VoxmeshError
+from voxmesh.errors import InvalidArgument, Unavailable
 from voxmesh.rpc import status
 from voxmesh.rpc.wellknown import duration, timestamp
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
@@ -48,45 +55,37 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
         admission: Admission[Member],
         limits: RelayLimits,
         metrics: RouterMetrics,
-        max_streams: int,
-        retry_after_s: float,
+        streams: ActiveStreams,
     ) -> None:
         self._resolver = resolver
         self._membership = membership
         self._admission = admission
         self._limits = limits
         self._metrics = metrics
-        self._max_streams = max_streams
-        self._retry_after_s = retry_after_s
-        self._draining = False
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.audio_seconds_total = 0.0
-        """Seconds of LINEAR16 audio relayed by finished streams."""
+        self._streams = streams
 
     @property
     def active_streams(self) -> int:
-        """Streams being served (queued or relayed)."""
-        return self._active
+        """Streams being served (queued or relayed), by either data path."""
+        return self._streams.active
 
     @property
     def draining(self) -> bool:
         """True once the router takes no new streams."""
-        return self._draining
+        return self._streams.draining
+
+    @property
+    def audio_seconds_total(self) -> float:
+        """Seconds of LINEAR16 audio relayed by finished streams."""
+        return self._streams.audio_seconds_total
 
     def begin_drain(self) -> None:
         """Refuses new streams with UNAVAILABLE; active ones go on."""
-        self._draining = True
+        self._streams.begin_drain()
 
     async def wait_idle(self, limit_s: float) -> bool:
         """Waits up to ``limit_s`` seconds for the active streams to end; True if they did."""
-        try:
-            async with asyncio.timeout(limit_s):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await self._streams.wait_idle(limit_s)
 
     # grpc.aio also takes handlers that write with ``context.write`` and return
     # None; the generated base class only declares the iterator form.
@@ -96,27 +95,13 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         """Validates the config, admits the stream and relays it."""
-        pool = "unknown"
-        self._enter()
-        try:
-            self._check_open()
+        async with self._streams.stream(context) as tally:
             first = await idle_wait(
                 anext(aiter(request_iterator), None),
                 self._limits.idle_timeout_s,
                 "streaming_config",
             )
-            if first is None:
-                raise InvalidArgument("empty stream: the first request must carry streaming_config")
-            if first.WhichOneof("streaming_request") != "streaming_config":
-                raise InvalidArgument(
-                    "audio before config: the first request must carry streaming_config"
-                )
-            route = self._resolver.route(first.streaming_config, self._membership.served_models())
-            pool = route.pool
-            forwarded = stt_pb2.StreamingRecognizeRequest()
-            forwarded.CopyFrom(first)
-            forwarded.streaming_config.config.model = route.pool
-            forwarded.streaming_config.stream_id = route.stream_id
+            route, forwarded = self._resolver.open_stream(first, self._membership.served_models())
             relay = StreamRelay(
                 route=route,
                 config=forwarded,
@@ -125,50 +110,21 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
                 limits=self._limits,
                 metrics=self._metrics,
             )
-            self._metrics.streams_active.labels(pool).inc()
+            tally.routed(route.pool)
             try:
                 await relay.run(request_iterator)
             finally:
-                self._metrics.streams_active.labels(pool).dec()
-                self.audio_seconds_total += relay.audio_seconds()
-            self._metrics.streams.labels(pool, "OK").inc()
-        except VoxmeshError as err:
-            self._metrics.streams.labels(pool, status.code_of(err).name).inc()
-            await status.abort(context, err)
-        except UpstreamError as err:
-            self._metrics.streams.labels(pool, err.error.code().name).inc()
-            await err.abort(context)
-        except asyncio.CancelledError:
-            self._metrics.streams.labels(pool, "CANCELLED").inc()
-            raise
-        finally:
-            self._leave()
+                tally.audio_seconds = relay.audio_seconds()
 
     async def Recognize(
         self, request: stt_pb2.RecognizeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> stt_pb2.RecognizeResponse:
         """Sends a whole file to one instance (another if it fails or is full)."""
-        pool = "unknown"
-        self._enter()
-        try:
-            self._check_open()
+        async with self._streams.stream(context) as tally:
             validate_recognition_config(request.config)
             pool = self._resolver.resolve(request.config, self._membership.served_models())
-            self._metrics.streams_active.labels(pool).inc()
-            try:
-                response = await self._recognize(pool, request, context)
-            finally:
-                self._metrics.streams_active.labels(pool).dec()
-            self._metrics.streams.labels(pool, "OK").inc()
-            return response
-        except VoxmeshError as err:
-            self._metrics.streams.labels(pool, status.code_of(err).name).inc()
-            await status.abort(context, err)
-        except UpstreamError as err:
-            self._metrics.streams.labels(pool, err.error.code().name).inc()
-            await err.abort(context)
-        finally:
-            self._leave()
+            tally.routed(pool)
+            return await self._recognize(pool, request, context)
         raise AssertionError("unreachable: abort raises")
 
     async def _recognize(
@@ -180,67 +136,34 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
         forwarded = stt_pb2.RecognizeRequest()
         forwarded.CopyFrom(request)
         forwarded.config.model = pool
-        realtime = request.config.priority == stt_pb2.PRIORITY_REALTIME
-        exclude: set[str] = set()
-        failovers = 0
-        place = self._admission.place()  # kept while instances refuse the request
+        control = StreamControl(
+            admission=self._admission,
+            metrics=self._metrics,
+            pool=pool,
+            realtime=request.config.priority == stt_pb2.PRIORITY_REALTIME,
+            max_failovers=self._limits.max_failovers,
+            name="request",
+            gave_up=lambda failovers: Unavailable(f"request failed on {failovers} instances"),
+        )
         while True:
-            member = await self._admission.admit(
-                pool,
-                realtime,
-                exclude=exclude,
-                resumed=failovers > 0,
-                buffered=lambda: len(request.audio_content),
-                place=place,
-            )
-            last_resort = member.open_metadata()
-            if last_resort:
-                self._metrics.last_resort.labels(pool).inc()
-            full = False
+            member = await control.place(lambda: len(request.audio_content))
+            metadata = control.open_metadata()
+            outcome = Outcome.ERROR  # what an attempt that raised counts as
             try:
                 response: stt_pb2.RecognizeResponse = await member.recognizer.Recognize(
-                    forwarded, timeout=context.time_remaining(), metadata=last_resort or None
+                    forwarded, timeout=context.time_remaining(), metadata=metadata or None
                 )
+                outcome = Outcome.DONE
             except grpc.aio.AioRpcError as err:
-                if status.instance_full(err) or status.not_accepting(err):
-                    # Back to the queue; the instance stays full until it reports again.
-                    self._metrics.instance_rejections.labels(pool).inc()
-                    full = True
-                    continue
-                if err.code() not in FAILOVER_CODES:
+                outcome = instance_outcome(err, answered=False)
+                if outcome is Outcome.ERROR:
                     raise UpstreamError(err) from None
-                member.mark_failed()
-                exclude.add(member.instance_id)
-                place = self._admission.place()
-                failovers += 1
-                self._metrics.failovers.labels(pool).inc()
-                if failovers > self._limits.max_failovers:
-                    raise Unavailable(f"request failed on {failovers} instances") from None
-                continue
             finally:
-                member.release(full=full)
-            response.summary.failovers = failovers
-            return response
-
-    def _check_open(self) -> None:
-        """Refuses a new stream while draining or past the router's own limit."""
-        if self._draining:
-            raise Unavailable("the router is draining; retry on another router")
-        if self._max_streams and self._active > self._max_streams:
-            self._metrics.rejected.labels("any", ROUTER_FULL).inc()
-            raise ResourceExhausted(
-                f"the router is at capacity ({self._max_streams} streams); retry later",
-                retry_after=self._retry_after_s,
-            )
-
-    def _enter(self) -> None:
-        self._active += 1
-        self._idle.clear()
-
-    def _leave(self) -> None:
-        self._active -= 1
-        if self._active == 0:
-            self._idle.set()
+                control.ended(outcome)
+            if outcome is Outcome.DONE:
+                response.summary.failovers = control.failovers
+                return response
+            control.check_failovers()  # FULL goes back to the queue, in its place
 
 
 class RouterTelemetry(stt_pb2_grpc.TelemetryServiceServicer):
@@ -268,7 +191,7 @@ class RouterTelemetry(stt_pb2_grpc.TelemetryServiceServicer):
 def snapshot_builder(
     router_id: str,
     pools: list[str],
-    recognizer: RouterRecognizer,
+    streams: ActiveStreams,
     membership: Membership,
     admission: Admission[Member],
 ) -> Callable[[], stt_pb2.TelemetrySnapshot]:
@@ -285,11 +208,11 @@ def snapshot_builder(
             instance_id=router_id,
             role=stt_pb2.ROLE_ROUTER,
             state=stt_pb2.SERVING_STATE_DRAINING
-            if recognizer.draining
+            if streams.draining
             else stt_pb2.SERVING_STATE_SERVING,
-            active_streams=recognizer.active_streams,
+            active_streams=streams.active,
             pending_work=admission.queued(),
-            audio_seconds_total=recognizer.audio_seconds_total,
+            audio_seconds_total=streams.audio_seconds_total,
             gpu_available=False,
             gpu_unavailable_reason="the router uses no GPU",
         )

@@ -6,15 +6,17 @@ variable (``VOXMESH_ROUTER_QUEUE_MAX_WAIT_S``); see :func:`voxmesh.settings.load
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from voxmesh.errors import SettingsError
 from voxmesh.rpc.tls import ServerTls
 from voxmesh.settings import load, pairs, setting
 
-__all__ = ["ENV_PREFIX", "RouterSettings", "load_settings"]
+__all__ = ["DATA_PATHS", "DEFAULT_DATAPLANE_BIN", "ENV_PREFIX", "RouterSettings", "load_settings"]
 
 ENV_PREFIX = "VOXMESH_ROUTER"
 MAX_FAILOVER_CONTEXT_S = 29.0
@@ -22,6 +24,9 @@ MAX_FAILOVER_CONTEXT_S = 29.0
 
 AUTO_POLICIES = ("priority", "language")
 DISCOVERY_BACKENDS = ("file", "consul")
+DATA_PATHS = ("python", "native")
+DEFAULT_DATAPLANE_BIN = str(Path(__file__).resolve().parents[2] / ".tools/bin/voxmesh-dataplane")
+"""Where ``make dataplane`` puts the native data path: ``.tools/bin`` under the repo root."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,16 @@ class RouterSettings:
     tls_client_ca_file: str = setting("", "PEM CA bundle: require client certificates (mTLS)")
     """PEM CA bundle; set, clients must present a certificate that chains to it (mutual
     TLS). Instances, the autoscaler and Consul are reached in plaintext: see docs/router.md."""
+    data_path: str = setting("python", "what relays the streams: python or native (dataplane/)")
+    """What relays the streams. ``python``: this process serves the public endpoint and
+    relays every stream itself. ``native``: the Go data path (``dataplane/``, the
+    ``dataplane_bin`` process this one starts) serves the public endpoint with the TLS
+    settings above and relays the streams; this process decides where each goes, over a
+    private Unix socket (see docs/router.md, "The native data path")."""
+    dataplane_bin: str = setting(
+        DEFAULT_DATAPLANE_BIN, "the native data path's executable (data_path=native)"
+    )
+    """The native data path's executable, built by ``make dataplane``."""
     instance_id: str = setting("", "id in the router's telemetry (default router-<hostname>)")
     """Identifier of this router in its telemetry; ``router-<hostname>`` when empty."""
     region: str = setting("", "preferred region of instances (empty: no preference)")
@@ -165,6 +180,14 @@ class RouterSettings:
         _ = self.tls
         if self.discovery not in DISCOVERY_BACKENDS:
             raise SettingsError(f"setting discovery={self.discovery!r}: expected file or consul")
+        if self.data_path not in DATA_PATHS:
+            raise SettingsError(f"setting data_path={self.data_path!r}: expected python or native")
+        if self.data_path == "native" and not _executable(self.dataplane_bin):
+            raise SettingsError(
+                f"setting dataplane_bin={self.dataplane_bin!r}: no executable there, and "
+                "data_path=native runs the native data path from it: build it with "
+                "`make dataplane`"
+            )
         if self.auto_policy not in AUTO_POLICIES:
             raise SettingsError(
                 f"setting auto_policy={self.auto_policy!r}: expected priority or language"
@@ -215,6 +238,10 @@ class RouterSettings:
                 f"setting failover_context_s={self.failover_context_s!r}: at most "
                 f"{MAX_FAILOVER_CONTEXT_S:g} (a lead-in must fit Whisper's 30 s window)"
             )
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
 def load_settings(

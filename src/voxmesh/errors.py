@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "DeadlineExceeded",
     "Draining",
+    "Internal",
     "InvalidArgument",
     "NotFound",
     "OutOfRange",
@@ -57,3 +58,7 @@ class Unavailable(VoxmeshError):
 
 class Draining(Unavailable):
     """The instance is draining and takes no new streams."""
+
+
+class Internal(VoxmeshError):
+    """A part of voxmesh broke its contract with another (a bug, not the client's doing)."""

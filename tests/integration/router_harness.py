@@ -2,7 +2,10 @@
 
 The router is the real one (:class:`services.router.app.RouterApp`); the
 instances are :class:`tests.doubles.fake_asr.FakeAsr` doubles; discovery is
-the in-memory double unless a test passes its own watcher factory.
+the in-memory double unless a test passes its own watcher factory. With
+:func:`native_mesh` the router runs its native data path's control plane, the
+data path's process being a stand-in (:mod:`tests.doubles.dataplane_process`):
+tests drive ``DataPlaneService.Attach`` themselves, as the data path would.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,13 +24,14 @@ from services.router.app import RouterApp
 from services.router.membership import Member
 from services.router.settings import RouterSettings
 from tests.conditions import wait_until_async
+from tests.doubles.dataplane_process import write_executable
 from tests.doubles.fake_asr import FakeAsr, FakeAsrOptions
 from tests.doubles.memory_discovery import MemoryDiscovery
 from tests.streaming import config_request
 from voxmesh.discovery import Watcher
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
-__all__ = ["HeldStream", "Mesh", "assert_no_tasks_left", "mesh", "pcm"]
+__all__ = ["HeldStream", "Mesh", "assert_no_tasks_left", "mesh", "native_mesh", "pcm"]
 
 CHUNK = 3200  # 100 ms of 16 kHz LINEAR16
 
@@ -118,6 +123,23 @@ async def mesh(
         for fake in the_mesh.fakes.values():
             await fake.stop()
         await assert_no_tasks_left()
+
+
+@contextlib.asynccontextmanager
+async def native_mesh(
+    directory: Path, *standin: str, **settings: Any
+) -> AsyncIterator[tuple[Mesh, grpc.aio.Channel]]:
+    """A started router with ``data_path=native`` whose data path is the process stand-in
+    (``standin`` its own options; it records itself in ``directory/standin.json``), and a
+    channel to the router's Unix socket, where the data path calls Attach."""
+    record = directory / "standin.json"
+    binary = write_executable(directory / "voxmesh-dataplane", "--record", str(record), *standin)
+    async with mesh(data_path="native", dataplane_bin=str(binary), **settings) as the_mesh:
+        channel = grpc.aio.insecure_channel(f"unix:{the_mesh.router.control_socket}")
+        try:
+            yield the_mesh, channel
+        finally:
+            await channel.close()
 
 
 async def assert_no_tasks_left(timeout: float = 2.0) -> None:

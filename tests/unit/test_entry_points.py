@@ -3,6 +3,8 @@ before it binds a port or loads a model."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from services.autoscaler.__main__ import main as autoscaler_main
@@ -28,3 +30,16 @@ def test_an_asr_instance_refuses_bad_settings(capsys: pytest.CaptureFixture[str]
     argv = ["--host", "0.0.0.0", "--discovery", "consul"]
     assert asr_main({"pool": "asr_small", "model": "tiny.en"}, argv, env={}) == 2
     assert "advertise_host is required" in capsys.readouterr().err
+
+
+def test_the_router_refuses_a_native_data_path_it_cannot_find(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "voxmesh-dataplane"
+    assert router_main(["--data-path", "native", "--dataplane-bin", str(missing)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: setting dataplane_bin='{missing}': no executable there, and "
+        "data_path=native runs the native data path from it: build it with `make dataplane`"
+    )
+    assert router_main(["--data-path", "go"]) == 2
+    assert "setting data_path='go': expected python or native" in capsys.readouterr().err

@@ -32,6 +32,7 @@ __all__ = [
     "audio_chunk",
     "audio_content",
     "check_model",
+    "idle_timeout_error",
     "idle_wait",
     "make_decoder",
     "serves_model",
@@ -136,6 +137,16 @@ def audio_content(request: stt_pb2.StreamingRecognizeRequest) -> bytes:
     return request.audio_content
 
 
+def idle_timeout_error(timeout_s: float, waiting_for: str) -> OutOfRange:
+    """The error of a client that sent no ``waiting_for`` (``"streaming_config"``,
+    ``"audio"``) for ``timeout_s`` seconds: what :func:`idle_wait` raises, and what the
+    router's control plane answers when its native data path reports such a stall."""
+    return OutOfRange(
+        f"no {waiting_for} received for {timeout_s:g} s: send audio close to real time, "
+        "and half-close the stream at its end"
+    )
+
+
 async def idle_wait(message: Awaitable[T], timeout_s: float, waiting_for: str) -> T:
     """Awaits the client's next ``message`` (or what it brings) for at most ``timeout_s``;
     OUT_OF_RANGE beyond. A client that stalls, or vanished without a reset, must not hold
@@ -144,10 +155,7 @@ async def idle_wait(message: Awaitable[T], timeout_s: float, waiting_for: str) -
         async with asyncio.timeout(timeout_s):
             return await message
     except TimeoutError:
-        raise OutOfRange(
-            f"no {waiting_for} received for {timeout_s:g} s: send audio close to real time, "
-            "and half-close the stream at its end"
-        ) from None
+        raise idle_timeout_error(timeout_s, waiting_for) from None
 
 
 def audio_chunk(

@@ -50,6 +50,10 @@ class ServerOptions:
     """Largest gRPC message accepted (bounds unary Recognize requests)."""
     tls: ServerTls | None = None
     """TLS for the gRPC port (None: plaintext); the metrics port stays plain HTTP."""
+    unix_socket: str = ""
+    """A Unix socket path to serve gRPC on instead of ``host:port``, plaintext (only
+    this machine's processes reach it; its directory decides which); the metrics port
+    still binds ``host``. ``ServiceServer.port`` is then 0."""
 
 
 class ServiceServer:
@@ -109,11 +113,11 @@ class ServiceServer:
         except BaseException:
             self._stop_metrics()
             raise
+        unix = self._options.unix_socket
         logger.info(
-            "listening on %s:%s (%s, metrics %s)",
-            self._options.host,
-            self.port,
-            _transport(self._options.tls),
+            "listening on %s (%s, metrics %s)",
+            f"unix:{unix}" if unix else f"{self._options.host}:{self.port}",
+            "plaintext" if unix else _transport(self._options.tls),
             self.metrics_port or "off",
         )
 
@@ -123,6 +127,15 @@ class ServiceServer:
         grpcio raises ``RuntimeError("Failed to bind ...")`` for a busy port (older
         versions returned 0): both become one error naming the setting and the address.
         """
+        if self._options.unix_socket:
+            address = f"unix:{self._options.unix_socket}"
+            try:
+                bound = self._server.add_insecure_port(address)
+            except RuntimeError as err:
+                raise SettingsError(f"cannot listen on {address}") from err
+            if bound == 0:
+                raise SettingsError(f"cannot listen on {address}")
+            return 0
         host, port = self._options.host, self._options.port
         address = host_port(host, port)
         try:

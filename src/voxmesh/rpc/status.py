@@ -43,6 +43,7 @@ _CODES: list[tuple[type[errors.VoxmeshError], grpc.StatusCode]] = [
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.SettingsError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Internal, grpc.StatusCode.INTERNAL),
 ]
 
 
