@@ -49,17 +49,9 @@ func (s *stream) readClient() {
 			s.fail(clientFailure{bad: bad})
 			return
 		}
-		if !s.awaitSpace(int64(len(req.audio))) {
+		if !s.appendWhenRoom(req.audio) {
 			return
 		}
-		s.mu.Lock()
-		s.log.Append(req.audio)
-		s.requests++
-		if s.requests%latencySampleEvery == 0 {
-			s.lat.arrived(s.log.TotalBytes(), time.Now())
-		}
-		s.mu.Unlock()
-		s.dataArrived()
 	}
 }
 
@@ -78,11 +70,12 @@ func (s *stream) check(req clientRequest) *sttv1.StreamingRecognizeRequest {
 	return nil
 }
 
-// awaitSpace waits until a chunk of n bytes fits in the bound of unsent audio:
-// RelayLimits.queue_max_bytes while no instance holds the stream,
-// relay_buffer_bytes while one does; one chunk always goes when nothing is
-// unsent. False when the stream ended meanwhile.
-func (s *stream) awaitSpace(n int64) bool {
+// appendWhenRoom appends a chunk of audio to the log once it fits in the bound
+// of unsent audio: RelayLimits.queue_max_bytes while no instance holds the
+// stream, relay_buffer_bytes while one does; one chunk always goes when nothing
+// is unsent. False when the stream ended meanwhile.
+func (s *stream) appendWhenRoom(audio []byte) bool {
+	n := int64(len(audio))
 	for {
 		s.mu.Lock()
 		unsent := s.log.UnsentBytes()
@@ -90,10 +83,22 @@ func (s *stream) awaitSpace(n int64) bool {
 		if s.attached {
 			limit = s.limits.GetRelayBufferBytes()
 		}
-		s.mu.Unlock()
 		if unsent == 0 || unsent+n <= limit {
+			s.log.Append(audio)
+			s.requests++
+			if s.requests%latencySampleEvery == 0 {
+				s.lat.arrived(s.log.TotalBytes(), time.Now())
+			}
+			attached := s.attached
+			s.mu.Unlock()
+			signal(s.dataForWriter)
+			if !attached { // the handler waits for audio only while no instance holds the stream
+				signal(s.dataForHandler)
+			}
 			return true
 		}
+		s.readerWaits = true
+		s.mu.Unlock()
 		select {
 		case <-s.space:
 		case <-s.done:

@@ -117,6 +117,7 @@ type stream struct {
 	attached      bool               // an instance holds the stream
 	cancelAttempt context.CancelFunc // the current attempt's, while there is one
 	failed        bool               // failure is set
+	readerWaits   bool               // the reader waits for room in the bound
 	requests      int                // client audio requests appended
 	lat           latencies
 

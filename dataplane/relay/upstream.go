@@ -147,6 +147,8 @@ func (s *stream) writeUpstream(ctx context.Context, up grpc.ClientStream, writte
 		msg = requestOf(audio, maybeCut)
 		maybeCut = false
 		arrived, sampled := s.lat.sent(s.log.TotalBytes() - s.log.UnsentBytes())
+		readerWaits := s.readerWaits
+		s.readerWaits = false
 		s.mu.Unlock()
 		if up.SendMsg(&msg) != nil {
 			return
@@ -157,7 +159,9 @@ func (s *stream) writeUpstream(ctx context.Context, up grpc.ClientStream, writte
 			s.lat.up = append(s.lat.up, took)
 			s.mu.Unlock()
 		}
-		signal(s.space)
+		if readerWaits {
+			signal(s.space)
+		}
 	}
 }
 
