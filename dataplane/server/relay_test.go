@@ -376,3 +376,45 @@ func TestStreamsFailUnavailableWithoutAControlPlane(t *testing.T) {
 		t.Errorf("second stream ended with %v", err)
 	}
 }
+
+func TestAQueuedStreamHoldsAtMostQueueMaxBytesAndSaysSo(t *testing.T) {
+	a := instance(t, "a")
+	release := make(chan struct{})
+	place := placeOn(a)
+	double := &controldouble.Double{
+		Route: func(first *sttv1.StreamingRecognizeRequest) (*routerv1.RouteEvent, error) {
+			limits := controldouble.DefaultLimits()
+			limits.QueueMaxBytes = 3 * chunkBytes
+			return controldouble.DefaultRoute(first, "asr_small", limits)
+		},
+		Place: func(s *controldouble.Stream, n int) (*routerv1.PlacementEvent, error) {
+			<-release // the stream waits in the queue
+			return place(s, n)
+		},
+	}
+	h := start(t, double, nil, nil)
+	audio := pcm(1000)
+	c := h.open("")
+	c.send(audio)
+	s := nextStream(t, double)
+	buffered := func() (last, most int64) {
+		for _, ev := range s.Events() {
+			if b := ev.GetBuffered(); b != nil {
+				last, most = b.GetBytes(), max(most, b.GetBytes())
+			}
+		}
+		return last, most
+	}
+	eventually(t, "three chunks buffered", func() bool { last, _ := buffered(); return last == 3*chunkBytes }, s.Changed)
+	close(release)
+	rs, err := c.finish()
+	if err != nil {
+		t.Fatalf("stream ended with %v", err)
+	}
+	if texts, _ := finals(rs); !reflect.DeepEqual(texts, fakeinstance.ExpectedFinals(audio, rate, utteranceMs)) {
+		t.Errorf("finals %q", texts)
+	}
+	if _, most := buffered(); most != 3*chunkBytes {
+		t.Errorf("%d bytes buffered while queued, over queue_max_bytes", most)
+	}
+}

@@ -94,7 +94,29 @@ func (d *Double) Attach(call routerv1.DataPlaneService_AttachServer) error {
 }
 
 func (d *Double) attach(s *Stream) error {
-	open, err := s.recv()
+	// Events are received (and recorded) as they come, also while an answer is
+	// being made, as the control plane takes buffered events while a stream waits.
+	incoming := make(chan *routerv1.AttachRequest, 1024)
+	var recvErr error
+	go func() {
+		defer close(incoming)
+		for {
+			ev, err := s.call.Recv()
+			if err != nil {
+				recvErr = err
+				return
+			}
+			s.record(ev)
+			incoming <- ev
+		}
+	}()
+	next := func() (*routerv1.AttachRequest, error) {
+		if ev, ok := <-incoming; ok {
+			return ev, nil
+		}
+		return nil, recvErr
+	}
+	open, err := next()
 	if err != nil {
 		return err
 	}
@@ -116,7 +138,7 @@ func (d *Double) attach(s *Stream) error {
 	}
 	places := 0
 	for {
-		ev, err := s.recv()
+		ev, err := next()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
@@ -144,18 +166,13 @@ func (d *Double) attach(s *Stream) error {
 	}
 }
 
-// recv receives and records the next event.
-func (s *Stream) recv() (*routerv1.AttachRequest, error) {
-	ev, err := s.call.Recv()
-	if err != nil {
-		return nil, err
-	}
+// record records an event.
+func (s *Stream) record(ev *routerv1.AttachRequest) {
 	s.mu.Lock()
 	s.events = append(s.events, ev)
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()
-	return ev, nil
 }
 
 // Events returns the events received so far.
