@@ -125,6 +125,7 @@ type stream struct {
 	tracker     *failover.ResultTracker
 	responses   int
 	summarySent bool
+	out         []byte // the response being written to the client
 }
 
 // firstRequest is the client's first message, or why there is none.

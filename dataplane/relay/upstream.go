@@ -183,7 +183,8 @@ func (s *stream) onResponse(raw []byte) (e *ending, malformed error) {
 	if out == nil {
 		return nil, nil
 	}
-	if err := s.down.SendMsg(&out); err != nil {
+	s.out = out // a field: SendMsg(&out) would allocate out for every response
+	if err := s.down.SendMsg(&s.out); err != nil {
 		if s.ctx.Err() != nil {
 			return gone, nil
 		}
