@@ -57,9 +57,10 @@ type Options struct {
 // Tuning are the grpc-go options the data path sets on its server and clients
 // (0 keeps grpc-go's default).
 type Tuning struct {
-	// WriteBufferBytes and ReadBufferBytes size each connection's buffers.
+	// WriteBufferBytes sizes each connection's write buffer.
 	WriteBufferBytes int
-	ReadBufferBytes  int
+	// ReadBufferBytes sizes each connection's read buffer.
+	ReadBufferBytes int
 	// SharedWriteBuffer releases a connection's write buffer between writes.
 	SharedWriteBuffer bool
 	// StreamWorkers serves calls on a pool of this many goroutines rather than

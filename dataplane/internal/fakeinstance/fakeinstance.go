@@ -50,7 +50,12 @@ type Options struct {
 
 // Resume is the failover metadata a stream arrived with.
 type Resume struct {
-	OffsetMs, SkipMs, LeadInMs int64
+	// OffsetMs is voxmesh-offset-ms: the stream time of the first byte.
+	OffsetMs int64
+	// SkipMs is voxmesh-skip-ms: the audio a container replay discards.
+	SkipMs int64
+	// LeadInMs is the lead-in of voxmesh-context-bin: context, no results.
+	LeadInMs int64
 }
 
 // Instance is a running fake.
