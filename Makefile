@@ -58,6 +58,16 @@ go-gen: node_modules/.bin/buf ## Generate the Go code for protos/ into gen/go (n
 	GOBIN=$(CURDIR)/.tools/bin go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	node_modules/.bin/buf generate --template buf.gen.go.yaml
 
+.PHONY: dataplane
+dataplane: go-gen ## Build the router's native data path into .tools/bin/voxmesh-dataplane
+	go build -o $(CURDIR)/.tools/bin/voxmesh-dataplane ./dataplane/cmd/voxmesh-dataplane
+
+# The benchmark double of the control plane that measures voxmesh-dataplane alone
+# (dataplane/README.md); not part of the router.
+.PHONY: dataplane-bench
+dataplane-bench: dataplane bench-native ## Build voxmesh-dataplane and its benchmark double of the control plane
+	go build -o $(CURDIR)/.tools/bin/voxmesh-dataplane-benchcontrol ./dataplane/internal/cmd/benchcontrol
+
 .PHONY: bench-native
 bench-native: go-gen ## Build the Go benchmark harness (bench/native) into .tools/bin
 	for cmd in loadgen fakebackend relayfloor; do \
@@ -92,7 +102,7 @@ run: install ## Install everything and run the local mesh (embedded mode, real m
 	$(PY) -m voxmesh.mesh
 
 .PHONY: test
-test: install .tools/bin/prometheus go-test bench-native ## Run the test suite (the Go data path's, then real models, real gRPC, real Prometheus)
+test: install .tools/bin/prometheus go-test bench-native dataplane ## Run the test suite (the Go data path's, then real models, real gRPC, real Prometheus)
 	@set -o pipefail; $(PY) -m pytest -q -rs -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

@@ -1,0 +1,255 @@
+// Package controldouble is a test double of the router's control plane, not the
+// control plane: DataPlaneService.Attach (protos/voxmesh/router/v1/dataplane.proto)
+// answering open and place as its Route and Place functions say and ending the
+// call for a reject as its Reject function says, with no discovery, admission
+// queue or limits. It records every stream's events for tests to check. The
+// data path's tests and its benchmark (cmd/benchcontrol) use it.
+package controldouble
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	routerv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/router/v1"
+	sttv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/stt/v1"
+)
+
+// Double is the control plane double. Set its functions before serving it.
+type Double struct {
+	routerv1.UnimplementedDataPlaneServiceServer
+
+	// Route answers open; nil routes as DefaultRoute("asr_small", DefaultLimits()).
+	Route func(first *sttv1.StreamingRecognizeRequest) (*routerv1.RouteEvent, error)
+	// Place answers a stream's n-th place (from 0); an error ends the call with
+	// it. Required.
+	Place func(s *Stream, n int) (*routerv1.PlacementEvent, error)
+	// Reject returns the status a reject ends the call with; nil ends it with
+	// INVALID_ARGUMENT.
+	Reject func(s *Stream, r *routerv1.RejectEvent) error
+
+	streams chan *Stream
+	once    sync.Once
+}
+
+// Stream is one Attach call the double served.
+type Stream struct {
+	call routerv1.DataPlaneService_AttachServer
+
+	mu        sync.Mutex
+	events    []*routerv1.AttachRequest
+	changed   chan struct{}
+	ended     chan struct{}
+	err       error
+	cancelled bool
+}
+
+// Streams returns the calls as they arrive (the 1024 latest not yet taken).
+func (d *Double) Streams() <-chan *Stream {
+	d.init()
+	return d.streams
+}
+
+func (d *Double) init() {
+	d.once.Do(func() { d.streams = make(chan *Stream, 1024) })
+}
+
+// Serve serves the double on a Unix socket at path until the returned stop is
+// called.
+func (d *Double) Serve(path string) (stop func(), err error) {
+	d.init()
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	srv := grpc.NewServer(grpc.MaxRecvMsgSize(64 << 20))
+	routerv1.RegisterDataPlaneServiceServer(srv, d)
+	go func() { _ = srv.Serve(lis) }()
+	return srv.Stop, nil
+}
+
+// Attach serves one stream's call.
+func (d *Double) Attach(call routerv1.DataPlaneService_AttachServer) error {
+	s := &Stream{call: call, changed: make(chan struct{}), ended: make(chan struct{})}
+	select {
+	case d.streams <- s:
+	default:
+	}
+	err := d.attach(s)
+	s.mu.Lock()
+	s.err = err
+	s.cancelled = call.Context().Err() != nil
+	close(s.ended)
+	s.mu.Unlock()
+	return err
+}
+
+func (d *Double) attach(s *Stream) error {
+	// Events are received (and recorded) as they come, also while an answer is
+	// being made, as the control plane takes buffered events while a stream waits.
+	incoming := make(chan *routerv1.AttachRequest, 1024)
+	var recvErr error
+	go func() {
+		defer close(incoming)
+		for {
+			ev, err := s.call.Recv()
+			if err != nil {
+				recvErr = err
+				return
+			}
+			s.record(ev)
+			incoming <- ev
+		}
+	}()
+	next := func() (*routerv1.AttachRequest, error) {
+		if ev, ok := <-incoming; ok {
+			return ev, nil
+		}
+		return nil, recvErr
+	}
+	open, err := next()
+	if err != nil {
+		return err
+	}
+	if open.GetOpen() == nil {
+		return status.Error(codes.FailedPrecondition, "double: the first message was not open")
+	}
+	route := d.Route
+	if route == nil {
+		route = func(first *sttv1.StreamingRecognizeRequest) (*routerv1.RouteEvent, error) {
+			return DefaultRoute(first, "asr_small", DefaultLimits())
+		}
+	}
+	r, err := route(open.GetOpen().GetFirstRequest())
+	if err != nil {
+		return err
+	}
+	if err := s.call.Send(&routerv1.AttachResponse{Event: &routerv1.AttachResponse_Route{Route: r}}); err != nil {
+		return err
+	}
+	places := 0
+	for {
+		ev, err := next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch e := ev.Event.(type) {
+		case *routerv1.AttachRequest_Place:
+			p, err := d.Place(s, places)
+			places++
+			if err != nil {
+				return err
+			}
+			if err := s.call.Send(&routerv1.AttachResponse{Event: &routerv1.AttachResponse_Placement{Placement: p}}); err != nil {
+				return err
+			}
+		case *routerv1.AttachRequest_Reject:
+			if d.Reject == nil {
+				return status.Error(codes.InvalidArgument, "double: rejected")
+			}
+			return d.Reject(s, e.Reject)
+		case *routerv1.AttachRequest_Finished:
+			// The data path half-closes next; the call ends OK then.
+		}
+	}
+}
+
+// record records an event.
+func (s *Stream) record(ev *routerv1.AttachRequest) {
+	s.mu.Lock()
+	s.events = append(s.events, ev)
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// Events returns the events received so far.
+func (s *Stream) Events() []*routerv1.AttachRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*routerv1.AttachRequest(nil), s.events...)
+}
+
+// Changed returns a channel closed at the next event.
+func (s *Stream) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// SetTrailer sets the trailer the call ends with.
+func (s *Stream) SetTrailer(md metadata.MD) { s.call.SetTrailer(md) }
+
+// Ended returns a channel closed once the call ended.
+func (s *Stream) Ended() <-chan struct{} { return s.ended }
+
+// Err returns what the call ended with (nil: OK); valid once Ended.
+func (s *Stream) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Cancelled reports whether the data path cancelled the call; valid once Ended.
+func (s *Stream) Cancelled() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cancelled
+}
+
+// DefaultLimits are the router's default settings (services/router/settings.py).
+func DefaultLimits() *routerv1.RelayLimits {
+	return &routerv1.RelayLimits{
+		QueueMaxBytes:     1 << 20,
+		RelayBufferBytes:  64 << 10,
+		ReplayMaxBytes:    16 << 20,
+		MaxChunkBytes:     1 << 20,
+		FailoverContextMs: 15000,
+		IdleTimeoutMs:     30000,
+	}
+}
+
+// DefaultRoute routes every stream to pool as the router would after checking
+// the first request no further than that it is a config: the config with pool
+// as its model and a stream id, LINEAR16 or not as it says.
+func DefaultRoute(first *sttv1.StreamingRecognizeRequest, pool string, limits *routerv1.RelayLimits) (*routerv1.RouteEvent, error) {
+	if first == nil {
+		return nil, status.Error(codes.InvalidArgument, "empty stream: the first request must carry streaming_config")
+	}
+	sc := first.GetStreamingConfig()
+	if sc == nil {
+		return nil, status.Error(codes.InvalidArgument, "audio before config: the first request must carry streaming_config")
+	}
+	config := proto.Clone(first).(*sttv1.StreamingRecognizeRequest)
+	cfg := config.GetStreamingConfig()
+	if cfg.Config == nil {
+		cfg.Config = &sttv1.RecognitionConfig{}
+	}
+	cfg.Config.Model = pool
+	if cfg.StreamId == "" {
+		b := make([]byte, 8)
+		_, _ = rand.Read(b)
+		cfg.StreamId = hex.EncodeToString(b)
+	}
+	linear16 := cfg.Config.GetEncoding() == sttv1.AudioEncoding_AUDIO_ENCODING_LINEAR16
+	rate := int32(0)
+	if linear16 {
+		rate = cfg.Config.GetSampleRateHertz()
+	}
+	return &routerv1.RouteEvent{
+		Config: config, Pool: pool, StreamId: cfg.StreamId, Linear16: linear16,
+		SampleRateHertz: rate, Limits: limits,
+	}, nil
+}

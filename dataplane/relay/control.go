@@ -1,0 +1,143 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	routerv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/router/v1"
+	sttv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/stt/v1"
+)
+
+// open opens the stream's Attach call and sends open with the client's first
+// request (nil: none). The call lives under the client's context: a client that
+// leaves cancels it, which releases what the stream held on the control side.
+func (s *stream) open(first *sttv1.StreamingRecognizeRequest) *ending {
+	ctx, cancel := context.WithCancel(s.ctx)
+	call, err := s.r.cfg.Control.Attach(ctx)
+	if err != nil {
+		cancel()
+		if s.ctx.Err() != nil {
+			return gone
+		}
+		// No control plane to answer (its connection is lost): the stream fails
+		// with the call's own status, UNAVAILABLE.
+		return &ending{err: err}
+	}
+	s.attach, s.cancelAttach = call, cancel
+	go s.readAttach()
+	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Open{Open: &routerv1.OpenEvent{FirstRequest: first}}})
+	return nil
+}
+
+// readAttach hands the control plane's answers to the handler until the call
+// ends, then records its status and trailer and interrupts the current attempt.
+func (s *stream) readAttach() {
+	for {
+		answer, err := s.attach.Recv()
+		if err == nil {
+			select {
+			case s.answers <- answer:
+				continue
+			case <-s.done:
+				return
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			// The control plane ends a call with OK only after finished, when the
+			// relay no longer reads this; ending it so earlier breaks the contract.
+			err = status.Error(codes.Internal, "the router's control plane ended the stream without a status")
+		}
+		s.attachErr, s.attachTrailer = err, s.attach.Trailer()
+		close(s.attachEnd)
+		s.mu.Lock()
+		if s.cancelAttempt != nil {
+			s.cancelAttempt()
+		}
+		s.mu.Unlock()
+		return
+	}
+}
+
+// send sends ev on the Attach call. A failure is not reported here: the call
+// has ended, and readAttach reports its status.
+func (s *stream) send(ev *routerv1.AttachRequest) {
+	_ = s.attach.Send(ev)
+}
+
+// awaitAnswer waits for the control plane's next answer. onData, when not nil,
+// is called at each news from the client reader meanwhile.
+func (s *stream) awaitAnswer(onData func()) (*routerv1.AttachResponse, *ending) {
+	for {
+		select {
+		case answer := <-s.answers:
+			return answer, nil
+		case <-s.attachEnd:
+			return nil, relayed
+		case <-s.clientFailed:
+			return nil, s.clientEnding()
+		case <-s.ctx.Done():
+			return nil, gone
+		case <-s.dataForHandler:
+			if onData != nil {
+				onData()
+			}
+		}
+	}
+}
+
+// clientEnding ends the stream for its reader's failure: the control plane
+// words a bad request or a stream without audio (reject); a broken client call
+// ends with gRPC's status for it.
+func (s *stream) clientEnding() *ending {
+	f := s.failure
+	switch {
+	case f.bad != nil:
+		return s.reject(&routerv1.RejectEvent{Reason: &routerv1.RejectEvent_BadRequest{BadRequest: f.bad}})
+	case f.noAudio:
+		return s.reject(&routerv1.RejectEvent{Reason: &routerv1.RejectEvent_NoAudio{NoAudio: true}})
+	}
+	return s.recvFailed(f.err)
+}
+
+// recvFailed ends a stream whose client call failed under the reader with err:
+// a client that left is gone; any other failure (a message gRPC refused, such as
+// one over the size limit) ends the stream with gRPC's status for it.
+func (s *stream) recvFailed(err error) *ending {
+	code := status.Code(err)
+	if s.ctx.Err() != nil || code == codes.Canceled || code == codes.DeadlineExceeded {
+		return gone
+	}
+	if s.attach == nil {
+		return &ending{err: err}
+	}
+	return s.finish(err, nil)
+}
+
+// flushLatency sends the samples taken since the last latency event, if a
+// second has passed since (or force).
+func (s *stream) flushLatency(force bool) {
+	if s.attach == nil {
+		return
+	}
+	now := time.Now()
+	if !force && now.Sub(s.lat.lastSent) < latencyFlushEvery {
+		return
+	}
+	s.mu.Lock()
+	up := s.lat.up
+	s.lat.up = nil
+	s.mu.Unlock()
+	down := s.lat.down
+	s.lat.down = nil
+	s.lat.lastSent = now
+	if len(up) == 0 && len(down) == 0 {
+		return
+	}
+	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Latency{Latency: &routerv1.LatencyEvent{
+		UpstreamSeconds: up, DownstreamSeconds: down}}})
+}

@@ -1,0 +1,53 @@
+// Package relay is the native StreamingRecognize relay of the router's data
+// path: services/router/relay.py's StreamRelay (and the first-request handling
+// of the router's servicer) in Go, with admission and placement asked of the
+// control plane over DataPlaneService.Attach
+// (protos/voxmesh/router/v1/dataplane.proto).
+//
+// The life of a relayed stream:
+//
+//	first request ──open──▶ ROUTING ──route──▶ QUEUED ◀──────────────────────────┐
+//	(idle timeout: OUT_OF_RANGE,                 │ place ... placement             │ instance full or not
+//	 the one status worded here)                 ▼                                 │ accepting, before any
+//	                                          ATTACHED ────────────────────────────┘ response: FULL
+//	                                           │ │ │
+//	        instance EOF, or a failure after ──┘ │ └── any other status: ERROR ──▶ DONE (the
+//	        the summary reached the client: DONE │                                  client gets it)
+//	                                             ▼ instance failed (UNAVAILABLE,
+//	                                          RESUMING   CANCELLED, UNKNOWN): FAILED
+//	                                             │ audio after the last final to replay
+//	                                             │ (when finals cover it all: once the
+//	                                             │ client sends more) ──place──▶ QUEUED
+//	                                             └ finals cover all the audio and the client
+//	                                               half-closed: the relay sends the summary ──▶ DONE
+//
+//	any state: the control plane ends the call with a status ──▶ the client gets it
+//	           a bad request, no audio, a stall, unreplayable ──reject──▶ the control plane's status
+//	           the client cancels or its deadline passes ──▶ instance call and Attach cancelled
+//
+// Three goroutines serve a stream: the client reader (appends audio to the
+// failover.ReplayLog, pausing while too much is unsent: RelayLimits.queue_max_bytes
+// while no instance holds the stream, relay_buffer_bytes while one does), the
+// upstream writer of the current attempt (follows the log's cursor) and the
+// server's handler goroutine (talks to the control plane, then reads the
+// instance's responses and writes them to the client one at a time, so a slow
+// client slows the instance's stream instead of growing a buffer). A fourth
+// waits on the Attach call's answers. None is started per message.
+//
+// Messages stay bytes where the relay changes nothing: the client's audio
+// requests go to the instance as they came (unless a replay cuts a chunk), and
+// only responses the failover.ResultTracker renumbers, and the summary, are
+// encoded anew.
+//
+// Where the contract leaves it open, the relay does this:
+//   - It opens the Attach call and sends open once the client's first request
+//     arrived (or the client half-closed), so the control plane never holds a
+//     stream that sent nothing. A client that sends nothing for the idle
+//     timeout (Config.IdleTimeout: the router's, before the route brings it)
+//     gets OUT_OF_RANGE worded as voxmesh.asr.config.idle_wait words it; the
+//     control plane never hears of that stream.
+//   - An attempt that the client's fault cuts short (a bad request) is not
+//     reported with attempt_ended: reject follows, and the end of the call
+//     releases the placement, as it does for a client that cancels.
+//   - A route whose idle_timeout_ms is 0 means Config.IdleTimeout.
+package relay

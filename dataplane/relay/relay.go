@@ -1,0 +1,357 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/voxmesh/voxmesh/dataplane/failover"
+	"github.com/voxmesh/voxmesh/dataplane/instances"
+	"github.com/voxmesh/voxmesh/dataplane/internal/passthrough"
+	routerv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/router/v1"
+	sttv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/stt/v1"
+)
+
+// Method is the one method the relay serves.
+const Method = "/voxmesh.stt.v1.RecognizerService/StreamingRecognize"
+
+// Config is what a Relay needs.
+type Config struct {
+	// Control is the control plane's DataPlaneService.
+	Control routerv1.DataPlaneServiceClient
+	// Instances holds the connections to instances; their calls must pass
+	// messages through as bytes (internal/rawcodec).
+	Instances *instances.Pool
+	// IdleTimeout is the longest wait for a client's first request, and for
+	// its next one where the route's limits say 0: the router's idle timeout.
+	IdleTimeout time.Duration
+	// ControlTimeout bounds the wait for the control plane to end a call after
+	// finished or reject.
+	ControlTimeout time.Duration
+	// Logger gets a line per failover and per stream the relay gives up on; nil
+	// logs nothing.
+	Logger *slog.Logger
+}
+
+// Relay serves StreamingRecognize calls. Safe for concurrent use.
+type Relay struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// New returns a Relay with cfg.
+func New(cfg Config) *Relay {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Relay{cfg: cfg, log: logger}
+}
+
+// Serve relays down, a StreamingRecognize call whose messages are raw bytes,
+// and returns the status for the server to end it with.
+func (r *Relay) Serve(down grpc.ServerStream) error {
+	s := newStream(r, down)
+	defer s.close()
+	go s.readClient()
+	e := s.run()
+	switch e.how {
+	case endRelayed:
+		return passthrough.Status(down, s.attachErr, s.attachTrailer)
+	case endGone: // nobody hears this status
+		if err := s.ctx.Err(); err != nil {
+			return status.FromContextError(err).Err()
+		}
+		return status.Error(codes.Canceled, "the client's call ended")
+	}
+	return passthrough.Status(down, e.err, e.trailer)
+}
+
+// stream is one relayed client stream.
+type stream struct {
+	r    *Relay
+	down grpc.ServerStream
+	ctx  context.Context // the client's call's
+	done chan struct{}   // closed when Serve returns: the reader stops waiting
+
+	// The reader's first request, then the route's arrival for it to go on.
+	first  chan firstRequest
+	routed chan struct{}
+
+	// The Attach call; answers and attachEnd come from its reader (control.go).
+	attach        routerv1.DataPlaneService_AttachClient
+	cancelAttach  context.CancelFunc
+	answers       chan *routerv1.AttachResponse
+	attachEnd     chan struct{} // closed once the call ended, with:
+	attachErr     error         // its status (nil: OK)
+	attachTrailer metadata.MD
+
+	// The reader's failure: closed once, with failure set (client.go).
+	clientFailed chan struct{}
+	failure      clientFailure
+
+	// Wake-ups, one pending at most: audio or the half-close for the writer and
+	// for the handler, room in the bound for the reader.
+	dataForWriter  chan struct{}
+	dataForHandler chan struct{}
+	space          chan struct{}
+
+	// Set from the route before routed closes, read-only afterwards.
+	route    *routerv1.RouteEvent
+	limits   *routerv1.RelayLimits
+	config   []byte // the route's config request, encoded
+	idleWait time.Duration
+
+	mu            sync.Mutex
+	log           *failover.ReplayLog
+	attached      bool               // an instance holds the stream
+	cancelAttempt context.CancelFunc // the current attempt's, while there is one
+	failed        bool               // failure is set
+	readerWaits   bool               // the reader waits for room in the bound
+	requests      int                // client audio requests appended
+	lat           latencies
+
+	// The handler's own.
+	tracker     *failover.ResultTracker
+	responses   int
+	summarySent bool
+	out         []byte // the response being written to the client
+}
+
+// firstRequest is the client's first message, or why there is none.
+type firstRequest struct {
+	raw []byte
+	err error // io.EOF: the client half-closed without a request
+}
+
+func newStream(r *Relay, down grpc.ServerStream) *stream {
+	return &stream{
+		r:              r,
+		down:           down,
+		ctx:            down.Context(),
+		done:           make(chan struct{}),
+		first:          make(chan firstRequest, 1),
+		routed:         make(chan struct{}),
+		answers:        make(chan *routerv1.AttachResponse, 1),
+		attachEnd:      make(chan struct{}),
+		clientFailed:   make(chan struct{}),
+		dataForWriter:  make(chan struct{}, 1),
+		dataForHandler: make(chan struct{}, 1),
+		space:          make(chan struct{}, 1),
+		tracker:        failover.NewResultTracker(),
+		lat:            latencies{lastSent: time.Now()},
+	}
+}
+
+// close releases what the stream holds once its handler returns.
+func (s *stream) close() {
+	close(s.done)
+	if s.cancelAttach != nil {
+		s.cancelAttach()
+	}
+}
+
+// run serves the stream to its end (doc.go draws it).
+func (s *stream) run() *ending {
+	first, e := s.awaitFirst()
+	if e != nil {
+		return e
+	}
+	if e := s.open(first); e != nil {
+		return e
+	}
+	if e := s.awaitRoute(first == nil); e != nil {
+		return e
+	}
+	attempts := 0
+	for {
+		placement, e := s.place()
+		if e != nil {
+			return e
+		}
+		s.mu.Lock()
+		restarted := s.log.Restart()
+		s.mu.Unlock()
+		if !restarted {
+			return s.reject(&routerv1.RejectEvent{Reason: &routerv1.RejectEvent_Unreplayable{Unreplayable: true}})
+		}
+		s.tracker.BeginAttempt(attempts > 0)
+		end, e := s.attempt(placement)
+		if e != nil {
+			return e
+		}
+		attempts++
+		s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_AttemptEnded{
+			AttemptEnded: &routerv1.AttemptEndedEvent{Outcome: end.outcome}}})
+		switch end.outcome {
+		case outcomeDone:
+			return s.finish(nil, nil)
+		case outcomeError:
+			return s.finish(end.err, end.trailer)
+		case outcomeFull:
+			continue
+		}
+		s.tracker.Failover()
+		s.r.log.Warn("instance failed; failing over", "stream", s.route.GetStreamId(),
+			"instance", placement.GetInstanceId(), "failovers", s.tracker.Failovers(),
+			"code", status.Code(end.err).String())
+		s.mu.Lock()
+		replayable := s.log.Replayable()
+		s.mu.Unlock()
+		if !replayable {
+			return s.reject(&routerv1.RejectEvent{Reason: &routerv1.RejectEvent_Unreplayable{Unreplayable: true}})
+		}
+		resume, e := s.audioToResume()
+		if e != nil {
+			return e
+		}
+		if !resume {
+			return s.finishAfterFailure(placement)
+		}
+	}
+}
+
+// awaitFirst waits for the client's first request; nil when the client
+// half-closed without one.
+func (s *stream) awaitFirst() (*sttv1.StreamingRecognizeRequest, *ending) {
+	timer := time.NewTimer(s.r.cfg.IdleTimeout)
+	defer timer.Stop()
+	var first firstRequest
+	select {
+	case first = <-s.first:
+	case <-s.ctx.Done():
+		return nil, gone
+	case <-timer.C:
+		return nil, &ending{err: stalled("streaming_config", s.r.cfg.IdleTimeout)}
+	}
+	if errors.Is(first.err, io.EOF) {
+		return nil, nil
+	}
+	if first.err != nil {
+		return nil, s.recvFailed(first.err)
+	}
+	var req sttv1.StreamingRecognizeRequest
+	if err := proto.Unmarshal(first.raw, &req); err != nil {
+		return nil, &ending{err: unmarshalError(err)}
+	}
+	return &req, nil
+}
+
+// awaitRoute waits for the answer to open and sets the stream up for it;
+// halfClosed when the client half-closed before any request.
+func (s *stream) awaitRoute(halfClosed bool) *ending {
+	answer, e := s.awaitAnswer(nil)
+	if e != nil {
+		return e
+	}
+	route := answer.GetRoute()
+	if route == nil {
+		return s.broken("answered open with no route")
+	}
+	log, err := failover.NewReplayLog(failover.ReplayConfig{
+		Linear16:       route.GetLinear16(),
+		SampleRate:     int64(route.GetSampleRateHertz()),
+		ReplayMaxBytes: route.GetLimits().GetReplayMaxBytes(),
+		ContextMs:      route.GetLimits().GetFailoverContextMs(),
+	})
+	if err != nil {
+		return s.broken("sent a route the relay cannot follow: " + err.Error())
+	}
+	config, err := proto.Marshal(route.GetConfig())
+	if err != nil {
+		return s.broken("sent a config that cannot be encoded: " + err.Error())
+	}
+	s.route, s.limits, s.config = route, route.GetLimits(), config
+	if s.limits == nil {
+		s.limits = &routerv1.RelayLimits{}
+	}
+	s.idleWait = time.Duration(s.limits.GetIdleTimeoutMs()) * time.Millisecond
+	if s.idleWait <= 0 {
+		s.idleWait = s.r.cfg.IdleTimeout
+	}
+	s.mu.Lock()
+	s.log = log
+	s.mu.Unlock()
+	close(s.routed)
+	if halfClosed {
+		s.halfClose() // no request at all: no audio either
+	}
+	return nil
+}
+
+// place asks for an instance and waits for it, telling the control plane how
+// much audio waits unsent meanwhile.
+func (s *stream) place() (*routerv1.PlacementEvent, *ending) {
+	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Place{Place: &routerv1.PlaceEvent{}}})
+	var reported int64
+	report := func() {
+		s.mu.Lock()
+		unsent := s.log.UnsentBytes()
+		s.mu.Unlock()
+		if unsent != reported {
+			reported = unsent
+			s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Buffered{
+				Buffered: &routerv1.BufferedEvent{Bytes: unsent}}})
+		}
+	}
+	report()
+	answer, e := s.awaitAnswer(report)
+	if e != nil {
+		return nil, e
+	}
+	placement := answer.GetPlacement()
+	if placement == nil {
+		return nil, s.broken("answered place with no placement")
+	}
+	return placement, nil
+}
+
+// audioToResume reports whether a new instance is needed after a failure: true
+// at once while audio after the last final is kept; while final results cover
+// all the audio received, it waits for the client to send more (true) or
+// half-close (false: every byte has its final; a new instance would get no
+// audio and refuse the stream). A client that sends neither within the idle
+// timeout is rejected.
+func (s *stream) audioToResume() (bool, *ending) {
+	for {
+		s.mu.Lock()
+		pending, replayable, halfClosed := s.log.Pending(), s.log.Replayable(), s.log.HalfClosed
+		s.mu.Unlock()
+		if pending || !replayable {
+			return true, nil
+		}
+		if halfClosed {
+			return false, nil
+		}
+		if e := s.awaitData(s.idleWait); e != nil {
+			return false, e
+		}
+	}
+}
+
+// awaitData waits for the reader's next news, up to timeout.
+func (s *stream) awaitData(timeout time.Duration) *ending {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-s.dataForHandler:
+		return nil
+	case <-timer.C:
+		return s.reject(&routerv1.RejectEvent{Reason: &routerv1.RejectEvent_StalledWaitingFor{StalledWaitingFor: "audio"}})
+	case <-s.clientFailed:
+		return s.clientEnding()
+	case <-s.attachEnd:
+		return relayed
+	case <-s.ctx.Done():
+		return gone
+	}
+}

@@ -1,0 +1,420 @@
+package server_test
+
+// The native StreamingRecognize relay through a whole data path: a control plane
+// double, fake instances on real gRPC servers, the test as the client.
+
+import (
+	"context"
+	"math"
+	"reflect"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/voxmesh/voxmesh/dataplane/internal/controldouble"
+	"github.com/voxmesh/voxmesh/dataplane/internal/fakeinstance"
+	"github.com/voxmesh/voxmesh/dataplane/server"
+	routerv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/router/v1"
+	sttv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/stt/v1"
+)
+
+const (
+	done   = routerv1.AttemptEndedEvent_OUTCOME_DONE
+	full   = routerv1.AttemptEndedEvent_OUTCOME_FULL
+	failed = routerv1.AttemptEndedEvent_OUTCOME_FAILED
+)
+
+func summaryOf(t *testing.T, rs []*sttv1.StreamingRecognizeResponse) *sttv1.StreamSummary {
+	t.Helper()
+	if len(rs) == 0 || rs[len(rs)-1].GetSummary() == nil {
+		t.Fatalf("the stream did not end with a summary")
+	}
+	return rs[len(rs)-1].GetSummary()
+}
+
+func TestRelaysAStreamEndToEnd(t *testing.T) {
+	a := instance(t, "a")
+	double := &controldouble.Double{Place: placeOn(a)}
+	h := start(t, double, nil, nil)
+	audio := pcm(3500)
+
+	c := h.open("")
+	c.send(audio)
+	rs, err := c.finish()
+	if err != nil {
+		t.Fatalf("stream ended with %v", err)
+	}
+
+	texts, indices := finals(rs)
+	if want := fakeinstance.ExpectedFinals(audio, rate, utteranceMs); !reflect.DeepEqual(texts, want) {
+		t.Errorf("finals %q, want %q", texts, want)
+	}
+	if !reflect.DeepEqual(indices, []int32{0, 1, 2, 3}) {
+		t.Errorf("utterance indices %v", indices)
+	}
+	s := nextStream(t, double)
+	ended(t, s)
+	route := s.Events()[0].GetOpen().GetFirstRequest()
+	if route.GetStreamingConfig().GetConfig().GetSampleRateHertz() != rate {
+		t.Errorf("open carried %v, not the client's config", route)
+	}
+	summary := summaryOf(t, rs)
+	if summary.GetStreamId() == "" || summary.GetFailovers() != 0 || summary.GetFinalResults() != 4 ||
+		summary.GetInstanceId() != "a" || !proto.Equal(summary.GetAudioProcessed(), durationpb.New(3500*time.Millisecond)) {
+		t.Errorf("summary %v", summary)
+	}
+	outs, finished := outcomes(s)
+	if !reflect.DeepEqual(outs, []routerv1.AttemptEndedEvent_Outcome{done}) {
+		t.Errorf("outcomes %v", outs)
+	}
+	if finished.GetCode() != 0 || math.Abs(finished.GetAudioSeconds()-3.5) > 1e-9 {
+		t.Errorf("finished %v", finished)
+	}
+	if s.Err() != nil || s.Cancelled() {
+		t.Errorf("the Attach call ended with %v (cancelled %v), not OK", s.Err(), s.Cancelled())
+	}
+	var up, down int
+	for _, ev := range s.Events() {
+		up += len(ev.GetLatency().GetUpstreamSeconds())
+		down += len(ev.GetLatency().GetDownstreamSeconds())
+	}
+	// 35 requests and over 40 responses: one in 8 of each is timed.
+	if up != 35/8 || down < 5 {
+		t.Errorf("%d upstream and %d downstream latency samples", up, down)
+	}
+}
+
+func TestARefusingInstanceIsNotAFailure(t *testing.T) {
+	for _, refusal := range []string{"full", "not accepting"} {
+		t.Run(refusal, func(t *testing.T) {
+			a, b := instance(t, "a"), instance(t, "b")
+			if refusal == "full" {
+				a.SetMaxStreams(-1)
+			} else {
+				a.RefuseAsStarting(1)
+			}
+			double := &controldouble.Double{Place: placeOn(a, b)}
+			h := start(t, double, nil, nil)
+			audio := pcm(1500)
+			c := h.open("s1")
+			c.send(audio)
+			rs, err := c.finish()
+			if err != nil {
+				t.Fatalf("stream ended with %v", err)
+			}
+			texts, _ := finals(rs)
+			if want := fakeinstance.ExpectedFinals(audio, rate, utteranceMs); !reflect.DeepEqual(texts, want) {
+				t.Errorf("finals %q, want %q", texts, want)
+			}
+			summary := summaryOf(t, rs)
+			if summary.GetInstanceId() != "b" || summary.GetFailovers() != 0 || summary.GetStreamId() != "s1" {
+				t.Errorf("summary %v", summary)
+			}
+			s := nextStream(t, double)
+			ended(t, s)
+			if outs, _ := outcomes(s); !reflect.DeepEqual(outs, []routerv1.AttemptEndedEvent_Outcome{full, done}) {
+				t.Errorf("outcomes %v", outs)
+			}
+		})
+	}
+}
+
+func TestFailsOverAKilledInstanceWithoutRepeatingAFinal(t *testing.T) {
+	a, b := instance(t, "a"), instance(t, "b")
+	double := &controldouble.Double{Place: placeOn(a, b)}
+	h := start(t, double, nil, nil)
+	audio := pcm(3500)
+
+	c := h.open("")
+	c.send(audio[:25*chunkBytes])
+	c.waitFor("two finals", func(rs []*sttv1.StreamingRecognizeResponse) bool { return countFinals(rs) == 2 })
+	a.Kill()
+	c.send(audio[25*chunkBytes:])
+	rs, err := c.finish()
+	if err != nil {
+		t.Fatalf("stream ended with %v", err)
+	}
+
+	texts, indices := finals(rs)
+	if want := fakeinstance.ExpectedFinals(audio, rate, utteranceMs); !reflect.DeepEqual(texts, want) {
+		t.Errorf("finals %q, want %q", texts, want)
+	}
+	if !reflect.DeepEqual(indices, []int32{0, 1, 2, 3}) {
+		t.Errorf("utterance indices %v: b's are not renumbered after a's", indices)
+	}
+	for _, r := range rs {
+		if res := r.GetResult(); res != nil && !res.GetIsFinal() && res.GetUtteranceIndex() < 2 &&
+			res.GetEndOffset().AsDuration() > 2*time.Second {
+			t.Errorf("an interim result of an utterance already final: %v", res)
+		}
+	}
+	starts, ends := 0, 0
+	for _, r := range rs {
+		switch r.GetSpeechEvent().GetType() {
+		case sttv1.SpeechEventType_SPEECH_EVENT_TYPE_SPEECH_STARTED:
+			starts++
+		case sttv1.SpeechEventType_SPEECH_EVENT_TYPE_SPEECH_ENDED:
+			ends++
+		}
+	}
+	if starts != 4 || ends != 4 {
+		t.Errorf("%d speech starts and %d ends for 4 utterances", starts, ends)
+	}
+	summary := summaryOf(t, rs)
+	if summary.GetFailovers() != 1 || summary.GetInstanceId() != "b" || summary.GetFinalResults() != 4 {
+		t.Errorf("summary %v", summary)
+	}
+	// b got the replay from the start of the context (15 s of finals), 2 s of it
+	// a lead-in.
+	if got := b.Stats().Resumes; !reflect.DeepEqual(got, []fakeinstance.Resume{{LeadInMs: 2000}}) {
+		t.Errorf("b's resume metadata %v", got)
+	}
+	s := nextStream(t, double)
+	ended(t, s)
+	if outs, _ := outcomes(s); !reflect.DeepEqual(outs, []routerv1.AttemptEndedEvent_Outcome{failed, done}) {
+		t.Errorf("outcomes %v", outs)
+	}
+}
+
+func TestEndsAStreamWhoseFinalsCoverItAllWhenItsInstanceFails(t *testing.T) {
+	a := instance(t, "a")
+	double := &controldouble.Double{Place: placeOn(a)}
+	h := start(t, double, nil, nil)
+	audio := pcm(2000)
+
+	c := h.open("s2")
+	c.send(audio)
+	c.waitFor("two finals", func(rs []*sttv1.StreamingRecognizeResponse) bool { return countFinals(rs) == 2 })
+	a.Kill()
+	s := nextStream(t, double)
+	eventually(t, "the failure reported", func() bool { outs, _ := outcomes(s); return len(outs) == 1 }, s.Changed)
+	rs, err := c.finish()
+	if err != nil {
+		t.Fatalf("stream ended with %v", err)
+	}
+	summary := summaryOf(t, rs)
+	if summary.GetInstanceId() != "a" || summary.GetModel() != "tiny.en" || summary.GetPool() != "asr_small" ||
+		summary.GetFailovers() != 1 || summary.GetFinalResults() != 2 || summary.GetStreamId() != "s2" ||
+		!proto.Equal(summary.GetAudioProcessed(), durationpb.New(2*time.Second)) {
+		t.Errorf("the relay's summary %v", summary)
+	}
+	ended(t, s)
+	outs, finished := outcomes(s)
+	if !reflect.DeepEqual(outs, []routerv1.AttemptEndedEvent_Outcome{failed}) || finished.GetCode() != 0 {
+		t.Errorf("outcomes %v, finished %v", outs, finished)
+	}
+}
+
+func TestRejectsAStreamThatStallsAfterAFailover(t *testing.T) {
+	a := instance(t, "a")
+	rejects := make(chan *routerv1.RejectEvent, 1)
+	double := &controldouble.Double{
+		Route: func(first *sttv1.StreamingRecognizeRequest) (*routerv1.RouteEvent, error) {
+			limits := controldouble.DefaultLimits()
+			limits.IdleTimeoutMs = 50
+			return controldouble.DefaultRoute(first, "asr_small", limits)
+		},
+		Place: placeOn(a),
+		Reject: func(_ *controldouble.Stream, r *routerv1.RejectEvent) error {
+			rejects <- r
+			return status.Error(codes.OutOfRange, "no audio received")
+		},
+	}
+	h := start(t, double, nil, nil)
+	c := h.open("")
+	c.send(pcm(1000))
+	c.waitFor("a final", func(rs []*sttv1.StreamingRecognizeResponse) bool { return countFinals(rs) == 1 })
+	a.Kill()
+	_, err := c.wait()
+	if status.Code(err) != codes.OutOfRange || status.Convert(err).Message() != "no audio received" {
+		t.Errorf("stream ended with %v", err)
+	}
+	if r := <-rejects; r.GetStalledWaitingFor() != "audio" {
+		t.Errorf("rejected with %v", r)
+	}
+}
+
+func TestRelaysTheStatusOfARejectedRequest(t *testing.T) {
+	a := instance(t, "a")
+	rejects := make(chan *routerv1.RejectEvent, 1)
+	double := &controldouble.Double{
+		Place: placeOn(a),
+		Reject: func(s *controldouble.Stream, r *routerv1.RejectEvent) error {
+			rejects <- r
+			s.SetTrailer(metadata.Pairs("x-why", "odd"))
+			st, _ := status.New(codes.InvalidArgument, "LINEAR16 audio chunk has an odd length (3 bytes)").
+				WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "audio_content"}}})
+			return st.Err()
+		},
+	}
+	h := start(t, double, nil, nil)
+	c := h.open("")
+	c.send(pcm(300))
+	c.waitFor("a result", func(rs []*sttv1.StreamingRecognizeResponse) bool { return len(rs) > 0 })
+	c.sendRequest(&sttv1.StreamingRecognizeRequest{StreamingRequest: &sttv1.StreamingRecognizeRequest_AudioContent{AudioContent: []byte{1, 2, 3}}})
+	_, err := c.wait()
+	st := status.Convert(err)
+	if st.Code() != codes.InvalidArgument || st.Message() != "LINEAR16 audio chunk has an odd length (3 bytes)" ||
+		len(st.Details()) != 1 || st.Details()[0].(*errdetails.BadRequest).GetFieldViolations()[0].GetField() != "audio_content" {
+		t.Errorf("stream ended with %v (details %v)", st, st.Details())
+	}
+	if got := c.call.Trailer().Get("x-why"); !reflect.DeepEqual(got, []string{"odd"}) {
+		t.Errorf("trailer x-why %q", got)
+	}
+	if r := <-rejects; !reflect.DeepEqual(r.GetBadRequest().GetAudioContent(), []byte{1, 2, 3}) {
+		t.Errorf("rejected with %v", r)
+	}
+	eventually(t, "a's stream cancelled", func() bool { return a.Stats().Cancelled == 1 }, a.Changed)
+}
+
+func TestRelaysTheControlPlanesStatus(t *testing.T) {
+	queueFull := func(s *controldouble.Stream, _ int) (*routerv1.PlacementEvent, error) {
+		s.SetTrailer(metadata.Pairs("retry-after-ms", "2000"))
+		st, _ := status.New(codes.ResourceExhausted, "queue full").
+			WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(2 * time.Second)})
+		return nil, st.Err()
+	}
+	double := &controldouble.Double{Place: queueFull}
+	h := start(t, double, nil, nil)
+
+	c := h.open("")
+	_, err := c.wait()
+	st := status.Convert(err)
+	if st.Code() != codes.ResourceExhausted || st.Message() != "queue full" || len(st.Details()) != 1 ||
+		st.Details()[0].(*errdetails.RetryInfo).GetRetryDelay().AsDuration() != 2*time.Second {
+		t.Errorf("stream ended with %v (details %v)", st, st.Details())
+	}
+	if got := c.call.Trailer().Get("retry-after-ms"); !reflect.DeepEqual(got, []string{"2000"}) {
+		t.Errorf("trailer retry-after-ms %q", got)
+	}
+
+	// A first request that is no config: the control plane refuses it at open.
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	call, err := h.client.StreamingRecognize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := call.Send(&sttv1.StreamingRecognizeRequest{StreamingRequest: &sttv1.StreamingRecognizeRequest_AudioContent{AudioContent: pcm(100)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("audio first: %v", err)
+	}
+	// No request at all: open without one, refused as well.
+	call, err = h.client.StreamingRecognize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = call.CloseSend()
+	if _, err := call.Recv(); status.Convert(err).Message() != "empty stream: the first request must carry streaming_config" {
+		t.Errorf("no request: %v", err)
+	}
+}
+
+func TestAClientThatLeavesCancelsItsInstanceCallAndAttach(t *testing.T) {
+	a := instance(t, "a")
+	double := &controldouble.Double{Place: placeOn(a)}
+	h := start(t, double, nil, nil)
+	c := h.open("")
+	c.send(pcm(500))
+	c.waitFor("a result", func(rs []*sttv1.StreamingRecognizeResponse) bool { return len(rs) > 0 })
+	c.cancel()
+
+	eventually(t, "a's stream cancelled", func() bool { return a.Stats().Cancelled == 1 }, a.Changed)
+	s := nextStream(t, double)
+	ended(t, s)
+	if !s.Cancelled() {
+		t.Errorf("the Attach call ended with %v, not cancelled", s.Err())
+	}
+	outs, finished := outcomes(s)
+	if len(outs) != 0 || finished != nil {
+		t.Errorf("a stream its client left reported outcomes %v, finished %v", outs, finished)
+	}
+	if n := a.Stats().Streams; n != 1 {
+		t.Errorf("%d streams on a: the stream went on after its client left", n)
+	}
+}
+
+func TestAStreamThatSendsNothingEndsOutOfRange(t *testing.T) {
+	double := &controldouble.Double{Place: placeOn(instance(t, "a"))}
+	h := start(t, double, nil, func(o *server.Options) { o.IdleTimeout = 100 * time.Millisecond })
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	call, err := h.client.StreamingRecognize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = call.Recv()
+	want := "no streaming_config received for 0.1 s: send audio close to real time, and half-close the stream at its end"
+	if status.Code(err) != codes.OutOfRange || status.Convert(err).Message() != want {
+		t.Errorf("stream ended with %v", err)
+	}
+	select {
+	case s := <-double.Streams():
+		t.Errorf("the control plane heard of a stream that sent nothing: %v", s.Events())
+	default:
+	}
+}
+
+func TestStreamsFailUnavailableWithoutAControlPlane(t *testing.T) {
+	h := start(t, nil, nil, nil)
+	c := h.open("")
+	_, err := c.wait()
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("stream ended with %v", err)
+	}
+	// The data path goes on serving: the next stream fails alike.
+	c = h.open("")
+	if _, err := c.wait(); status.Code(err) != codes.Unavailable {
+		t.Errorf("second stream ended with %v", err)
+	}
+}
+
+func TestAQueuedStreamHoldsAtMostQueueMaxBytesAndSaysSo(t *testing.T) {
+	a := instance(t, "a")
+	release := make(chan struct{})
+	place := placeOn(a)
+	double := &controldouble.Double{
+		Route: func(first *sttv1.StreamingRecognizeRequest) (*routerv1.RouteEvent, error) {
+			limits := controldouble.DefaultLimits()
+			limits.QueueMaxBytes = 3 * chunkBytes
+			return controldouble.DefaultRoute(first, "asr_small", limits)
+		},
+		Place: func(s *controldouble.Stream, n int) (*routerv1.PlacementEvent, error) {
+			<-release // the stream waits in the queue
+			return place(s, n)
+		},
+	}
+	h := start(t, double, nil, nil)
+	audio := pcm(1000)
+	c := h.open("")
+	c.send(audio)
+	s := nextStream(t, double)
+	buffered := func() (last, most int64) {
+		for _, ev := range s.Events() {
+			if b := ev.GetBuffered(); b != nil {
+				last, most = b.GetBytes(), max(most, b.GetBytes())
+			}
+		}
+		return last, most
+	}
+	eventually(t, "three chunks buffered", func() bool { last, _ := buffered(); return last == 3*chunkBytes }, s.Changed)
+	close(release)
+	rs, err := c.finish()
+	if err != nil {
+		t.Fatalf("stream ended with %v", err)
+	}
+	if texts, _ := finals(rs); !reflect.DeepEqual(texts, fakeinstance.ExpectedFinals(audio, rate, utteranceMs)) {
+		t.Errorf("finals %q", texts)
+	}
+	if _, most := buffered(); most != 3*chunkBytes {
+		t.Errorf("%d bytes buffered while queued, over queue_max_bytes", most)
+	}
+}

@@ -1,0 +1,203 @@
+// Package server wires the router's data path together: one grpc-go server on
+// the public endpoint with no registered service, whose every call goes to the
+// native StreamingRecognize relay (package relay) or, for any other method, to
+// the control plane unchanged (package forward); the connection to the control
+// plane's Attach; and the connections to instances (package instances).
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/voxmesh/voxmesh/dataplane/forward"
+	"github.com/voxmesh/voxmesh/dataplane/instances"
+	"github.com/voxmesh/voxmesh/dataplane/relay"
+	routerv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/router/v1"
+	"github.com/voxmesh/voxmesh/internal/rawcodec"
+)
+
+// DefaultMaxMessageBytes is the voxmesh services' gRPC message limit
+// (src/voxmesh/rpc/server.py), which bounds unary Recognize requests.
+const DefaultMaxMessageBytes = 20 * 1024 * 1024
+
+// Options configure a Server.
+type Options struct {
+	// Listen is the public endpoint, host:port (port 0: any free one).
+	Listen string
+	// Control is the control plane's gRPC target, "unix:/path".
+	Control string
+	// Forward is where every method but StreamingRecognize goes, "unix:/path".
+	Forward string
+	// TLS, when not nil, is served on the public endpoint (see LoadTLS).
+	TLS credentials.TransportCredentials
+	// IdleTimeout is the longest wait for a client's first request (the router's
+	// idle timeout; later waits take the route's).
+	IdleTimeout time.Duration
+	// ControlTimeout bounds the wait for the control plane to end a stream's call
+	// once the data path is done with it.
+	ControlTimeout time.Duration
+	// InstanceIdle is how long a connection to an instance stays open unused.
+	InstanceIdle time.Duration
+	// MaxMessageBytes is the largest message taken or sent, on every connection.
+	MaxMessageBytes int
+	// Tuning are gRPC options: transport buffers and server workers.
+	Tuning Tuning
+	// Logger gets the data path's log lines; nil logs nothing.
+	Logger *slog.Logger
+}
+
+// Tuning are the grpc-go options the data path sets on its server and clients
+// (0 keeps grpc-go's default).
+type Tuning struct {
+	// WriteBufferBytes sizes each connection's write buffer.
+	WriteBufferBytes int
+	// ReadBufferBytes sizes each connection's read buffer.
+	ReadBufferBytes int
+	// SharedWriteBuffer releases a connection's write buffer between writes.
+	SharedWriteBuffer bool
+	// StreamWorkers serves calls on a pool of this many goroutines rather than
+	// one new goroutine per call.
+	StreamWorkers uint32
+}
+
+// Server is the data path.
+type Server struct {
+	lis       net.Listener
+	srv       *grpc.Server
+	control   *grpc.ClientConn
+	forward   *grpc.ClientConn
+	instances *instances.Pool
+}
+
+// New binds the public endpoint and sets up the server; nothing is served until
+// Serve. Connections to the control plane are made lazily: a control plane that
+// is not there yet, or gone, fails the streams that need it with UNAVAILABLE.
+func New(o Options) (*Server, error) {
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	clientOpts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(o.MaxMessageBytes),
+			grpc.MaxCallSendMsgSize(o.MaxMessageBytes)),
+		// A restarted instance or control plane is found again within 2 s.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
+			BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second,
+		}, MinConnectTimeout: 5 * time.Second}),
+	}
+	if o.Tuning.WriteBufferBytes != 0 {
+		clientOpts = append(clientOpts, grpc.WithWriteBufferSize(o.Tuning.WriteBufferBytes))
+	}
+	if o.Tuning.ReadBufferBytes != 0 {
+		clientOpts = append(clientOpts, grpc.WithReadBufferSize(o.Tuning.ReadBufferBytes))
+	}
+	if o.Tuning.SharedWriteBuffer {
+		clientOpts = append(clientOpts, grpc.WithSharedWriteBuffer(true))
+	}
+	raw := grpc.WithDefaultCallOptions(grpc.ForceCodec(rawcodec.Codec{}))
+
+	control, err := grpc.Dial(o.Control, clientOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("--control %s: %w", o.Control, err)
+	}
+	forwardConn, err := grpc.Dial(o.Forward, append(clientOpts, raw)...)
+	if err != nil {
+		control.Close()
+		return nil, fmt.Errorf("--forward %s: %w", o.Forward, err)
+	}
+	pool := instances.NewPool(o.InstanceIdle, append(clientOpts, raw)...)
+	rel := relay.New(relay.Config{
+		Control:        routerv1.NewDataPlaneServiceClient(control),
+		Instances:      pool,
+		IdleTimeout:    o.IdleTimeout,
+		ControlTimeout: o.ControlTimeout,
+		Logger:         o.Logger,
+	})
+	fwd := forward.New(forwardConn)
+
+	serverOpts := []grpc.ServerOption{
+		grpc.ForceServerCodec(rawcodec.Codec{}),
+		grpc.MaxRecvMsgSize(o.MaxMessageBytes),
+		grpc.MaxSendMsgSize(o.MaxMessageBytes),
+		grpc.UnknownServiceHandler(func(_ any, down grpc.ServerStream) error {
+			if method, _ := grpc.MethodFromServerStream(down); method == relay.Method {
+				return rel.Serve(down)
+			}
+			return fwd.Forward(down)
+		}),
+	}
+	if o.TLS != nil {
+		serverOpts = append(serverOpts, grpc.Creds(o.TLS))
+	}
+	if o.Tuning.WriteBufferBytes != 0 {
+		serverOpts = append(serverOpts, grpc.WriteBufferSize(o.Tuning.WriteBufferBytes))
+	}
+	if o.Tuning.ReadBufferBytes != 0 {
+		serverOpts = append(serverOpts, grpc.ReadBufferSize(o.Tuning.ReadBufferBytes))
+	}
+	if o.Tuning.SharedWriteBuffer {
+		serverOpts = append(serverOpts, grpc.SharedWriteBuffer(true))
+	}
+	if o.Tuning.StreamWorkers != 0 {
+		serverOpts = append(serverOpts, grpc.NumStreamWorkers(o.Tuning.StreamWorkers))
+	}
+
+	lis, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		control.Close()
+		forwardConn.Close()
+		return nil, fmt.Errorf("--listen %s: %w", o.Listen, err)
+	}
+	return &Server{
+		lis:       lis,
+		srv:       grpc.NewServer(serverOpts...),
+		control:   control,
+		forward:   forwardConn,
+		instances: pool,
+	}, nil
+}
+
+// Port returns the bound port of the public endpoint.
+func (s *Server) Port() int { return s.lis.Addr().(*net.TCPAddr).Port }
+
+// Serve serves until Shutdown; it returns nil after a shutdown.
+func (s *Server) Serve() error {
+	err := s.srv.Serve(s.lis)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops taking calls and gives those under way up to drain to end,
+// then cancels what is left and closes every connection. It returns whether
+// the calls ended within the drain.
+func (s *Server) Shutdown(drain time.Duration) bool {
+	drained := make(chan struct{})
+	go func() {
+		s.srv.GracefulStop()
+		close(drained)
+	}()
+	timer := time.NewTimer(drain)
+	defer timer.Stop()
+	ok := true
+	select {
+	case <-drained:
+	case <-timer.C:
+		ok = false
+		s.srv.Stop()
+		<-drained
+	}
+	s.instances.Close()
+	s.forward.Close()
+	s.control.Close()
+	return ok
+}
