@@ -418,3 +418,54 @@ func TestAQueuedStreamHoldsAtMostQueueMaxBytesAndSaysSo(t *testing.T) {
 		t.Errorf("%d bytes buffered while queued, over queue_max_bytes", most)
 	}
 }
+
+func TestAnInstancesOwnStatusReachesTheClientUnchanged(t *testing.T) {
+	a := instance(t, "a")
+	double := &controldouble.Double{Place: placeOn(a)}
+	h := start(t, double, nil, nil)
+	c := h.open("")
+	c.send(pcm(300))
+	c.waitFor("a result", func(rs []*sttv1.StreamingRecognizeResponse) bool { return len(rs) > 0 })
+	a.FailStreams(codes.FailedPrecondition)
+	c.send(pcm(100))
+	_, err := c.wait()
+	if st := status.Convert(err); st.Code() != codes.FailedPrecondition || st.Message() != "fake instance failure" {
+		t.Errorf("stream ended with %v", err)
+	}
+	s := nextStream(t, double)
+	ended(t, s)
+	outs, finished := outcomes(s)
+	if !reflect.DeepEqual(outs, []routerv1.AttemptEndedEvent_Outcome{routerv1.AttemptEndedEvent_OUTCOME_ERROR}) ||
+		finished.GetCode() != int32(codes.FailedPrecondition) {
+		t.Errorf("outcomes %v, finished %v", outs, finished)
+	}
+}
+
+func TestADeadlineThatPassesInTheQueueEndsAttach(t *testing.T) {
+	double := &controldouble.Double{
+		Place: func(s *controldouble.Stream, _ int) (*routerv1.PlacementEvent, error) {
+			<-s.Context().Done() // no instance ever has room
+			return nil, s.Context().Err()
+		},
+	}
+	h := start(t, double, nil, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	call, err := h.client.StreamingRecognize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := call.Send(&sttv1.StreamingRecognizeRequest{StreamingRequest: &sttv1.StreamingRecognizeRequest_StreamingConfig{
+		StreamingConfig: &sttv1.StreamingRecognitionConfig{Config: &sttv1.RecognitionConfig{
+			Encoding: sttv1.AudioEncoding_AUDIO_ENCODING_LINEAR16, SampleRateHertz: rate}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call.Recv(); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("stream ended with %v", err)
+	}
+	s := nextStream(t, double)
+	ended(t, s)
+	if !s.Cancelled() {
+		t.Errorf("the Attach call ended with %v, not cancelled", s.Err())
+	}
+}

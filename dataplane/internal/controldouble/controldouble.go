@@ -7,6 +7,7 @@
 package controldouble
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -188,6 +189,9 @@ func (s *Stream) Changed() <-chan struct{} {
 	defer s.mu.Unlock()
 	return s.changed
 }
+
+// Context is the call's context: done once the data path ended or cancelled it.
+func (s *Stream) Context() context.Context { return s.call.Context() }
 
 // SetTrailer sets the trailer the call ends with.
 func (s *Stream) SetTrailer(md metadata.MD) { s.call.SetTrailer(md) }
