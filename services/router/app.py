@@ -208,6 +208,8 @@ class RouterApp:
                     listen=host_port(settings.host, settings.port),
                     socket=self.control_socket,
                     tls=settings.tls,
+                    idle_timeout_s=settings.idle_timeout_s,
+                    drain_timeout_s=settings.drain_timeout_s,
                 )
             )
         self._failed = asyncio.Event()

@@ -45,15 +45,27 @@ _FAILED_START_STOP_S = 1.0
 """How long a data path that failed to start gets to exit after SIGTERM."""
 
 
-def dataplane_argv(binary: str, *, listen: str, socket: str, tls: ServerTls | None) -> list[str]:
+def dataplane_argv(
+    binary: str,
+    *,
+    listen: str,
+    socket: str,
+    tls: ServerTls | None,
+    idle_timeout_s: float,
+    drain_timeout_s: float,
+) -> list[str]:
     """The data path's command line: ``listen`` (``host:port``) is the public endpoint,
-    ``socket`` the path of the router's Unix socket, ``tls`` the public endpoint's TLS."""
+    ``socket`` the path of the router's Unix socket, ``tls`` the public endpoint's TLS;
+    the client's first request is awaited ``idle_timeout_s`` (the router's idle timeout),
+    and calls under way get ``drain_timeout_s`` on SIGTERM."""
     argv = [binary, "--listen", listen, "--control", f"unix:{socket}"]
     argv += ["--forward", f"unix:{socket}"]
+    argv += ["--idle-timeout", f"{idle_timeout_s:g}s", "--drain-timeout", f"{drain_timeout_s:g}s"]
+    argv += ["--exit-on-stdin-eof"]  # the router holds the pipe open while it runs
     if tls is not None:
-        argv += ["--tls-cert-file", str(tls.cert_file), "--tls-key-file", str(tls.key_file)]
+        argv += ["--tls-cert", str(tls.cert_file), "--tls-key", str(tls.key_file)]
         if tls.client_ca_file is not None:
-            argv += ["--tls-client-ca-file", str(tls.client_ca_file)]
+            argv += ["--tls-client-ca", str(tls.client_ca_file)]
     return argv
 
 

@@ -43,9 +43,12 @@ def process_main(argv: list[str]) -> int:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--control", required=True)
     parser.add_argument("--forward", required=True)
-    parser.add_argument("--tls-cert-file")
-    parser.add_argument("--tls-key-file")
-    parser.add_argument("--tls-client-ca-file")
+    parser.add_argument("--idle-timeout")
+    parser.add_argument("--drain-timeout")
+    parser.add_argument("--exit-on-stdin-eof", action="store_true")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--tls-client-ca")
     args = parser.parse_args(argv)
     record: dict[str, Any] = {
         "argv": argv,

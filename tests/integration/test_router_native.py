@@ -58,6 +58,11 @@ async def test_the_router_serves_its_socket_and_the_data_path_its_public_port(
             f"unix:{sock}",
             "--forward",
             f"unix:{sock}",
+            "--idle-timeout",
+            "30s",
+            "--drain-timeout",
+            "5s",
+            "--exit-on-stdin-eof",
         ]
         assert m.router.port == started["port"] > 0
         with socket.create_connection(("127.0.0.1", m.router.port), timeout=5):
@@ -100,11 +105,11 @@ async def test_the_tls_settings_go_to_the_data_path(tmp_path: Path) -> None:
     }
     async with native_mesh(tmp_path, **tls) as (_m, channel):
         argv = record(tmp_path)["argv"]
-        flags = dict(zip(argv[8::2], argv[9::2], strict=True))
+        flags = dict(zip(argv[-6::2], argv[-5::2], strict=True))
         assert flags == {
-            "--tls-cert-file": str(server.cert),
-            "--tls-key-file": str(server.key),
-            "--tls-client-ca-file": str(ca.cert),
+            "--tls-cert": str(server.cert),
+            "--tls-key": str(server.key),
+            "--tls-client-ca": str(ca.cert),
         }
         # The router's own socket stays plaintext: only its data path calls it.
         health = health_pb2_grpc.HealthStub(channel)

@@ -8,7 +8,8 @@
 //	voxmesh-dataplane --listen 0.0.0.0:50051 --control unix:/run/voxmesh/control.sock \
 //	    --forward unix:/run/voxmesh/forward.sock [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
 //
-// It prints "PORT <n>" on stdout once serving. On SIGTERM or SIGINT it stops
+// It prints "PORT <n>" on stdout once serving. On SIGTERM or SIGINT (or, with
+// --exit-on-stdin-eof, at the end of stdin: the router died) it stops
 // taking calls, gives those under way --drain-timeout to end, cancels the rest
 // and exits 0. A control plane that is not reachable does not stop it: each new
 // stream then fails with UNAVAILABLE. Bad flags or TLS files exit 2 with one
@@ -47,6 +48,7 @@ type flags struct {
 	sharedWriteBuffer            bool
 	streamWorkers                uint
 	cpuProfile                   string
+	exitOnStdinEOF               bool
 }
 
 func parse(args []string, stderr io.Writer) (flags, error) {
@@ -69,6 +71,8 @@ func parse(args []string, stderr io.Writer) (flags, error) {
 	fs.BoolVar(&f.sharedWriteBuffer, "grpc-shared-write-buffer", false, "release write buffers between writes")
 	fs.UintVar(&f.streamWorkers, "grpc-stream-workers", 0, "serve calls on this many worker goroutines (0: a goroutine per call)")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile to this file until exit")
+	fs.BoolVar(&f.exitOnStdinEOF, "exit-on-stdin-eof", false,
+		"drain and exit when stdin ends (the router holds it open while it runs, so EOF means it died)")
 	if err := fs.Parse(args); err != nil {
 		return f, err
 	}
@@ -93,6 +97,21 @@ func parse(args []string, stderr io.Writer) (flags, error) {
 		return f, fmt.Errorf("--grpc-write-buffer and --grpc-read-buffer must not be negative")
 	}
 	return f, nil
+}
+
+// stdin is where the router's pipe is read (a variable for tests).
+var stdin io.Reader = os.Stdin
+
+// parentGone is closed once stdin ends, when watch is set; never otherwise.
+func parentGone(watch bool) <-chan struct{} {
+	gone := make(chan struct{})
+	if watch {
+		go func() {
+			_, _ = io.Copy(io.Discard, stdin)
+			close(gone)
+		}()
+	}
+	return gone
 }
 
 // run is the command: it returns the exit code.
@@ -155,6 +174,9 @@ func run(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) int 
 		return 1
 	case sig := <-signals:
 		logger.Info("draining", "signal", sig.String(), "drain_timeout", f.drainTimeout)
+	case <-parentGone(f.exitOnStdinEOF):
+		logger.Warn("stdin ended: the router that started this data path is gone; draining",
+			"drain_timeout", f.drainTimeout)
 	}
 	if !srv.Shutdown(f.drainTimeout) {
 		logger.Warn("calls still under way at the end of the drain were cancelled")

@@ -69,6 +69,28 @@ func TestServesUntilSIGTERM(t *testing.T) {
 	stop(t, code, signals)
 }
 
+func TestExitsWhenStdinEnds(t *testing.T) {
+	router, pipe := io.Pipe() // the router's end of the data path's stdin
+	stdin = router
+	t.Cleanup(func() { stdin = os.Stdin })
+	_, code, _ := started(t, "--control", "unix:/nonexistent/c.sock", "--forward", "unix:/nonexistent/f.sock",
+		"--drain-timeout", "1s", "--exit-on-stdin-eof")
+	select {
+	case c := <-code:
+		t.Fatalf("exited (%d) while stdin was open", c)
+	default:
+	}
+	pipe.Close() // the router died
+	select {
+	case c := <-code:
+		if c != 0 {
+			t.Errorf("exit code %d after stdin ended", c)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no exit after stdin ended")
+	}
+}
+
 func TestBadFlagsExit2NamingTheFlag(t *testing.T) {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "key.pem")
