@@ -120,8 +120,9 @@ class RouterMetrics:
         )
 
     def start_at_zero(self, pools: list[str]) -> None:
-        """Creates every pool's event counters at 0, so that the first event is an increase
-        that ``rate()``/``increase()`` see (a series that appears at 1 is not)."""
+        """Creates every pool's event counters (and the latency histogram) at 0, so that
+        the first event is an increase that ``rate()``/``increase()`` see (a series that
+        appears at 1 is not)."""
         for pool in pools:
             for reason in (QUEUE_FULL, QUEUE_TIMEOUT):
                 self.rejected.labels(pool, reason)
@@ -130,3 +131,5 @@ class RouterMetrics:
             self.failovers.labels(pool)
             self.last_resort.labels(pool)
         self.rejected.labels("any", ROUTER_FULL)
+        for direction in ("upstream", "downstream"):
+            self.added_latency.labels(direction)
