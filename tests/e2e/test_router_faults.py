@@ -24,12 +24,15 @@ import grpc
 import pytest
 
 from tests.conditions import wait_until_async
+from tests.data_paths import DATA_PATH
 from tests.doubles.fake_asr import expected_finals
 from tests.speech import espeak_pcm, silence_pcm, wer
 from tests.streaming import StreamRun, config_request, run_stream
 from voxmesh.client import RecognizerClient, StreamOptions, Transcript
 from voxmesh.mesh.process import ServiceProcess
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
+
+pytestmark = pytest.mark.usefixtures("router_data_path")
 
 ROOT = Path(__file__).resolve().parents[2]
 STREAMS = 6
@@ -124,6 +127,8 @@ async def process_mesh(tmp_path: Path, names: list[str]) -> AsyncIterator[Proces
                 "0.1",
                 "--log-level",
                 "WARNING",
+                "--data-path",
+                DATA_PATH.get(),
             ],
             r"^VOXMESH_READY .*\"port\": (\d+)",
             tmp_path / "router.log",
@@ -282,7 +287,8 @@ async def test_real_instance_sigkill_mid_stream_continues_elsewhere(tmp_path: Pa
     router = ServiceProcess(
         "services.router",
         ["--port", "0", "--metrics-port", "-1", "--registry-dir", registry,
-         "--registry-poll-s", "0.05", "--telemetry-interval-s", "0.1", "--log-level", "WARNING"],
+         "--registry-poll-s", "0.05", "--telemetry-interval-s", "0.1", "--log-level", "WARNING",
+         "--data-path", DATA_PATH.get()],
         env=env, log_path=tmp_path / "router.log",
     )  # fmt: skip
     audio = b"".join(espeak_pcm(s) + silence_pcm(1.0) for s in SPEECH)

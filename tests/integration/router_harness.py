@@ -24,6 +24,7 @@ from services.router.app import RouterApp
 from services.router.membership import Member
 from services.router.settings import RouterSettings
 from tests.conditions import wait_until_async
+from tests.data_paths import DATA_PATH
 from tests.doubles.dataplane_process import write_executable
 from tests.doubles.fake_asr import FakeAsr, FakeAsrOptions
 from tests.doubles.memory_discovery import MemoryDiscovery
@@ -31,7 +32,7 @@ from tests.streaming import config_request
 from voxmesh.discovery import Watcher
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
-__all__ = ["HeldStream", "Mesh", "assert_no_tasks_left", "mesh", "native_mesh", "pcm"]
+__all__ = ["DATA_PATH", "HeldStream", "Mesh", "assert_no_tasks_left", "mesh", "native_mesh", "pcm"]
 
 CHUNK = 3200  # 100 ms of 16 kHz LINEAR16
 
@@ -106,6 +107,7 @@ async def mesh(
         "metrics_port": -1,
         "telemetry_interval_s": 0.1,
         "drain_timeout_s": 5.0,
+        "data_path": DATA_PATH.get(),
     }
     base.update(settings)
     router_settings = RouterSettings(**base)

@@ -14,6 +14,8 @@ from tests.streaming import config_request, recognize_request, run_stream
 from voxmesh.rpc.status import retry_after_of
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
+pytestmark = pytest.mark.usefixtures("router_data_path")
+
 
 async def test_queue_forms_when_full_and_drains_when_an_instance_frees() -> None:
     async with mesh() as m:

@@ -15,6 +15,8 @@ from tests.integration.router_harness import HeldStream, mesh
 from tests.streaming import config_request
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
+pytestmark = pytest.mark.usefixtures("router_data_path")
+
 Request = stt_pb2.StreamingRecognizeRequest
 
 

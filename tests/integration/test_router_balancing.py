@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 
 from tests.conditions import wait_until_async
 from tests.doubles.fake_asr import expected_finals
@@ -10,6 +11,8 @@ from tests.integration.router_harness import HeldStream, mesh, pcm
 from tests.streaming import config_request, run_stream
 from voxmesh.discovery import CAPACITY_ON_DEMAND, CAPACITY_PREEMPTIBLE
 from voxmesh.stt.v1 import stt_pb2
+
+pytestmark = pytest.mark.usefixtures("router_data_path")
 
 
 async def test_routes_to_the_less_loaded_instance_by_its_telemetry() -> None:

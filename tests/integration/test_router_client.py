@@ -16,6 +16,8 @@ from voxmesh.client.cli import main
 from voxmesh.errors import InvalidArgument
 from voxmesh.stt.v1 import stt_pb2
 
+pytestmark = pytest.mark.usefixtures("router_data_path")
+
 
 def write_wav(path: Path, data: bytes, rate: int) -> Path:
     with wave.open(str(path), "wb") as out:

@@ -17,6 +17,8 @@ from tests.streaming import config_request, run_stream
 from voxmesh.discovery import Watcher
 from voxmesh.discovery.consul import ConsulRegistrar, ConsulWatcher, PyConsulApi
 
+pytestmark = pytest.mark.usefixtures("router_data_path")
+
 
 @pytest.fixture
 def consul() -> Iterator[ConsulDouble]:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from services.router.app import discovery_watchers
 from services.router.settings import RouterSettings
 from tests.conditions import wait_until_async
 from tests.integration.router_harness import HeldStream, mesh, pcm
 from tests.streaming import config_request, run_stream
 from voxmesh.discovery.file import FileRegistrar
+
+pytestmark = pytest.mark.usefixtures("router_data_path")
 
 
 async def test_instances_follow_the_file_registry(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from tests.integration.router_harness import CHUNK, HeldStream, mesh, pcm
 from tests.streaming import config_request, recognize_request
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
+pytestmark = pytest.mark.usefixtures("router_data_path")
+
 
 def offsets_continue(stream: HeldStream) -> None:
     finals = [

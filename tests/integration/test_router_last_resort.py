@@ -4,11 +4,15 @@ queue. Off, the default, a draining instance gets nothing new."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conditions import wait_until_async
 from tests.doubles.fake_asr import FakeAsr, expected_finals
 from tests.integration.router_harness import HeldStream, Mesh, mesh, pcm
 from tests.streaming import recognize_request
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
+
+pytestmark = pytest.mark.usefixtures("router_data_path")
 
 
 async def _full_and_draining(

@@ -15,6 +15,8 @@ from tests.integration.router_harness import HeldStream, mesh, pcm
 from tests.streaming import config_request, run_stream
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
+pytestmark = pytest.mark.usefixtures("router_data_path")
+
 
 def instance_rows(snap: stt_pb2.TelemetrySnapshot) -> dict[str, stt_pb2.InstanceLoad]:
     """The router snapshot's instance rows by instance id."""

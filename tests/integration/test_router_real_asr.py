@@ -14,6 +14,8 @@ from tests.speech import espeak_pcm, silence_pcm, wer
 from tests.streaming import config_request, run_stream
 from voxmesh.discovery import InstanceInfo
 
+pytestmark = pytest.mark.usefixtures("router_data_path")
+
 pytestmark = pytest.mark.model
 
 SENTENCES = ["the quick brown fox jumps over the lazy dog", "please call me back tomorrow"]
