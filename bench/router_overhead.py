@@ -54,6 +54,7 @@ import psutil
 
 from bench.common import write_result
 from bench.harness import HARNESSES, Harness, default_harness, harness
+from services.router.settings import DEFAULT_DATAPLANE_BIN
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX = "/usr/sbin/nginx"
@@ -142,7 +143,9 @@ def _modes(h: Harness) -> tuple[str, ...]:
 
 
 @contextmanager
-def _processes(work: Path, interim_every: int, h: Harness) -> Iterator[dict[str, Any]]:
+def _processes(
+    work: Path, interim_every: int, h: Harness, data_path: str
+) -> Iterator[dict[str, Any]]:
     """Starts the backend, the router, the floors and nginx; yields their ports and pids."""
     registry = work / "registry"
     procs: list[subprocess.Popen[str]] = []
@@ -161,7 +164,7 @@ def _processes(work: Path, interim_every: int, h: Harness) -> Iterator[dict[str,
         router, ports["router"] = _spawn(
             [sys.executable, "-m", "services.router", "--port", "0", "--metrics-port", "-1",
              "--registry-dir", str(registry), "--registry-poll-s", "0.2",
-             "--queue-max-streams", "0", "--log-level", "WARNING"],
+             "--queue-max-streams", "0", "--log-level", "WARNING", "--data-path", data_path],
             r"^VOXMESH_READY .*\"port\": (\d+)", work / "router.log",
         )  # fmt: skip
         procs.append(router)
@@ -455,6 +458,13 @@ def main(argv: list[str] | None = None) -> int:
         help="load generator and backend: Python, or their Go ports (make bench-native; "
         "the default once built)",
     )
+    parser.add_argument(
+        "--data-path",
+        choices=("python", "native"),
+        default="native" if os.access(DEFAULT_DATAPLANE_BIN, os.X_OK) else "python",
+        help="the router's data path (its CPU counts the native one's process too): the "
+        "native one (make dataplane; the default once built) or the Python relay",
+    )
     args = parser.parse_args(argv)
     if shutil.which(NGINX) is None and not Path(NGINX).exists():
         raise SystemExit(f"{NGINX} not found (Debian package nginx)")
@@ -469,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     with (
         tempfile.TemporaryDirectory(prefix="voxmesh-bench-") as tmp,
-        _processes(Path(tmp), args.interim_every, h) as env,
+        _processes(Path(tmp), args.interim_every, h, args.data_path) as env,
     ):
         print(f"=== {h.name} harness", flush=True)
         print("=== shared cores: load generator, backend and proxy on every CPU", flush=True)
@@ -487,16 +497,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.interim_every == 1
         else f"one interim result per {args.interim_every} chunks"
     )
-    name = (
-        "router_overhead"
-        if args.interim_every == 1
-        else f"router_overhead_interim{args.interim_every}"
-    )
+    name = "router_overhead" + ("" if args.interim_every == 1 else f"_interim{args.interim_every}")
+    if args.data_path == "python":
+        name += "_python_data_path"
     write_result(
         name,
         {
             "setup": {
                 "harness": h.name,
+                "router_data_path": args.data_path,
                 "backend": f"{h.description['backend']}, {answers}",
                 "loadgen": h.description["loadgen"],
                 "interim_every": args.interim_every,
