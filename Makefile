@@ -11,7 +11,7 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: install
-install: system-deps $(VENV_STAMP) node_modules/.bin/buf .tools/bin/grpcurl models ## Install everything (Debian packages, venv, models, buf, grpcurl)
+install: system-deps $(VENV_STAMP) node_modules/.bin/buf .tools/bin/grpcurl models dataplane ## Install everything (Debian packages, venv, models, buf, grpcurl, the router's data path)
 
 .PHONY: system-deps
 system-deps: ## Debian packages the tests and benchmarks use (espeak-ng, sox, prometheus, nginx, openssl)

@@ -80,6 +80,10 @@ job "router" {
       kill_signal  = "SIGTERM"
       kill_timeout = "45s"
 
+      # The router starts its native data path (Go, `make dataplane`) as a child
+      # process serving the grpc port: the image must carry it at
+      # VOXMESH_ROUTER_DATAPLANE_BIN (default .tools/bin/voxmesh-dataplane under the
+      # install), or set VOXMESH_ROUTER_DATA_PATH = "python" to relay in Python.
       config {
         image   = var.image
         command = "python"

@@ -47,12 +47,13 @@ class RouterSettings:
     tls_client_ca_file: str = setting("", "PEM CA bundle: require client certificates (mTLS)")
     """PEM CA bundle; set, clients must present a certificate that chains to it (mutual
     TLS). Instances, the autoscaler and Consul are reached in plaintext: see docs/router.md."""
-    data_path: str = setting("python", "what relays the streams: python or native (dataplane/)")
-    """What relays the streams. ``python``: this process serves the public endpoint and
-    relays every stream itself. ``native``: the Go data path (``dataplane/``, the
-    ``dataplane_bin`` process this one starts) serves the public endpoint with the TLS
+    data_path: str = setting("native", "what relays the streams: native (dataplane/) or python")
+    """What relays the streams. ``native`` (the default): the Go data path (``dataplane/``,
+    the ``dataplane_bin`` process this one starts) serves the public endpoint with the TLS
     settings above and relays the streams; this process decides where each goes, over a
-    private Unix socket (see docs/router.md, "The native data path")."""
+    private Unix socket (see docs/router.md, "The native data path"). ``python``: this
+    process serves the public endpoint and relays every stream itself (no Go build
+    needed; about a third of the streams per core)."""
     dataplane_bin: str = setting(
         DEFAULT_DATAPLANE_BIN, "the native data path's executable (data_path=native)"
     )
