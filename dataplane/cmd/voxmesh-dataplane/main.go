@@ -13,8 +13,8 @@
 // taking calls, gives those under way --drain-timeout to end, cancels the rest
 // and exits 0. A control plane that is not reachable does not stop it: each new
 // stream then fails with UNAVAILABLE. Bad flags or TLS files exit 2 with one
-// line naming the flag. The TLS files are read at start only (no rotation
-// without a restart).
+// line naming the flag. Rotated TLS files are picked up for new connections
+// (server.LoadTLS).
 package main
 
 import (
@@ -124,7 +124,7 @@ func run(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) int 
 		}
 		return 2
 	}
-	creds, err := server.LoadTLS(f.tlsCert, f.tlsKey, f.tlsClientCA)
+	creds, err := server.LoadTLS(f.tlsCert, f.tlsKey, f.tlsClientCA, logger)
 	if err != nil {
 		fmt.Fprintln(stderr, "voxmesh-dataplane:", err)
 		return 2
