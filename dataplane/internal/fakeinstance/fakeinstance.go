@@ -1,9 +1,9 @@
 // Package fakeinstance is a test double of an ASR instance, not an instance: the
 // real stt.v1 StreamingRecognize protocol on a real gRPC server, no model. It
-// "recognises" as tests/doubles/fake_asr.py does: the stream is cut into
-// utterances of UtteranceMs of stream time, each opened by a speech start and
-// closed by a speech end and the final result "u<k> <crc32 of its audio>"
-// ending at the utterance's end, so the same audio gives the same finals
+// "recognises" (package internal/fakeasr) as tests/doubles/fake_asr.py does:
+// the stream is cut into utterances of UtteranceMs of stream time, each opened
+// by a speech start and closed by a speech end and the final result
+// "u<k> <crc32 of its audio>" ending at the utterance's end, so the same audio gives the same finals
 // whatever the chunking, the instance, or a failover replay in between. The
 // failover metadata is honoured as by the real instances (voxmesh-offset-ms,
 // voxmesh-skip-ms, and the lead-in of voxmesh-context-bin, which gets no result).
@@ -17,9 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
-	"math"
 	"net"
 	"strconv"
 	"sync"
@@ -33,6 +31,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	sttv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/stt/v1"
+	"github.com/voxmesh/voxmesh/internal/fakeasr"
 )
 
 // Options are how a fake presents itself and behaves.
@@ -151,15 +150,8 @@ func (in *Instance) notify() {
 // ExpectedFinals returns the transcripts of the finals the fake gives a whole
 // LINEAR16 stream of pcm at rate (fake_asr.expected_finals).
 func ExpectedFinals(pcm []byte, rate, utteranceMs int64) []string {
-	perWindow := int(utteranceMs * rate / 1000 * 2)
-	var out []string
-	for k, i := 0, 0; i < len(pcm); k, i = k+1, i+perWindow {
-		out = append(out, finalText(int64(k), crc32.ChecksumIEEE(pcm[i:min(i+perWindow, len(pcm))])))
-	}
-	return out
+	return fakeasr.ExpectedFinals(pcm, rate, utteranceMs)
 }
-
-func finalText(window int64, crc uint32) string { return fmt.Sprintf("u%d %08x", window, crc) }
 
 // recognizer is the fake's RecognizerService.
 type recognizer struct {
@@ -247,12 +239,14 @@ func (r *recognizer) serve(stream sttv1.RecognizerService_StreamingRecognizeServ
 	if linear16 {
 		rate = int64(cfg.GetConfig().GetSampleRateHertz())
 	}
-	u := &utterances{
-		rate: rate, windowSamples: r.in.opts.UtteranceMs * rate / 1000,
-		sample:    resume.OffsetMs * rate / 1000,
-		skipUntil: (max(resume.SkipMs, resume.OffsetMs) + resume.LeadInMs) * rate / 1000,
-		interim:   cfg.GetInterimResults(), send: stream.Send,
+	interimEvery := 0
+	if cfg.GetInterimResults() {
+		interimEvery = 1
 	}
+	u := fakeasr.New(fakeasr.Config{
+		Rate: rate, UtteranceMs: r.in.opts.UtteranceMs, InterimEvery: interimEvery,
+		OffsetMs: resume.OffsetMs, SkipUntilMs: max(resume.SkipMs, resume.OffsetMs) + resume.LeadInMs,
+	}, stream.Send)
 	received := 0
 	for {
 		req, err := stream.Recv()
@@ -270,20 +264,20 @@ func (r *recognizer) serve(stream sttv1.RecognizerService_StreamingRecognizeServ
 			return status.Error(codes.InvalidArgument, "a stream carries exactly one streaming_config")
 		}
 		received += len(data)
-		if err := u.feed(data); err != nil {
+		if err := u.Feed(data); err != nil {
 			return err
 		}
 	}
 	if received == 0 {
 		return status.Error(codes.InvalidArgument, "empty stream: no audio was sent after the config")
 	}
-	if err := u.finish(); err != nil {
+	if err := u.Finish(); err != nil {
 		return err
 	}
 	return stream.Send(&sttv1.StreamingRecognizeResponse{StreamingResponse: &sttv1.StreamingRecognizeResponse_Summary{
 		Summary: &sttv1.StreamSummary{
-			AudioProcessed: u.duration(u.received), InstanceId: r.in.opts.ID, Model: r.in.opts.Model,
-			Pool: r.in.opts.Pool, StreamId: cfg.GetStreamId(), FinalResults: u.finals,
+			AudioProcessed: u.Processed(), InstanceId: r.in.opts.ID, Model: r.in.opts.Model,
+			Pool: r.in.opts.Pool, StreamId: cfg.GetStreamId(), FinalResults: u.Finals(),
 		}}})
 }
 
@@ -294,98 +288,4 @@ func mdInt(md metadata.MD, key string) int64 {
 	}
 	n, _ := strconv.ParseInt(values[0], 10, 64)
 	return n
-}
-
-// utterances is the bookkeeping of one stream (fake_asr._Stream).
-type utterances struct {
-	rate, windowSamples int64
-	sample, skipUntil   int64 // stream time reached, and the end of what is skipped, in samples
-	received            int64 // samples received
-	localIndex          int32
-	crc                 uint32
-	open                bool // the current window has audio
-	finals              int32
-	interim             bool
-	send                func(*sttv1.StreamingRecognizeResponse) error
-}
-
-func (u *utterances) duration(sample int64) *durationpb.Duration {
-	return durationpb.New(time.Duration(math.Round(float64(sample) * 1e9 / float64(u.rate))))
-}
-
-func (u *utterances) feed(data []byte) error {
-	samples := int64(len(data) / 2)
-	u.received += samples
-	for pos := int64(0); pos < samples; {
-		if u.sample < u.skipUntil {
-			step := min(samples-pos, u.skipUntil-u.sample)
-			u.sample += step
-			pos += step
-			continue
-		}
-		window := u.sample / u.windowSamples
-		boundary := (window + 1) * u.windowSamples
-		step := min(samples-pos, boundary-u.sample)
-		if !u.open {
-			u.open = true
-			if err := u.event(sttv1.SpeechEventType_SPEECH_EVENT_TYPE_SPEECH_STARTED); err != nil {
-				return err
-			}
-		}
-		u.crc = crc32.Update(u.crc, crc32.IEEETable, data[pos*2:(pos+step)*2])
-		u.sample += step
-		pos += step
-		if u.sample == boundary {
-			if err := u.close(window); err != nil {
-				return err
-			}
-		}
-	}
-	if u.interim && u.open {
-		return u.result(u.sample/u.windowSamples, false)
-	}
-	return nil
-}
-
-func (u *utterances) finish() error {
-	if !u.open {
-		return nil
-	}
-	return u.close((u.sample - 1) / u.windowSamples)
-}
-
-func (u *utterances) close(window int64) error {
-	if err := u.event(sttv1.SpeechEventType_SPEECH_EVENT_TYPE_SPEECH_ENDED); err != nil {
-		return err
-	}
-	if err := u.result(window, true); err != nil {
-		return err
-	}
-	u.localIndex++
-	u.finals++
-	u.crc = 0
-	u.open = false
-	return nil
-}
-
-func (u *utterances) result(window int64, final bool) error {
-	stability := float32(0.5)
-	if final {
-		stability = 1
-	}
-	return u.send(&sttv1.StreamingRecognizeResponse{StreamingResponse: &sttv1.StreamingRecognizeResponse_Result{
-		Result: &sttv1.StreamingRecognitionResult{
-			Alternatives:   []*sttv1.SpeechRecognitionAlternative{{Transcript: finalText(window, u.crc), Confidence: 0.9}},
-			IsFinal:        final,
-			Stability:      stability,
-			StartOffset:    u.duration(max(window*u.windowSamples, u.skipUntil)),
-			EndOffset:      u.duration(u.sample),
-			UtteranceIndex: u.localIndex,
-			LanguageCode:   "en",
-		}}})
-}
-
-func (u *utterances) event(kind sttv1.SpeechEventType) error {
-	return u.send(&sttv1.StreamingRecognizeResponse{StreamingResponse: &sttv1.StreamingRecognizeResponse_SpeechEvent{
-		SpeechEvent: &sttv1.SpeechEvent{Type: kind, Offset: u.duration(u.sample)}}})
 }

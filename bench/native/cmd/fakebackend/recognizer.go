@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	sttv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/stt/v1"
+	"github.com/voxmesh/voxmesh/internal/fakeasr"
 )
 
 // Limits and hints of tests/doubles/fake_asr.py's defaults.
@@ -99,7 +100,7 @@ func invalid(format string, args ...any) error {
 }
 
 // StreamingRecognize is the double's recognition: config first, then
-// utterances of --utterance-ms stream time (see utterances), then at the
+// utterances of --utterance-ms stream time (see package fakeasr), then at the
 // half-close the closing final and the summary. Failover metadata is ignored.
 func (b *backend) StreamingRecognize(stream sttv1.RecognizerService_StreamingRecognizeServer) error {
 	if err := b.admit(stream); err != nil {
@@ -125,7 +126,11 @@ func (b *backend) StreamingRecognize(stream sttv1.RecognizerService_StreamingRec
 	if linear16 {
 		rate = int64(sc.Config.SampleRateHertz)
 	}
-	u := newUtterances(rate, b.opts.utteranceMs, b.opts.interimEvery, stream.Send)
+	interimEvery := 0
+	if sc.InterimResults {
+		interimEvery = b.opts.interimEvery
+	}
+	u := fakeasr.New(fakeasr.Config{Rate: rate, UtteranceMs: b.opts.utteranceMs, InterimEvery: interimEvery}, stream.Send)
 	received := 0
 	for {
 		req, err := stream.Recv()
@@ -143,17 +148,17 @@ func (b *backend) StreamingRecognize(stream sttv1.RecognizerService_StreamingRec
 			return invalid("LINEAR16 audio chunk has an odd length (%d bytes)", len(data))
 		}
 		received += len(data)
-		if err := u.feed(data, sc.InterimResults); err != nil {
+		if err := u.Feed(data); err != nil {
 			return err
 		}
-		if u.sample > maxStreamSeconds*u.rate {
+		if u.Sample() > maxStreamSeconds*rate {
 			return status.Errorf(codes.OutOfRange, "the stream is longer than the maximum of %d s", maxStreamSeconds)
 		}
 	}
 	if received == 0 {
 		return invalid("empty stream: no audio was sent after the config")
 	}
-	if err := u.finish(); err != nil {
+	if err := u.Finish(); err != nil {
 		return err
 	}
 	streamID := sc.StreamId
@@ -162,12 +167,12 @@ func (b *backend) StreamingRecognize(stream sttv1.RecognizerService_StreamingRec
 	}
 	return stream.Send(&sttv1.StreamingRecognizeResponse{StreamingResponse: &sttv1.StreamingRecognizeResponse_Summary{
 		Summary: &sttv1.StreamSummary{
-			AudioProcessed: u.duration(u.received),
+			AudioProcessed: u.Processed(),
 			InstanceId:     b.opts.instanceID,
 			Model:          b.opts.model,
 			Pool:           b.opts.pool,
 			StreamId:       streamID,
-			FinalResults:   u.finals,
+			FinalResults:   u.Finals(),
 		},
 	}})
 }
