@@ -154,7 +154,7 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		control.Close()
 		forwardConn.Close()
-		return nil, fmt.Errorf("--listen %s: %w", o.Listen, err)
+		return nil, &ListenError{Address: o.Listen, Err: err}
 	}
 	return &Server{
 		lis:       lis,
@@ -201,3 +201,20 @@ func (s *Server) Shutdown(drain time.Duration) bool {
 	s.control.Close()
 	return ok
 }
+
+// ListenError is the error of New when the public endpoint cannot be bound (a
+// busy port, an address not on this host).
+type ListenError struct {
+	// Address is the --listen address.
+	Address string
+	// Err is the reason.
+	Err error
+}
+
+// Error says which address could not be bound, and why.
+func (e *ListenError) Error() string {
+	return fmt.Sprintf("--listen %s: %v", e.Address, e.Err)
+}
+
+// Unwrap returns the reason.
+func (e *ListenError) Unwrap() error { return e.Err }

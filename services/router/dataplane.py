@@ -33,6 +33,7 @@ import signal
 
 from voxmesh import tasks
 from voxmesh.errors import SettingsError
+from voxmesh.rpc.server import bind_error
 from voxmesh.rpc.tls import ServerTls
 
 __all__ = ["PORT_PREFIX", "DataPlaneProcess", "dataplane_argv"]
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 PORT_PREFIX = "PORT "
 """The line the data path prints once it listens: ``PORT <n>``."""
+LISTEN_FAILED_PREFIX = "LISTEN_FAILED "
+"""The line it prints, before exiting 3, when the public address cannot be bound."""
 _FAILED_START_STOP_S = 1.0
 """How long a data path that failed to start gets to exit after SIGTERM."""
 
@@ -133,6 +136,11 @@ class DataPlaneProcess:
             line = raw.decode(errors="replace").strip()
             if line.startswith(PORT_PREFIX) and line[len(PORT_PREFIX) :].isdigit():
                 return int(line[len(PORT_PREFIX) :])
+            if line.startswith(LISTEN_FAILED_PREFIX):  # the router's own port setting
+                listen = self.argv[self.argv.index("--listen") + 1]
+                port = int(listen.rpartition(":")[2])
+                reason = line[len(LISTEN_FAILED_PREFIX) :]
+                raise bind_error("port", port, listen, reason)
             logger.info("dataplane: %s", line)
 
     async def _log_output(self) -> None:

@@ -13,11 +13,13 @@
 // taking calls, gives those under way --drain-timeout to end, cancels the rest
 // and exits 0. A control plane that is not reachable does not stop it: each new
 // stream then fails with UNAVAILABLE. Bad flags or TLS files exit 2 with one
-// line naming the flag. Rotated TLS files are picked up for new connections
+// line naming the flag; a --listen address that cannot be bound exits 3 after
+// the line "LISTEN_FAILED <reason>" on stdout. Rotated TLS files are picked up for new connections
 // (server.LoadTLS).
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -99,6 +101,13 @@ func parse(args []string, stderr io.Writer) (flags, error) {
 	return f, nil
 }
 
+// exitListenFailed is the exit code when the public endpoint cannot be bound;
+// the line "LISTEN_FAILED <reason>" on stdout says why.
+const exitListenFailed = 3
+
+// listenFailedPrefix starts the stdout line that gives the reason.
+const listenFailedPrefix = "LISTEN_FAILED "
+
 // stdin is where the router's pipe is read (a variable for tests).
 var stdin io.Reader = os.Stdin
 
@@ -159,6 +168,12 @@ func run(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) int 
 		},
 		Logger: logger,
 	})
+	var listenErr *server.ListenError
+	if errors.As(err, &listenErr) {
+		// On stdout, where the router reads PORT: it names its own setting in the error.
+		fmt.Fprintf(stdout, "%s%v\n", listenFailedPrefix, listenErr.Err)
+		return exitListenFailed
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "voxmesh-dataplane:", err)
 		return 2

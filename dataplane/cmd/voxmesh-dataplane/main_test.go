@@ -91,6 +91,27 @@ func TestExitsWhenStdinEnds(t *testing.T) {
 	}
 }
 
+func TestABusyListenAddressExits3WithItsReasonOnStdout(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	var stdout strings.Builder
+	code := run([]string{"--listen", busy.Addr().String(), "--control", "unix:/nonexistent/c.sock",
+		"--forward", "unix:/nonexistent/f.sock"}, &stdout, io.Discard, nil)
+	if code != exitListenFailed || !strings.HasPrefix(stdout.String(), listenFailedPrefix) ||
+		!strings.Contains(stdout.String(), "address already in use") {
+		t.Fatalf("exit %d, stdout %q", code, stdout.String())
+	}
+	stdout.Reset() // an address that is not one: the same
+	code = run([]string{"--listen", "256.0.0.1:0", "--control", "unix:/c", "--forward", "unix:/f"},
+		&stdout, io.Discard, nil)
+	if code != exitListenFailed || !strings.HasPrefix(stdout.String(), listenFailedPrefix) {
+		t.Fatalf("exit %d, stdout %q", code, stdout.String())
+	}
+}
+
 func TestBadFlagsExit2NamingTheFlag(t *testing.T) {
 	dir := t.TempDir()
 	key := filepath.Join(dir, "key.pem")
@@ -106,7 +127,6 @@ func TestBadFlagsExit2NamingTheFlag(t *testing.T) {
 		{[]string{"--control", "unix:/c", "--forward", "unix:/f", "--tls-cert", key}, "--tls-key"},
 		{[]string{"--control", "unix:/c", "--forward", "unix:/f", "--tls-cert", key, "--tls-key", key}, "--tls-cert"},
 		{[]string{"--control", "unix:/c", "--forward", "unix:/f", "--idle-timeout", "0s"}, "--idle-timeout"},
-		{[]string{"--control", "unix:/c", "--forward", "unix:/f", "--listen", "256.0.0.1:0"}, "--listen"},
 	} {
 		var stderr strings.Builder
 		if got := run(c.args, io.Discard, &stderr, nil); got != 2 || !strings.Contains(stderr.String(), c.want) {

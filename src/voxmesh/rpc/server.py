@@ -26,7 +26,13 @@ from voxmesh.errors import SettingsError
 from voxmesh.rpc.address import host_port
 from voxmesh.rpc.tls import ServerTls, server_credentials
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ServerOptions", "ServiceServer", "wait_for_signal"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "ServerOptions",
+    "ServiceServer",
+    "bind_error",
+    "wait_for_signal",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -144,9 +150,9 @@ class ServiceServer:
             else:
                 bound = self._server.add_secure_port(address, server_credentials(self._options.tls))
         except RuntimeError as err:
-            raise _bind_error("port", port, address, _GRPC_BIND_FAILED) from err
+            raise bind_error("port", port, address, _GRPC_BIND_FAILED) from err
         if bound == 0:
-            raise _bind_error("port", port, address, _GRPC_BIND_FAILED)
+            raise bind_error("port", port, address, _GRPC_BIND_FAILED)
         return int(bound)
 
     def _start_metrics(self, port: int) -> None:
@@ -157,7 +163,7 @@ class ServiceServer:
                 port, addr=self._options.host.strip("[]"), registry=self._registry
             )
         except OSError as err:
-            raise _bind_error("metrics_port", port, address, err.strerror or str(err)) from err
+            raise bind_error("metrics_port", port, address, err.strerror or str(err)) from err
         self._metrics_httpd = httpd
         self.metrics_port = int(httpd.server_port)
 
@@ -193,7 +199,8 @@ class ServiceServer:
         await self._server.wait_for_termination()
 
 
-def _bind_error(setting: str, port: int, address: str, reason: str) -> SettingsError:
+def bind_error(setting: str, port: int, address: str, reason: str) -> SettingsError:
+    """The error of a port that cannot be bound: one line naming the setting."""
     return SettingsError(f"setting {setting}={port}: cannot listen on {address}: {reason}")
 
 
