@@ -18,9 +18,8 @@ It runs in its own session, so a Ctrl-C in a terminal reaches the router only an
 the router stops it in its shutdown order. Its stdin is a pipe the router holds open
 while it runs and closes when it has stopped it: EOF on stdin while it still runs
 means the router died without stopping it (SIGKILL, a crash), and the data path
-should then exit rather than keep the public port with no control plane. (Not
-``PR_SET_PDEATHSIG`` from a ``preexec_fn``, as :mod:`voxmesh.mesh.process` does: a
-``preexec_fn`` makes Python fork instead of spawn, and gRPC's fork handlers in a
+should then exit rather than keep the public port with no control plane. (Never a
+``preexec_fn``: it makes Python fork instead of spawn, and gRPC's fork handlers in a
 process with live gRPC threads crash the child often, SIGSEGV or SIGABRT before
 its ``exec``.)
 """

@@ -7,7 +7,8 @@ line of any length goes to the log and the child never blocks on a full pipe.
 
 A child runs in its own session (a Ctrl-C in the terminal reaches only the launcher,
 which stops its children in order). On Linux it also gets SIGTERM when the process
-that started it dies (``PR_SET_PDEATHSIG``), however that died: SIGKILL included,
+that started it dies (``PR_SET_PDEATHSIG``, set by util-linux's ``setpriv``), however
+that died: SIGKILL included,
 where no handler of the launcher runs. It then drains and exits as on a Ctrl-C; a
 process it started itself (an autoscaler's instances) is covered the same way.
 """
@@ -16,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -39,36 +39,28 @@ _MAX_READY_LINE = 64 * 1024
 """Longest line examined for the ready prefix; a longer one only goes to the log."""
 _TAIL_BYTES = 16 * 1024
 """Most bytes :meth:`ServiceProcess.log_tail` reads from the end of a log."""
-_PR_SET_PDEATHSIG = 1
-"""``prctl`` option (``<linux/prctl.h>``): the signal a process gets when its parent dies."""
+_SETPRIV = "/usr/bin/setpriv"
+"""util-linux's ``setpriv``: sets the parent-death signal, then execs the command."""
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when this process dies.
+def _die_with_parent() -> list[str]:
+    """The command prefix that makes Linux SIGTERM the child when this process dies:
+    ``setpriv --pdeathsig TERM --`` where util-linux's ``setpriv`` is (every Linux
+    distribution's base system); nothing elsewhere.
 
-    None elsewhere, or where ``prctl`` cannot be found. ``prctl`` is looked up here,
-    in the parent: the child, between fork and exec, only calls it. A parent that died
-    before that call is caught by comparing ``getppid`` with the parent's pid. Linux
-    sends the signal when the *thread* that forked ends: children are started from the
-    event loop's thread, which lives as long as the process.
+    Not a ``preexec_fn`` calling ``prctl``: a ``preexec_fn`` makes Python fork and run
+    Python code before the ``exec``, and in a parent with live gRPC threads (the
+    autoscaler starting instances) gRPC's fork handlers crash the child often (SIGSEGV
+    or SIGABRT before the ``exec``). ``setpriv`` does the ``prctl`` after a clean
+    spawn, and the setting survives its ``exec`` of the service. Linux sends the
+    signal when the *thread* that started the child ends: children are started from
+    the event loop's thread, which lives as long as the process. A parent that dies in
+    the instant before ``setpriv`` runs goes unnoticed (the old ``getppid`` check could
+    not run in a clean spawn either).
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    parent = os.getpid()
-    term = int(signal.SIGTERM)
-
-    def die_with_parent() -> None:
-        prctl(_PR_SET_PDEATHSIG, term, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the call: nobody will signal
-            os._exit(1)
-
-    return die_with_parent
+    if not sys.platform.startswith("linux") or not os.access(_SETPRIV, os.X_OK):
+        return []
+    return [_SETPRIV, "--pdeathsig", "TERM", "--"]
 
 
 class ServiceProcess:
@@ -127,6 +119,7 @@ class ServiceProcess:
         """Starts the process and waits for its ready line."""
         self.started_at = time.monotonic()
         self._proc = await asyncio.create_subprocess_exec(
+            *_die_with_parent(),
             sys.executable,
             "-m",
             self.module,
@@ -135,7 +128,6 @@ class ServiceProcess:
             stderr=asyncio.subprocess.STDOUT,
             env=self._env,
             start_new_session=True,
-            preexec_fn=_parent_death_signal(),
         )
         self._pump = asyncio.create_task(self._read_output(), name=f"voxmesh-pump-{self.name}")
         ready = asyncio.create_task(self._ready.wait())
