@@ -61,7 +61,12 @@ async def test_region_preference_spills_over_when_the_region_is_full() -> None:
         await m.add("eu-1", region="eu", max_streams=1)
         await m.add("us-1", region="us", max_streams=4)
         first = await HeldStream(m.channel).open()
+        # Placed before the second one arrives: two streams opened at once reach the
+        # router (and, natively, its control plane) in no promised order.
+        await wait_until_async(first.got_results)
         second = await HeldStream(m.channel).open()
+        # And the second placed while the first still holds eu-1, before either ends.
+        await wait_until_async(second.got_results)
         s1, s2 = await first.finish(), await second.finish()
         assert s1.instance_id == "eu-1"
         assert s2.instance_id == "us-1"
