@@ -10,9 +10,10 @@ import (
 
 // clientFailure is why the client reader stopped before the client's half-close.
 type clientFailure struct {
-	bad     *sttv1.StreamingRecognizeRequest // a request the relay refuses
-	noAudio bool                             // the client half-closed without audio
-	err     error                            // the client call failed
+	bad      *sttv1.StreamingRecognizeRequest // a request without audio the relay refuses
+	badChunk int64                            // the length of a chunk the relay refuses
+	noAudio  bool                             // the client half-closed without audio
+	err      error                            // the client call failed
 }
 
 // readClient reads the client's requests: the first for the handler, then,
@@ -45,8 +46,12 @@ func (s *stream) readClient() {
 			s.fail(clientFailure{err: unmarshalError(err)})
 			return
 		}
-		if bad := s.check(req); bad != nil {
-			s.fail(clientFailure{bad: bad})
+		if req.bad != nil {
+			s.fail(clientFailure{bad: req.bad})
+			return
+		}
+		if s.refused(req.audio) {
+			s.fail(clientFailure{badChunk: int64(len(req.audio))})
 			return
 		}
 		if !s.appendWhenRoom(req.audio) {
@@ -55,19 +60,13 @@ func (s *stream) readClient() {
 	}
 }
 
-// check returns the request when the relay refuses it, nil when it passes: not
-// audio, a chunk over max_chunk_bytes, or LINEAR16 that is not whole samples
-// (services/router/routing.py's check_chunk, which the control plane words).
-func (s *stream) check(req clientRequest) *sttv1.StreamingRecognizeRequest {
-	if req.bad != nil {
-		return req.bad
-	}
-	n := len(req.audio)
-	if int64(n) > s.limits.GetMaxChunkBytes() || (s.route.GetLinear16() && n%2 != 0) {
-		return &sttv1.StreamingRecognizeRequest{
-			StreamingRequest: &sttv1.StreamingRecognizeRequest_AudioContent{AudioContent: req.audio}}
-	}
-	return nil
+// refused reports whether the relay refuses a chunk of audio: over
+// max_chunk_bytes, or LINEAR16 that is not whole samples (the checks of
+// services/router/routing.py's check_chunk, which the control plane words). A
+// chunk of no bytes always passes.
+func (s *stream) refused(audio []byte) bool {
+	n := len(audio)
+	return int64(n) > s.limits.GetMaxChunkBytes() || (s.route.GetLinear16() && n%2 != 0)
 }
 
 // appendWhenRoom appends a chunk of audio to the log once it fits in the bound

@@ -10,13 +10,14 @@ import (
 	"google.golang.org/grpc/status"
 
 	routerv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/router/v1"
-	sttv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/stt/v1"
 )
 
-// open opens the stream's Attach call and sends open with the client's first
-// request (nil: none). The call lives under the client's context: a client that
-// leaves cancels it, which releases what the stream held on the control side.
-func (s *stream) open(first *sttv1.StreamingRecognizeRequest) *ending {
+// attachCall opens the stream's Attach call as the stream begins, so that the
+// control plane refuses it at once while the router drains or is full, and
+// counts it whatever its end. The call lives under the client's context: a
+// client that leaves cancels it, which releases what the stream held on the
+// control side.
+func (s *stream) attachCall() *ending {
 	ctx, cancel := context.WithCancel(s.ctx)
 	call, err := s.r.cfg.Control.Attach(ctx)
 	if err != nil {
@@ -30,7 +31,6 @@ func (s *stream) open(first *sttv1.StreamingRecognizeRequest) *ending {
 	}
 	s.attach, s.cancelAttach = call, cancel
 	go s.readAttach()
-	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Open{Open: &routerv1.OpenEvent{FirstRequest: first}}})
 	return nil
 }
 
@@ -63,9 +63,15 @@ func (s *stream) readAttach() {
 	}
 }
 
-// send sends ev on the Attach call. A failure is not reported here: the call
-// has ended, and readAttach reports its status.
+// send sends ev on the Attach call with the seconds of audio received so far.
+// A failure is not reported here: the call has ended, and readAttach reports
+// its status. Called without s.mu held.
 func (s *stream) send(ev *routerv1.AttachRequest) {
+	s.mu.Lock()
+	if s.log != nil {
+		ev.AudioSeconds = s.log.AudioSeconds()
+	}
+	s.mu.Unlock()
 	_ = s.attach.Send(ev)
 }
 
@@ -98,6 +104,8 @@ func (s *stream) clientEnding() *ending {
 	switch {
 	case f.bad != nil:
 		return s.reject(&routerv1.RejectEvent{Reason: &routerv1.RejectEvent_BadRequest{BadRequest: f.bad}})
+	case f.badChunk > 0:
+		return s.reject(&routerv1.RejectEvent{Reason: &routerv1.RejectEvent_BadChunkBytes{BadChunkBytes: f.badChunk}})
 	case f.noAudio:
 		return s.reject(&routerv1.RejectEvent{Reason: &routerv1.RejectEvent_NoAudio{NoAudio: true}})
 	}
@@ -112,18 +120,12 @@ func (s *stream) recvFailed(err error) *ending {
 	if s.ctx.Err() != nil || code == codes.Canceled || code == codes.DeadlineExceeded {
 		return gone
 	}
-	if s.attach == nil {
-		return &ending{err: err}
-	}
 	return s.finish(err, nil)
 }
 
 // flushLatency sends the samples taken since the last latency event, if a
 // second has passed since (or force).
 func (s *stream) flushLatency(force bool) {
-	if s.attach == nil {
-		return
-	}
 	now := time.Now()
 	if !force && now.Sub(s.lat.lastSent) < latencyFlushEvery {
 		return

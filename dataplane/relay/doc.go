@@ -6,9 +6,11 @@
 //
 // The life of a relayed stream:
 //
-//	first request ──open──▶ ROUTING ──route──▶ QUEUED ◀──────────────────────────┐
-//	(idle timeout: OUT_OF_RANGE,                 │ place ... placement             │ instance full or not
-//	 the one status worded here)                 ▼                                 │ accepting, before any
+//	stream begins: Attach opened (a draining or full router ends it at once)
+//	   │ first request
+//	   └──open──▶ ROUTING ──route──▶ QUEUED ◀────────────────────────────────────┐
+//	                                             │ place ... placement             │ instance full or not
+//	                                             ▼                                 │ accepting, before any
 //	                                          ATTACHED ────────────────────────────┘ response: FULL
 //	                                           │ │ │
 //	        instance EOF, or a failure after ──┘ │ └── any other status: ERROR ──▶ DONE (the
@@ -40,12 +42,15 @@
 // encoded anew.
 //
 // Where the contract leaves it open, the relay does this:
-//   - It opens the Attach call and sends open once the client's first request
-//     arrived (or the client half-closed), so the control plane never holds a
-//     stream that sent nothing. A client that sends nothing for the idle
-//     timeout (Config.IdleTimeout: the router's, before the route brings it)
-//     gets OUT_OF_RANGE worded as voxmesh.asr.config.idle_wait words it; the
-//     control plane never hears of that stream.
+//   - It opens the Attach call as the client's stream begins, and sends open
+//     once the first request arrived (or the client half-closed): the control
+//     plane refuses a stream at once while the router drains or is full, and
+//     hears of every stream. A client that sends nothing for the idle timeout
+//     (Config.IdleTimeout: the router's, before the route brings it) is
+//     rejected as stalled, and the control plane words its status.
+//   - Every event carries the seconds of audio received so far, and a refused
+//     chunk is reported by its length alone (it may be as large as a client
+//     message, which an AttachRequest around it would outgrow).
 //   - An attempt that the client's fault cuts short (a bad request) is not
 //     reported with attempt_ended: reject follows, and the end of the call
 //     releases the placement, as it does for a client that cancels.

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"strconv"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -38,16 +37,6 @@ var (
 	gone    = &ending{how: endGone}
 )
 
-// stalled is the status of a client that sent nothing for timeout while
-// awaited: voxmesh.asr.config.idle_wait's, word for word, which the data path
-// words itself for the first request only (before the Attach call is open);
-// later stalls are rejected and the control plane words them.
-func stalled(waitingFor string, timeout time.Duration) error {
-	return status.Error(codes.OutOfRange, "no "+waitingFor+" received for "+
-		strconv.FormatFloat(timeout.Seconds(), 'g', 6, 64)+
-		" s: send audio close to real time, and half-close the stream at its end")
-}
-
 // unmarshalError is the status gRPC gives a message it cannot decode.
 func unmarshalError(err error) error {
 	return status.Errorf(codes.Internal, "grpc: failed to unmarshal the received message: %v", err)
@@ -83,11 +72,8 @@ func (s *stream) finishAfterFailure(p *routerv1.PlacementEvent) *ending {
 // (finished) and ends the call; the client gets err (nil: OK) and trailer.
 func (s *stream) finish(err error, trailer metadata.MD) *ending {
 	s.flushLatency(true)
-	s.mu.Lock()
-	seconds := s.log.AudioSeconds()
-	s.mu.Unlock()
 	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Finished{Finished: &routerv1.FinishedEvent{
-		Code: int32(status.Code(err)), AudioSeconds: seconds}}})
+		Code: int32(status.Code(err))}}})
 	_ = s.attach.CloseSend()
 	timer := time.NewTimer(s.r.cfg.ControlTimeout)
 	defer timer.Stop()

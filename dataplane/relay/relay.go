@@ -162,13 +162,14 @@ func (s *stream) close() {
 
 // run serves the stream to its end (doc.go draws it).
 func (s *stream) run() *ending {
+	if e := s.attachCall(); e != nil {
+		return e
+	}
 	first, e := s.awaitFirst()
 	if e != nil {
 		return e
 	}
-	if e := s.open(first); e != nil {
-		return e
-	}
+	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Open{Open: &routerv1.OpenEvent{FirstRequest: first}}})
 	if e := s.awaitRoute(first == nil); e != nil {
 		return e
 	}
@@ -221,17 +222,20 @@ func (s *stream) run() *ending {
 }
 
 // awaitFirst waits for the client's first request; nil when the client
-// half-closed without one.
+// half-closed without one. The control plane may end the call meanwhile (the
+// router drains, or serves its maximum of streams).
 func (s *stream) awaitFirst() (*sttv1.StreamingRecognizeRequest, *ending) {
 	timer := time.NewTimer(s.r.cfg.IdleTimeout)
 	defer timer.Stop()
 	var first firstRequest
 	select {
 	case first = <-s.first:
+	case <-s.attachEnd:
+		return nil, relayed
 	case <-s.ctx.Done():
 		return nil, gone
 	case <-timer.C:
-		return nil, &ending{err: stalled("streaming_config", s.r.cfg.IdleTimeout)}
+		return nil, s.reject(&routerv1.RejectEvent{Reason: &routerv1.RejectEvent_StalledWaitingFor{StalledWaitingFor: "streaming_config"}})
 	}
 	if errors.Is(first.err, io.EOF) {
 		return nil, nil
@@ -241,7 +245,7 @@ func (s *stream) awaitFirst() (*sttv1.StreamingRecognizeRequest, *ending) {
 	}
 	var req sttv1.StreamingRecognizeRequest
 	if err := proto.Unmarshal(first.raw, &req); err != nil {
-		return nil, &ending{err: unmarshalError(err)}
+		return nil, s.finish(unmarshalError(err), nil)
 	}
 	return &req, nil
 }

@@ -73,8 +73,10 @@ func TestRelaysAStreamEndToEnd(t *testing.T) {
 	if !reflect.DeepEqual(outs, []routerv1.AttemptEndedEvent_Outcome{done}) {
 		t.Errorf("outcomes %v", outs)
 	}
-	if finished.GetCode() != 0 || math.Abs(finished.GetAudioSeconds()-3.5) > 1e-9 {
-		t.Errorf("finished %v", finished)
+	events := s.Events()
+	if last := events[len(events)-1]; finished.GetCode() != 0 || last.GetFinished() == nil ||
+		math.Abs(last.GetAudioSeconds()-3.5) > 1e-9 {
+		t.Errorf("finished %v, last event %v", finished, last)
 	}
 	if s.Err() != nil || s.Cancelled() {
 		t.Errorf("the Attach call ended with %v (cancelled %v), not OK", s.Err(), s.Cancelled())
@@ -242,11 +244,12 @@ func TestRejectsAStreamThatStallsAfterAFailover(t *testing.T) {
 
 func TestRelaysTheStatusOfARejectedRequest(t *testing.T) {
 	a := instance(t, "a")
-	rejects := make(chan *routerv1.RejectEvent, 1)
+	rejects := make(chan *routerv1.AttachRequest, 1)
 	double := &controldouble.Double{
 		Place: placeOn(a),
-		Reject: func(s *controldouble.Stream, r *routerv1.RejectEvent) error {
-			rejects <- r
+		Reject: func(s *controldouble.Stream, _ *routerv1.RejectEvent) error {
+			events := s.Events()
+			rejects <- events[len(events)-1]
 			s.SetTrailer(metadata.Pairs("x-why", "odd"))
 			st, _ := status.New(codes.InvalidArgument, "LINEAR16 audio chunk has an odd length (3 bytes)").
 				WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "audio_content"}}})
@@ -267,7 +270,8 @@ func TestRelaysTheStatusOfARejectedRequest(t *testing.T) {
 	if got := c.call.Trailer().Get("x-why"); !reflect.DeepEqual(got, []string{"odd"}) {
 		t.Errorf("trailer x-why %q", got)
 	}
-	if r := <-rejects; !reflect.DeepEqual(r.GetBadRequest().GetAudioContent(), []byte{1, 2, 3}) {
+	// The chunk's length, not the chunk; the audio before it is counted.
+	if r := <-rejects; r.GetReject().GetBadChunkBytes() != 3 || math.Abs(r.GetAudioSeconds()-0.3) > 1e-9 {
 		t.Errorf("rejected with %v", r)
 	}
 	eventually(t, "a's stream cancelled", func() bool { return a.Stats().Cancelled == 1 }, a.Changed)
@@ -342,8 +346,17 @@ func TestAClientThatLeavesCancelsItsInstanceCallAndAttach(t *testing.T) {
 	}
 }
 
-func TestAStreamThatSendsNothingEndsOutOfRange(t *testing.T) {
-	double := &controldouble.Double{Place: placeOn(instance(t, "a"))}
+func TestAStreamThatSendsNothingIsRejectedForItsStall(t *testing.T) {
+	stall := status.Error(codes.OutOfRange, "no streaming_config received for 0.1 s")
+	double := &controldouble.Double{
+		Place: placeOn(instance(t, "a")),
+		Reject: func(_ *controldouble.Stream, r *routerv1.RejectEvent) error {
+			if r.GetStalledWaitingFor() != "streaming_config" {
+				return status.Errorf(codes.Internal, "rejected with %v", r)
+			}
+			return stall
+		},
+	}
 	h := start(t, double, nil, func(o *server.Options) { o.IdleTimeout = 100 * time.Millisecond })
 	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
 	defer cancel()
@@ -351,15 +364,37 @@ func TestAStreamThatSendsNothingEndsOutOfRange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = call.Recv()
-	want := "no streaming_config received for 0.1 s: send audio close to real time, and half-close the stream at its end"
-	if status.Code(err) != codes.OutOfRange || status.Convert(err).Message() != want {
+	if _, err = call.Recv(); status.Code(err) != codes.OutOfRange || status.Convert(err).Message() != status.Convert(stall).Message() {
 		t.Errorf("stream ended with %v", err)
 	}
-	select {
-	case s := <-double.Streams():
-		t.Errorf("the control plane heard of a stream that sent nothing: %v", s.Events())
-	default:
+	s := nextStream(t, double)
+	if events := s.Events(); len(events) != 1 {
+		t.Errorf("events %v, want the reject alone", events)
+	}
+}
+
+func TestTheControlPlaneRefusesAStreamBeforeItsFirstRequest(t *testing.T) {
+	// The router drains: the client hears so without sending anything, long
+	// before the idle timeout.
+	double := &controldouble.Double{
+		Place: placeOn(instance(t, "a")),
+		Begin: func(*controldouble.Stream) error {
+			return status.Error(codes.Unavailable, "the router is draining; retry on another router")
+		},
+	}
+	h := start(t, double, nil, func(o *server.Options) { o.IdleTimeout = time.Hour })
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	call, err := h.client.StreamingRecognize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = call.Recv()
+	if status.Code(err) != codes.Unavailable || status.Convert(err).Message() != "the router is draining; retry on another router" {
+		t.Errorf("stream ended with %v", err)
+	}
+	if s := nextStream(t, double); len(s.Events()) != 0 {
+		t.Errorf("events %v of a stream refused at its start", s.Events())
 	}
 }
 

@@ -11,8 +11,9 @@ same statuses, messages and metrics from either data path.
 One Attach call, as this side sees it::
 
     call starts ──draining / past max_streams──▶ UNAVAILABLE / RESOURCE_EXHAUSTED
-        │ open (bad config: its status)           (the client's stall before its
-        ▼                                          config may come as a reject first)
+        │ open (bad config: its status)           (the data path opens the call as the
+        ▼                                          client's stream begins: a client that
+                                                   sends no config is a reject first)
     ROUTED ──place──▶ QUEUED ──an instance has room──▶ PLACED
       ▲                 │ queue full, wait too long:     │ attempt_ended
       │                 ▼ RESOURCE_EXHAUSTED             ▼
@@ -27,6 +28,8 @@ One Attach call, as this side sees it::
 
 ``buffered`` and ``latency`` may come in any state. An event out of this order
 is the data path's bug: the call ends with INTERNAL, and the log says which.
+Every event carries the seconds of audio received so far: the stream's audio is
+counted with the largest, however the call ends.
 """
 
 from __future__ import annotations
@@ -194,6 +197,7 @@ class _Attachment:
 
     async def _on(self, request: dataplane_pb2.AttachRequest) -> bool:
         """Handles one event; True once the stream finished."""
+        self._tally.audio_seconds = max(self._tally.audio_seconds, request.audio_seconds)
         kind = request.WhichOneof("event")
         if kind == "open":
             await self._open(request.open)
@@ -282,20 +286,22 @@ class _Attachment:
             return no_audio_error()
         if reason == "unreplayable":
             return unreplayable_error(limits.replay_max_bytes)
-        if reason != "bad_request":
+        if reason not in ("bad_request", "bad_chunk_bytes"):
             raise ProtocolError("a reject without a reason")
         if self._route is None:
-            raise ProtocolError("a bad_request before open")
+            raise ProtocolError(f"a {reason} before open")
         try:
-            data = audio_content(event.bad_request)
-            check_chunk(data, self._route.linear16, limits.max_chunk_bytes)
+            if reason == "bad_request":
+                size = len(audio_content(event.bad_request))
+            else:
+                size = event.bad_chunk_bytes
+            check_chunk(size, self._route.linear16, limits.max_chunk_bytes)
         except VoxmeshError as err:
             return err
-        raise ProtocolError("a bad_request the router's checks accept")
+        raise ProtocolError(f"a {reason} the router's checks accept")
 
     def _finished(self, event: dataplane_pb2.FinishedEvent) -> None:
         self._tally.code = _CODES.get(event.code, grpc.StatusCode.UNKNOWN)
-        self._tally.audio_seconds = max(0.0, event.audio_seconds)
 
     def _latency(self, event: dataplane_pb2.LatencyEvent) -> None:
         added = self._parts.metrics.added_latency

@@ -157,7 +157,7 @@ class StreamRelay:
         try:
             async for request in requests:
                 data = audio_content(request)
-                check_chunk(data, self._route.linear16, self._limits.max_chunk_bytes)
+                check_chunk(len(data), self._route.linear16, self._limits.max_chunk_bytes)
                 # Room for the whole chunk (one always goes when nothing is unsent).
                 while (unsent := self._log.unsent_bytes()) and (
                     unsent + len(data) > self._unsent_limit()

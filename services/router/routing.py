@@ -36,17 +36,18 @@ class Route:
     """The client's stream id, or one generated here."""
 
 
-def check_chunk(data: bytes, linear16: bool, max_chunk_bytes: int) -> None:
-    """Raises for an audio chunk an instance would refuse (too large, odd PCM)."""
-    if len(data) > max_chunk_bytes:
+def check_chunk(size: int, linear16: bool, max_chunk_bytes: int) -> None:
+    """Raises for an audio chunk of ``size`` bytes an instance would refuse (too
+    large, odd PCM)."""
+    if size > max_chunk_bytes:
         raise ResourceExhausted(
-            f"audio chunk of {len(data)} bytes exceeds the maximum chunk size "
+            f"audio chunk of {size} bytes exceeds the maximum chunk size "
             f"of {max_chunk_bytes} bytes",
             retry_after=0.0,
         )
-    if linear16 and len(data) % 2:
+    if linear16 and size % 2:
         raise InvalidArgument(
-            f"LINEAR16 audio chunk has an odd length ({len(data)} bytes): "
+            f"LINEAR16 audio chunk has an odd length ({size} bytes): "
             "chunks must hold whole 16-bit samples"
         )
 

@@ -26,9 +26,10 @@ class AttachStandIn:
     def __init__(self, channel: grpc.aio.Channel, timeout: float = 30.0) -> None:
         self.call: Any = dataplane_pb2_grpc.DataPlaneServiceStub(channel).Attach(timeout=timeout)
 
-    async def send(self, **event: Any) -> None:
-        """Sends one ``AttachRequest`` with ``event`` set (``open=OpenEvent(...)``)."""
-        await self.call.write(dataplane_pb2.AttachRequest(**event))
+    async def send(self, audio_seconds: float = 0.0, **event: Any) -> None:
+        """Sends one ``AttachRequest`` with ``event`` set (``open=OpenEvent(...)``) and
+        ``audio_seconds`` received so far."""
+        await self.call.write(dataplane_pb2.AttachRequest(audio_seconds=audio_seconds, **event))
 
     async def open(
         self, first: stt_pb2.StreamingRecognizeRequest | None
@@ -61,7 +62,7 @@ class AttachStandIn:
         not read yet (a placement that came meanwhile) are read and dropped, as gRPC
         gives a call's status only once its messages are read."""
         await self.send(
-            finished=dataplane_pb2.FinishedEvent(code=code, audio_seconds=audio_seconds)
+            finished=dataplane_pb2.FinishedEvent(code=code), audio_seconds=audio_seconds
         )
         await self.call.done_writing()
         while await self.call.read() != grpc.aio.EOF:

@@ -51,8 +51,15 @@ CASES: dict[str, list[Request]] = {
 
 
 async def final_code(target: str, requests: Sequence[Request]) -> grpc.StatusCode:
+    """Sends ``requests``, half-closes, reads every response; returns the final code."""
+    code, _ = await final_status(target, requests)
+    return code
+
+
+async def final_status(target: str, requests: Sequence[Request]) -> tuple[grpc.StatusCode, str]:
     """Sends ``requests``, half-closes, reads every response; returns the final status."""
-    async with grpc.aio.insecure_channel(target) as channel:
+    options = [("grpc.max_send_message_length", 21 << 20)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
         call: Any = stt_pb2_grpc.RecognizerServiceStub(channel).StreamingRecognize(timeout=10)
 
         async def write() -> None:
@@ -67,7 +74,7 @@ async def final_code(target: str, requests: Sequence[Request]) -> grpc.StatusCod
                 pass
         await writer
         code: grpc.StatusCode = await call.code()
-        return code
+        return code, await call.details()
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -109,4 +116,29 @@ async def test_a_client_that_sends_no_config_is_timed_out() -> None:
             await call.read()
         assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
         assert "no streaming_config received for 0.5 s" in (err.value.details() or "")
+        await wait_until_async(lambda: m.router.recognizer.active_streams == 0)
+        # Counted as every other stream's end, by either data path.
+        assert m.metric("voxmesh_router_streams_total", pool="unknown", code="OUT_OF_RANGE") == 1
+
+
+async def test_a_rejected_stream_counts_the_audio_it_carried() -> None:
+    """The audio of a stream the router ends for a bad chunk is counted as the audio of
+    one that finishes (0.1 s of 16 kHz LINEAR16 here, the odd chunk not included)."""
+    async with mesh() as m:
+        await m.add("a")
+        code = await final_code(m.router.target, [config(), audio(3200), audio(33)])
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        await wait_until_async(lambda: m.router.recognizer.active_streams == 0)
+        assert m.router.recognizer.audio_seconds_total == pytest.approx(0.1)
+
+
+async def test_a_chunk_at_the_message_limit_is_refused_for_its_size() -> None:
+    """A chunk just under the 20 MiB message limit gets the chunk-size status, not a
+    failure of the router's own plumbing (the native data path must not forward it)."""
+    async with mesh() as m:
+        await m.add("a")
+        target = m.router.target
+        code, details = await final_status(target, [config(), audio((20 << 20) - 8)])
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"audio chunk of {(20 << 20) - 8} bytes exceeds" in details
         await wait_until_async(lambda: m.router.recognizer.active_streams == 0)

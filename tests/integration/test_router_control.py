@@ -183,11 +183,15 @@ async def test_a_bad_first_request_ends_the_call_as_the_python_relay_ends_the_st
         assert native.router.recognizer.active_streams == 0
 
 
-REJECTED_REQUESTS: dict[str, Request] = {
-    "second config": config(),
-    "request carrying nothing": Request(),
-    "odd-length pcm": audio(33),
-    "oversized chunk": audio((1 << 20) + 2),
+# A request the relay refuses, and the reject the data path sends for it.
+REJECTED_REQUESTS: dict[str, tuple[Request, dataplane_pb2.RejectEvent]] = {
+    "second config": (config(), dataplane_pb2.RejectEvent(bad_request=config())),
+    "request carrying nothing": (Request(), dataplane_pb2.RejectEvent(bad_request=Request())),
+    "odd-length pcm": (audio(33), dataplane_pb2.RejectEvent(bad_chunk_bytes=33)),
+    "oversized chunk": (
+        audio((1 << 20) + 2),
+        dataplane_pb2.RejectEvent(bad_chunk_bytes=(1 << 20) + 2),
+    ),
 }
 
 
@@ -198,7 +202,7 @@ async def test_each_reject_ends_the_call_as_the_python_relay_ends_the_stream(
         await py.add("a")
         expected = {
             case: await python_status(py.router.target, [config(), audio(3200), bad])
-            for case, bad in REJECTED_REQUESTS.items()
+            for case, (bad, _) in REJECTED_REQUESTS.items()
         }
         # A client that half-closes after its config.
         no_audio = await python_status(py.router.target, [config()])
@@ -210,14 +214,16 @@ async def test_each_reject_ends_the_call_as_the_python_relay_ends_the_stream(
         stalled = await _status(silent)
         assert stalled[0] == grpc.StatusCode.OUT_OF_RANGE
         python_totals = streams_total(py)
+        await wait_until_async(lambda: py.router.recognizer.active_streams == 0)
+        python_audio = py.router.recognizer.audio_seconds_total
 
     async with native_mesh(tmp_path, idle_timeout_s=0.5) as (native, channel):
         await native.add("a")
-        for case, bad in REJECTED_REQUESTS.items():
+        for case, (_, reject) in REJECTED_REQUESTS.items():
             stream = AttachStandIn(channel)
             await stream.open(config())
-            reject = dataplane_pb2.RejectEvent(bad_request=bad)
-            assert await ends(stream, stream.send(reject=reject)) == expected[case], case
+            sent = stream.send(reject=reject, audio_seconds=0.1)  # audio(3200) came first
+            assert await ends(stream, sent) == expected[case], case
 
         stream = AttachStandIn(channel)
         await stream.open(config())
@@ -231,6 +237,8 @@ async def test_each_reject_ends_the_call_as_the_python_relay_ends_the_stream(
 
         assert streams_total(native) == python_totals
         assert native.router.recognizer.active_streams == 0
+        assert native.router.recognizer.audio_seconds_total == pytest.approx(python_audio)
+        assert python_audio == pytest.approx(0.1 * len(REJECTED_REQUESTS))
 
 
 async def test_a_stall_after_a_failover_is_answered_as_the_python_relay_answers_it(

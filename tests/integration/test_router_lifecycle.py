@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from typing import Any
 
 import grpc
 import pytest
@@ -140,6 +141,37 @@ async def test_shutdown_drains_active_streams_and_refuses_new_ones() -> None:
         summary = await held.finish()
         assert summary.instance_id == "a"
         await shutdown
+
+
+async def test_a_silent_new_stream_is_refused_at_once_while_draining() -> None:
+    """The refusal does not wait for the client's first request (the idle timeout is
+    30 s here): a client learns at once to go to another router."""
+    async with mesh(idle_timeout_s=30.0) as m:
+        await m.add("a")
+        held = await HeldStream(m.channel).open()
+        await wait_until_async(held.got_results)
+        shutdown = asyncio.create_task(m.router.shutdown())
+        await wait_until_async(lambda: m.router.recognizer.draining)
+        silent: Any = stt_pb2_grpc.RecognizerServiceStub(m.channel).StreamingRecognize(timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await silent.read()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        await held.send(pcm(0.5))
+        await held.finish()
+        await shutdown
+
+
+async def test_a_silent_stream_past_the_router_limit_is_refused_at_once() -> None:
+    async with mesh(max_streams=1, idle_timeout_s=30.0) as m:
+        await m.add("a")
+        held = await HeldStream(m.channel).open()
+        await wait_until_async(held.got_results)
+        silent: Any = stt_pb2_grpc.RecognizerServiceStub(m.channel).StreamingRecognize(timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await silent.read()
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert m.metric("voxmesh_router_rejected_total", pool="any", reason="router_full") == 1
+        await held.finish()
 
 
 async def test_drain_timeout_cancels_what_is_left() -> None:

@@ -121,12 +121,12 @@ def test_bad_configs_are_invalid_arguments(mutate: object) -> None:
 
 
 def test_chunk_checks() -> None:
-    check_chunk(b"\0" * 3200, linear16=True, max_chunk_bytes=4096)
-    check_chunk(b"\0" * 3, linear16=False, max_chunk_bytes=4096)
+    check_chunk(3200, linear16=True, max_chunk_bytes=4096)
+    check_chunk(3, linear16=False, max_chunk_bytes=4096)
     with pytest.raises(InvalidArgument, match="odd length"):
-        check_chunk(b"\0" * 3, linear16=True, max_chunk_bytes=4096)
+        check_chunk(3, linear16=True, max_chunk_bytes=4096)
     with pytest.raises(ResourceExhausted, match="maximum chunk size"):
-        check_chunk(b"\0" * 4098, linear16=True, max_chunk_bytes=4096)
+        check_chunk(4098, linear16=True, max_chunk_bytes=4096)
 
 
 def test_settings_from_env_and_flags() -> None:

@@ -1,7 +1,8 @@
 // Package controldouble is a test double of the router's control plane, not the
 // control plane: DataPlaneService.Attach (protos/voxmesh/router/v1/dataplane.proto)
-// answering open and place as its Route and Place functions say and ending the
-// call for a reject as its Reject function says, with no discovery, admission
+// answering open and place as its Route and Place functions say, ending the
+// call for a reject as its Reject function says and at its start as its Begin
+// function says, with no discovery, admission
 // queue or limits. It records every stream's events for tests to check. The
 // data path's tests and its benchmark (cmd/benchcontrol) use it.
 package controldouble
@@ -37,6 +38,10 @@ type Double struct {
 	// Reject returns the status a reject ends the call with; nil ends it with
 	// INVALID_ARGUMENT.
 	Reject func(s *Stream, r *routerv1.RejectEvent) error
+	// Begin, when not nil, is called as a call starts, before any event; an
+	// error ends the call with it at once (as the router refuses a stream while
+	// it drains or serves its maximum).
+	Begin func(s *Stream) error
 
 	streams chan *Stream
 	once    sync.Once
@@ -117,12 +122,20 @@ func (d *Double) attach(s *Stream) error {
 		}
 		return nil, recvErr
 	}
+	if d.Begin != nil {
+		if err := d.Begin(s); err != nil {
+			return err
+		}
+	}
 	open, err := next()
 	if err != nil {
 		return err
 	}
+	if r := open.GetReject(); r != nil { // the client sent nothing
+		return d.reject(s, r)
+	}
 	if open.GetOpen() == nil {
-		return status.Error(codes.FailedPrecondition, "double: the first message was not open")
+		return status.Error(codes.FailedPrecondition, "double: the first message was neither open nor reject")
 	}
 	route := d.Route
 	if route == nil {
@@ -157,14 +170,19 @@ func (d *Double) attach(s *Stream) error {
 				return err
 			}
 		case *routerv1.AttachRequest_Reject:
-			if d.Reject == nil {
-				return status.Error(codes.InvalidArgument, "double: rejected")
-			}
-			return d.Reject(s, e.Reject)
+			return d.reject(s, e.Reject)
 		case *routerv1.AttachRequest_Finished:
 			// The data path half-closes next; the call ends OK then.
 		}
 	}
+}
+
+// reject ends a call for r.
+func (d *Double) reject(s *Stream, r *routerv1.RejectEvent) error {
+	if d.Reject == nil {
+		return status.Error(codes.InvalidArgument, "double: rejected")
+	}
+	return d.Reject(s, r)
 }
 
 // record records an event.

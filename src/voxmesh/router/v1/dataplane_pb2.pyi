@@ -34,6 +34,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
@@ -49,6 +54,12 @@ class AttachRequest(_message.Message):
     REJECT_FIELD_NUMBER: _builtins.int
     LATENCY_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
+    AUDIO_SECONDS_FIELD_NUMBER: _builtins.int
+    audio_seconds: _builtins.float
+    """Seconds of LINEAR16 audio received from the client so far (0 for
+    containers, and before `open`'s answer). The control plane counts a
+    stream's audio with the last value it got, whichever way the stream ends.
+    """
     @_builtins.property
     def open(self) -> Global___OpenEvent:
         """The stream began; the first message of the call."""
@@ -93,10 +104,11 @@ class AttachRequest(_message.Message):
         reject: Global___RejectEvent | None = ...,
         latency: Global___LatencyEvent | None = ...,
         finished: Global___FinishedEvent | None = ...,
+        audio_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_ended", b"attempt_ended", "buffered", b"buffered", "event", b"event", "finished", b"finished", "latency", b"latency", "open", b"open", "place", b"place", "reject", b"reject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_ended", b"attempt_ended", "buffered", b"buffered", "event", b"event", "finished", b"finished", "latency", b"latency", "open", b"open", "place", b"place", "reject", b"reject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_ended", b"attempt_ended", "audio_seconds", b"audio_seconds", "buffered", b"buffered", "event", b"event", "finished", b"finished", "latency", b"latency", "open", b"open", "place", b"place", "reject", b"reject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "place", "attempt_ended", "buffered", "reject", "latency", "finished"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
@@ -240,6 +252,7 @@ class RejectEvent(_message.Message):
     STALLED_WAITING_FOR_FIELD_NUMBER: _builtins.int
     NO_AUDIO_FIELD_NUMBER: _builtins.int
     UNREPLAYABLE_FIELD_NUMBER: _builtins.int
+    BAD_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     stalled_waiting_for: _builtins.str
     """The client sent nothing for the idle timeout while nothing else waited
     for it; names what was awaited ("streaming_config", "audio").
@@ -248,10 +261,15 @@ class RejectEvent(_message.Message):
     """The client half-closed the stream without sending any audio."""
     unreplayable: _builtins.bool
     """The serving instance failed and the stream outgrew the replay buffer."""
+    bad_chunk_bytes: _builtins.int
+    """An audio chunk the relay refuses (over the size limit, or odd LINEAR16),
+    by its length in bytes: the chunk itself may be as large as a gRPC
+    message may be, which this call's message would then outgrow.
+    """
     @_builtins.property
     def bad_request(self) -> _stt_pb2.StreamingRecognizeRequest:
-        """A request after the first that the relay refuses (a second config, a
-        request with neither field, a chunk over the size limit, odd LINEAR16).
+        """A request after the first that the relay refuses and that holds no
+        audio (a second config, a request with neither field).
         """
 
     def __init__(
@@ -261,12 +279,13 @@ class RejectEvent(_message.Message):
         stalled_waiting_for: _builtins.str = ...,
         no_audio: _builtins.bool = ...,
         unreplayable: _builtins.bool = ...,
+        bad_chunk_bytes: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bad_request", b"bad_request", "no_audio", b"no_audio", "reason", b"reason", "stalled_waiting_for", b"stalled_waiting_for", "unreplayable", b"unreplayable"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bad_chunk_bytes", b"bad_chunk_bytes", "bad_request", b"bad_request", "no_audio", b"no_audio", "reason", b"reason", "stalled_waiting_for", b"stalled_waiting_for", "unreplayable", b"unreplayable"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bad_request", b"bad_request", "no_audio", b"no_audio", "reason", b"reason", "stalled_waiting_for", b"stalled_waiting_for", "unreplayable", b"unreplayable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bad_chunk_bytes", b"bad_chunk_bytes", "bad_request", b"bad_request", "no_audio", b"no_audio", "reason", b"reason", "stalled_waiting_for", b"stalled_waiting_for", "unreplayable", b"unreplayable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_reason: _TypeAlias = _typing.Literal["bad_request", "stalled_waiting_for", "no_audio", "unreplayable"]  # noqa: Y015
+    _WhichOneofReturnType_reason: _TypeAlias = _typing.Literal["bad_request", "stalled_waiting_for", "no_audio", "unreplayable", "bad_chunk_bytes"]  # noqa: Y015
     _WhichOneofArgType_reason: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_reason) -> _WhichOneofReturnType_reason | None: ...
 
@@ -312,8 +331,20 @@ class FinishedEvent(_message.Message):
     AUDIO_SECONDS_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """The status code the client got (a google.rpc.Code value; 0 is OK)."""
-    audio_seconds: _builtins.float
-    """Seconds of LINEAR16 audio received from the client (0 for containers)."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def audio_seconds(self) -> _builtins.float:
+        """Replaced by AttachRequest.audio_seconds, which every event carries; the
+        control plane ignores this one.
+        """
+
+    @audio_seconds.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def audio_seconds(self, value: _builtins.float) -> None:
+        """Replaced by AttachRequest.audio_seconds, which every event carries; the
+        control plane ignores this one.
+        """
+
     def __init__(
         self,
         *,

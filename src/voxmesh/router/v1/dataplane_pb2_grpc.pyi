@@ -52,15 +52,18 @@ class DataPlaneServiceStub:
     Attach: _grpc.StreamStreamMultiCallable[_dataplane_pb2.AttachRequest, _dataplane_pb2.AttachResponse]
     """One call per client stream, open for the stream's whole life.
 
-    The data path sends `open` first, with the client's first request, and
-    the control plane answers with `route`. For each attempt the data path
+    The data path opens the call as the client's stream begins, and sends
+    `open` with the client's first request once it arrives (or `reject`, when
+    the client sends none for the idle timeout); the control plane answers
+    `open` with `route`. For each attempt the data path
     sends `place` and the control plane answers with a `placement` once an
     instance has room (the stream waits in the admission queue meanwhile);
     the data path reports the end of each attempt with `attempt_ended`, and
     the end of the stream with `finished`, its last message.
 
     The control plane ends the call with the status the client must get when
-    the stream cannot go on: INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION
+    the stream cannot go on, at once when the call starts while the router
+    drains or serves its maximum of streams; otherwise INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION
     for a bad config, RESOURCE_EXHAUSTED (with a RetryInfo detail) when the
     queue is full or the wait too long, UNAVAILABLE when the router drains or
     the stream failed on too many instances, and the status of a `reject`.
@@ -77,15 +80,18 @@ class DataPlaneServiceAsyncStub(DataPlaneServiceStub):
     Attach: _aio.StreamStreamMultiCallable[_dataplane_pb2.AttachRequest, _dataplane_pb2.AttachResponse]  # type: ignore[assignment]
     """One call per client stream, open for the stream's whole life.
 
-    The data path sends `open` first, with the client's first request, and
-    the control plane answers with `route`. For each attempt the data path
+    The data path opens the call as the client's stream begins, and sends
+    `open` with the client's first request once it arrives (or `reject`, when
+    the client sends none for the idle timeout); the control plane answers
+    `open` with `route`. For each attempt the data path
     sends `place` and the control plane answers with a `placement` once an
     instance has room (the stream waits in the admission queue meanwhile);
     the data path reports the end of each attempt with `attempt_ended`, and
     the end of the stream with `finished`, its last message.
 
     The control plane ends the call with the status the client must get when
-    the stream cannot go on: INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION
+    the stream cannot go on, at once when the call starts while the router
+    drains or serves its maximum of streams; otherwise INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION
     for a bad config, RESOURCE_EXHAUSTED (with a RetryInfo detail) when the
     queue is full or the wait too long, UNAVAILABLE when the router drains or
     the stream failed on too many instances, and the status of a `reject`.
@@ -105,15 +111,18 @@ class DataPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_dataplane_pb2.AttachResponse], _abc.AsyncIterator[_dataplane_pb2.AttachResponse]]:
         """One call per client stream, open for the stream's whole life.
 
-        The data path sends `open` first, with the client's first request, and
-        the control plane answers with `route`. For each attempt the data path
+        The data path opens the call as the client's stream begins, and sends
+        `open` with the client's first request once it arrives (or `reject`, when
+        the client sends none for the idle timeout); the control plane answers
+        `open` with `route`. For each attempt the data path
         sends `place` and the control plane answers with a `placement` once an
         instance has room (the stream waits in the admission queue meanwhile);
         the data path reports the end of each attempt with `attempt_ended`, and
         the end of the stream with `finished`, its last message.
 
         The control plane ends the call with the status the client must get when
-        the stream cannot go on: INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION
+        the stream cannot go on, at once when the call starts while the router
+        drains or serves its maximum of streams; otherwise INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION
         for a bad config, RESOURCE_EXHAUSTED (with a RetryInfo detail) when the
         queue is full or the wait too long, UNAVAILABLE when the router drains or
         the stream failed on too many instances, and the status of a `reject`.
