@@ -36,6 +36,7 @@ from services.router.control import DataPlaneService
 from services.router.dataplane import DataPlaneProcess, dataplane_argv
 from services.router.membership import Member, Membership
 from services.router.metrics import RouterMetrics
+from services.router.parts import RouterParts
 from services.router.relay import RelayLimits
 from services.router.routing import PoolResolver
 from services.router.servicer import RouterRecognizer, RouterTelemetry, snapshot_builder
@@ -150,7 +151,7 @@ class RouterApp:
             failover_context_s=settings.failover_context_s,
             idle_timeout_s=settings.idle_timeout_s,
         )
-        self.recognizer = RouterRecognizer(
+        parts = RouterParts(
             resolver=resolver,
             membership=self.membership,
             admission=self.admission,
@@ -158,6 +159,7 @@ class RouterApp:
             metrics=self.metrics,
             streams=self.streams,
         )
+        self.recognizer = RouterRecognizer(parts)
         self.telemetry_snapshot = snapshot_builder(
             settings.router_id, pools, self.streams, self.membership, self.admission
         )
@@ -190,14 +192,7 @@ class RouterApp:
         self.dataplane: DataPlaneProcess | None = None
         """The native data path's process (None with the Python data path)."""
         if native:
-            control = DataPlaneService(
-                resolver=resolver,
-                membership=self.membership,
-                admission=self.admission,
-                limits=limits,
-                metrics=self.metrics,
-                streams=self.streams,
-            )
+            control = DataPlaneService(parts)
             self.server.add_service(
                 lambda s: dataplane_pb2_grpc.add_DataPlaneServiceServicer_to_server(control, s),
                 dataplane_pb2.DESCRIPTOR.services_by_name["DataPlaneService"].full_name,

@@ -37,17 +37,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
-from services.router.active import ActiveStreams, StreamTally
-from services.router.admission import Admission
-from services.router.membership import Member, Membership
-from services.router.metrics import RouterMetrics
+from services.router.active import StreamTally
+from services.router.membership import Member
+from services.router.parts import RouterParts
 from services.router.relay import RelayLimits
-from services.router.routing import PoolResolver, Route, check_chunk, no_audio_error
+from services.router.routing import Route, check_chunk, no_audio_error
 from services.router.stream_control import Outcome, StreamControl, unreplayable_error
 from voxmesh import tasks
 from voxmesh.asr.config import audio_content, idle_timeout_error
@@ -86,40 +84,12 @@ def relay_limits(limits: RelayLimits) -> dataplane_pb2.RelayLimits:
     )
 
 
-@dataclass(frozen=True)
-class _Parts:
-    """The router's parts every Attach call uses."""
-
-    resolver: PoolResolver
-    membership: Membership
-    admission: Admission[Member]
-    limits: RelayLimits
-    wire_limits: dataplane_pb2.RelayLimits
-    metrics: RouterMetrics
-
-
 class DataPlaneService(dataplane_pb2_grpc.DataPlaneServiceServicer):
     """DataPlaneService: one Attach call per client stream of the native data path."""
 
-    def __init__(
-        self,
-        *,
-        resolver: PoolResolver,
-        membership: Membership,
-        admission: Admission[Member],
-        limits: RelayLimits,
-        metrics: RouterMetrics,
-        streams: ActiveStreams,
-    ) -> None:
-        self._parts = _Parts(
-            resolver=resolver,
-            membership=membership,
-            admission=admission,
-            limits=limits,
-            wire_limits=relay_limits(limits),
-            metrics=metrics,
-        )
-        self._streams = streams
+    def __init__(self, parts: RouterParts) -> None:
+        self._parts = parts
+        self._wire_limits = relay_limits(parts.limits)
 
     # Written with ``context.write``, as RouterRecognizer.StreamingRecognize.
     async def Attach(  # type: ignore[override]
@@ -128,8 +98,8 @@ class DataPlaneService(dataplane_pb2_grpc.DataPlaneServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         """Answers one stream's events until it finishes (see the module docstring)."""
-        async with self._streams.stream(context) as tally:
-            attachment = _Attachment(self._parts, tally, context)
+        async with self._parts.streams.stream(context) as tally:
+            attachment = _Attachment(self._parts, self._wire_limits, tally, context)
             try:
                 await attachment.serve(aiter(request_iterator))
             except ProtocolError as err:
@@ -142,11 +112,13 @@ class _Attachment:
 
     def __init__(
         self,
-        parts: _Parts,
+        parts: RouterParts,
+        wire_limits: dataplane_pb2.RelayLimits,
         tally: StreamTally,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         self._parts = parts
+        self._wire_limits = wire_limits
         self._tally = tally
         self._context = context
         self._route: Route | None = None
@@ -242,7 +214,7 @@ class _Attachment:
             stream_id=route.stream_id,
             linear16=route.linear16,
             sample_rate_hertz=route.sample_rate,
-            limits=parts.wire_limits,
+            limits=self._wire_limits,
         )
         await self._context.write(dataplane_pb2.AttachResponse(route=answer))
 

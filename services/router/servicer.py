@@ -19,9 +19,8 @@ import grpc
 from services.router.active import ActiveStreams
 from services.router.admission import Admission
 from services.router.membership import Member, Membership
-from services.router.metrics import RouterMetrics
-from services.router.relay import RelayLimits, StreamRelay
-from services.router.routing import PoolResolver
+from services.router.parts import RouterParts
+from services.router.relay import StreamRelay
 from services.router.stream_control import (
     Outcome,
     StreamControl,
@@ -47,22 +46,13 @@ _DEFAULT_TELEMETRY_INTERVAL_S = 1.0
 class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
     """RecognizerService of the router: admission, relay and failover per stream."""
 
-    def __init__(
-        self,
-        *,
-        resolver: PoolResolver,
-        membership: Membership,
-        admission: Admission[Member],
-        limits: RelayLimits,
-        metrics: RouterMetrics,
-        streams: ActiveStreams,
-    ) -> None:
-        self._resolver = resolver
-        self._membership = membership
-        self._admission = admission
-        self._limits = limits
-        self._metrics = metrics
-        self._streams = streams
+    def __init__(self, parts: RouterParts) -> None:
+        self._resolver = parts.resolver
+        self._membership = parts.membership
+        self._admission = parts.admission
+        self._limits = parts.limits
+        self._metrics = parts.metrics
+        self._streams = parts.streams
 
     @property
     def active_streams(self) -> int:
