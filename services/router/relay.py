@@ -58,9 +58,29 @@ from voxmesh.asr.config import audio_content, idle_wait
 from voxmesh.errors import Unavailable, VoxmeshError
 from voxmesh.stt.v1 import stt_pb2
 
-__all__ = ["LATENCY_SAMPLE_EVERY", "RelayLimits", "StreamRelay"]
+__all__ = ["LATENCY_SAMPLE_EVERY", "RelayLimits", "StreamRelay", "write_uncut"]
 
 logger = logging.getLogger(__name__)
+
+
+async def write_uncut(context: grpc.aio.ServicerContext[Any, Any], message: Any) -> None:
+    """``context.write(message)`` that a cancellation does not cut short.
+
+    A write cancelled while gRPC core still sends it leaves its operations pending
+    there (the initial metadata's, on the first write), and the status the handler
+    then ends the call with is refused (``GRPC_CALL_ERROR_TOO_MANY_OPERATIONS``): the
+    client would never hear how its stream ended and wait to its deadline. So a
+    cancellation waits for the write to end (it ends with the call at the latest),
+    then propagates."""
+    write = asyncio.ensure_future(context.write(message))
+    try:
+        await asyncio.shield(write)
+    except asyncio.CancelledError:
+        await asyncio.wait({write})
+        if not write.cancelled():
+            write.exception()  # retrieved; the cancellation is what the caller gets
+        raise
+
 
 LATENCY_SAMPLE_EVERY = 8
 """One message in this many is timed for ``voxmesh_router_added_latency_seconds``
@@ -309,7 +329,7 @@ class StreamRelay:
             result = out.result
             text = result.alternatives[0].transcript if result.alternatives else ""
             self._log.commit(duration_ms(result.end_offset), duration_ms(result.start_offset), text)
-        await self._context.write(out)
+        await write_uncut(self._context, out)
         if kind == "summary":
             self._summary_sent = True
         if sampled:

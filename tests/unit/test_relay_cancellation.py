@@ -15,7 +15,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from services.router.metrics import RouterMetrics
-from services.router.relay import RelayLimits, StreamRelay
+from services.router.relay import RelayLimits, StreamRelay, write_uncut
 from services.router.routing import Route
 from voxmesh.stt.v1 import stt_pb2
 
@@ -139,3 +139,34 @@ async def test_a_cancel_as_the_instance_fails_is_not_swallowed() -> None:
     assert admission.admits == 1, "the cancelled stream was failed over"
     assert instance.reserved == 0
     assert all(call.cancelled for call in instance.calls)
+
+
+class HeldWrite:
+    """A ``ServicerContext`` whose writes take until ``release`` is set, as gRPC core's
+    do while it sends one."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.writing = asyncio.Event()
+        self.written: list[str] = []
+
+    async def write(self, response: str) -> None:
+        self.writing.set()
+        await self.release.wait()
+        self.written.append(response)
+
+
+async def test_a_cancelled_client_write_ends_before_the_cancellation_propagates() -> None:
+    """A write cut short leaves gRPC core unable to send the call's status; the handler
+    may end the call only once its write has ended."""
+    context = HeldWrite()
+    writer = asyncio.create_task(write_uncut(cast(Any, context), "result"))
+    await context.writing.wait()
+    writer.cancel()
+    for _ in range(5):  # the cancellation has every chance to land
+        await asyncio.sleep(0)
+    assert not writer.done()
+    context.release.set()
+    await asyncio.wait({writer})
+    assert writer.cancelled()
+    assert context.written == ["result"]
