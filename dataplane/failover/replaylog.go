@@ -68,8 +68,9 @@ type ReplayLog struct {
 
 // entry is a chunk of client audio that starts at stream byte start.
 type entry struct {
-	start int64
-	audio []byte
+	start   int64
+	audio   []byte
+	request []byte // what the caller gave AppendRequest with it, if anything
 }
 
 func (e entry) end() int64 { return e.start + int64(len(e.audio)) }
@@ -131,8 +132,13 @@ func (l *ReplayLog) AudioSeconds() float64 {
 
 // Append adds a chunk of client audio at the end of the stream. The log keeps
 // chunk itself: the caller must not change it afterwards.
-func (l *ReplayLog) Append(chunk []byte) {
-	e := entry{start: l.total, audio: chunk}
+func (l *ReplayLog) Append(chunk []byte) { l.AppendRequest(chunk, nil) }
+
+// AppendRequest is [ReplayLog.Append] with request, the encoded message that
+// carries chunk: [ReplayLog.NextRequest] gives it back whenever it sends the
+// chunk whole. The log keeps both as they are.
+func (l *ReplayLog) AppendRequest(chunk, request []byte) {
+	e := entry{start: l.total, audio: chunk, request: request}
 	l.entries = append(l.entries, e)
 	l.total = e.end()
 	l.kept += int64(len(chunk))
@@ -146,20 +152,28 @@ func (l *ReplayLog) Append(chunk []byte) {
 // the tail of a kept one. The slice shares memory with what was appended: do not
 // change it.
 func (l *ReplayLog) Next() ([]byte, bool) {
+	audio, _, ok := l.NextRequest()
+	return audio, ok
+}
+
+// NextRequest is [ReplayLog.Next] with the request given to
+// [ReplayLog.AppendRequest] for the chunk when it goes whole; nil when it goes
+// cut (the tail of a kept chunk) or came without one.
+func (l *ReplayLog) NextRequest() (audio, request []byte, ok bool) {
 	if l.next >= len(l.entries) {
-		return nil, false
+		return nil, nil, false
 	}
 	e := l.entries[l.next]
 	l.next++
-	audio := e.audio
+	audio, request = e.audio, e.request
 	if e.start < l.sent {
-		audio = audio[l.sent-e.start:]
+		audio, request = audio[l.sent-e.start:], nil
 	}
 	l.sent = e.end()
 	if l.kept > l.maxKept {
 		l.dropSent()
 	}
-	return audio, true
+	return audio, request, true
 }
 
 // Restart rewinds the cursor to the resume point (the start of the lead-in) for a

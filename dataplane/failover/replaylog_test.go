@@ -98,3 +98,22 @@ func TestTheLeadInNamesAtMostTheLatestFinals(t *testing.T) {
 		}
 	}
 }
+
+func TestARequestKeptWithItsChunkComesBackOnlyWithTheWholeChunk(t *testing.T) {
+	log := newLog(t, failover.ReplayConfig{Linear16: true, SampleRate: 16000, ReplayMaxBytes: 1 << 20})
+	chunks := [][]byte{bytes.Repeat([]byte{1}, 3200), bytes.Repeat([]byte{2}, 3200)}
+	requests := [][]byte{[]byte("request 1"), []byte("request 2")}
+	log.AppendRequest(chunks[0], requests[0])
+	log.AppendRequest(chunks[1], requests[1])
+	log.Append([]byte{3, 3}) // none kept
+	for i, want := range [][]byte{requests[0], requests[1], nil} {
+		if _, request, ok := log.NextRequest(); !ok || !bytes.Equal(request, want) {
+			t.Errorf("chunk %d: request %q", i, request)
+		}
+	}
+	log.Commit(150, 0, "") // the resume point: 50 ms into the second chunk
+	log.Restart()
+	if audio, request, _ := log.NextRequest(); len(audio) != 1600 || request != nil {
+		t.Errorf("a cut chunk came with request %q (%d bytes of audio)", request, len(audio))
+	}
+}

@@ -54,7 +54,7 @@ func (s *stream) readClient() {
 			s.fail(clientFailure{badChunk: int64(len(req.audio))})
 			return
 		}
-		if !s.appendWhenRoom(req.audio) {
+		if !s.appendWhenRoom(req) {
 			return
 		}
 	}
@@ -73,8 +73,8 @@ func (s *stream) refused(audio []byte) bool {
 // of unsent audio: RelayLimits.queue_max_bytes while no instance holds the
 // stream, relay_buffer_bytes while one does; one chunk always goes when nothing
 // is unsent. False when the stream ended meanwhile.
-func (s *stream) appendWhenRoom(audio []byte) bool {
-	n := int64(len(audio))
+func (s *stream) appendWhenRoom(req clientRequest) bool {
+	n := int64(len(req.audio))
 	for {
 		s.mu.Lock()
 		unsent := s.log.UnsentBytes()
@@ -83,7 +83,7 @@ func (s *stream) appendWhenRoom(audio []byte) bool {
 			limit = s.limits.GetRelayBufferBytes()
 		}
 		if unsent == 0 || unsent+n <= limit {
-			s.log.Append(audio)
+			s.log.AppendRequest(req.audio, req.raw)
 			s.requests++
 			if s.requests%latencySampleEvery == 0 {
 				s.lat.arrived(s.log.TotalBytes(), time.Now())

@@ -1,8 +1,6 @@
 package relay
 
 import (
-	"unsafe"
-
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -19,19 +17,19 @@ const audioTag = byte(audioField)<<3 | byte(protowire.BytesType)
 // emptyAudio is the request of an empty audio chunk.
 var emptyAudio = []byte{audioTag, 0}
 
-// The audio the relay keeps in its failover.ReplayLog always lies in memory
-// right behind the encoding of the request that carries it: every chunk
-// appended is raw[h:] of a request raw whose h first bytes are audio_content's
-// tag and length, and nothing else (the client's own bytes when it encoded the
-// request so, a copy made so otherwise). So the request of a whole chunk is
-// found again without a copy (wholeRequest), and the client's bytes go to the
-// instance as they came. Only the first chunk sent after a ReplayLog.Restart
-// may be the tail of a kept chunk; it is encoded anew.
+// The relay keeps each chunk of audio in its failover.ReplayLog with the
+// encoded request that carries it (the client's own bytes when it encoded the
+// request as protobuf encoders do, a copy made so otherwise), so that a chunk
+// that goes to an instance whole goes as the client sent it, without a copy.
+// Only the first chunk sent after a ReplayLog.Restart may be the tail of a kept
+// one; it is encoded anew.
 
 // clientRequest is what the relay needs of a client request after the first.
 type clientRequest struct {
-	// audio is the chunk of an audio request, laid out as the comment above says.
+	// audio is the chunk of an audio request.
 	audio []byte
+	// raw is the request that carries audio alone, encoded (audio is its tail).
+	raw []byte
 	// bad is the request when it carries no audio (a second config, or neither).
 	bad *sttv1.StreamingRecognizeRequest
 }
@@ -42,7 +40,7 @@ type clientRequest struct {
 // not a StreamingRecognizeRequest.
 func parseRequest(raw []byte) (clientRequest, error) {
 	if audio, ok := canonicalAudio(raw); ok {
-		return clientRequest{audio: audio}, nil
+		return clientRequest{audio: audio, raw: raw}, nil
 	}
 	var req sttv1.StreamingRecognizeRequest
 	if err := proto.Unmarshal(raw, &req); err != nil {
@@ -52,7 +50,8 @@ func parseRequest(raw []byte) (clientRequest, error) {
 	if !ok {
 		return clientRequest{bad: &req}, nil
 	}
-	return clientRequest{audio: encodeAudio(audio.AudioContent)}, nil
+	encoded := encodeRequest(audio.AudioContent)
+	return clientRequest{audio: encoded[len(encoded)-len(audio.AudioContent):], raw: encoded}, nil
 }
 
 // canonicalAudio returns the audio of raw if raw is exactly one audio_content
@@ -68,12 +67,6 @@ func canonicalAudio(raw []byte) ([]byte, bool) {
 	return raw[1+m:], true
 }
 
-// encodeAudio returns a copy of audio laid out behind a request's header.
-func encodeAudio(audio []byte) []byte {
-	raw := encodeRequest(audio)
-	return raw[len(raw)-len(audio):]
-}
-
 // encodeRequest returns the request that carries audio, in a buffer of its own.
 func encodeRequest(audio []byte) []byte {
 	buf := make([]byte, 0, 1+protowire.SizeVarint(uint64(len(audio)))+len(audio))
@@ -82,34 +75,15 @@ func encodeRequest(audio []byte) []byte {
 	return append(buf, audio...)
 }
 
-// requestOf returns the request that carries audio, a chunk the ReplayLog
-// returned: without a copy when the chunk is whole (maybeCut false: not the
-// first chunk after a restart), else encoded anew.
-func requestOf(audio []byte, maybeCut bool) []byte {
-	if len(audio) == 0 {
+// requestOf returns the request to send for a chunk of audio the ReplayLog
+// returned: raw, the request kept with it, when the chunk goes whole; else one
+// encoded anew.
+func requestOf(audio, raw []byte) []byte {
+	switch {
+	case raw != nil:
+		return raw
+	case len(audio) == 0:
 		return emptyAudio
 	}
-	if !maybeCut {
-		if raw, ok := wholeRequest(audio); ok {
-			return raw
-		}
-	}
 	return encodeRequest(audio)
-}
-
-// wholeRequest returns the request whose encoding ends with audio, a whole
-// chunk appended to the log (see above): its header lies in the same
-// allocation, right before the audio. The header is checked, so a chunk that
-// broke the layout would be encoded anew rather than sent wrong.
-func wholeRequest(audio []byte) ([]byte, bool) {
-	h := 1 + protowire.SizeVarint(uint64(len(audio)))
-	start := unsafe.Add(unsafe.Pointer(unsafe.SliceData(audio)), -h)
-	raw := unsafe.Slice((*byte)(start), h+len(audio))
-	if raw[0] != audioTag {
-		return nil, false
-	}
-	if n, m := protowire.ConsumeVarint(raw[1:h]); m != h-1 || n != uint64(len(audio)) {
-		return nil, false
-	}
-	return raw, true
 }

@@ -126,10 +126,9 @@ func (s *stream) writeUpstream(ctx context.Context, up grpc.ClientStream, writte
 	if up.SendMsg(&msg) != nil {
 		return
 	}
-	maybeCut := true // the first chunk after the restart
 	for {
 		s.mu.Lock()
-		audio, ok := s.log.Next()
+		audio, raw, ok := s.log.NextRequest()
 		if !ok {
 			halfClosed := s.log.HalfClosed
 			s.mu.Unlock()
@@ -144,8 +143,7 @@ func (s *stream) writeUpstream(ctx context.Context, up grpc.ClientStream, writte
 				return
 			}
 		}
-		msg = requestOf(audio, maybeCut)
-		maybeCut = false
+		msg = requestOf(audio, raw)
 		arrived, sampled := s.lat.sent(s.log.TotalBytes() - s.log.UnsentBytes())
 		readerWaits := s.readerWaits
 		s.readerWaits = false

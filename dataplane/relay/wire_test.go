@@ -33,9 +33,8 @@ func TestParseRequestKeepsACanonicalRequestInPlace(t *testing.T) {
 	if unsafe.SliceData(req.audio) != &raw[len(raw)-len(audio)] {
 		t.Error("the audio of a canonical request was copied")
 	}
-	whole, ok := wholeRequest(req.audio)
-	if !ok || unsafe.SliceData(whole) != unsafe.SliceData(raw) || len(whole) != len(raw) {
-		t.Error("the request of a whole chunk is not the client's bytes")
+	if unsafe.SliceData(req.raw) != unsafe.SliceData(raw) || len(req.raw) != len(raw) {
+		t.Error("the request of a canonical chunk is not the client's bytes")
 	}
 }
 
@@ -50,9 +49,9 @@ func TestParseRequestLaysOutOtherEncodings(t *testing.T) {
 			t.Errorf("%s: parseRequest %v %v", name, req, err)
 			continue
 		}
-		whole, ok := wholeRequest(req.audio)
-		if !ok || !bytes.Equal(whole, audioRequest(audio)) {
-			t.Errorf("%s: request of the chunk %x", name, whole)
+		if !bytes.Equal(req.raw, audioRequest(audio)) ||
+			unsafe.SliceData(req.audio) != &req.raw[len(req.raw)-len(audio)] {
+			t.Errorf("%s: request of the chunk %x", name, req.raw)
 		}
 	}
 }
@@ -86,24 +85,26 @@ func TestRequestsOfTheLogsChunks(t *testing.T) {
 		raw := audioRequest(bytes.Repeat([]byte{byte(i)}, 3200)) // 100 ms each
 		raws = append(raws, raw)
 		req, _ := parseRequest(raw)
-		log.Append(req.audio)
+		log.AppendRequest(req.audio, req.raw)
 	}
 	log.Restart()
-	for i, maybeCut := 0, true; i < 4; i, maybeCut = i+1, false {
-		audio, _ := log.Next()
-		if got := requestOf(audio, maybeCut); !bytes.Equal(got, raws[i]) {
-			t.Fatalf("chunk %d: request %x", i, got[:8])
-		} else if !maybeCut && unsafe.SliceData(got) != unsafe.SliceData(raws[i]) {
-			t.Errorf("chunk %d: a whole chunk's request was copied", i)
+	for i := 0; i < 4; i++ {
+		audio, raw, _ := log.NextRequest()
+		if got := requestOf(audio, raw); unsafe.SliceData(got) != unsafe.SliceData(raws[i]) || len(got) != len(raws[i]) {
+			t.Fatalf("chunk %d: request %x, not the client's bytes", i, got[:8])
 		}
 	}
 	log.Commit(150, 0, "") // the resume point falls in the second chunk
 	log.Restart()
-	audio, _ := log.Next()
-	if got := requestOf(audio, true); !bytes.Equal(got, audioRequest(bytes.Repeat([]byte{1}, 1600))) {
-		t.Errorf("the cut chunk's request %x", got[:8])
+	audio, raw, _ := log.NextRequest()
+	if got := requestOf(audio, raw); raw != nil || !bytes.Equal(got, audioRequest(bytes.Repeat([]byte{1}, 1600))) {
+		t.Errorf("the cut chunk's request %x (kept %v)", got[:8], raw != nil)
 	}
-	if got := requestOf(nil, false); !bytes.Equal(got, audioRequest([]byte{})) || len(got) != 2 {
+	audio, raw, _ = log.NextRequest()
+	if got := requestOf(audio, raw); unsafe.SliceData(got) != unsafe.SliceData(raws[2]) {
+		t.Errorf("the next whole chunk's request %x, not the client's bytes", got[:8])
+	}
+	if got := requestOf(nil, nil); !bytes.Equal(got, audioRequest([]byte{})) || len(got) != 2 {
 		t.Errorf("an empty chunk's request %x", got)
 	}
 }
