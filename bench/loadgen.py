@@ -4,7 +4,9 @@ Opens ``--streams`` concurrent streams (spread over ``--channels``
 connections, started over ``--ramp`` seconds), each sending one
 ``--chunk-ms`` LINEAR16 chunk every ``--chunk-ms`` on a fixed schedule (real
 time), and times every ``--interim-every``-th chunk: the time from writing it
-to receiving the interim result the server sends for it. That pairing needs a
+to receiving the interim result the server sends for it; and every stream from
+opening its call to its first interim result (``first_response_ms``: setting a
+stream up, a proxy's placement included, plus one message). That pairing needs a
 backend that answers exactly those chunks with one interim result each, such
 as ``tests.doubles.fake_asr`` with a long ``--utterance-ms`` and the same
 ``--interim-every``.
@@ -54,6 +56,8 @@ class Stats:
 
     ok: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    first_responses: list[float] = field(default_factory=list)
+    """Per stream, from opening its call to its first interim result (any time)."""
 
 
 def config(stream_id: str) -> stt_pb2.StreamingRecognizeRequest:
@@ -86,6 +90,7 @@ async def one_stream(
     ``interim_every``-th chunk (the ones the backend answers)."""
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, start_at - loop.time()))
+    opened = loop.time()
     call: Any = stub.StreamingRecognize()
     pending: deque[float] = deque()
     request = stt_pb2.StreamingRecognizeRequest(audio_content=chunk)
@@ -108,12 +113,16 @@ async def one_stream(
         await call.done_writing()
 
     writer = asyncio.create_task(write())
+    first = True
     try:
         while (response := await call.read()) != grpc.aio.EOF:
             result = response.result
             if response.WhichOneof("streaming_response") != "result" or result.is_final:
                 continue
             now = loop.time()
+            if first:
+                first = False
+                stats.first_responses.append(now - opened)
             sent_at = pending.popleft()
             if window.active(sent_at):
                 window.received += 1
@@ -170,6 +179,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await channel.close()
     ms = [x * 1000 for x in window.latencies]
     lags = [x * 1000 for x in window.send_lags]
+    firsts = [x * 1000 for x in stats.first_responses]
     expected = args.streams * args.duration / chunk_s
     return {
         "target": args.target,
@@ -189,6 +199,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "max": max(ms, default=float("nan")),
         },
         "send_lag_ms": {"p50": percentile(lags, 50), "p99": percentile(lags, 99)},
+        "first_response_ms": {
+            "p50": percentile(firsts, 50),
+            "p99": percentile(firsts, 99),
+            "max": max(firsts, default=float("nan")),
+        },
         "loadgen_cpu_s": cpu,
     }
 

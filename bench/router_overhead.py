@@ -20,7 +20,10 @@ its own process. ``--harness`` picks where it and the load generator come from
 ``bench/loadgen.py``) or ``native`` (their Go ports, built by ``make
 bench-native``; the default once built), which take a fraction of the CPU, so
 that the top levels measure the proxy rather than the harness. Added latency is
-the proxy's percentile minus the direct percentile at the same level. CPU is
+the proxy's percentile minus the direct percentile at the same level. The time
+from opening a stream to its first result (``first_response_ms``, over every
+stream of the run, opened during the ramp while the others stream) shows what
+setting a stream up costs: for the router, its admission and placement. CPU is
 measured with psutil on the proxy's processes over the measured window.
 Everything shares this machine's cores, so contention shows up in every
 figure; the JSON says how many cores and which harness ran.
@@ -283,8 +286,10 @@ def _run_level(
     return result
 
 
-def _added(proxy: dict[str, Any], direct: dict[str, Any]) -> dict[str, float]:
-    return {q: round(proxy["latency_ms"][q] - direct["latency_ms"][q], 3) for q in ("p50", "p99")}
+def _added(
+    proxy: dict[str, Any], direct: dict[str, Any], key: str = "latency_ms"
+) -> dict[str, float]:
+    return {q: round(proxy[key][q] - direct[key][q], 3) for q in ("p50", "p99")}
 
 
 def _ratios(row: dict[str, Any]) -> dict[str, float | None]:
@@ -319,6 +324,9 @@ def _combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The repeats of one mode at one level: medians, and every run kept."""
     return {
         "latency_ms": {q: _median([r["latency_ms"][q] for r in runs]) for q in ("p50", "p99")},
+        "first_response_ms": {
+            q: _median([r["first_response_ms"][q] for r in runs]) for q in ("p50", "p99")
+        },
         "cpu_cores": {k: _median([r["cpu_cores"][k] for r in runs]) for k in runs[0]["cpu_cores"]},
         "sustained": all(r["sustained"] for r in runs),
         "runs": runs,
@@ -358,6 +366,9 @@ def _series(
         row.update({mode: _combine(runs[mode]) for mode in measured})
         for proxy in measured[1:]:
             row[f"{proxy}_added_ms"] = _added(row[proxy], row["direct"])
+            row[f"{proxy}_added_first_response_ms"] = _added(
+                row[proxy], row["direct"], "first_response_ms"
+            )
         row["router_vs_nginx"] = _ratios(row)
         for proxy in ("router", *h.floors):
             row[f"{proxy}_cpu_ms_per_stream_s"] = round(
@@ -412,6 +423,8 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             },
             "router_sustained": top["router"]["sustained"],
             "router_added_p99_ms": top["router_added_ms"]["p99"],
+            "router_added_first_response_ms": top["router_added_first_response_ms"],
+            "nginx_added_first_response_ms": top["nginx_added_first_response_ms"],
             "router_cpu_cores": top["router"]["cpu_cores"]["router"],
             "target_added_p99_le_5ms": top["router"]["sustained"]
             and top["router_added_ms"]["p99"] <= 5.0,
@@ -560,6 +573,12 @@ def _print_row(row: dict[str, Any], measured: tuple[str, ...]) -> None:
         if "cpu_vs_grpc_go_floor" in ratios
         else ""
     )
+    first = ", ".join(
+        f"{mode} {row[mode]['first_response_ms']['p50']:.1f}/"
+        f"{row[mode]['first_response_ms']['p99']:.1f}"
+        for mode in measured
+    )
+    print(f"  stream open -> first result p50/p99 ms: {first}", flush=True)
     print(
         f"  added p50/p99: {added}; router/nginx: p50 x{ratios['p50']}, "
         f"p99 x{ratios['p99']}, added p50 x{ratios['added_p50']}, CPU x{ratios['cpu']}; "

@@ -8,7 +8,9 @@
 // every --chunk-ms on a fixed real-time schedule, and times every
 // --interim-every-th chunk from writing it to receiving the interim result
 // the server sends for it (FIFO pairing; final results, events and the
-// summary are not timed). That pairing needs a backend that answers exactly
+// summary are not timed), and every stream from opening its call to its first
+// interim result (first_response_ms: the cost of setting a stream up, a
+// proxy's placement included, plus one message). That pairing needs a backend that answers exactly
 // those chunks with one interim result each, such as cmd/fakebackend or
 // tests.doubles.fake_asr with a long --utterance-ms and the same
 // --interim-every.
@@ -93,6 +95,8 @@ func (p *plan) startOf(i int) time.Duration {
 type figures struct {
 	latencies []time.Duration // chunk written -> its interim result
 	sendLags  []time.Duration // chunk written - its scheduled time
+	firstResp time.Duration   // call opened -> its first interim result (any time)
+	gotFirst  bool            // firstResp is set
 	sent      int
 	received  int
 	err       string // the status code name the stream failed with; "" if it ended OK
@@ -174,6 +178,7 @@ func runStream(conn *grpc.ClientConn, p *plan, i int, out *figures) {
 	p.sleepUntil(p.startOf(i))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	opened := p.now()
 	stream, err := conn.NewStream(ctx, &streamDesc, method, grpc.ForceCodec(rawcodec.Codec{}))
 	if err != nil {
 		out.err = codeName(err)
@@ -211,6 +216,9 @@ func runStream(conn *grpc.ClientConn, p *plan, i int, out *figures) {
 		}
 		if err == nil {
 			now := p.now()
+			if !out.gotFirst {
+				out.firstResp, out.gotFirst = now-opened, true
+			}
 			select {
 			case sentAt := <-pending:
 				if p.measured(sentAt) {

@@ -22,12 +22,19 @@ type result struct {
 	ResponsesTimed int            `json:"responses_timed"`
 	LatencyMs      latency        `json:"latency_ms"`
 	SendLagMs      sendLag        `json:"send_lag_ms"`
+	FirstResponse  firstResponse  `json:"first_response_ms"`
 	LoadgenCPUS    float64        `json:"loadgen_cpu_s"`
 }
 
 type latency struct {
 	P50 maybeNaN `json:"p50"`
 	P90 maybeNaN `json:"p90"`
+	P99 maybeNaN `json:"p99"`
+	Max maybeNaN `json:"max"`
+}
+
+type firstResponse struct {
+	P50 maybeNaN `json:"p50"`
 	P99 maybeNaN `json:"p99"`
 	Max maybeNaN `json:"max"`
 }
@@ -58,8 +65,11 @@ func report(o options, all []figures, cpuS float64) ([]byte, error) {
 	r := result{Target: o.target, Streams: o.streams, ChunkMs: o.chunkMs, InterimEvery: o.interimEvery,
 		WindowS: o.duration, StreamErrors: map[string]int{}, LoadgenCPUS: cpuS,
 		ChunksExpected: int(math.RoundToEven(float64(o.streams) * o.duration * 1000 / float64(o.chunkMs)))}
-	var latencies, lags []float64
+	var latencies, lags, firsts []float64
 	for _, f := range all {
+		if f.gotFirst {
+			firsts = appendMs(firsts, []time.Duration{f.firstResp})
+		}
 		if f.err == "" {
 			r.StreamsOK++
 		} else {
@@ -75,6 +85,8 @@ func report(o options, all []figures, cpuS float64) ([]byte, error) {
 	r.LatencyMs = latency{percentile(latencies, 50), percentile(latencies, 90), percentile(latencies, 99),
 		percentile(latencies, 100)}
 	r.SendLagMs = sendLag{percentile(lags, 50), percentile(lags, 99)}
+	slices.Sort(firsts)
+	r.FirstResponse = firstResponse{percentile(firsts, 50), percentile(firsts, 99), percentile(firsts, 100)}
 	line, err := json.Marshal(r)
 	return bytes.ReplaceAll(line, []byte(nanPlaceholder), []byte("NaN")), err
 }
