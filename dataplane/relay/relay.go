@@ -170,12 +170,16 @@ func (s *stream) run() *ending {
 		return e
 	}
 	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Open{Open: &routerv1.OpenEvent{FirstRequest: first}}})
+	// The first place goes with open: the control plane takes events in order,
+	// so it places the stream as soon as it routed it, a round trip sooner. A
+	// stream it refuses never gets to that place.
+	s.send(placeEvent())
 	if e := s.awaitRoute(first == nil); e != nil {
 		return e
 	}
 	attempts := 0
 	for {
-		placement, e := s.place()
+		placement, e := s.place(attempts > 0)
 		if e != nil {
 			return e
 		}
@@ -292,10 +296,18 @@ func (s *stream) awaitRoute(halfClosed bool) *ending {
 	return nil
 }
 
-// place asks for an instance and waits for it, telling the control plane how
-// much audio waits unsent meanwhile.
-func (s *stream) place() (*routerv1.PlacementEvent, *ending) {
-	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Place{Place: &routerv1.PlaceEvent{}}})
+// placeEvent returns a new place event (send sets its audio_seconds).
+func placeEvent() *routerv1.AttachRequest {
+	return &routerv1.AttachRequest{Event: &routerv1.AttachRequest_Place{Place: &routerv1.PlaceEvent{}}}
+}
+
+// place waits for an instance (asking for one when ask: the first place is
+// sent with open), telling the control plane how much audio waits unsent
+// meanwhile.
+func (s *stream) place(ask bool) (*routerv1.PlacementEvent, *ending) {
+	if ask {
+		s.send(placeEvent())
+	}
 	var reported int64
 	report := func() {
 		s.mu.Lock()

@@ -504,3 +504,35 @@ func TestADeadlineThatPassesInTheQueueEndsAttach(t *testing.T) {
 		t.Errorf("the Attach call ended with %v, not cancelled", s.Err())
 	}
 }
+
+func TestTheFirstPlaceGoesWithOpen(t *testing.T) {
+	// The control plane routes the stream only once the test says so: a place
+	// that arrives meanwhile was sent without waiting for the route.
+	release := make(chan struct{})
+	double := &controldouble.Double{
+		Place: placeOn(instance(t, "a")),
+		Route: func(first *sttv1.StreamingRecognizeRequest) (*routerv1.RouteEvent, error) {
+			<-release
+			return controldouble.DefaultRoute(first, "asr_small", controldouble.DefaultLimits())
+		},
+	}
+	h := start(t, double, nil, nil)
+	c := h.open("")
+	c.send(pcm(300))
+	s := nextStream(t, double)
+	eventually(t, "open, then place before the route", func() bool {
+		events := s.Events()
+		return len(events) >= 2 && events[0].GetOpen() != nil && events[1].GetPlace() != nil
+	}, s.Changed)
+	close(release)
+	c.waitFor("a result", func(rs []*sttv1.StreamingRecognizeResponse) bool { return len(rs) > 0 })
+	places := 0
+	for _, ev := range s.Events() {
+		if ev.GetPlace() != nil {
+			places++
+		}
+	}
+	if places != 1 {
+		t.Errorf("%d places for one attempt", places)
+	}
+}

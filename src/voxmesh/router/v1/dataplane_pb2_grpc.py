@@ -52,21 +52,22 @@ class DataPlaneServiceServicer:
         The data path opens the call as the client's stream begins, and sends
         `open` with the client's first request once it arrives (or `reject`, when
         the client sends none for the idle timeout); the control plane answers
-        `open` with `route`. For each attempt the data path
-        sends `place` and the control plane answers with a `placement` once an
-        instance has room (the stream waits in the admission queue meanwhile);
-        the data path reports the end of each attempt with `attempt_ended`, and
-        the end of the stream with `finished`, its last message.
+        `open` with `route`. For each attempt the data path sends `place` (the
+        first may follow `open` at once, before `route` comes: events are taken in
+        order) and the control plane answers with a `placement` once an instance
+        has room (the stream waits in the admission queue meanwhile); the data
+        path reports the end of each attempt with `attempt_ended`, and the end of
+        the stream with `finished`, its last message.
 
         The control plane ends the call with the status the client must get when
-        the stream cannot go on, at once when the call starts while the router
-        drains or serves its maximum of streams; otherwise INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION
-        for a bad config, RESOURCE_EXHAUSTED (with a RetryInfo detail) when the
-        queue is full or the wait too long, UNAVAILABLE when the router drains or
-        the stream failed on too many instances, and the status of a `reject`.
-        The data path passes that status, details and trailing metadata, to the
-        client unchanged. A data path that goes away ends its streams' calls: the
-        control plane then releases what they held.
+        the stream cannot go on: at once when the call starts while the router
+        drains or serves its maximum of streams; INVALID_ARGUMENT, NOT_FOUND or
+        FAILED_PRECONDITION for a bad config; RESOURCE_EXHAUSTED (with a RetryInfo
+        detail) when the queue is full or the wait too long; UNAVAILABLE when the
+        router drains or the stream failed on too many instances; and the status
+        of a `reject`. The data path passes that status, details and trailing
+        metadata, to the client unchanged. A data path that goes away ends its
+        streams' calls: the control plane then releases what they held.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
