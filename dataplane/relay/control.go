@@ -75,9 +75,10 @@ func (s *stream) send(ev *routerv1.AttachRequest) {
 	_ = s.attach.Send(ev)
 }
 
-// awaitAnswer waits for the control plane's next answer. onData, when not nil,
-// is called at each news from the client reader meanwhile.
-func (s *stream) awaitAnswer(onData func()) (*routerv1.AttachResponse, *ending) {
+// awaitAnswer waits for the control plane's next answer. onWake, when not nil,
+// is called meanwhile at each news from the client reader and when tick fires
+// (a nil tick never does).
+func (s *stream) awaitAnswer(onWake func(), tick <-chan time.Time) (*routerv1.AttachResponse, *ending) {
 	for {
 		select {
 		case answer := <-s.answers:
@@ -89,8 +90,12 @@ func (s *stream) awaitAnswer(onData func()) (*routerv1.AttachResponse, *ending) 
 		case <-s.ctx.Done():
 			return nil, gone
 		case <-s.dataForHandler:
-			if onData != nil {
-				onData()
+			if onWake != nil {
+				onWake()
+			}
+		case <-tick:
+			if onWake != nil {
+				onWake()
 			}
 		}
 	}

@@ -257,7 +257,7 @@ func (s *stream) awaitFirst() (*sttv1.StreamingRecognizeRequest, *ending) {
 // awaitRoute waits for the answer to open and sets the stream up for it;
 // halfClosed when the client half-closed before any request.
 func (s *stream) awaitRoute(halfClosed bool) *ending {
-	answer, e := s.awaitAnswer(nil)
+	answer, e := s.awaitAnswer(nil, nil)
 	if e != nil {
 		return e
 	}
@@ -301,15 +301,24 @@ func placeEvent() *routerv1.AttachRequest {
 	return &routerv1.AttachRequest{Event: &routerv1.AttachRequest_Place{Place: &routerv1.PlaceEvent{}}}
 }
 
+// bufferedReportAfter is how long a stream waits for its placement before it
+// reports the audio it holds unsent: a stream placed sooner reports none,
+// which spares the control plane an event per stream when there is room.
+const bufferedReportAfter = 20 * time.Millisecond
+
 // place waits for an instance (asking for one when ask: the first place is
-// sent with open), telling the control plane how much audio waits unsent
-// meanwhile.
+// sent with open), telling the control plane how much audio waits unsent once
+// the wait passes bufferedReportAfter, then at each news from the client.
 func (s *stream) place(ask bool) (*routerv1.PlacementEvent, *ending) {
 	if ask {
 		s.send(placeEvent())
 	}
 	var reported int64
+	start := time.Now()
 	report := func() {
+		if time.Since(start) < bufferedReportAfter {
+			return
+		}
 		s.mu.Lock()
 		unsent := s.log.UnsentBytes()
 		s.mu.Unlock()
@@ -319,8 +328,9 @@ func (s *stream) place(ask bool) (*routerv1.PlacementEvent, *ending) {
 				Buffered: &routerv1.BufferedEvent{Bytes: unsent}}})
 		}
 	}
-	report()
-	answer, e := s.awaitAnswer(report)
+	waited := time.NewTimer(bufferedReportAfter)
+	defer waited.Stop()
+	answer, e := s.awaitAnswer(report, waited.C)
 	if e != nil {
 		return nil, e
 	}

@@ -77,7 +77,8 @@ class AttachRequest(_message.Message):
     @_builtins.property
     def buffered(self) -> Global___BufferedEvent:
         """The audio the data path holds unsent changed while the stream waits for
-        an instance.
+        an instance (a wait shorter than the data path's reporting delay, 20 ms,
+        reports none).
         """
 
     @_builtins.property
