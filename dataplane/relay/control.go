@@ -128,8 +128,8 @@ func (s *stream) recvFailed(err error) *ending {
 	return s.finish(err, nil)
 }
 
-// flushLatency sends the samples taken since the last latency event, if a
-// second has passed since (or force).
+// flushLatency sends the samples taken since the last latency event, once
+// latencyFlushEvery has passed since (or at once with force).
 func (s *stream) flushLatency(force bool) {
 	now := time.Now()
 	if !force && now.Sub(s.lat.lastSent) < latencyFlushEvery {
