@@ -13,7 +13,7 @@ import grpc
 
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
-__all__ = ["StreamRun", "config_request", "run_stream"]
+__all__ = ["StreamRun", "config_request", "run_stream", "send_requests"]
 
 
 def config_request(
@@ -172,3 +172,27 @@ async def run_stream(
             await call.details(),
         )
     return run
+
+
+async def send_requests(
+    channel: grpc.aio.Channel,
+    requests: Sequence[stt_pb2.StreamingRecognizeRequest],
+    timeout: float,
+) -> Any:
+    """Sends ``requests`` on a new StreamingRecognize call, half-closes and reads every
+    response; returns the ended call, for its code, details and trailing metadata. The
+    writes go beside the reads: a write the server refused may hang."""
+    call: Any = stt_pb2_grpc.RecognizerServiceStub(channel).StreamingRecognize(timeout=timeout)
+
+    async def write() -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            for request in requests:
+                await call.write(request)
+            await call.done_writing()
+
+    writer = asyncio.create_task(write())
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        while await call.read() != grpc.aio.EOF:
+            pass
+    await writer
+    return call

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +10,7 @@ import pytest
 
 from tests.conditions import wait_until_async
 from tests.integration.router_harness import HeldStream, mesh
-from tests.streaming import config_request
+from tests.streaming import config_request, send_requests
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 pytestmark = pytest.mark.usefixtures("router_data_path")
@@ -60,19 +58,7 @@ async def final_status(target: str, requests: Sequence[Request]) -> tuple[grpc.S
     """Sends ``requests``, half-closes, reads every response; returns the final status."""
     options = [("grpc.max_send_message_length", 21 << 20)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
-        call: Any = stt_pb2_grpc.RecognizerServiceStub(channel).StreamingRecognize(timeout=10)
-
-        async def write() -> None:
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                for request in requests:
-                    await call.write(request)
-                await call.done_writing()
-
-        writer = asyncio.create_task(write())
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            while await call.read() != grpc.aio.EOF:
-                pass
-        await writer
+        call = await send_requests(channel, requests, timeout=10)
         code: grpc.StatusCode = await call.code()
         return code, await call.details()
 

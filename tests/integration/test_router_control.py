@@ -23,7 +23,7 @@ from services.router.relay import RelayLimits
 from tests.conditions import wait_until_async
 from tests.doubles.dataplane_standin import AttachStandIn
 from tests.integration.router_harness import CHUNK, HeldStream, Mesh, mesh, native_mesh, pcm
-from tests.streaming import config_request
+from tests.streaming import config_request, send_requests
 from voxmesh.router.v1 import dataplane_pb2
 from voxmesh.rpc.status import RETRY_AFTER_KEY
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
@@ -48,20 +48,7 @@ def config(**changes: Any) -> Request:
 async def python_status(target: str, requests: Sequence[Request]) -> Status:
     """What the Python relay answers a client that sends ``requests`` and half-closes."""
     async with grpc.aio.insecure_channel(target) as channel:
-        call: Any = stt_pb2_grpc.RecognizerServiceStub(channel).StreamingRecognize(timeout=30)
-
-        async def write() -> None:  # beside the reads: a write the router refused may hang
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                for request in requests:
-                    await call.write(request)
-                await call.done_writing()
-
-        writer = asyncio.create_task(write())
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            while await call.read() != grpc.aio.EOF:
-                pass
-        await writer
-        return await _status(call)
+        return await _status(await send_requests(channel, requests, timeout=30))
 
 
 async def ends(stream: AttachStandIn, *steps: Awaitable[Any]) -> Status:
