@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Pool is the set of connections, one per target. Safe for concurrent use.
@@ -51,7 +53,7 @@ func (p *Pool) Get(target string) (*Lease, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return nil, grpc.ErrClientConnClosing
+		return nil, status.Error(codes.Canceled, "the instance pool is closed")
 	}
 	e := p.conns[target]
 	if e == nil {

@@ -5,7 +5,8 @@ plane: admission, discovery, metrics, Recognize, telemetry, health) and the Go d
 path (``dataplane/``), which serves the public endpoint. The router starts it as::
 
     voxmesh-dataplane --listen HOST:PORT --control unix:SOCK --forward unix:SOCK
-                      [--tls-cert-file F --tls-key-file F [--tls-client-ca-file F]]
+                      --idle-timeout Ts --drain-timeout Ts --exit-on-stdin-eof
+                      [--tls-cert F --tls-key F [--tls-client-ca F]]
 
 ``--control`` is where it calls ``DataPlaneService.Attach`` and ``--forward``
 where it sends every other method unchanged: both are the router's own gRPC
