@@ -69,14 +69,6 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
         """Seconds of LINEAR16 audio relayed by finished streams."""
         return self._streams.audio_seconds_total
 
-    def begin_drain(self) -> None:
-        """Refuses new streams with UNAVAILABLE; active ones go on."""
-        self._streams.begin_drain()
-
-    async def wait_idle(self, limit_s: float) -> bool:
-        """Waits up to ``limit_s`` seconds for the active streams to end; True if they did."""
-        return await self._streams.wait_idle(limit_s)
-
     # grpc.aio also takes handlers that write with ``context.write`` and return
     # None; the generated base class only declares the iterator form.
     async def StreamingRecognize(  # type: ignore[override]
