@@ -125,26 +125,32 @@ func (s *stream) recvFailed(err error) *ending {
 	if s.ctx.Err() != nil || code == codes.Canceled || code == codes.DeadlineExceeded {
 		return gone
 	}
-	return s.finish(err, nil)
+	return s.finish(err, nil, outcomeNone)
 }
 
 // flushLatency sends the samples taken since the last latency event, once
 // latencyFlushEvery has passed since (or at once with force).
 func (s *stream) flushLatency(force bool) {
-	now := time.Now()
-	if !force && now.Sub(s.lat.lastSent) < latencyFlushEvery {
+	if !force && time.Since(s.lat.lastSent) < latencyFlushEvery {
 		return
 	}
+	if ev := s.takeLatency(); ev != nil {
+		s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Latency{Latency: ev}})
+	}
+}
+
+// takeLatency returns the samples taken since the last latency event, nil when
+// there are none.
+func (s *stream) takeLatency() *routerv1.LatencyEvent {
 	s.mu.Lock()
 	up := s.lat.up
 	s.lat.up = nil
 	s.mu.Unlock()
 	down := s.lat.down
 	s.lat.down = nil
-	s.lat.lastSent = now
+	s.lat.lastSent = time.Now()
 	if len(up) == 0 && len(down) == 0 {
-		return
+		return nil
 	}
-	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Latency{Latency: &routerv1.LatencyEvent{
-		UpstreamSeconds: up, DownstreamSeconds: down}}})
+	return &routerv1.LatencyEvent{UpstreamSeconds: up, DownstreamSeconds: down}
 }

@@ -54,5 +54,10 @@
 //   - An attempt that the client's fault cuts short (a bad request) is not
 //     reported with attempt_ended: reject follows, and the end of the call
 //     releases the placement, as it does for a client that cancels.
+//   - It asks for the first instance with open (open.place) and takes the
+//     placement from the route when it came there; the outcome of the last
+//     attempt (DONE or ERROR) and the latencies not yet sent go with finished.
+//     Each event costs the control plane a grpc.aio read, so a stream placed
+//     at once sends two (docs/router.md).
 //   - A route whose idle_timeout_ms is 0 means Config.IdleTimeout.
 package relay

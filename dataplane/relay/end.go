@@ -65,15 +65,15 @@ func (s *stream) finishAfterFailure(p *routerv1.PlacementEvent) *ending {
 	if e, _ := s.onResponse(summary); e != nil {
 		return e
 	}
-	return s.finish(nil, nil)
+	return s.finish(nil, nil, outcomeNone)
 }
 
 // finish ends a stream the relay saw to its end: the control plane hears how
-// (finished) and ends the call; the client gets err (nil: OK) and trailer.
-func (s *stream) finish(err error, trailer metadata.MD) *ending {
-	s.flushLatency(true)
+// (finished, with the outcome of the attempt held, last, and the latencies not
+// yet sent) and ends the call; the client gets err (nil: OK) and trailer.
+func (s *stream) finish(err error, trailer metadata.MD, last routerv1.AttemptEndedEvent_Outcome) *ending {
 	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Finished{Finished: &routerv1.FinishedEvent{
-		Code: int32(status.Code(err))}}})
+		Code: int32(status.Code(err)), LastAttempt: last, Latency: s.takeLatency()}}})
 	_ = s.attach.CloseSend()
 	timer := time.NewTimer(s.r.cfg.ControlTimeout)
 	defer timer.Stop()

@@ -13,6 +13,9 @@ import (
 
 // Outcomes of an attempt on an instance (AttemptEndedEvent.Outcome).
 const (
+	// outcomeNone: no attempt ended with the stream (none was held, or its end
+	// was reported already).
+	outcomeNone   = routerv1.AttemptEndedEvent_OUTCOME_UNSPECIFIED
 	outcomeDone   = routerv1.AttemptEndedEvent_OUTCOME_DONE
 	outcomeFull   = routerv1.AttemptEndedEvent_OUTCOME_FULL
 	outcomeFailed = routerv1.AttemptEndedEvent_OUTCOME_FAILED

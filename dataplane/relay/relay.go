@@ -169,19 +169,20 @@ func (s *stream) run() *ending {
 	if e != nil {
 		return e
 	}
-	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Open{Open: &routerv1.OpenEvent{FirstRequest: first}}})
-	// The first place goes with open: the control plane takes events in order,
-	// so it places the stream as soon as it routed it, a round trip sooner. A
-	// stream it refuses never gets to that place.
-	s.send(placeEvent())
-	if e := s.awaitRoute(first == nil); e != nil {
+	// The first place goes with open (open.place): the control plane places the
+	// stream as soon as it routed it, a round trip sooner, and an instance with
+	// room at once comes with the route. A stream it refuses is never placed.
+	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Open{Open: &routerv1.OpenEvent{FirstRequest: first, Place: true}}})
+	placement, e := s.awaitRoute(first == nil)
+	if e != nil {
 		return e
 	}
 	attempts := 0
 	for {
-		placement, e := s.place(attempts > 0)
-		if e != nil {
-			return e
+		if placement == nil {
+			if placement, e = s.place(attempts > 0); e != nil {
+				return e
+			}
 		}
 		s.mu.Lock()
 		restarted := s.log.Restart()
@@ -195,19 +196,22 @@ func (s *stream) run() *ending {
 			return e
 		}
 		attempts++
-		s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_AttemptEnded{
-			AttemptEnded: &routerv1.AttemptEndedEvent{Outcome: end.outcome}}})
 		switch end.outcome {
 		case outcomeDone:
-			return s.finish(nil, nil)
+			return s.finish(nil, nil, end.outcome)
 		case outcomeError:
-			return s.finish(end.err, end.trailer)
-		case outcomeFull:
+			return s.finish(end.err, end.trailer, end.outcome)
+		}
+		s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_AttemptEnded{
+			AttemptEnded: &routerv1.AttemptEndedEvent{Outcome: end.outcome}}})
+		failed := placement
+		placement = nil
+		if end.outcome == outcomeFull {
 			continue
 		}
 		s.tracker.Failover()
 		s.r.log.Warn("instance failed; failing over", "stream", s.route.GetStreamId(),
-			"instance", placement.GetInstanceId(), "failovers", s.tracker.Failovers(),
+			"instance", failed.GetInstanceId(), "failovers", s.tracker.Failovers(),
 			"code", status.Code(end.err).String())
 		s.mu.Lock()
 		replayable := s.log.Replayable()
@@ -220,7 +224,7 @@ func (s *stream) run() *ending {
 			return e
 		}
 		if !resume {
-			return s.finishAfterFailure(placement)
+			return s.finishAfterFailure(failed)
 		}
 	}
 }
@@ -249,21 +253,22 @@ func (s *stream) awaitFirst() (*sttv1.StreamingRecognizeRequest, *ending) {
 	}
 	var req sttv1.StreamingRecognizeRequest
 	if err := proto.Unmarshal(first.raw, &req); err != nil {
-		return nil, s.finish(unmarshalError(err), nil)
+		return nil, s.finish(unmarshalError(err), nil, outcomeNone)
 	}
 	return &req, nil
 }
 
 // awaitRoute waits for the answer to open and sets the stream up for it;
-// halfClosed when the client half-closed before any request.
-func (s *stream) awaitRoute(halfClosed bool) *ending {
+// halfClosed when the client half-closed before any request. It returns the
+// first placement when it came with the route (nil: it comes on its own).
+func (s *stream) awaitRoute(halfClosed bool) (*routerv1.PlacementEvent, *ending) {
 	answer, e := s.awaitAnswer(nil, nil)
 	if e != nil {
-		return e
+		return nil, e
 	}
 	route := answer.GetRoute()
 	if route == nil {
-		return s.broken("answered open with no route")
+		return nil, s.broken("answered open with no route")
 	}
 	log, err := failover.NewReplayLog(failover.ReplayConfig{
 		Linear16:       route.GetLinear16(),
@@ -272,11 +277,11 @@ func (s *stream) awaitRoute(halfClosed bool) *ending {
 		ContextMs:      route.GetLimits().GetFailoverContextMs(),
 	})
 	if err != nil {
-		return s.broken("sent a route the relay cannot follow: " + err.Error())
+		return nil, s.broken("sent a route the relay cannot follow: " + err.Error())
 	}
 	config, err := proto.Marshal(route.GetConfig())
 	if err != nil {
-		return s.broken("sent a config that cannot be encoded: " + err.Error())
+		return nil, s.broken("sent a config that cannot be encoded: " + err.Error())
 	}
 	s.route, s.limits, s.config = route, route.GetLimits(), config
 	if s.limits == nil {
@@ -293,7 +298,7 @@ func (s *stream) awaitRoute(halfClosed bool) *ending {
 	if halfClosed {
 		s.halfClose() // no request at all: no audio either
 	}
-	return nil
+	return route.GetPlacement(), nil
 }
 
 // placeEvent returns a new place event (send sets its audio_seconds).
@@ -306,8 +311,8 @@ func placeEvent() *routerv1.AttachRequest {
 // which spares the control plane an event per stream when there is room.
 const bufferedReportAfter = 20 * time.Millisecond
 
-// place waits for an instance (asking for one when ask: the first place is
-// sent with open), telling the control plane how much audio waits unsent once
+// place waits for an instance (asking for one when ask: the first is asked
+// for with open), telling the control plane how much audio waits unsent once
 // the wait passes bufferedReportAfter, then at each news from the client.
 func (s *stream) place(ask bool) (*routerv1.PlacementEvent, *ending) {
 	if ask {

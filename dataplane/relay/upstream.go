@@ -186,7 +186,7 @@ func (s *stream) onResponse(raw []byte) (e *ending, malformed error) {
 		if s.ctx.Err() != nil {
 			return gone, nil
 		}
-		return s.finish(err, nil), nil // gRPC refused the message
+		return s.finish(err, nil, outcomeNone), nil // gRPC refused the message
 	}
 	if kind == kindSummary {
 		s.summarySent = true

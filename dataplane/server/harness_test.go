@@ -314,6 +314,9 @@ func outcomes(s *controldouble.Stream) (out []routerv1.AttemptEndedEvent_Outcome
 		}
 		if f := ev.GetFinished(); f != nil {
 			finished = f
+			if last := f.GetLastAttempt(); last != routerv1.AttemptEndedEvent_OUTCOME_UNSPECIFIED {
+				out = append(out, last)
+			}
 		}
 	}
 	return out, finished

@@ -81,12 +81,17 @@ func TestRelaysAStreamEndToEnd(t *testing.T) {
 	if s.Err() != nil || s.Cancelled() {
 		t.Errorf("the Attach call ended with %v (cancelled %v), not OK", s.Err(), s.Cancelled())
 	}
-	var up, down int
-	for _, ev := range s.Events() {
-		up += len(ev.GetLatency().GetUpstreamSeconds())
-		down += len(ev.GetLatency().GetDownstreamSeconds())
+	// Two events for a stream served by one instance in under latencyFlushEvery:
+	// open asks for the instance, finished ends the attempt and carries the
+	// latencies; the placement came with the route, one answer.
+	if len(events) != 2 || !events[0].GetOpen().GetPlace() || finished.GetLastAttempt() != done {
+		t.Errorf("events %v", events)
+	}
+	if answers := s.Answers(); len(answers) != 1 || answers[0].GetRoute().GetPlacement().GetInstanceId() != "a" {
+		t.Errorf("answers %v", answers)
 	}
 	// 35 requests and over 40 responses: one in 8 of each is timed.
+	up, down := len(finished.GetLatency().GetUpstreamSeconds()), len(finished.GetLatency().GetDownstreamSeconds())
 	if up != 35/8 || down < 5 {
 		t.Errorf("%d upstream and %d downstream latency samples", up, down)
 	}
@@ -506,11 +511,15 @@ func TestADeadlineThatPassesInTheQueueEndsAttach(t *testing.T) {
 }
 
 func TestTheFirstPlaceGoesWithOpen(t *testing.T) {
-	// The control plane routes the stream only once the test says so: a place
-	// that arrives meanwhile was sent without waiting for the route.
-	release := make(chan struct{})
+	// The control plane routes the stream only once the test says so, and has no
+	// instance with room at once: the placement follows the route on its own.
+	release, room := make(chan struct{}), make(chan struct{})
+	place := placeOn(instance(t, "a"))
 	double := &controldouble.Double{
-		Place: placeOn(instance(t, "a")),
+		Place: func(s *controldouble.Stream, n int) (*routerv1.PlacementEvent, error) {
+			<-room
+			return place(s, n)
+		},
 		Route: func(first *sttv1.StreamingRecognizeRequest) (*routerv1.RouteEvent, error) {
 			<-release
 			return controldouble.DefaultRoute(first, "asr_small", controldouble.DefaultLimits())
@@ -520,19 +529,23 @@ func TestTheFirstPlaceGoesWithOpen(t *testing.T) {
 	c := h.open("")
 	c.send(pcm(300))
 	s := nextStream(t, double)
-	eventually(t, "open, then place before the route", func() bool {
+	eventually(t, "open asking for an instance", func() bool {
 		events := s.Events()
-		return len(events) >= 2 && events[0].GetOpen() != nil && events[1].GetPlace() != nil
+		return len(events) >= 1 && events[0].GetOpen().GetPlace()
 	}, s.Changed)
 	close(release)
+	eventually(t, "the route without a placement", func() bool { return len(s.Answers()) == 1 }, s.Changed)
+	if a := s.Answers()[0]; a.GetRoute() == nil || a.GetRoute().GetPlacement() != nil {
+		t.Errorf("first answer %v", a)
+	}
+	close(room)
 	c.waitFor("a result", func(rs []*sttv1.StreamingRecognizeResponse) bool { return len(rs) > 0 })
-	places := 0
 	for _, ev := range s.Events() {
 		if ev.GetPlace() != nil {
-			places++
+			t.Errorf("a place event for the first attempt: %v", s.Events())
 		}
 	}
-	if places != 1 {
-		t.Errorf("%d places for one attempt", places)
+	if answers := s.Answers(); len(answers) != 2 || answers[1].GetPlacement().GetInstanceId() != "a" {
+		t.Errorf("answers %v", answers)
 	}
 }

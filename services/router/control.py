@@ -26,7 +26,12 @@ One Attach call, as this side sees it::
                 finished)──▶ the instance held is released and the queue left;
                 counted CANCELLED
 
-``buffered`` and ``latency`` may come in any state. An event out of this order
+``open.place`` is ``open`` and then ``place``; when an instance has room at once,
+its placement goes with the route (``route.placement``). ``finished.last_attempt``
+is an ``attempt_ended`` (DONE or ERROR) just before ``finished``, and
+``finished.latency`` a ``latency``: one call's events are few, since each costs
+this process a read or a write of gRPC's. ``buffered`` and ``latency`` may come in
+any state. An event out of this order
 is the data path's bug: the call ends with INTERNAL, and the log says which.
 Every event carries the seconds of audio received so far: the stream's audio is
 counted with the largest, however the call ends.
@@ -133,25 +138,32 @@ class _Attachment:
 
     async def serve(self, requests: AsyncIterator[dataplane_pb2.AttachRequest]) -> None:
         """Serves the call to ``finished``; raises the error that ends it otherwise."""
-        reading = asyncio.create_task(_next(requests), name="attach-read")
+        # Events are read straight from the call while no placement is awaited (most
+        # of a stream's life); a read becomes a task only to wait beside one.
+        reading: asyncio.Task[dataplane_pb2.AttachRequest | None] | None = None
         try:
             while True:
-                waiting: set[asyncio.Task[Any]] = {reading}
-                if self._placing is not None:
-                    waiting.add(self._placing)
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if self._placing is not None and self._placing.done():
-                    placing, self._placing = self._placing, None
-                    await self._placed(placing.result())
-                if reading.done():
-                    request = reading.result()
-                    if request is None:  # what a call cancelled by its client looks like too
-                        logger.info("%s: the data path left without finished", self.name)
-                        self._tally.code = grpc.StatusCode.CANCELLED
-                        return
-                    if await self._on(request):
-                        return
-                    reading = asyncio.create_task(_next(requests), name="attach-read")
+                if self._placing is None:
+                    request = await (reading if reading is not None else _next(requests))
+                    reading = None
+                else:
+                    if reading is None:
+                        reading = asyncio.create_task(_next(requests), name="attach-read")
+                    await asyncio.wait(
+                        {reading, self._placing}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if self._placing.done():
+                        placing, self._placing = self._placing, None
+                        await self._placed(placing.result())
+                    if not reading.done():
+                        continue
+                    request, reading = reading.result(), None
+                if request is None:  # what a call cancelled by its client looks like too
+                    logger.info("%s: the data path left without finished", self.name)
+                    self._tally.code = grpc.StatusCode.CANCELLED
+                    return
+                if await self._on(request):
+                    return
         finally:
             pending, self._placing = self._placing, None
             if pending is not None:
@@ -160,7 +172,8 @@ class _Attachment:
                 # back, see Admission.admit), and the one it reserved is released below.
                 pending.cancel()
             try:
-                await tasks.stop(reading)
+                if reading is not None:
+                    await tasks.stop(reading)
                 if pending is not None:
                     await tasks.stop(pending)
             finally:
@@ -187,7 +200,7 @@ class _Attachment:
         elif kind == "place":
             self._place(self._control)
         elif kind == "attempt_ended":
-            self._attempt_ended(self._control, request.attempt_ended)
+            self._attempt_ended(self._control, request.attempt_ended.outcome)
         else:
             raise ProtocolError("an empty event")
         return False
@@ -216,6 +229,16 @@ class _Attachment:
             sample_rate_hertz=route.sample_rate,
             limits=self._wire_limits,
         )
+        if event.place:
+            self._place(self._control)
+            # One turn of the loop lets the placing run: admitted at once when an
+            # instance has room (the admission then never waits), its placement
+            # goes with the route, one answer fewer. Otherwise it comes on its own.
+            await asyncio.sleep(0)
+            placing = self._placing
+            if placing is not None and placing.done():
+                self._placing = None
+                answer.placement.CopyFrom(self._placement(placing.result()))
         await self._context.write(dataplane_pb2.AttachResponse(route=answer))
 
     def _place(self, control: StreamControl) -> None:
@@ -226,22 +249,26 @@ class _Attachment:
         )
 
     async def _placed(self, member: Member) -> None:
+        answer = self._placement(member)
+        await self._context.write(dataplane_pb2.AttachResponse(placement=answer))
+
+    def _placement(self, member: Member) -> dataplane_pb2.PlacementEvent:
+        """The placement on ``member``, the instance just reserved."""
         assert self._control is not None
         metadata = self._control.open_metadata()
-        answer = dataplane_pb2.PlacementEvent(
+        return dataplane_pb2.PlacementEvent(
             instance_id=member.instance_id,
             target=member.info.target,
             model=member.info.model,
             metadata=[dataplane_pb2.MetadataEntry(key=k, value=v) for k, v in metadata],
         )
-        await self._context.write(dataplane_pb2.AttachResponse(placement=answer))
 
     def _attempt_ended(
-        self, control: StreamControl, event: dataplane_pb2.AttemptEndedEvent
+        self, control: StreamControl, value: dataplane_pb2.AttemptEndedEvent.Outcome.ValueType
     ) -> None:
-        outcome = _OUTCOMES.get(event.outcome)
+        outcome = _OUTCOMES.get(value)
         if outcome is None:
-            raise ProtocolError(f"attempt_ended with outcome {event.outcome}")
+            raise ProtocolError(f"attempt_ended with outcome {value}")
         if control.member is None:
             raise ProtocolError("attempt_ended without a placement")
         control.ended(outcome)
@@ -273,6 +300,14 @@ class _Attachment:
         raise ProtocolError(f"a {reason} the router's checks accept")
 
     def _finished(self, event: dataplane_pb2.FinishedEvent) -> None:
+        if event.HasField("latency"):
+            self._latency(event.latency)
+        if event.last_attempt != dataplane_pb2.AttemptEndedEvent.OUTCOME_UNSPECIFIED:
+            if self._control is None:
+                raise ProtocolError("finished with last_attempt before open")
+            if _OUTCOMES.get(event.last_attempt) not in (Outcome.DONE, Outcome.ERROR):
+                raise ProtocolError(f"finished with last_attempt {event.last_attempt}")
+            self._attempt_ended(self._control, event.last_attempt)
         self._tally.code = _CODES.get(event.code, grpc.StatusCode.UNKNOWN)
 
     def _latency(self, event: dataplane_pb2.LatencyEvent) -> None:

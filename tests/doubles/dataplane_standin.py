@@ -32,11 +32,12 @@ class AttachStandIn:
         await self.call.write(dataplane_pb2.AttachRequest(audio_seconds=audio_seconds, **event))
 
     async def open(
-        self, first: stt_pb2.StreamingRecognizeRequest | None
+        self, first: stt_pb2.StreamingRecognizeRequest | None, *, place: bool = False
     ) -> dataplane_pb2.RouteEvent:
-        """Sends ``open`` with the client's ``first`` request (None: none) and returns
-        the ``route`` answered (raises the call's error if it ends instead)."""
-        opened = dataplane_pb2.OpenEvent()
+        """Sends ``open`` with the client's ``first`` request (None: none), asking for
+        an instance with it when ``place``, and returns the ``route`` answered (raises
+        the call's error if it ends instead)."""
+        opened = dataplane_pb2.OpenEvent(place=place)
         if first is not None:
             opened.first_request.CopyFrom(first)
         await self.send(open=opened)
@@ -57,12 +58,13 @@ class AttachStandIn:
         """Sends ``attempt_ended`` with ``outcome``."""
         await self.send(attempt_ended=dataplane_pb2.AttemptEndedEvent(outcome=outcome))
 
-    async def finished(self, code: int = 0, audio_seconds: float = 0.0) -> None:
-        """Sends ``finished``, half-closes and waits for the call to end (OK); answers
-        not read yet (a placement that came meanwhile) are read and dropped, as gRPC
-        gives a call's status only once its messages are read."""
+    async def finished(self, code: int = 0, audio_seconds: float = 0.0, **fields: Any) -> None:
+        """Sends ``finished`` (its ``fields`` as well: ``last_attempt``, ``latency``),
+        half-closes and waits for the call to end (OK); answers not read yet (a
+        placement that came meanwhile) are read and dropped, as gRPC gives a call's
+        status only once its messages are read."""
         await self.send(
-            finished=dataplane_pb2.FinishedEvent(code=code), audio_seconds=audio_seconds
+            finished=dataplane_pb2.FinishedEvent(code=code, **fields), audio_seconds=audio_seconds
         )
         await self.call.done_writing()
         while await self.call.read() != grpc.aio.EOF:

@@ -296,6 +296,43 @@ async def test_place_is_answered_with_a_reserved_instance(tmp_path: Path) -> Non
         assert m.snapshot().audio_seconds_total == 1.5
 
 
+async def test_open_asking_for_an_instance_gets_one_with_the_route_when_one_has_room(
+    tmp_path: Path,
+) -> None:
+    # Telemetry every 30 s: only the router's own marks say which instance has room.
+    async with native_mesh(tmp_path, telemetry_interval_s=30.0) as (m, channel):
+        fake = await m.add("a", max_streams=1)
+        first = AttachStandIn(channel)
+        route = await first.open(config(), place=True)
+        assert (route.pool, route.placement.instance_id) == ("asr_small", "a")
+        assert route.placement.target == fake.target
+        member = m.member("a")
+        assert member is not None and member.inflight == 1
+
+        # No room at once: the route comes alone, the placement once there is room.
+        second = AttachStandIn(channel)
+        route = await second.open(config(), place=True)
+        assert route.pool == "asr_small" and not route.HasField("placement")
+        await wait_until_async(lambda: m.queue().queued_realtime == 1)
+
+        # finished ends the attempt it names (the instance goes to the queue) and
+        # carries the last latencies.
+        latency = dataplane_pb2.LatencyEvent(upstream_seconds=[0.001], downstream_seconds=[0.002])
+        await first.finished(last_attempt=Ended.OUTCOME_DONE, latency=latency)
+        assert (await second.answer("placement")).placement.instance_id == "a"
+        assert member.inflight == 1
+        name = "voxmesh_router_added_latency_seconds"
+        assert m.metric(f"{name}_count", direction="upstream") == 1
+        assert m.metric(f"{name}_count", direction="downstream") == 1
+        await second.finished(
+            last_attempt=Ended.OUTCOME_ERROR, code=grpc.StatusCode.ABORTED.value[0]
+        )
+        assert member.inflight == 0
+        assert m.metric("voxmesh_router_instance_rejections_total", pool="asr_small") == 0
+        assert m.metric("voxmesh_router_streams_total", pool="asr_small", code="OK") == 1
+        assert m.metric("voxmesh_router_streams_total", pool="asr_small", code="ABORTED") == 1
+
+
 async def test_a_refused_stream_waits_again_in_the_place_it_had(tmp_path: Path) -> None:
     # Telemetry every 30 s: only the router's own marks say which instance has room.
     async with native_mesh(tmp_path, telemetry_interval_s=30.0) as (m, channel):
@@ -503,5 +540,15 @@ async def test_events_out_of_order_end_the_call_with_internal(tmp_path: Path) ->
         assert code == grpc.StatusCode.INTERNAL
         member = m.member("a")
         await wait_until_async(lambda: member is not None and member.inflight == 0)
+        # finished.last_attempt stands for attempt_ended DONE or ERROR, never another.
+        unheld = AttachStandIn(channel)
+        await unheld.open(config())
+        code, details, _ = await ends(unheld, unheld.finished(last_attempt=Ended.OUTCOME_DONE))
+        assert (code, details) == (grpc.StatusCode.INTERNAL, "attempt_ended without a placement")
+        failed = AttachStandIn(channel)
+        assert (await failed.open(config(), place=True)).placement.instance_id == "a"
+        code, details, _ = await ends(failed, failed.finished(last_attempt=Ended.OUTCOME_FAILED))
+        assert (code, details) == (grpc.StatusCode.INTERNAL, "finished with last_attempt 3")
+        await wait_until_async(lambda: member is not None and member.inflight == 0)
         assert m.metric("voxmesh_router_streams_total", pool="unknown", code="INTERNAL") == 1
-        assert m.metric("voxmesh_router_streams_total", pool="asr_small", code="INTERNAL") == 2
+        assert m.metric("voxmesh_router_streams_total", pool="asr_small", code="INTERNAL") == 4

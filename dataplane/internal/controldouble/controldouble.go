@@ -1,6 +1,7 @@
 // Package controldouble is a test double of the router's control plane, not the
 // control plane: DataPlaneService.Attach (protos/voxmesh/router/v1/dataplane.proto)
-// answering open and place as its Route and Place functions say, ending the
+// answering open and place as its Route and Place functions say (the answer to
+// open.place goes with the route when Place returns within 20 ms), ending the
 // call for a reject as its Reject function says and at its start as its Begin
 // function says, with no discovery, admission
 // queue or limits. It records every stream's events for tests to check. The
@@ -15,6 +16,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -53,6 +55,7 @@ type Stream struct {
 
 	mu        sync.Mutex
 	events    []*routerv1.AttachRequest
+	answers   []*routerv1.AttachResponse
 	changed   chan struct{}
 	ended     chan struct{}
 	err       error
@@ -147,10 +150,39 @@ func (d *Double) attach(s *Stream) error {
 	if err != nil {
 		return err
 	}
-	if err := s.call.Send(&routerv1.AttachResponse{Event: &routerv1.AttachResponse_Route{Route: r}}); err != nil {
+	places := 0
+	var placed chan placeResult // the answer to open.place, when it must follow the route
+	if open.GetOpen().GetPlace() {
+		placed = make(chan placeResult, 1)
+		go func() {
+			p, err := d.Place(s, 0)
+			placed <- placeResult{p, err}
+		}()
+		places++
+		// As the control plane, which lets the placing run one turn of its loop:
+		// a placement made at once goes with the route.
+		select {
+		case res := <-placed:
+			if res.err != nil {
+				return res.err
+			}
+			r = proto.Clone(r).(*routerv1.RouteEvent)
+			r.Placement, placed = res.placement, nil
+		case <-time.After(placeAtOnce):
+		}
+	}
+	if err := s.answer(&routerv1.AttachResponse{Event: &routerv1.AttachResponse_Route{Route: r}}); err != nil {
 		return err
 	}
-	places := 0
+	if placed != nil {
+		res := <-placed
+		if res.err != nil {
+			return res.err
+		}
+		if err := s.answer(&routerv1.AttachResponse{Event: &routerv1.AttachResponse_Placement{Placement: res.placement}}); err != nil {
+			return err
+		}
+	}
 	for {
 		ev, err := next()
 		if errors.Is(err, io.EOF) {
@@ -166,7 +198,7 @@ func (d *Double) attach(s *Stream) error {
 			if err != nil {
 				return err
 			}
-			if err := s.call.Send(&routerv1.AttachResponse{Event: &routerv1.AttachResponse_Placement{Placement: p}}); err != nil {
+			if err := s.answer(&routerv1.AttachResponse{Event: &routerv1.AttachResponse_Placement{Placement: p}}); err != nil {
 				return err
 			}
 		case *routerv1.AttachRequest_Reject:
@@ -175,6 +207,16 @@ func (d *Double) attach(s *Stream) error {
 			// The data path half-closes next; the call ends OK then.
 		}
 	}
+}
+
+// placeAtOnce is how long the double waits for the answer to open.place before
+// it sends the route without it.
+const placeAtOnce = 20 * time.Millisecond
+
+// placeResult is what Place returned.
+type placeResult struct {
+	placement *routerv1.PlacementEvent
+	err       error
 }
 
 // reject ends a call for r.
@@ -189,9 +231,30 @@ func (d *Double) reject(s *Stream, r *routerv1.RejectEvent) error {
 func (s *Stream) record(ev *routerv1.AttachRequest) {
 	s.mu.Lock()
 	s.events = append(s.events, ev)
+	s.changedLocked()
+	s.mu.Unlock()
+}
+
+// changedLocked wakes those waiting on Changed; called with s.mu held.
+func (s *Stream) changedLocked() {
 	close(s.changed)
 	s.changed = make(chan struct{})
+}
+
+// answer records an answer and sends it.
+func (s *Stream) answer(a *routerv1.AttachResponse) error {
+	s.mu.Lock()
+	s.answers = append(s.answers, a)
+	s.changedLocked()
 	s.mu.Unlock()
+	return s.call.Send(a)
+}
+
+// Answers returns the answers sent so far.
+func (s *Stream) Answers() []*routerv1.AttachResponse {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*routerv1.AttachResponse(nil), s.answers...)
 }
 
 // Events returns the events received so far.
@@ -201,7 +264,7 @@ func (s *Stream) Events() []*routerv1.AttachRequest {
 	return append([]*routerv1.AttachRequest(nil), s.events...)
 }
 
-// Changed returns a channel closed at the next event.
+// Changed returns a channel closed at the next event or answer.
 func (s *Stream) Changed() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -124,6 +124,11 @@ class OpenEvent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FIRST_REQUEST_FIELD_NUMBER: _builtins.int
+    PLACE_FIELD_NUMBER: _builtins.int
+    place: _builtins.bool
+    """Also asks for the stream's first instance, as a `place` right after
+    `open` would: one event fewer per stream.
+    """
     @_builtins.property
     def first_request(self) -> _stt_pb2.StreamingRecognizeRequest:
         """The client's first request, as received. Unset when the client
@@ -134,10 +139,11 @@ class OpenEvent(_message.Message):
         self,
         *,
         first_request: _stt_pb2.StreamingRecognizeRequest | None = ...,
+        place: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_request", b"first_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_request", b"first_request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_request", b"first_request", "place", b"place"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -330,6 +336,8 @@ class FinishedEvent(_message.Message):
 
     CODE_FIELD_NUMBER: _builtins.int
     AUDIO_SECONDS_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """The status code the client got (a google.rpc.Code value; 0 is OK)."""
     @_builtins.property
@@ -346,15 +354,28 @@ class FinishedEvent(_message.Message):
         control plane ignores this one.
         """
 
+    last_attempt: Global___AttemptEndedEvent.Outcome.ValueType
+    """How the attempt the stream ended on ended (DONE or ERROR), in place of an
+    `attempt_ended` sent just before; OUTCOME_UNSPECIFIED when no attempt was
+    held or its end was reported already.
+    """
+    @_builtins.property
+    def latency(self) -> Global___LatencyEvent:
+        """The latencies sampled since the last `latency` event, in place of one sent
+        just before.
+        """
+
     def __init__(
         self,
         *,
         code: _builtins.int = ...,
         audio_seconds: _builtins.float = ...,
+        last_attempt: Global___AttemptEndedEvent.Outcome.ValueType = ...,
+        latency: Global___LatencyEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "code", b"code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "code", b"code", "last_attempt", b"last_attempt", "latency", b"latency"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -404,6 +425,7 @@ class RouteEvent(_message.Message):
     LINEAR16_FIELD_NUMBER: _builtins.int
     SAMPLE_RATE_HERTZ_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     pool: _builtins.str
     """The pool that serves the stream."""
     stream_id: _builtins.str
@@ -424,6 +446,13 @@ class RouteEvent(_message.Message):
     def limits(self) -> Global___RelayLimits:
         """The relay's bounds for this stream."""
 
+    @_builtins.property
+    def placement(self) -> Global___PlacementEvent:
+        """The answer to the `place` that `open` asked for, when an instance had
+        room at once; unset otherwise, and the `placement` follows on its own
+        once an instance has room.
+        """
+
     def __init__(
         self,
         *,
@@ -433,10 +462,11 @@ class RouteEvent(_message.Message):
         linear16: _builtins.bool = ...,
         sample_rate_hertz: _builtins.int = ...,
         limits: Global___RelayLimits | None = ...,
+        placement: Global___PlacementEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "limits", b"limits", "placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "limits", b"limits", "linear16", b"linear16", "pool", b"pool", "sample_rate_hertz", b"sample_rate_hertz", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "limits", b"limits", "linear16", b"linear16", "placement", b"placement", "pool", b"pool", "sample_rate_hertz", b"sample_rate_hertz", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -52,12 +52,15 @@ class DataPlaneServiceServicer:
         The data path opens the call as the client's stream begins, and sends
         `open` with the client's first request once it arrives (or `reject`, when
         the client sends none for the idle timeout); the control plane answers
-        `open` with `route`. For each attempt the data path sends `place` (the
-        first may follow `open` at once, before `route` comes: events are taken in
-        order) and the control plane answers with a `placement` once an instance
-        has room (the stream waits in the admission queue meanwhile); the data
-        path reports the end of each attempt with `attempt_ended`, and the end of
-        the stream with `finished`, its last message.
+        `open` with `route`. For each attempt the data path sends `place` (for the
+        first, `open.place` asks with `open`, or a `place` may follow `open` at
+        once, before `route` comes: events are taken in order) and the control
+        plane answers with a `placement` once an instance has room (the stream
+        waits in the admission queue meanwhile; an instance that has room at once
+        for `open.place` comes in `route.placement`); the data path reports the
+        end of each attempt with `attempt_ended` (or, for the last one,
+        `finished.last_attempt`), and the end of the stream with `finished`, its
+        last message.
 
         The control plane ends the call with the status the client must get when
         the stream cannot go on: at once when the call starts while the router
