@@ -510,7 +510,7 @@ func TestADeadlineThatPassesInTheQueueEndsAttach(t *testing.T) {
 	}
 }
 
-func TestTheFirstPlaceGoesWithOpen(t *testing.T) {
+func TestTheFirstInstanceIsAskedForWithOpen(t *testing.T) {
 	// The control plane routes the stream only once the test says so, and has no
 	// instance with room at once: the placement follows the route on its own.
 	release, room := make(chan struct{}), make(chan struct{})
