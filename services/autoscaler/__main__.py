@@ -16,10 +16,9 @@ import sys
 
 from services.autoscaler.app import AutoscalerApp
 from services.autoscaler.settings import AutoscalerSettings, load_settings
-from voxmesh.errors import SettingsError
 from voxmesh.mesh.process import READY_PREFIX
 from voxmesh.rpc import aio_compat
-from voxmesh.rpc.server import wait_for_signal
+from voxmesh.rpc.server import run_service, wait_for_signal
 
 logger = logging.getLogger("services.autoscaler")
 
@@ -47,21 +46,10 @@ async def serve(settings: AutoscalerSettings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parses settings from flags and environment and runs the autoscaler."""
-    try:
-        settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
-    except SettingsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     aio_compat.install()
-    try:
-        return asyncio.run(serve(settings))
-    except SettingsError as err:  # found only at start-up: a port already in use
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_service(
+        lambda: load_settings(sys.argv[1:] if argv is None else argv, os.environ), serve
+    )
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def test_the_autoscaler_reports_a_busy_port_in_one_line(
 
 
 def test_an_asr_instance_reports_a_busy_port_in_one_line(
-    busy_port: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    busy_port: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The ASR entry point around a server that binds what the settings say (no model)."""
 
@@ -101,6 +101,6 @@ def test_an_asr_instance_reports_a_busy_port_in_one_line(
     monkeypatch.setattr(asr_app, "serve", bind_only)
     defaults = {"pool": "asr_small", "model": "tiny.en"}
     assert asr_app.main(defaults, [f"--port={busy_port}"], env={}) == 2
-    (record,) = [r for r in caplog.records if r.name == "voxmesh.asr.app"]
-    assert record.getMessage().startswith(f"setting port={busy_port}: cannot listen on")
-    assert record.exc_info is None
+    err = capsys.readouterr().err
+    assert f"error: setting port={busy_port}: cannot listen on 127.0.0.1:{busy_port}" in err
+    assert "Traceback" not in err

@@ -31,12 +31,12 @@ from voxmesh.asr.session import SessionOptions
 from voxmesh.asr.settings import AsrSettings
 from voxmesh.asr.vad import EndpointerOptions
 from voxmesh.discovery import InstanceInfo, Registrar
-from voxmesh.errors import SettingsError
 from voxmesh.mesh.process import READY_PREFIX
 from voxmesh.rpc.server import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ServerOptions,
     ServiceServer,
+    run_service,
     wait_for_signal,
 )
 from voxmesh.settings import load
@@ -234,22 +234,13 @@ def main(
     env: Mapping[str, str] | None = None,
 ) -> int:
     """Parses settings (``defaults`` < env < flags) and serves."""
-    try:
-        settings = load(
+    return run_service(
+        lambda: load(
             AsrSettings,
             prefix="VOXMESH_ASR",
             defaults=defaults,
             argv=sys.argv[1:] if argv is None else argv,
             env=os.environ if env is None else env,
-        )
-    except SettingsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        ),
+        serve,
     )
-    try:
-        return asyncio.run(serve(settings))
-    except SettingsError as err:
-        logger.error("%s", err)
-        return 2

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,6 +32,7 @@ __all__ = [
     "ServerOptions",
     "ServiceServer",
     "bind_error",
+    "run_service",
     "wait_for_signal",
 ]
 
@@ -197,6 +199,34 @@ class ServiceServer:
     async def wait_for_termination(self) -> None:
         """Returns when the server has stopped."""
         await self._server.wait_for_termination()
+
+
+class _Logged(Protocol):
+    @property
+    def log_level(self) -> str: ...
+
+
+S = TypeVar("S", bound=_Logged)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""The format of every service's log lines."""
+
+
+def run_service(load: Callable[[], S], serve: Callable[[S], Coroutine[Any, Any, int]]) -> int:
+    """A service's ``main``: its settings from ``load``, logging at their level, then
+    ``serve`` until it returns the exit code. A bad setting, or one found only at
+    start-up (a port already in use), prints ``error: ...`` on stderr and exits 2."""
+    try:
+        settings = load()
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    try:
+        return asyncio.run(serve(settings))
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def bind_error(setting: str, port: int, address: str, reason: str) -> SettingsError:
