@@ -1,4 +1,5 @@
-"""Where ``bench/router_overhead.py`` takes its load generator, backend and relay floors.
+"""Where ``bench/router_overhead.py`` and ``bench/router_setup.py`` take their load
+generator, backend and relay floors, and how they start and watch processes.
 
 Two harnesses run the same benchmark:
 
@@ -12,11 +13,28 @@ Two harnesses run the same benchmark:
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["HARNESSES", "NATIVE_BINARIES", "Harness", "default_harness", "harness"]
+import psutil
+
+__all__ = [
+    "HARNESSES",
+    "NATIVE_BINARIES",
+    "Harness",
+    "cpu_seconds",
+    "default_harness",
+    "harness",
+    "harness_env",
+    "spawn",
+    "wait_served",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE_BIN = ROOT / ".tools" / "bin"
@@ -83,3 +101,55 @@ def harness(name: str) -> Harness:
             "native_floor": "bench/native/cmd/relayfloor: grpc-go relay of raw bytes, nothing else",
         },
     )
+
+
+def harness_env() -> dict[str, str]:
+    """The environment of every process of a run: this checkout importable."""
+    return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+
+
+def spawn(args: list[str], pattern: str, log: Path) -> tuple[subprocess.Popen[str], int]:
+    """Starts a process and waits for its ready line (``pattern``); returns it and the
+    port the line names (the pattern's first group; 0 for a pattern without one)."""
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env=harness_env(), stdout=subprocess.PIPE, stderr=err, text=True
+        )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        match = re.search(pattern, line)
+        if match:
+            return proc, int(match.group(1)) if match.groups() else 0
+    proc.kill()
+    raise RuntimeError(f"{args[:3]} did not start: {log.read_text()[-2000:]}")
+
+
+def wait_served(port: int, h: Harness) -> None:
+    """Runs one short stream through the proxy on ``port`` until it succeeds (for the
+    router: once discovery found the backend)."""
+    probe = [*h.loadgen, "--target", f"127.0.0.1:{port}",
+             "--streams", "1", "--channels", "1", "--ramp", "0", "--warmup", "0",
+             "--duration", "0.3"]  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            probe, check=False, cwd=ROOT, env=harness_env(), capture_output=True, text=True
+        )
+        lines = out.stdout.strip().splitlines()
+        if lines and json.loads(lines[-1])["streams_ok"] == 1:
+            return
+    raise RuntimeError("the router never served the probe stream")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (nginx workers)."""
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        times = p.cpu_times()
+        total += times.user + times.system
+    return total

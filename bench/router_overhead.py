@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -56,7 +55,16 @@ from typing import Any
 import psutil
 
 from bench.common import write_result
-from bench.harness import HARNESSES, Harness, default_harness, harness
+from bench.harness import (
+    HARNESSES,
+    Harness,
+    cpu_seconds,
+    default_harness,
+    harness,
+    harness_env,
+    spawn,
+    wait_served,
+)
 from services.router.settings import DEFAULT_DATAPLANE_BIN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,29 +79,6 @@ PROXY_PROCESS = {
 """The process whose CPU each mode reports: the proxy's (the backend's for direct)."""
 SUSTAINED_P99_MS = 100.0
 """A level is sustained only while p99 stays within one 100 ms chunk period."""
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
-
-
-def _spawn(args: list[str], pattern: str, log: Path) -> tuple[subprocess.Popen[str], int]:
-    """Starts a process and waits for its ready line; returns it and the port it printed."""
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=err, text=True
-        )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = re.search(pattern, line)
-        if match:
-            return proc, int(match.group(1))
-    proc.kill()
-    raise RuntimeError(f"{args[:3]} did not start: {log.read_text()[-2000:]}")
 
 
 def _free_port() -> int:
@@ -155,7 +140,7 @@ def _processes(
     ports: dict[str, int] = {}
     pids: dict[str, int] = {}
     try:
-        backend, ports["direct"] = _spawn(
+        backend, ports["direct"] = spawn(
             [*h.backend, "--port", "0",
              "--instance-id", "bench-backend", "--max-streams", "100000",
              "--utterance-ms", "100000000", "--interim-every", str(interim_every),
@@ -164,7 +149,7 @@ def _processes(
         )  # fmt: skip
         procs.append(backend)
         pids["backend"] = backend.pid
-        router, ports["router"] = _spawn(
+        router, ports["router"] = spawn(
             [sys.executable, "-m", "services.router", "--port", "0", "--metrics-port", "-1",
              "--registry-dir", str(registry), "--registry-poll-s", "0.2",
              "--queue-max-streams", "0", "--log-level", "WARNING", "--data-path", data_path],
@@ -173,7 +158,7 @@ def _processes(
         procs.append(router)
         pids["router"] = router.pid
         for mode, command in h.floors.items():
-            floor, ports[mode] = _spawn(
+            floor, ports[mode] = spawn(
                 [*command, "--port", "0", "--backend", f"127.0.0.1:{ports['direct']}"],
                 r"^PORT (\d+)",
                 work / f"{mode}.log",
@@ -189,7 +174,7 @@ def _processes(
         procs.append(nginx)  # type: ignore[arg-type]
         ports["nginx"], pids["nginx"] = nginx_port, nginx.pid
         _wait_listening(nginx_port)
-        _wait_router_ready(ports["router"], h)
+        wait_served(ports["router"], h)
         yield {"ports": ports, "pids": pids}
     finally:
         for proc in reversed(procs):
@@ -212,32 +197,6 @@ def _wait_listening(port: int) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def _wait_router_ready(port: int, h: Harness) -> None:
-    """Runs one short stream through the router until it succeeds (discovery done)."""
-    probe = [*h.loadgen, "--target", f"127.0.0.1:{port}",
-             "--streams", "1", "--channels", "1", "--ramp", "0", "--warmup", "0",
-             "--duration", "0.3"]  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        out = subprocess.run(
-            probe, check=False, cwd=ROOT, env=_env(), capture_output=True, text=True
-        )
-        lines = out.stdout.strip().splitlines()
-        if lines and json.loads(lines[-1])["streams_ok"] == 1:
-            return
-    raise RuntimeError("the router never served the probe stream")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its children (nginx workers)."""
-    proc = psutil.Process(pid)
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        times = p.cpu_times()
-        total += times.user + times.system
-    return total
-
-
 def _run_level(
     target: str,
     streams: int,
@@ -252,7 +211,7 @@ def _run_level(
            "--interim-every", str(args.interim_every)]  # fmt: skip
     if pinned:
         cmd = ["taskset", "-c", "0", *cmd]
-    gen = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True)
+    gen = subprocess.Popen(cmd, cwd=ROOT, env=harness_env(), stdout=subprocess.PIPE, text=True)
     assert gen.stdout is not None
     watched = {**pids, "loadgen": gen.pid}
     before: dict[str, float] = {}
@@ -263,10 +222,10 @@ def _run_level(
         line = raw.strip()
         if line == "phase measure":
             t0 = time.monotonic()
-            before = {k: _cpu_seconds(v) for k, v in watched.items()}
+            before = {k: cpu_seconds(v) for k, v in watched.items()}
         elif line == "phase done":
             t1 = time.monotonic()
-            after = {k: _cpu_seconds(v) for k, v in watched.items()}
+            after = {k: cpu_seconds(v) for k, v in watched.items()}
         elif line.startswith("{"):
             result = json.loads(line)
     gen.wait()

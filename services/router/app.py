@@ -142,15 +142,7 @@ class RouterApp:
             retry_after_s=settings.queue_retry_after_s,
         )
         """The router's streams in progress, whichever data path relays them."""
-        limits = RelayLimits(
-            queue_max_bytes=settings.queue_max_bytes,
-            relay_buffer_bytes=settings.relay_buffer_bytes,
-            replay_max_bytes=settings.replay_max_bytes,
-            max_chunk_bytes=settings.max_chunk_bytes,
-            max_failovers=settings.max_failovers,
-            failover_context_s=settings.failover_context_s,
-            idle_timeout_s=settings.idle_timeout_s,
-        )
+        limits = RelayLimits.of(settings)
         parts = RouterParts(
             resolver=resolver,
             membership=self.membership,

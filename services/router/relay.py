@@ -45,6 +45,7 @@ from services.router.failover import ReplayLog, ResultTracker, duration_ms
 from services.router.membership import Member
 from services.router.metrics import RouterMetrics
 from services.router.routing import Route, check_chunk, no_audio_error
+from services.router.settings import RouterSettings
 from services.router.stream_control import (
     FAILOVER_CODES,
     Outcome,
@@ -105,6 +106,19 @@ class RelayLimits:
     """Audio of earlier finals replayed in front on failover, as context only."""
     idle_timeout_s: float = 30.0
     """Longest wait for the client's next message while no instance waits for it."""
+
+    @classmethod
+    def of(cls, settings: RouterSettings) -> RelayLimits:
+        """The bounds the router's settings of the same names set."""
+        return cls(
+            queue_max_bytes=settings.queue_max_bytes,
+            relay_buffer_bytes=settings.relay_buffer_bytes,
+            replay_max_bytes=settings.replay_max_bytes,
+            max_chunk_bytes=settings.max_chunk_bytes,
+            max_failovers=settings.max_failovers,
+            failover_context_s=settings.failover_context_s,
+            idle_timeout_s=settings.idle_timeout_s,
+        )
 
 
 class StreamRelay:
