@@ -1,6 +1,7 @@
 """The Go harness of bench/router_overhead.py (bench/native) against its Python originals:
 the load generator's JSON line, the fake backend's stream, registry record and drain, and
-the router in front of it. Skipped until ``make bench-native`` has built it."""
+the router in front of it; and bench/router_setup.py's floor (the Go data path in front of
+bench/control_floor.py). Skipped until ``make bench-native`` has built it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from bench.harness import NATIVE_BINARIES
+from services.router.settings import DEFAULT_DATAPLANE_BIN
 from voxmesh.discovery.file import read_record
 
 pytestmark = pytest.mark.skipif(
@@ -34,7 +36,7 @@ SHORT_RUN = ["--ramp", "0", "--warmup", "0", "--duration", "0.5"]
 
 @dataclass
 class Child:
-    """A child process and the port it printed."""
+    """A child process and the port it printed (0 when its ready line names none)."""
 
     process: asyncio.subprocess.Process
     port: int
@@ -42,7 +44,8 @@ class Child:
 
 @asynccontextmanager
 async def child(args: list[str], pattern: str, log: Path) -> AsyncIterator[Child]:
-    """Runs ``args`` until the block ends; yields once it printed its port."""
+    """Runs ``args`` until the block ends; yields once it printed its ready line
+    (``pattern``, whose first group, when it has one, is the port)."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
     with log.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
@@ -55,7 +58,7 @@ async def child(args: list[str], pattern: str, log: Path) -> AsyncIterator[Child
                 if process.stdout.at_eof():
                     tail = (await asyncio.to_thread(log.read_text))[-2000:]
                     raise AssertionError(f"{args[0]} exited: {tail}")
-        yield Child(process, int(match.group(1)))
+        yield Child(process, int(match.group(1)) if match.groups() else 0)
     finally:
         if process.returncode is None:
             process.kill()
@@ -157,3 +160,25 @@ async def test_the_router_relays_go_streams_to_the_go_backend(tmp_path: Path) ->
         _, figures = await load([LOADGEN], target, "--streams", "3", "--channels", "2", *SHORT_RUN)
     assert figures["streams_ok"] == 3, figures["stream_errors"]
     assert figures["responses_timed"] > 0
+
+
+async def test_the_control_floor_places_every_stream_on_the_go_backend(tmp_path: Path) -> None:
+    """bench/router_setup.py's floor: the Go data path in front of a control plane that
+    decides nothing relays whole streams to the backend, none refused."""
+    sock = tmp_path / "floor.sock"
+    async with backend(tmp_path / "registry", tmp_path / "backend.log") as fake:
+        floor_args = [sys.executable, "-m", "bench.control_floor", "--socket", str(sock),
+                      "--backend", f"127.0.0.1:{fake.port}"]  # fmt: skip
+        data_path_args = [DEFAULT_DATAPLANE_BIN, "--listen", "127.0.0.1:0",
+                          "--control", f"unix:{sock}", "--forward", f"unix:{sock}"]  # fmt: skip
+        async with (
+            child(floor_args, r"^READY$", tmp_path / "control_floor.log"),
+            child(data_path_args, r"^PORT (\d+)", tmp_path / "data_path.log") as data_path,
+        ):
+            target = f"127.0.0.1:{data_path.port}"
+            _, figures = await load(
+                [LOADGEN], target, "--streams", "3", "--channels", "2", *SHORT_RUN
+            )
+    assert figures["streams_ok"] == 3, figures["stream_errors"]
+    assert figures["responses_timed"] > 0
+    assert figures["first_response_ms"]["p50"] > 0
