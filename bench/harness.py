@@ -142,7 +142,7 @@ def wait_served(port: int, h: Harness) -> None:
         lines = out.stdout.strip().splitlines()
         if lines and json.loads(lines[-1])["streams_ok"] == 1:
             return
-    raise RuntimeError("the router never served the probe stream")
+    raise RuntimeError(f"nothing on port {port} served the probe stream")
 
 
 def cpu_seconds(pid: int) -> float:
