@@ -161,10 +161,11 @@ class Admission(Generic[S]):
         :class:`ResourceExhausted` when the queue is full or the wait is too
         long, :class:`Unavailable` when the router shuts down.
         """
-        if self._closed:
-            raise Unavailable("the router is shutting down")
-        queue = self._queues[pool]
         place = place or self.place()
+        slot = self.admit_now(pool, realtime, exclude=exclude, place=place)
+        if slot is not None:
+            return slot
+        queue = self._queues[pool]
         waiter: _Waiter[S] = _Waiter(
             key=(0 if realtime else 1, 0 if resumed else 1, place.seq),
             realtime=realtime,
@@ -202,6 +203,32 @@ class Admission(Generic[S]):
             if handed is not None:
                 handed.release()
             raise
+        return slot
+
+    def admit_now(
+        self,
+        pool: str,
+        realtime: bool,
+        *,
+        exclude: Collection[str] = (),
+        place: QueuePlace | None = None,
+    ) -> S | None:
+        """An instance of ``pool`` reserved at once, or None: only while no stream waits
+        in the pool's queue (none to overtake) and one has room. Counted as
+        :meth:`admit` counts an admission; the caller must ``release()`` the slot.
+        :meth:`admit` starts with it; a caller that must not wait (the native data
+        path's control plane, answering ``open``) calls it alone, then :meth:`admit`
+        with the same ``place`` if it got None. Raises :class:`Unavailable` when the
+        router shuts down."""
+        if self._closed:
+            raise Unavailable("the router is shutting down")
+        if self._queues[pool].waiters:
+            return None
+        slot = self._balancer.choose(self._candidates(pool), realtime, exclude)
+        if slot is None:
+            return None
+        slot.reserve()
+        self._admitted(pool, place or self.place(), realtime)
         return slot
 
     def notify(self, pool: str | None = None) -> None:
@@ -269,11 +296,15 @@ class Admission(Generic[S]):
             served.append(waiter)
         for waiter in served:
             self._leave(pool, waiter)
-            if not waiter.place.admitted:
-                waiter.place.admitted = True
-                queue.admitted_total += 1
-                self._metrics.admitted.labels(pool).inc()
-                self._observe_wait(pool, waiter)
+            self._admitted(pool, waiter.place, waiter.realtime)
+
+    def _admitted(self, pool: str, place: QueuePlace, realtime: bool) -> None:
+        """Counts a stream's admission, once per place (not again after a refusal)."""
+        if not place.admitted:
+            place.admitted = True
+            self._queues[pool].admitted_total += 1
+            self._metrics.admitted.labels(pool).inc()
+            self._observe_wait(pool, realtime, place.since)
 
     @staticmethod
     def _handed_over(waiter: _Waiter[S]) -> S | None:
@@ -293,7 +324,7 @@ class Admission(Generic[S]):
     def _reject(self, pool: str, waiter: _Waiter[S], reason: str) -> ResourceExhausted:
         self._queues[pool].rejected_total += 1
         self._metrics.rejected.labels(pool, reason).inc()
-        self._observe_wait(pool, waiter)
+        self._observe_wait(pool, waiter.realtime, waiter.place.since)
         logger.info("pool %s: stream rejected (%s)", pool, reason)
         detail = "queue is full" if reason == QUEUE_FULL else "no instance freed up in time"
         return ResourceExhausted(
@@ -301,10 +332,9 @@ class Admission(Generic[S]):
             retry_after=self._limits.retry_after_s,
         )
 
-    def _observe_wait(self, pool: str, waiter: _Waiter[S]) -> None:
-        priority = "realtime" if waiter.realtime else "batch"
-        wait = self._clock() - waiter.place.since
-        self._metrics.queue_wait.labels(pool, priority).observe(wait)
+    def _observe_wait(self, pool: str, realtime: bool, since: float) -> None:
+        priority = "realtime" if realtime else "batch"
+        self._metrics.queue_wait.labels(pool, priority).observe(self._clock() - since)
 
     def _bytes(self, pool: str) -> int:
         """Audio bytes the waiting streams of ``pool`` hold (read at scrape time too, from

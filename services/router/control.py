@@ -230,15 +230,13 @@ class _Attachment:
             limits=self._wire_limits,
         )
         if event.place:
-            self._place(self._control)
-            # One turn of the loop lets the placing run: admitted at once when an
-            # instance has room (the admission then never waits), its placement
-            # goes with the route, one answer fewer. Otherwise it comes on its own.
-            await asyncio.sleep(0)
-            placing = self._placing
-            if placing is not None and placing.done():
-                self._placing = None
-                answer.placement.CopyFrom(self._placement(placing.result()))
+            # An instance with room at once goes with the route, one answer fewer;
+            # otherwise the stream waits in the queue and its placement follows.
+            member = self._control.place_now()
+            if member is not None:
+                answer.placement.CopyFrom(self._placement(member))
+            else:
+                self._place(self._control)
         await self._context.write(dataplane_pb2.AttachResponse(route=answer))
 
     def _place(self, control: StreamControl) -> None:

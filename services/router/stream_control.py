@@ -162,6 +162,17 @@ class StreamControl:
         self.member = member
         return member
 
+    def place_now(self) -> Member | None:
+        """:meth:`place` when it needs no wait: an instance reserved at once while no
+        stream waits ahead and one has room (:meth:`Admission.admit_now`), else None
+        and nothing reserved (then :meth:`place`)."""
+        member = self._admission.admit_now(
+            self.pool, self._realtime, exclude=self._exclude, place=self._place
+        )
+        if member is not None:
+            self.member = member
+        return member
+
     def open_metadata(self) -> tuple[tuple[str, str], ...]:
         """The metadata the attempt opens with on :attr:`member`: the last-resort mark
         when it was chosen as a last resort (counted)."""

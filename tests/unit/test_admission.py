@@ -85,6 +85,38 @@ async def test_admits_at_once_when_there_is_room() -> None:
     assert pool.admission.snapshot("p").admitted_total == 1
 
 
+async def test_admit_now_takes_free_room_but_never_overtakes_a_waiting_stream() -> None:
+    pool = Pool()
+    assert pool.admission.admit_now("p", realtime=True) is None  # no instance yet
+    slot = pool.add("a", 1)
+    place = pool.admission.place()
+    pool.now += 0.25
+    assert pool.admission.admit_now("p", realtime=True, place=place) is slot
+    assert (slot.active, pool.admission.snapshot("p").admitted_total) == (1, 1)
+    wait = pool.metrics.registry.get_sample_value(
+        "voxmesh_router_queue_wait_seconds_sum", {"pool": "p", "priority": "realtime"}
+    )
+    assert wait == pytest.approx(0.25)  # counted from the place's arrival, as admit counts it
+    assert pool.admission.admit_now("p", realtime=True) is None  # full: nothing reserved
+    assert slot.active == 1
+
+    waiting = asyncio.create_task(pool.admission.admit("p", realtime=False))
+    await wait_until_async(lambda: pool.admission.queued() == 1)
+    pool.add("b", 1)  # room again, and a stream waits: that one gets it
+    assert (await waiting).instance_id == "b"
+    pool.add("c", 1)
+    waiting = asyncio.create_task(pool.admission.admit("p", realtime=False, exclude={"c"}))
+    await wait_until_async(lambda: pool.admission.queued() == 1)
+    assert pool.admission.admit_now("p", realtime=True) is None  # "c" is free, but not first
+    assert (await pool.admission.admit("p", realtime=True)).instance_id == "c"
+    assert not waiting.done()
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    pool.admission.close()
+    with pytest.raises(Unavailable):
+        pool.admission.admit_now("p", realtime=True)
+
+
 async def test_queue_forms_and_drains_when_capacity_frees() -> None:
     pool = Pool()
     slot = pool.add("a", 1)
