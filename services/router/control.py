@@ -26,8 +26,9 @@ One Attach call, as this side sees it::
                 finished)──▶ the instance held is released and the queue left;
                 counted CANCELLED
 
-``open.place`` is ``open`` and then ``place``; when an instance has room at once,
-its placement goes with the route (``route.placement``). ``finished.last_attempt``
+``open.place`` is ``open`` and then ``place``; when an instance has room at once and
+no stream waits ahead (``Admission.admit_now``), its placement goes with the route
+(``route.placement``). ``finished.last_attempt``
 is an ``attempt_ended`` (DONE or ERROR) just before ``finished``, and
 ``finished.latency`` a ``latency``: one call's events are few, since each costs
 this process a read or a write of gRPC's. ``buffered`` and ``latency`` may come in
