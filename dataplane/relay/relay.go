@@ -301,11 +301,6 @@ func (s *stream) awaitRoute(halfClosed bool) (*routerv1.PlacementEvent, *ending)
 	return route.GetPlacement(), nil
 }
 
-// placeEvent returns a new place event (send sets its audio_seconds).
-func placeEvent() *routerv1.AttachRequest {
-	return &routerv1.AttachRequest{Event: &routerv1.AttachRequest_Place{Place: &routerv1.PlaceEvent{}}}
-}
-
 // bufferedReportAfter is how long a stream waits for its placement before it
 // reports the audio it holds unsent: a stream placed sooner reports none,
 // which spares the control plane an event per stream when there is room.
@@ -316,7 +311,7 @@ const bufferedReportAfter = 20 * time.Millisecond
 // the wait passes bufferedReportAfter, then at each news from the client.
 func (s *stream) place(ask bool) (*routerv1.PlacementEvent, *ending) {
 	if ask {
-		s.send(placeEvent())
+		s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Place{Place: &routerv1.PlaceEvent{}}})
 	}
 	var reported int64
 	start := time.Now()
