@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bench.harness import NATIVE_BINARIES
+from bench.harness import NATIVE_BINARIES, ROOT, harness_env
 from services.router.settings import DEFAULT_DATAPLANE_BIN
 from voxmesh.discovery.file import read_record
 
@@ -28,7 +27,6 @@ pytestmark = pytest.mark.skipif(
     reason="the native benchmark harness is not built: make bench-native (needs Go)",
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 LOADGEN = str(NATIVE_BINARIES["loadgen"])
 BACKEND = str(NATIVE_BINARIES["backend"])
 SHORT_RUN = ["--ramp", "0", "--warmup", "0", "--duration", "0.5"]
@@ -46,10 +44,9 @@ class Child:
 async def child(args: list[str], pattern: str, log: Path) -> AsyncIterator[Child]:
     """Runs ``args`` until the block ends; yields once it printed its ready line
     (``pattern``, whose first group, when it has one, is the port)."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
     with log.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
-            *args, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=err
+            *args, cwd=ROOT, env=harness_env(), stdout=asyncio.subprocess.PIPE, stderr=err
         )
     assert process.stdout is not None
     try:
@@ -81,7 +78,7 @@ async def load(command: list[str], target: str, *flags: str) -> tuple[list[str],
         target,
         *flags,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"},
+        env=harness_env(),
         stdout=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(60):
