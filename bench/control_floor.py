@@ -4,10 +4,10 @@
 Every stream goes to one backend at once: ``open`` is answered with a route that
 carries the placement (as the router's control plane answers when an instance has
 room), a later ``place`` with the same placement, and ``finished`` or ``reject``
-ends the call. No validation, discovery, admission, limits or metrics: what it
-costs per stream is what one grpc.aio Attach call costs, the least any control
-plane with a call per stream can spend. It also says what a multiplexed design
-(one call for every stream, docs/router.md) would have to beat.
+ends the stream. No validation, discovery, admission, limits or metrics, and no
+task per stream: ``Connect`` answers each batch of events in line, the least a
+grpc.aio control plane that the data path reaches over ``Connect`` can spend.
+(``Attach``, one call per stream, answers the same way.)
 
     python -m bench.control_floor --socket PATH --backend HOST:PORT
 
@@ -31,6 +31,7 @@ from voxmesh.router.v1 import dataplane_pb2, dataplane_pb2_grpc
 from voxmesh.stt.v1 import stt_pb2
 
 POOL = "asr_small"
+_END = dataplane_pb2.AttachResponse()  # marks a stream's end; never sent
 
 
 class FloorControl(dataplane_pb2_grpc.DataPlaneServiceServicer):
@@ -50,16 +51,45 @@ class FloorControl(dataplane_pb2_grpc.DataPlaneServiceServicer):
     ) -> None:
         """Answers one stream's events (see the module docstring)."""
         async for request in request_iterator:
-            kind = request.WhichOneof("event")
-            if kind == "open":
-                route = self._route(request.open.first_request)
-                if request.open.place:
-                    route.placement.CopyFrom(self._placement)
-                await context.write(dataplane_pb2.AttachResponse(route=route))
-            elif kind == "place":
-                await context.write(dataplane_pb2.AttachResponse(placement=self._placement))
-            elif kind in ("finished", "reject"):
+            answer = self._answer(request)
+            if answer is _END:
                 return
+            if answer is not None:
+                await context.write(answer)
+
+    async def Connect(  # type: ignore[override]
+        self,
+        request_iterator: AsyncIterator[dataplane_pb2.ConnectRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """Answers every carried stream's events in line, a batch for a batch."""
+        async for request in request_iterator:
+            answers = []
+            for event in request.events:
+                if event.WhichOneof("kind") != "event":
+                    continue  # begin, cancel: nothing held
+                answer = self._answer(event.event)
+                if answer is _END:
+                    end = dataplane_pb2.StreamEnd()
+                    answers.append(dataplane_pb2.StreamAnswer(stream=event.stream, end=end))
+                elif answer is not None:
+                    answers.append(dataplane_pb2.StreamAnswer(stream=event.stream, answer=answer))
+            if answers:
+                await context.write(dataplane_pb2.ConnectResponse(answers=answers))
+
+    def _answer(self, request: dataplane_pb2.AttachRequest) -> dataplane_pb2.AttachResponse | None:
+        """The answer to one event: None for none, ``_END`` when the stream ends (OK)."""
+        kind = request.WhichOneof("event")
+        if kind == "open":
+            route = self._route(request.open.first_request)
+            if request.open.place:
+                route.placement.CopyFrom(self._placement)
+            return dataplane_pb2.AttachResponse(route=route)
+        if kind == "place":
+            return dataplane_pb2.AttachResponse(placement=self._placement)
+        if kind in ("finished", "reject"):
+            return _END
+        return None
 
     def _route(self, first: stt_pb2.StreamingRecognizeRequest) -> dataplane_pb2.RouteEvent:
         self._streams += 1

@@ -1,16 +1,18 @@
 """Stream set-up in bursts: what a stream costs the router's control plane, against
-the floor of its one-call-per-stream design, side by side in one run.
+a control plane that decides nothing, side by side in one run.
 
 ``bench/router_overhead.py`` measures streams that are open; this measures opening
-them, where the router's cost is its Python control plane: each stream holds one
-``DataPlaneService.Attach`` call there (docs/router.md). Two sides, each a Go data
-path (``voxmesh-dataplane``) in front of the native harness's fake backend:
+them, where the router's cost is its Python control plane: each stream is an Attach
+call carried by the data path's one ``DataPlaneService.Connect`` call there
+(docs/router.md). Two sides, each a Go data path (``voxmesh-dataplane``) in front of
+the native harness's fake backend:
 
 * ``router``: the router with its native data path, finding the backend in its file
   registry: every stream is validated, routed, admitted and counted;
 * ``floor``: the same data path with ``bench/control_floor.py`` as its control plane,
   a grpc.aio service that decides nothing and places every stream on the backend at
-  once: the least a control plane with one grpc.aio call per stream spends.
+  once, answering each batch of events in line: the least a grpc.aio control plane
+  reached over Connect spends.
 
 Each burst opens ``--streams`` streams over ``--ramp`` seconds from the Go load
 generator; each sends 100 ms chunks for ``--stream-seconds`` after the ramp, then

@@ -12,14 +12,14 @@ import (
 	routerv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/router/v1"
 )
 
-// attachCall opens the stream's Attach call as the stream begins, so that the
-// control plane refuses it at once while the router drains or is full, and
-// counts it whatever its end. The call lives under the client's context: a
-// client that leaves cancels it, which releases what the stream held on the
-// control side.
+// attachCall begins the stream's Attach call, carried by the Connect call
+// (connect.go), as the stream begins, so that the control plane refuses it at
+// once while the router drains or is full, and counts it whatever its end. The
+// call lives under the client's context: a client that leaves cancels it,
+// which releases what the stream held on the control side.
 func (s *stream) attachCall() *ending {
 	ctx, cancel := context.WithCancel(s.ctx)
-	call, err := s.r.cfg.Control.Attach(ctx)
+	call, err := s.r.control.attach(ctx)
 	if err != nil {
 		cancel()
 		if s.ctx.Err() != nil {

@@ -1,8 +1,12 @@
 // Package relay is the native StreamingRecognize relay of the router's data
 // path: services/router/relay.py's StreamRelay (and the first-request handling
 // of the router's servicer) in Go, with admission and placement asked of the
-// control plane over DataPlaneService.Attach
-// (protos/voxmesh/router/v1/dataplane.proto).
+// control plane over a DataPlaneService.Attach call per stream
+// (protos/voxmesh/router/v1/dataplane.proto), every one of them carried by one
+// Connect call (connect.go): the events of many streams go in one batch, and a
+// stream costs the control plane no gRPC call of its own. The Connect call is
+// opened when the first stream needs it, and again after it breaks; its loss
+// ends every stream it carried with its status, as their own calls would end.
 //
 // The life of a relayed stream:
 //
@@ -34,7 +38,9 @@
 // server's handler goroutine (talks to the control plane, then reads the
 // instance's responses and writes them to the client one at a time, so a slow
 // client slows the instance's stream instead of growing a buffer). A fourth
-// waits on the Attach call's answers. None is started per message.
+// waits on the Attach call's answers. None is started per message. The Connect
+// call has a writer, which sends what the streams queued since its last batch,
+// and a reader, which hands each answer to its stream.
 //
 // Messages stay bytes where the relay changes nothing: the client's audio
 // requests go to the instance as they came (unless a replay cuts a chunk), and
@@ -57,7 +63,7 @@
 //   - It asks for the first instance with open (open.place) and takes the
 //     placement from the route when it came there; the outcome of the last
 //     attempt (DONE or ERROR) and the latencies not yet sent go with finished.
-//     Each event costs the control plane a grpc.aio read, so a stream placed
-//     at once sends two (docs/router.md).
+//     Each event costs the control plane work, so a stream placed at once
+//     sends two (docs/router.md).
 //   - A route whose idle_timeout_ms is 0 means Config.IdleTimeout.
 package relay

@@ -74,7 +74,6 @@ func (s *stream) finishAfterFailure(p *routerv1.PlacementEvent) *ending {
 func (s *stream) finish(err error, trailer metadata.MD, last routerv1.AttemptEndedEvent_Outcome) *ending {
 	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Finished{Finished: &routerv1.FinishedEvent{
 		Code: int32(status.Code(err)), LastAttempt: last, Latency: s.takeLatency()}}})
-	_ = s.attach.CloseSend()
 	timer := time.NewTimer(s.r.cfg.ControlTimeout)
 	defer timer.Stop()
 	select {

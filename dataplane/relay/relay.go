@@ -26,7 +26,8 @@ const Method = "/voxmesh.stt.v1.RecognizerService/StreamingRecognize"
 
 // Config is what a Relay needs.
 type Config struct {
-	// Control is the control plane's DataPlaneService.
+	// Control is the control plane's DataPlaneService: one Connect call carries
+	// every stream's Attach call.
 	Control routerv1.DataPlaneServiceClient
 	// Instances holds the connections to instances; their calls must pass
 	// messages through as bytes (internal/rawcodec).
@@ -44,8 +45,9 @@ type Config struct {
 
 // Relay serves StreamingRecognize calls. Safe for concurrent use.
 type Relay struct {
-	cfg Config
-	log *slog.Logger
+	cfg     Config
+	log     *slog.Logger
+	control *connector
 }
 
 // New returns a Relay with cfg.
@@ -54,7 +56,7 @@ func New(cfg Config) *Relay {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Relay{cfg: cfg, log: logger}
+	return &Relay{cfg: cfg, log: logger, control: &connector{client: cfg.Control}}
 }
 
 // Serve relays down, a StreamingRecognize call whose messages are raw bytes,
@@ -88,7 +90,7 @@ type stream struct {
 	routed chan struct{}
 
 	// The Attach call; answers and attachEnd come from its reader (control.go).
-	attach        routerv1.DataPlaneService_AttachClient
+	attach        attachCallStream
 	cancelAttach  context.CancelFunc
 	answers       chan *routerv1.AttachResponse
 	attachEnd     chan struct{} // closed once the call ended, with:

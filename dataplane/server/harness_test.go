@@ -39,6 +39,8 @@ type harness struct {
 	double *controldouble.Double
 	client sttv1.RecognizerServiceClient
 	conn   *grpc.ClientConn
+	// stopControl stops serving the double (nil without one).
+	stopControl func()
 }
 
 // start serves double and, if not nil, forward (on the forward socket), then a
@@ -46,12 +48,14 @@ type harness struct {
 func start(t *testing.T, double *controldouble.Double, forward func(*grpc.Server), tweak func(*server.Options)) *harness {
 	t.Helper()
 	dir := shortTempDir(t)
+	var stopControl func()
 	if double != nil {
 		stop, err := double.Serve(filepath.Join(dir, "control.sock"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(stop)
+		stopControl = stop
 	}
 	if forward != nil {
 		srv := grpc.NewServer(grpc.MaxRecvMsgSize(server.DefaultMaxMessageBytes))
@@ -91,7 +95,7 @@ func start(t *testing.T, double *controldouble.Double, forward func(*grpc.Server
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &harness{t: t, dir: dir, double: double, client: sttv1.NewRecognizerServiceClient(conn), conn: conn}
+	return &harness{t: t, dir: dir, double: double, client: sttv1.NewRecognizerServiceClient(conn), conn: conn, stopControl: stopControl}
 }
 
 // shortTempDir is a temporary directory with a path short enough for Unix

@@ -6,6 +6,7 @@ package server_test
 import (
 	"context"
 	"math"
+	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -547,5 +548,61 @@ func TestTheFirstInstanceIsAskedForWithOpen(t *testing.T) {
 	}
 	if answers := s.Answers(); len(answers) != 2 || answers[1].GetPlacement().GetInstanceId() != "a" {
 		t.Errorf("answers %v", answers)
+	}
+}
+
+func TestStreamsShareOneConnectCallAndANewOneFollowsItsLoss(t *testing.T) {
+	a := instance(t, "a")
+	double := &controldouble.Double{Place: placeOn(a)}
+	h := start(t, double, nil, nil)
+	streams := []*clientStream{h.open(""), h.open(""), h.open("")}
+	for _, c := range streams {
+		c.send(pcm(500))
+		c.waitFor("a result", func(rs []*sttv1.StreamingRecognizeResponse) bool { return len(rs) > 0 })
+	}
+	if n := double.Connects(); n != 1 {
+		t.Errorf("%d Connect calls for 3 streams", n)
+	}
+
+	// The control plane goes away: every stream it carried fails, as its own
+	// Attach call would have.
+	h.stopControl()
+	for _, c := range streams {
+		if _, err := c.wait(); status.Code(err) != codes.Unavailable {
+			t.Errorf("stream ended with %v, not UNAVAILABLE", err)
+		}
+	}
+
+	// It comes back: a new Connect call carries the next streams.
+	again := &controldouble.Double{Place: placeOn(a)}
+	stop, err := again.Serve(filepath.Join(h.dir, "control.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	deadline := time.Now().Add(waitLimit)
+	for {
+		c := h.open("")
+		audio := pcm(1500)
+		c.send(audio)
+		rs, err := c.finish()
+		if err == nil {
+			if texts, _ := finals(rs); !reflect.DeepEqual(texts, fakeinstance.ExpectedFinals(audio, rate, utteranceMs)) {
+				t.Errorf("finals %q", texts)
+			}
+			break
+		}
+		// Until the data path's connection is back (its backoff is 2 s at most),
+		// a stream fails at once with UNAVAILABLE.
+		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+			t.Fatalf("stream after the control plane came back ended with %v", err)
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-time.After(time.Until(deadline)):
+		}
+	}
+	if n := again.Connects(); n != 1 {
+		t.Errorf("%d Connect calls after the loss", n)
 	}
 }

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 
@@ -90,9 +89,7 @@ class ActiveStreams:
         return True
 
     @contextlib.asynccontextmanager
-    async def stream(
-        self, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[StreamTally]:
+    async def stream(self, context: status.Abortable) -> AsyncIterator[StreamTally]:
         """One stream, from its RPC's start to its end.
 
         Refuses it at once while draining or past ``max_streams``; counts it active

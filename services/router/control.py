@@ -8,6 +8,9 @@ decides, with the same parts (:class:`~services.router.active.ActiveStreams`,
 :class:`~services.router.stream_control.StreamControl`), so a client gets the
 same statuses, messages and metrics from either data path.
 
+The data path carries every stream's Attach call over one ``Connect`` call
+(:mod:`services.router.connect`); the same code serves both.
+
 One Attach call, as this side sees it::
 
     call starts ──draining / past max_streams──▶ UNAVAILABLE / RESOURCE_EXHAUSTED
@@ -48,6 +51,7 @@ from typing import Any, TypeVar
 import grpc
 
 from services.router.active import StreamTally
+from services.router.connect import AttachContext, ConnectSession
 from services.router.membership import Member
 from services.router.parts import RouterParts
 from services.router.relay import RelayLimits
@@ -104,10 +108,23 @@ class DataPlaneService(dataplane_pb2_grpc.DataPlaneServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         """Answers one stream's events until it finishes (see the module docstring)."""
+        await self._attach(aiter(request_iterator), context)
+
+    async def Connect(  # type: ignore[override]
+        self,
+        request_iterator: AsyncIterator[dataplane_pb2.ConnectRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """Serves the Attach calls of the streams the call carries (services.router.connect)."""
+        await ConnectSession(self._attach, context).serve(aiter(request_iterator))
+
+    async def _attach(
+        self, requests: AsyncIterator[dataplane_pb2.AttachRequest], context: AttachContext
+    ) -> None:
         async with self._parts.streams.stream(context) as tally:
             attachment = _Attachment(self._parts, self._wire_limits, tally, context)
             try:
-                await attachment.serve(aiter(request_iterator))
+                await attachment.serve(requests)
             except ProtocolError as err:
                 logger.error("%s: data path protocol error: %s", attachment.name, err)
                 raise
@@ -121,7 +138,7 @@ class _Attachment:
         parts: RouterParts,
         wire_limits: dataplane_pb2.RelayLimits,
         tally: StreamTally,
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: AttachContext,
     ) -> None:
         self._parts = parts
         self._wire_limits = wire_limits

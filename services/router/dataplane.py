@@ -8,7 +8,7 @@ path (``dataplane/``), which serves the public endpoint. The router starts it as
                       --idle-timeout Ts --drain-timeout Ts --exit-on-stdin-eof
                       [--tls-cert F --tls-key F [--tls-client-ca F]]
 
-``--control`` is where it calls ``DataPlaneService.Attach`` and ``--forward``
+``--control`` is where it calls ``DataPlaneService.Connect`` and ``--forward``
 where it sends every other method unchanged: both are the router's own gRPC
 server on a Unix socket in a private directory. The TLS flags carry the router's
 settings of the same names. Once it listens it prints ``PORT <n>`` (the port it

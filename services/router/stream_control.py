@@ -28,7 +28,6 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import grpc
 
@@ -77,7 +76,7 @@ class UpstreamError(Exception):
         super().__init__(error.details())
         self.error = error
 
-    async def abort(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def abort(self, context: status.Abortable) -> None:
         """Ends the client's RPC with the instance's code, details and trailing
         metadata (rich status details such as RetryInfo included). Never returns."""
         err = self.error

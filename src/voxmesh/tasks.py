@@ -11,9 +11,10 @@ cancellation propagates.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from typing import Any
 
-__all__ = ["stop"]
+__all__ = ["stop", "stop_all"]
 
 
 async def stop(task: asyncio.Future[Any]) -> None:
@@ -27,3 +28,14 @@ async def stop(task: asyncio.Future[Any]) -> None:
         await asyncio.wait({task})
     if not task.cancelled():
         task.exception()  # retrieved: no "exception was never retrieved" at collection
+
+
+async def stop_all(tasks: Collection[asyncio.Future[Any]]) -> None:
+    """:func:`stop` for many tasks at once: all are cancelled before any is awaited."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()

@@ -1,6 +1,7 @@
-"""The control plane of the native data path: ``DataPlaneService.Attach`` on the router's
-Unix socket, driven by a stand-in for the data path (:class:`AttachStandIn`, a test
-double, not ``dataplane/``), against fake instances.
+"""The control plane of the native data path: ``DataPlaneService.Attach`` and
+``Connect`` on the router's Unix socket, driven by a stand-in for the data path
+(:class:`AttachStandIn` and :class:`ConnectStandIn`, test doubles, not ``dataplane/``),
+against fake instances. Every test runs with both calls (the ``stand_in`` fixture).
 
 Where the Python relay has an answer for the same case, the test takes it from a
 router with ``data_path=python`` beside the native one and compares: the client of
@@ -11,17 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from services.router.control import relay_limits
 from services.router.relay import RelayLimits
 from tests.conditions import wait_until_async
-from tests.doubles.dataplane_standin import AttachStandIn
+from tests.doubles.dataplane_standin import AttachStandIn, ConnectStandIn
 from tests.integration.router_harness import CHUNK, HeldStream, Mesh, mesh, native_mesh, pcm
 from tests.streaming import config_request, send_requests
 from voxmesh.router.v1 import dataplane_pb2
@@ -32,6 +34,31 @@ Request = stt_pb2.StreamingRecognizeRequest
 Ended = dataplane_pb2.AttemptEndedEvent
 Status = tuple[grpc.StatusCode, str, float | None]
 """A call's code, details and retry hint."""
+
+
+StandInFactory = Callable[[grpc.aio.Channel], AttachStandIn]
+"""Makes the data path's stand-in for one stream on a channel to the control plane."""
+
+
+@pytest.fixture(params=["attach", "connect"])
+async def stand_in(request: pytest.FixtureRequest) -> AsyncIterator[StandInFactory]:
+    """Each test runs with streams on Attach calls of their own, and with streams carried
+    by one Connect call per channel (what the data path uses): the same events must get
+    the same answers and statuses either way."""
+    if request.param == "attach":
+        yield AttachStandIn
+        return
+    connects: dict[int, ConnectStandIn] = {}
+
+    def carried(channel: grpc.aio.Channel) -> AttachStandIn:
+        connect = connects.get(id(channel))
+        if connect is None:
+            connect = connects[id(channel)] = ConnectStandIn(channel)
+        return connect.stream()
+
+    yield carried
+    for connect in connects.values():
+        await connect.close()
 
 
 def audio(n: int) -> Request:
@@ -78,7 +105,7 @@ def streams_total(m: Mesh) -> dict[tuple[str, str], float]:
 
 
 async def test_open_is_answered_with_the_route_and_the_config_for_the_instances(
-    tmp_path: Path,
+    tmp_path: Path, stand_in: StandInFactory
 ) -> None:
     settings: dict[str, Any] = {
         "queue_max_bytes": 5000,
@@ -90,7 +117,7 @@ async def test_open_is_answered_with_the_route_and_the_config_for_the_instances(
     }
     async with native_mesh(tmp_path, **settings) as (m, channel):
         await m.add("a")  # its model tiny.en is then served by asr_small
-        named = AttachStandIn(channel)
+        named = stand_in(channel)
         first = config_request(model="tiny.en", stream_id="call-7", rate=8000)
         route = await named.open(first)
         expected = Request()
@@ -108,7 +135,7 @@ async def test_open_is_answered_with_the_route_and_the_config_for_the_instances(
             idle_timeout_ms=12250,
         )
 
-        batch = AttachStandIn(channel)
+        batch = stand_in(channel)
         container = config_request(
             encoding=stt_pb2.AUDIO_ENCODING_CONTAINER, priority=stt_pb2.PRIORITY_BATCH
         )
@@ -148,7 +175,7 @@ BAD_FIRST_REQUESTS: dict[str, Request | None] = {
 
 
 async def test_a_bad_first_request_ends_the_call_as_the_python_relay_ends_the_stream(
-    tmp_path: Path,
+    tmp_path: Path, stand_in: StandInFactory
 ) -> None:
     async with mesh() as py:
         await py.add("a")
@@ -164,7 +191,7 @@ async def test_a_bad_first_request_ends_the_call_as_the_python_relay_ends_the_st
                 grpc.StatusCode.INVALID_ARGUMENT,
                 grpc.StatusCode.NOT_FOUND,
             ), case
-            stream = AttachStandIn(channel)
+            stream = stand_in(channel)
             assert await ends(stream, stream.open(first)) == expected[case], case
         assert streams_total(native) == python_totals
         assert native.router.recognizer.active_streams == 0
@@ -183,7 +210,7 @@ REJECTED_REQUESTS: dict[str, tuple[Request, dataplane_pb2.RejectEvent]] = {
 
 
 async def test_each_reject_ends_the_call_as_the_python_relay_ends_the_stream(
-    tmp_path: Path,
+    tmp_path: Path, stand_in: StandInFactory
 ) -> None:
     async with mesh(idle_timeout_s=0.5) as py:
         await py.add("a")
@@ -207,29 +234,30 @@ async def test_each_reject_ends_the_call_as_the_python_relay_ends_the_stream(
     async with native_mesh(tmp_path, idle_timeout_s=0.5) as (native, channel):
         await native.add("a")
         for case, (_, reject) in REJECTED_REQUESTS.items():
-            stream = AttachStandIn(channel)
+            stream = stand_in(channel)
             await stream.open(config())
             sent = stream.send(reject=reject, audio_seconds=0.1)  # audio(3200) came first
             assert await ends(stream, sent) == expected[case], case
 
-        stream = AttachStandIn(channel)
+        stream = stand_in(channel)
         await stream.open(config())
         reject = dataplane_pb2.RejectEvent(no_audio=True)
         assert await ends(stream, stream.send(reject=reject)) == no_audio
 
         # The data path has no first request to open with: the reject comes first.
-        stream = AttachStandIn(channel)
+        stream = stand_in(channel)
         reject = dataplane_pb2.RejectEvent(stalled_waiting_for="streaming_config")
         assert await ends(stream, stream.send(reject=reject)) == stalled
 
+        # The client has the status a moment before the handler has counted its end.
+        await wait_until_async(lambda: native.router.recognizer.active_streams == 0)
         assert streams_total(native) == python_totals
-        assert native.router.recognizer.active_streams == 0
         assert native.router.recognizer.audio_seconds_total == pytest.approx(python_audio)
         assert python_audio == pytest.approx(0.1 * len(REJECTED_REQUESTS))
 
 
 async def test_a_stall_after_a_failover_is_answered_as_the_python_relay_answers_it(
-    tmp_path: Path,
+    tmp_path: Path, stand_in: StandInFactory
 ) -> None:
     """The Python relay's case: finals cover all the audio when the instance dies, and
     the client sends nothing more."""
@@ -242,7 +270,7 @@ async def test_a_stall_after_a_failover_is_answered_as_the_python_relay_answers_
         expected = await _status(held.call)
     async with native_mesh(tmp_path, idle_timeout_s=0.5) as (native, channel):
         await native.add("a")
-        stream = AttachStandIn(channel)
+        stream = stand_in(channel)
         await stream.open(config())
         reject = dataplane_pb2.RejectEvent(stalled_waiting_for="audio")
         assert await ends(stream, stream.send(reject=reject)) == expected
@@ -254,7 +282,7 @@ async def test_a_stall_after_a_failover_is_answered_as_the_python_relay_answers_
 
 
 async def test_an_unreplayable_stream_is_answered_as_the_python_relay_answers_it(
-    tmp_path: Path,
+    tmp_path: Path, stand_in: StandInFactory
 ) -> None:
     async with mesh(replay_max_bytes=4 * CHUNK) as py:
         first = await py.add("first", utterance_ms=60_000)  # no final: nothing is trimmed
@@ -265,7 +293,7 @@ async def test_an_unreplayable_stream_is_answered_as_the_python_relay_answers_it
         await held.send(pcm(0.2, 1))
         expected = await _status(held.call)
     async with native_mesh(tmp_path, replay_max_bytes=4 * CHUNK) as (native, channel):
-        stream = AttachStandIn(channel)
+        stream = stand_in(channel)
         await stream.open(config())
         reject = dataplane_pb2.RejectEvent(unreplayable=True)
         assert await ends(stream, stream.send(reject=reject)) == expected
@@ -273,10 +301,12 @@ async def test_an_unreplayable_stream_is_answered_as_the_python_relay_answers_it
         assert native.metric("voxmesh_router_streams_total", pool="asr_small", code="UNAVAILABLE")
 
 
-async def test_place_is_answered_with_a_reserved_instance(tmp_path: Path) -> None:
+async def test_place_is_answered_with_a_reserved_instance(
+    tmp_path: Path, stand_in: StandInFactory
+) -> None:
     async with native_mesh(tmp_path) as (m, channel):
         fake = await m.add("a", max_streams=3)
-        stream = AttachStandIn(channel)
+        stream = stand_in(channel)
         await stream.open(config())
         placement = await stream.placement()
         assert (placement.instance_id, placement.target, placement.model) == (
@@ -297,12 +327,12 @@ async def test_place_is_answered_with_a_reserved_instance(tmp_path: Path) -> Non
 
 
 async def test_open_asking_for_an_instance_gets_one_with_the_route_when_one_has_room(
-    tmp_path: Path,
+    tmp_path: Path, stand_in: StandInFactory
 ) -> None:
     # Telemetry every 30 s: only the router's own marks say which instance has room.
     async with native_mesh(tmp_path, telemetry_interval_s=30.0) as (m, channel):
         fake = await m.add("a", max_streams=1)
-        first = AttachStandIn(channel)
+        first = stand_in(channel)
         route = await first.open(config(), place=True)
         assert (route.pool, route.placement.instance_id) == ("asr_small", "a")
         assert route.placement.target == fake.target
@@ -310,7 +340,7 @@ async def test_open_asking_for_an_instance_gets_one_with_the_route_when_one_has_
         assert member is not None and member.inflight == 1
 
         # No room at once: the route comes alone, the placement once there is room.
-        second = AttachStandIn(channel)
+        second = stand_in(channel)
         route = await second.open(config(), place=True)
         assert route.pool == "asr_small" and not route.HasField("placement")
         await wait_until_async(lambda: m.queue().queued_realtime == 1)
@@ -333,11 +363,13 @@ async def test_open_asking_for_an_instance_gets_one_with_the_route_when_one_has_
         assert m.metric("voxmesh_router_streams_total", pool="asr_small", code="ABORTED") == 1
 
 
-async def test_a_refused_stream_waits_again_in_the_place_it_had(tmp_path: Path) -> None:
+async def test_a_refused_stream_waits_again_in_the_place_it_had(
+    tmp_path: Path, stand_in: StandInFactory
+) -> None:
     # Telemetry every 30 s: only the router's own marks say which instance has room.
     async with native_mesh(tmp_path, telemetry_interval_s=30.0) as (m, channel):
         await m.add("a", max_streams=1)
-        refused, behind = AttachStandIn(channel), AttachStandIn(channel)
+        refused, behind = stand_in(channel), stand_in(channel)
         await refused.open(config())
         await behind.open(config())
         assert (await refused.placement()).instance_id == "a"
@@ -360,12 +392,12 @@ async def test_a_refused_stream_waits_again_in_the_place_it_had(tmp_path: Path) 
 
 
 async def test_a_failed_instance_is_excluded_and_the_stream_gives_up_past_max_failovers(
-    tmp_path: Path,
+    tmp_path: Path, stand_in: StandInFactory
 ) -> None:
     async with native_mesh(tmp_path, telemetry_interval_s=30.0, max_failovers=1) as (m, channel):
         await m.add("a")
         await m.add("b")
-        stream = AttachStandIn(channel)
+        stream = stand_in(channel)
         await stream.open(config())
         first = (await stream.placement()).instance_id
         await stream.ended(Ended.OUTCOME_FAILED)
@@ -384,14 +416,16 @@ async def test_a_failed_instance_is_excluded_and_the_stream_gives_up_past_max_fa
         assert m.metric("voxmesh_router_streams_total", pool="asr_small", code="UNAVAILABLE") == 1
 
 
-async def test_a_failed_over_stream_is_served_ahead_of_new_ones(tmp_path: Path) -> None:
+async def test_a_failed_over_stream_is_served_ahead_of_new_ones(
+    tmp_path: Path, stand_in: StandInFactory
+) -> None:
     async with native_mesh(tmp_path, telemetry_interval_s=30.0) as (m, channel):
         await m.add("a", max_streams=1)
-        on_a = AttachStandIn(channel)
+        on_a = stand_in(channel)
         await on_a.open(config())
         assert (await on_a.placement()).instance_id == "a"
         await m.add("b", max_streams=1)
-        on_b, new = AttachStandIn(channel), AttachStandIn(channel)
+        on_b, new = stand_in(channel), stand_in(channel)
         await on_b.open(config())
         assert (await on_b.placement()).instance_id == "b"
         await new.open(config())
@@ -407,10 +441,12 @@ async def test_a_failed_over_stream_is_served_ahead_of_new_ones(tmp_path: Path) 
             await stream.finished()
 
 
-async def test_a_last_resort_placement_carries_its_mark(tmp_path: Path) -> None:
+async def test_a_last_resort_placement_carries_its_mark(
+    tmp_path: Path, stand_in: StandInFactory
+) -> None:
     async with native_mesh(tmp_path, last_resort=True) as (m, channel):
         await m.add("full", max_streams=1)
-        holder = AttachStandIn(channel)
+        holder = stand_in(channel)
         await holder.open(config())
         assert (await holder.placement()).instance_id == "full"
         draining = await m.add("draining", max_streams=2)
@@ -422,7 +458,7 @@ async def test_a_last_resort_placement_carries_its_mark(tmp_path: Path) -> None:
             return member is not None and member.last_resort()
 
         await wait_until_async(last_resort_known)
-        stream = AttachStandIn(channel)
+        stream = stand_in(channel)
         await stream.open(config())
         placement = await stream.placement()
         assert placement.instance_id == "draining"
@@ -433,13 +469,15 @@ async def test_a_last_resort_placement_carries_its_mark(tmp_path: Path) -> None:
             await held.finished()
 
 
-async def test_a_draining_router_refuses_new_streams(tmp_path: Path) -> None:
+async def test_a_draining_router_refuses_new_streams(
+    tmp_path: Path, stand_in: StandInFactory
+) -> None:
     async with native_mesh(tmp_path) as (m, channel):
-        held = AttachStandIn(channel)
+        held = stand_in(channel)
         await held.open(config())
         shutdown = asyncio.create_task(m.router.shutdown())
         await wait_until_async(lambda: m.router.recognizer.draining)
-        refused = AttachStandIn(channel)
+        refused = stand_in(channel)
         assert await ends(refused, refused.open(config())) == (
             grpc.StatusCode.UNAVAILABLE,
             "the router is draining; retry on another router",
@@ -451,11 +489,13 @@ async def test_a_draining_router_refuses_new_streams(tmp_path: Path) -> None:
         assert m.metric("voxmesh_router_streams_total", pool="unknown", code="UNAVAILABLE") == 1
 
 
-async def test_the_router_limit_counts_native_streams(tmp_path: Path) -> None:
+async def test_the_router_limit_counts_native_streams(
+    tmp_path: Path, stand_in: StandInFactory
+) -> None:
     async with native_mesh(tmp_path, max_streams=1, queue_retry_after_s=0.5) as (m, channel):
-        held = AttachStandIn(channel)
+        held = stand_in(channel)
         await held.open(config())
-        refused = AttachStandIn(channel)
+        refused = stand_in(channel)
         assert await ends(refused, refused.open(config())) == (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "the router is at capacity (1 streams); retry later",
@@ -464,15 +504,17 @@ async def test_the_router_limit_counts_native_streams(tmp_path: Path) -> None:
         assert m.metric("voxmesh_router_rejected_total", pool="any", reason="router_full") == 1
         await wait_until_async(lambda: m.router.recognizer.active_streams == 1)
         await held.finished()
-        again = AttachStandIn(channel)
+        again = stand_in(channel)
         assert (await again.open(config())).pool == "asr_small"
         await again.finished()
 
 
-async def test_an_attach_call_that_ends_leaves_nothing_held(tmp_path: Path) -> None:
+async def test_an_attach_call_that_ends_leaves_nothing_held(
+    tmp_path: Path, stand_in: StandInFactory
+) -> None:
     async with native_mesh(tmp_path, telemetry_interval_s=30.0) as (m, channel):
         await m.add("a", max_streams=1)
-        placed, queued = AttachStandIn(channel), AttachStandIn(channel)
+        placed, queued = stand_in(channel), stand_in(channel)
         await placed.open(config())
         assert (await placed.placement()).instance_id == "a"
         await queued.open(config())
@@ -495,9 +537,11 @@ async def test_an_attach_call_that_ends_leaves_nothing_held(tmp_path: Path) -> N
         assert m.metric("voxmesh_router_streams_total", pool="asr_small", code="CANCELLED") == 2
 
 
-async def test_latency_samples_land_in_the_added_latency_histogram(tmp_path: Path) -> None:
+async def test_latency_samples_land_in_the_added_latency_histogram(
+    tmp_path: Path, stand_in: StandInFactory
+) -> None:
     async with native_mesh(tmp_path) as (m, channel):
-        stream = AttachStandIn(channel)
+        stream = stand_in(channel)
         await stream.open(config())
         latency = dataplane_pb2.LatencyEvent(
             upstream_seconds=[0.001, 0.002], downstream_seconds=[0.004]
@@ -511,10 +555,12 @@ async def test_latency_samples_land_in_the_added_latency_histogram(tmp_path: Pat
         await stream.finished()
 
 
-async def test_finished_counts_the_code_the_client_got(tmp_path: Path) -> None:
+async def test_finished_counts_the_code_the_client_got(
+    tmp_path: Path, stand_in: StandInFactory
+) -> None:
     async with native_mesh(tmp_path) as (m, channel):
         for code in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED):
-            stream = AttachStandIn(channel)
+            stream = stand_in(channel)
             await stream.open(config())
             await stream.finished(code=code.value[0], audio_seconds=0.25)
         for code_name in ("OK", "DEADLINE_EXCEEDED"):
@@ -523,17 +569,19 @@ async def test_finished_counts_the_code_the_client_got(tmp_path: Path) -> None:
         assert m.router.recognizer.active_streams == 0
 
 
-async def test_events_out_of_order_end_the_call_with_internal(tmp_path: Path) -> None:
+async def test_events_out_of_order_end_the_call_with_internal(
+    tmp_path: Path, stand_in: StandInFactory
+) -> None:
     async with native_mesh(tmp_path) as (m, channel):
         await m.add("a")
-        early = AttachStandIn(channel)
+        early = stand_in(channel)
         code, details, _ = await ends(early, early.place())
         assert (code, details) == (grpc.StatusCode.INTERNAL, "place before open")
-        unplaced = AttachStandIn(channel)
+        unplaced = stand_in(channel)
         await unplaced.open(config())
         code, details, _ = await ends(unplaced, unplaced.ended(Ended.OUTCOME_DONE))
         assert (code, details) == (grpc.StatusCode.INTERNAL, "attempt_ended without a placement")
-        twice = AttachStandIn(channel)
+        twice = stand_in(channel)
         await twice.open(config())
         await twice.placement()
         code, details, _ = await ends(twice, twice.place())
@@ -541,14 +589,108 @@ async def test_events_out_of_order_end_the_call_with_internal(tmp_path: Path) ->
         member = m.member("a")
         await wait_until_async(lambda: member is not None and member.inflight == 0)
         # finished.last_attempt stands for attempt_ended DONE or ERROR, never another.
-        unheld = AttachStandIn(channel)
+        unheld = stand_in(channel)
         await unheld.open(config())
         code, details, _ = await ends(unheld, unheld.finished(last_attempt=Ended.OUTCOME_DONE))
         assert (code, details) == (grpc.StatusCode.INTERNAL, "attempt_ended without a placement")
-        failed = AttachStandIn(channel)
+        failed = stand_in(channel)
         assert (await failed.open(config(), place=True)).placement.instance_id == "a"
         code, details, _ = await ends(failed, failed.finished(last_attempt=Ended.OUTCOME_FAILED))
         assert (code, details) == (grpc.StatusCode.INTERNAL, "finished with last_attempt 3")
         await wait_until_async(lambda: member is not None and member.inflight == 0)
         assert m.metric("voxmesh_router_streams_total", pool="unknown", code="INTERNAL") == 1
         assert m.metric("voxmesh_router_streams_total", pool="asr_small", code="INTERNAL") == 4
+
+
+async def test_one_connect_call_carries_many_streams_and_batches_their_answers(
+    tmp_path: Path,
+) -> None:
+    async with native_mesh(tmp_path, telemetry_interval_s=30.0) as (m, channel):
+        await m.add("a", max_streams=8)
+        connect = ConnectStandIn(channel)
+        streams = [connect.stream() for _ in range(6)]
+        routes = await asyncio.gather(
+            *(
+                s.open(config_request(model="asr_small", stream_id=f"s{i}"), place=True)
+                for i, s in enumerate(streams)
+            )
+        )
+        # Each stream has its own answer, and the answers shared batches.
+        assert [r.stream_id for r in routes] == [f"s{i}" for i in range(6)]
+        assert all(r.placement.instance_id == "a" for r in routes)
+        assert sum(connect.answer_batches) == 6 and max(connect.answer_batches) > 1
+        assert max(connect.batches) > 1
+        member = m.member("a")
+        assert member is not None and member.inflight == 6
+        await asyncio.gather(*(s.finished(last_attempt=Ended.OUTCOME_DONE) for s in streams))
+        assert member.inflight == 0
+        assert m.metric("voxmesh_router_streams_total", pool="asr_small", code="OK") == 6
+
+
+async def test_a_carried_stream_ends_with_the_status_its_attach_call_ends_with(
+    tmp_path: Path,
+) -> None:
+    async with native_mesh(tmp_path, max_streams=1, queue_retry_after_s=0.5) as (_, channel):
+        connect = ConnectStandIn(channel)
+        held = connect.stream()
+        await held.open(config())
+        carried, attached = connect.stream(), AttachStandIn(channel)
+        statuses = [await ends(s, s.open(config())) for s in (carried, attached)]
+        assert statuses[0] == statuses[1]
+        assert statuses[0][0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        trailers = [dict(await s.call.trailing_metadata()) for s in (carried, attached)]
+        details = status_pb2.Status.FromString(trailers[0]["grpc-status-details-bin"])
+        retry = error_details_pb2.RetryInfo()
+        assert details.details[0].Unpack(retry) and retry.retry_delay.ToMilliseconds() == 500
+        assert trailers[0] == {k: v for k, v in trailers[1].items() if k in trailers[0]}
+        assert set(trailers[0]) == {"grpc-status-details-bin", RETRY_AFTER_KEY}
+        await held.finished()
+
+
+async def test_connect_drops_what_comes_for_a_stream_that_ended(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with native_mesh(tmp_path) as (m, channel):
+        connect = ConnectStandIn(channel)
+        done = connect.stream()
+        await done.open(config())
+        await done.finished()
+        # As events sent after an Attach call ended: dropped, the call unharmed.
+        latency = dataplane_pb2.AttachRequest(
+            latency=dataplane_pb2.LatencyEvent(upstream_seconds=[0.5])
+        )
+        connect.queue(dataplane_pb2.StreamEvent(stream=done.call.key, event=latency))
+        connect.queue(dataplane_pb2.StreamEvent(stream=done.call.key, cancel=True))
+        connect.queue(dataplane_pb2.StreamEvent(stream=1000, event=latency))
+
+        other = connect.stream()
+        connect.queue(dataplane_pb2.StreamEvent(stream=other.call.key, begin=True))  # again
+        assert (await other.open(config())).pool == "asr_small"
+        await other.finished()
+        assert "Connect began stream 1 twice" in caplog.text
+        name = "voxmesh_router_added_latency_seconds_count"
+        assert m.metric(name, direction="upstream") == 0
+        assert m.metric("voxmesh_router_streams_total", pool="asr_small", code="OK") == 2
+
+
+async def test_an_unexpected_error_ends_only_its_own_carried_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Any, event: dataplane_pb2.LatencyEvent) -> None:
+        raise RuntimeError("a bug")
+
+    async with native_mesh(tmp_path) as (m, channel):
+        connect = ConnectStandIn(channel)
+        failing, other = connect.stream(), connect.stream()
+        await failing.open(config())
+        await other.open(config())
+        monkeypatch.setattr("services.router.control._Attachment._latency", broken)
+        latency = dataplane_pb2.LatencyEvent(upstream_seconds=[0.001])
+        assert await ends(failing, failing.send(latency=latency)) == (
+            grpc.StatusCode.UNKNOWN,
+            "unexpected error in the router's control plane",
+            None,
+        )
+        await other.finished()
+        await wait_until_async(lambda: m.router.recognizer.active_streams == 0)
+        assert m.metric("voxmesh_router_streams_total", pool="asr_small", code="OK") == 1

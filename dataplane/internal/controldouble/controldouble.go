@@ -1,5 +1,6 @@
 // Package controldouble is a test double of the router's control plane, not the
-// control plane: DataPlaneService.Attach (protos/voxmesh/router/v1/dataplane.proto)
+// control plane: DataPlaneService.Attach and Connect, which carries Attach calls
+// (protos/voxmesh/router/v1/dataplane.proto),
 // answering open and place as its Route and Place functions say (the answer to
 // open.place goes with the route when Place returns within 200 ms), ending the
 // call for a reject as its Reject function says and at its start as its Begin
@@ -16,6 +17,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -45,13 +47,26 @@ type Double struct {
 	// it drains or serves its maximum).
 	Begin func(s *Stream) error
 
-	streams chan *Stream
-	once    sync.Once
+	streams  chan *Stream
+	once     sync.Once
+	connects atomic.Int32
 }
 
-// Stream is one Attach call the double served.
+// Connects returns how many Connect calls the double has taken.
+func (d *Double) Connects() int { return int(d.connects.Load()) }
+
+// attachServer is the server side of one stream's Attach call: a call of its
+// own, or one carried by Connect (connect.go).
+type attachServer interface {
+	Recv() (*routerv1.AttachRequest, error)
+	Send(*routerv1.AttachResponse) error
+	Context() context.Context
+	SetTrailer(metadata.MD)
+}
+
+// Stream is one Attach call the double served (carried by Connect or not).
 type Stream struct {
-	call routerv1.DataPlaneService_AttachServer
+	call attachServer
 
 	mu        sync.Mutex
 	events    []*routerv1.AttachRequest
@@ -88,6 +103,11 @@ func (d *Double) Serve(path string) (stop func(), err error) {
 
 // Attach serves one stream's call.
 func (d *Double) Attach(call routerv1.DataPlaneService_AttachServer) error {
+	return d.serve(call)
+}
+
+// serve serves one stream's call, and records how it ended.
+func (d *Double) serve(call attachServer) error {
 	s := &Stream{call: call, changed: make(chan struct{}), ended: make(chan struct{})}
 	select {
 	case d.streams <- s:
@@ -204,7 +224,7 @@ func (d *Double) attach(s *Stream) error {
 		case *routerv1.AttachRequest_Reject:
 			return d.reject(s, e.Reject)
 		case *routerv1.AttachRequest_Finished:
-			// The data path half-closes next; the call ends OK then.
+			return nil // as the control plane: finished ends the call OK
 		}
 	}
 }

@@ -11,7 +11,8 @@ elsewhere without counting a failover.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import NoReturn, Protocol
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -22,6 +23,7 @@ from voxmesh.rpc.wellknown import duration
 
 __all__ = [
     "RETRY_AFTER_KEY",
+    "Abortable",
     "abort",
     "aborting",
     "code_of",
@@ -45,6 +47,25 @@ _CODES: list[tuple[type[errors.VoxmeshError], grpc.StatusCode]] = [
     (errors.SettingsError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Internal, grpc.StatusCode.INTERNAL),
 ]
+
+
+class Abortable(Protocol):
+    """What ending a call with a status needs of its context: a grpc.aio
+    ServicerContext's two ways to abort, which a call carried inside another (the
+    router's ``DataPlaneService.Connect``) also has."""
+
+    async def abort(
+        self,
+        code: grpc.StatusCode,
+        details: str = "",
+        trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
+    ) -> NoReturn:
+        """Ends the call with ``code``, ``details`` and ``trailing_metadata``."""
+        ...
+
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        """Ends the call with ``status`` (its trailing metadata carries the details)."""
+        ...
 
 
 def code_of(err: BaseException) -> grpc.StatusCode:
@@ -83,13 +104,13 @@ class _WithTrailing(grpc.Status):
         self.trailing_metadata = tuple(base.trailing_metadata) + extra
 
 
-async def abort(context: grpc.aio.ServicerContext[object, object], err: BaseException) -> None:
+async def abort(context: Abortable, err: BaseException) -> None:
     """Ends the RPC with the status of ``err``. Never returns."""
     await context.abort_with_status(to_status(err))
 
 
 @contextlib.asynccontextmanager
-async def aborting(context: grpc.aio.ServicerContext[object, object]) -> AsyncIterator[None]:
+async def aborting(context: Abortable) -> AsyncIterator[None]:
     """Ends the RPC with the status of a voxmesh error raised inside the block."""
     try:
         yield

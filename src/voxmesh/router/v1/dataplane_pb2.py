@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from voxmesh.stt.v1 import stt_pb2 as voxmesh_dot_stt_dot_v1_dot_stt__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!voxmesh/router/v1/dataplane.proto\x12\x11voxmesh.router.v1\x1a\x18voxmesh/stt/v1/stt.proto\"\x9e\x03\n\rAttachRequest\x12,\n\x04open\x18\x01 \x01(\x0b\x32\x1c.voxmesh.router.v1.OpenEventH\x00\x12.\n\x05place\x18\x02 \x01(\x0b\x32\x1d.voxmesh.router.v1.PlaceEventH\x00\x12=\n\rattempt_ended\x18\x03 \x01(\x0b\x32$.voxmesh.router.v1.AttemptEndedEventH\x00\x12\x34\n\x08\x62uffered\x18\x04 \x01(\x0b\x32 .voxmesh.router.v1.BufferedEventH\x00\x12\x30\n\x06reject\x18\x05 \x01(\x0b\x32\x1e.voxmesh.router.v1.RejectEventH\x00\x12\x32\n\x07latency\x18\x06 \x01(\x0b\x32\x1f.voxmesh.router.v1.LatencyEventH\x00\x12\x34\n\x08\x66inished\x18\x07 \x01(\x0b\x32 .voxmesh.router.v1.FinishedEventH\x00\x12\x15\n\raudio_seconds\x18\x08 \x01(\x01\x42\x07\n\x05\x65vent\"\\\n\tOpenEvent\x12@\n\rfirst_request\x18\x01 \x01(\x0b\x32).voxmesh.stt.v1.StreamingRecognizeRequest\x12\r\n\x05place\x18\x02 \x01(\x08\"\x0c\n\nPlaceEvent\"\xc1\x01\n\x11\x41ttemptEndedEvent\x12=\n\x07outcome\x18\x01 \x01(\x0e\x32,.voxmesh.router.v1.AttemptEndedEvent.Outcome\"m\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x10\n\x0cOUTCOME_DONE\x10\x01\x12\x10\n\x0cOUTCOME_FULL\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\x12\x11\n\rOUTCOME_ERROR\x10\x04\"\x1e\n\rBufferedEvent\x12\r\n\x05\x62ytes\x18\x01 \x01(\x03\"\xbf\x01\n\x0bRejectEvent\x12@\n\x0b\x62\x61\x64_request\x18\x01 \x01(\x0b\x32).voxmesh.stt.v1.StreamingRecognizeRequestH\x00\x12\x1d\n\x13stalled_waiting_for\x18\x02 \x01(\tH\x00\x12\x12\n\x08no_audio\x18\x03 \x01(\x08H\x00\x12\x16\n\x0cunreplayable\x18\x04 \x01(\x08H\x00\x12\x19\n\x0f\x62\x61\x64_chunk_bytes\x18\x05 \x01(\x03H\x00\x42\x08\n\x06reason\"D\n\x0cLatencyEvent\x12\x18\n\x10upstream_seconds\x18\x01 \x03(\x01\x12\x1a\n\x12\x64ownstream_seconds\x18\x02 \x03(\x01\"\xae\x01\n\rFinishedEvent\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x19\n\raudio_seconds\x18\x02 \x01(\x01\x42\x02\x18\x01\x12\x42\n\x0clast_attempt\x18\x03 \x01(\x0e\x32,.voxmesh.router.v1.AttemptEndedEvent.Outcome\x12\x30\n\x07latency\x18\x04 \x01(\x0b\x32\x1f.voxmesh.router.v1.LatencyEvent\"\x81\x01\n\x0e\x41ttachResponse\x12.\n\x05route\x18\x01 \x01(\x0b\x32\x1d.voxmesh.router.v1.RouteEventH\x00\x12\x36\n\tplacement\x18\x02 \x01(\x0b\x32!.voxmesh.router.v1.PlacementEventH\x00\x42\x07\n\x05\x65vent\"\xfb\x01\n\nRouteEvent\x12\x39\n\x06\x63onfig\x18\x01 \x01(\x0b\x32).voxmesh.stt.v1.StreamingRecognizeRequest\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12\x10\n\x08linear16\x18\x04 \x01(\x08\x12\x19\n\x11sample_rate_hertz\x18\x05 \x01(\x05\x12.\n\x06limits\x18\x06 \x01(\x0b\x32\x1e.voxmesh.router.v1.RelayLimits\x12\x34\n\tplacement\x18\x07 \x01(\x0b\x32!.voxmesh.router.v1.PlacementEvent\"\xab\x01\n\x0bRelayLimits\x12\x17\n\x0fqueue_max_bytes\x18\x01 \x01(\x03\x12\x1a\n\x12relay_buffer_bytes\x18\x02 \x01(\x03\x12\x18\n\x10replay_max_bytes\x18\x03 \x01(\x03\x12\x17\n\x0fmax_chunk_bytes\x18\x04 \x01(\x03\x12\x1b\n\x13\x66\x61ilover_context_ms\x18\x05 \x01(\x03\x12\x17\n\x0fidle_timeout_ms\x18\x06 \x01(\x03\"x\n\x0ePlacementEvent\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x32\n\x08metadata\x18\x04 \x03(\x0b\x32 .voxmesh.router.v1.MetadataEntry\"+\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t2e\n\x10\x44\x61taPlaneService\x12Q\n\x06\x41ttach\x12 .voxmesh.router.v1.AttachRequest\x1a!.voxmesh.router.v1.AttachResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!voxmesh/router/v1/dataplane.proto\x12\x11voxmesh.router.v1\x1a\x18voxmesh/stt/v1/stt.proto\"@\n\x0e\x43onnectRequest\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.voxmesh.router.v1.StreamEvent\"{\n\x0bStreamEvent\x12\x0e\n\x06stream\x18\x01 \x01(\x04\x12\x0f\n\x05\x62\x65gin\x18\x02 \x01(\x08H\x00\x12\x31\n\x05\x65vent\x18\x03 \x01(\x0b\x32 .voxmesh.router.v1.AttachRequestH\x00\x12\x10\n\x06\x63\x61ncel\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"C\n\x0f\x43onnectResponse\x12\x30\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1f.voxmesh.router.v1.StreamAnswer\"\x88\x01\n\x0cStreamAnswer\x12\x0e\n\x06stream\x18\x01 \x01(\x04\x12\x33\n\x06\x61nswer\x18\x02 \x01(\x0b\x32!.voxmesh.router.v1.AttachResponseH\x00\x12+\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1c.voxmesh.router.v1.StreamEndH\x00\x42\x06\n\x04kind\"\\\n\tStreamEnd\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x30\n\x07trailer\x18\x03 \x03(\x0b\x32\x1f.voxmesh.router.v1.TrailerEntry\"*\n\x0cTrailerEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x9e\x03\n\rAttachRequest\x12,\n\x04open\x18\x01 \x01(\x0b\x32\x1c.voxmesh.router.v1.OpenEventH\x00\x12.\n\x05place\x18\x02 \x01(\x0b\x32\x1d.voxmesh.router.v1.PlaceEventH\x00\x12=\n\rattempt_ended\x18\x03 \x01(\x0b\x32$.voxmesh.router.v1.AttemptEndedEventH\x00\x12\x34\n\x08\x62uffered\x18\x04 \x01(\x0b\x32 .voxmesh.router.v1.BufferedEventH\x00\x12\x30\n\x06reject\x18\x05 \x01(\x0b\x32\x1e.voxmesh.router.v1.RejectEventH\x00\x12\x32\n\x07latency\x18\x06 \x01(\x0b\x32\x1f.voxmesh.router.v1.LatencyEventH\x00\x12\x34\n\x08\x66inished\x18\x07 \x01(\x0b\x32 .voxmesh.router.v1.FinishedEventH\x00\x12\x15\n\raudio_seconds\x18\x08 \x01(\x01\x42\x07\n\x05\x65vent\"\\\n\tOpenEvent\x12@\n\rfirst_request\x18\x01 \x01(\x0b\x32).voxmesh.stt.v1.StreamingRecognizeRequest\x12\r\n\x05place\x18\x02 \x01(\x08\"\x0c\n\nPlaceEvent\"\xc1\x01\n\x11\x41ttemptEndedEvent\x12=\n\x07outcome\x18\x01 \x01(\x0e\x32,.voxmesh.router.v1.AttemptEndedEvent.Outcome\"m\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x10\n\x0cOUTCOME_DONE\x10\x01\x12\x10\n\x0cOUTCOME_FULL\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\x12\x11\n\rOUTCOME_ERROR\x10\x04\"\x1e\n\rBufferedEvent\x12\r\n\x05\x62ytes\x18\x01 \x01(\x03\"\xbf\x01\n\x0bRejectEvent\x12@\n\x0b\x62\x61\x64_request\x18\x01 \x01(\x0b\x32).voxmesh.stt.v1.StreamingRecognizeRequestH\x00\x12\x1d\n\x13stalled_waiting_for\x18\x02 \x01(\tH\x00\x12\x12\n\x08no_audio\x18\x03 \x01(\x08H\x00\x12\x16\n\x0cunreplayable\x18\x04 \x01(\x08H\x00\x12\x19\n\x0f\x62\x61\x64_chunk_bytes\x18\x05 \x01(\x03H\x00\x42\x08\n\x06reason\"D\n\x0cLatencyEvent\x12\x18\n\x10upstream_seconds\x18\x01 \x03(\x01\x12\x1a\n\x12\x64ownstream_seconds\x18\x02 \x03(\x01\"\xae\x01\n\rFinishedEvent\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x19\n\raudio_seconds\x18\x02 \x01(\x01\x42\x02\x18\x01\x12\x42\n\x0clast_attempt\x18\x03 \x01(\x0e\x32,.voxmesh.router.v1.AttemptEndedEvent.Outcome\x12\x30\n\x07latency\x18\x04 \x01(\x0b\x32\x1f.voxmesh.router.v1.LatencyEvent\"\x81\x01\n\x0e\x41ttachResponse\x12.\n\x05route\x18\x01 \x01(\x0b\x32\x1d.voxmesh.router.v1.RouteEventH\x00\x12\x36\n\tplacement\x18\x02 \x01(\x0b\x32!.voxmesh.router.v1.PlacementEventH\x00\x42\x07\n\x05\x65vent\"\xfb\x01\n\nRouteEvent\x12\x39\n\x06\x63onfig\x18\x01 \x01(\x0b\x32).voxmesh.stt.v1.StreamingRecognizeRequest\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12\x10\n\x08linear16\x18\x04 \x01(\x08\x12\x19\n\x11sample_rate_hertz\x18\x05 \x01(\x05\x12.\n\x06limits\x18\x06 \x01(\x0b\x32\x1e.voxmesh.router.v1.RelayLimits\x12\x34\n\tplacement\x18\x07 \x01(\x0b\x32!.voxmesh.router.v1.PlacementEvent\"\xab\x01\n\x0bRelayLimits\x12\x17\n\x0fqueue_max_bytes\x18\x01 \x01(\x03\x12\x1a\n\x12relay_buffer_bytes\x18\x02 \x01(\x03\x12\x18\n\x10replay_max_bytes\x18\x03 \x01(\x03\x12\x17\n\x0fmax_chunk_bytes\x18\x04 \x01(\x03\x12\x1b\n\x13\x66\x61ilover_context_ms\x18\x05 \x01(\x03\x12\x17\n\x0fidle_timeout_ms\x18\x06 \x01(\x03\"x\n\x0ePlacementEvent\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x32\n\x08metadata\x18\x04 \x03(\x0b\x32 .voxmesh.router.v1.MetadataEntry\"+\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t2\xbb\x01\n\x10\x44\x61taPlaneService\x12Q\n\x06\x41ttach\x12 .voxmesh.router.v1.AttachRequest\x1a!.voxmesh.router.v1.AttachResponse(\x01\x30\x01\x12T\n\x07\x43onnect\x12!.voxmesh.router.v1.ConnectRequest\x1a\".voxmesh.router.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,34 +34,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FINISHEDEVENT'].fields_by_name['audio_seconds']._loaded_options = None
   _globals['_FINISHEDEVENT'].fields_by_name['audio_seconds']._serialized_options = b'\030\001'
-  _globals['_ATTACHREQUEST']._serialized_start=83
-  _globals['_ATTACHREQUEST']._serialized_end=497
-  _globals['_OPENEVENT']._serialized_start=499
-  _globals['_OPENEVENT']._serialized_end=591
-  _globals['_PLACEEVENT']._serialized_start=593
-  _globals['_PLACEEVENT']._serialized_end=605
-  _globals['_ATTEMPTENDEDEVENT']._serialized_start=608
-  _globals['_ATTEMPTENDEDEVENT']._serialized_end=801
-  _globals['_ATTEMPTENDEDEVENT_OUTCOME']._serialized_start=692
-  _globals['_ATTEMPTENDEDEVENT_OUTCOME']._serialized_end=801
-  _globals['_BUFFEREDEVENT']._serialized_start=803
-  _globals['_BUFFEREDEVENT']._serialized_end=833
-  _globals['_REJECTEVENT']._serialized_start=836
-  _globals['_REJECTEVENT']._serialized_end=1027
-  _globals['_LATENCYEVENT']._serialized_start=1029
-  _globals['_LATENCYEVENT']._serialized_end=1097
-  _globals['_FINISHEDEVENT']._serialized_start=1100
-  _globals['_FINISHEDEVENT']._serialized_end=1274
-  _globals['_ATTACHRESPONSE']._serialized_start=1277
-  _globals['_ATTACHRESPONSE']._serialized_end=1406
-  _globals['_ROUTEEVENT']._serialized_start=1409
-  _globals['_ROUTEEVENT']._serialized_end=1660
-  _globals['_RELAYLIMITS']._serialized_start=1663
-  _globals['_RELAYLIMITS']._serialized_end=1834
-  _globals['_PLACEMENTEVENT']._serialized_start=1836
-  _globals['_PLACEMENTEVENT']._serialized_end=1956
-  _globals['_METADATAENTRY']._serialized_start=1958
-  _globals['_METADATAENTRY']._serialized_end=2001
-  _globals['_DATAPLANESERVICE']._serialized_start=2003
-  _globals['_DATAPLANESERVICE']._serialized_end=2104
+  _globals['_CONNECTREQUEST']._serialized_start=82
+  _globals['_CONNECTREQUEST']._serialized_end=146
+  _globals['_STREAMEVENT']._serialized_start=148
+  _globals['_STREAMEVENT']._serialized_end=271
+  _globals['_CONNECTRESPONSE']._serialized_start=273
+  _globals['_CONNECTRESPONSE']._serialized_end=340
+  _globals['_STREAMANSWER']._serialized_start=343
+  _globals['_STREAMANSWER']._serialized_end=479
+  _globals['_STREAMEND']._serialized_start=481
+  _globals['_STREAMEND']._serialized_end=573
+  _globals['_TRAILERENTRY']._serialized_start=575
+  _globals['_TRAILERENTRY']._serialized_end=617
+  _globals['_ATTACHREQUEST']._serialized_start=620
+  _globals['_ATTACHREQUEST']._serialized_end=1034
+  _globals['_OPENEVENT']._serialized_start=1036
+  _globals['_OPENEVENT']._serialized_end=1128
+  _globals['_PLACEEVENT']._serialized_start=1130
+  _globals['_PLACEEVENT']._serialized_end=1142
+  _globals['_ATTEMPTENDEDEVENT']._serialized_start=1145
+  _globals['_ATTEMPTENDEDEVENT']._serialized_end=1338
+  _globals['_ATTEMPTENDEDEVENT_OUTCOME']._serialized_start=1229
+  _globals['_ATTEMPTENDEDEVENT_OUTCOME']._serialized_end=1338
+  _globals['_BUFFEREDEVENT']._serialized_start=1340
+  _globals['_BUFFEREDEVENT']._serialized_end=1370
+  _globals['_REJECTEVENT']._serialized_start=1373
+  _globals['_REJECTEVENT']._serialized_end=1564
+  _globals['_LATENCYEVENT']._serialized_start=1566
+  _globals['_LATENCYEVENT']._serialized_end=1634
+  _globals['_FINISHEDEVENT']._serialized_start=1637
+  _globals['_FINISHEDEVENT']._serialized_end=1811
+  _globals['_ATTACHRESPONSE']._serialized_start=1814
+  _globals['_ATTACHRESPONSE']._serialized_end=1943
+  _globals['_ROUTEEVENT']._serialized_start=1946
+  _globals['_ROUTEEVENT']._serialized_end=2197
+  _globals['_RELAYLIMITS']._serialized_start=2200
+  _globals['_RELAYLIMITS']._serialized_end=2371
+  _globals['_PLACEMENTEVENT']._serialized_start=2373
+  _globals['_PLACEMENTEVENT']._serialized_end=2493
+  _globals['_METADATAENTRY']._serialized_start=2495
+  _globals['_METADATAENTRY']._serialized_end=2538
+  _globals['_DATAPLANESERVICE']._serialized_start=2541
+  _globals['_DATAPLANESERVICE']._serialized_end=2728
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,11 @@ class DataPlaneServiceStub:
                 request_serializer=voxmesh_dot_router_dot_v1_dot_dataplane__pb2.AttachRequest.SerializeToString,
                 response_deserializer=voxmesh_dot_router_dot_v1_dot_dataplane__pb2.AttachResponse.FromString,
                 _registered_method=True)
+        self.Connect = channel.stream_stream(
+                '/voxmesh.router.v1.DataPlaneService/Connect',
+                request_serializer=voxmesh_dot_router_dot_v1_dot_dataplane__pb2.ConnectRequest.SerializeToString,
+                response_deserializer=voxmesh_dot_router_dot_v1_dot_dataplane__pb2.ConnectResponse.FromString,
+                _registered_method=True)
 
 
 class DataPlaneServiceServicer:
@@ -47,7 +52,8 @@ class DataPlaneServiceServicer:
     """
 
     def Attach(self, request_iterator, context):
-        """One call per client stream, open for the stream's whole life.
+        """One call per client stream, open for the stream's whole life (Connect
+        carries the same calls for many streams over one).
 
         The data path opens the call as the client's stream begins, and sends
         `open` with the client's first request once it arrives (or `reject`, when
@@ -76,6 +82,23 @@ class DataPlaneServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Connect(self, request_iterator, context):
+        """Many client streams' Attach calls over one call, for as long as the data
+        path runs: what the data path uses.
+
+        Each stream is a key the data path chooses, unique within the call. Its
+        events are the events of an Attach call, in the same order, with the same
+        answers; `begin` stands for the start of the call and `end` for its
+        status. Batches carry the events and answers of several streams: a
+        stream costs each process a share of a read and a write rather than a
+        call of its own. When the call ends, every stream it carries ends as its
+        Attach call would: the control plane releases what they held, and the
+        data path gives their clients the call's status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataPlaneServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -83,6 +106,11 @@ def add_DataPlaneServiceServicer_to_server(servicer, server):
                     servicer.Attach,
                     request_deserializer=voxmesh_dot_router_dot_v1_dot_dataplane__pb2.AttachRequest.FromString,
                     response_serializer=voxmesh_dot_router_dot_v1_dot_dataplane__pb2.AttachResponse.SerializeToString,
+            ),
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=voxmesh_dot_router_dot_v1_dot_dataplane__pb2.ConnectRequest.FromString,
+                    response_serializer=voxmesh_dot_router_dot_v1_dot_dataplane__pb2.ConnectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -113,6 +141,33 @@ class DataPlaneService:
             '/voxmesh.router.v1.DataPlaneService/Attach',
             voxmesh_dot_router_dot_v1_dot_dataplane__pb2.AttachRequest.SerializeToString,
             voxmesh_dot_router_dot_v1_dot_dataplane__pb2.AttachResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/voxmesh.router.v1.DataPlaneService/Connect',
+            voxmesh_dot_router_dot_v1_dot_dataplane__pb2.ConnectRequest.SerializeToString,
+            voxmesh_dot_router_dot_v1_dot_dataplane__pb2.ConnectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,7 +50,8 @@ class DataPlaneServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DataPlaneServiceAsyncStub: ...
     Attach: _grpc.StreamStreamMultiCallable[_dataplane_pb2.AttachRequest, _dataplane_pb2.AttachResponse]
-    """One call per client stream, open for the stream's whole life.
+    """One call per client stream, open for the stream's whole life (Connect
+    carries the same calls for many streams over one).
 
     The data path opens the call as the client's stream begins, and sends
     `open` with the client's first request once it arrives (or `reject`, when
@@ -75,6 +76,19 @@ class DataPlaneServiceStub:
     metadata, to the client unchanged. A data path that goes away ends its
     streams' calls: the control plane then releases what they held.
     """
+    Connect: _grpc.StreamStreamMultiCallable[_dataplane_pb2.ConnectRequest, _dataplane_pb2.ConnectResponse]
+    """Many client streams' Attach calls over one call, for as long as the data
+    path runs: what the data path uses.
+
+    Each stream is a key the data path chooses, unique within the call. Its
+    events are the events of an Attach call, in the same order, with the same
+    answers; `begin` stands for the start of the call and `end` for its
+    status. Batches carry the events and answers of several streams: a
+    stream costs each process a share of a read and a write rather than a
+    call of its own. When the call ends, every stream it carries ends as its
+    Attach call would: the control plane releases what they held, and the
+    data path gives their clients the call's status.
+    """
 
 @_typing.type_check_only
 class DataPlaneServiceAsyncStub(DataPlaneServiceStub):
@@ -82,7 +96,8 @@ class DataPlaneServiceAsyncStub(DataPlaneServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Attach: _aio.StreamStreamMultiCallable[_dataplane_pb2.AttachRequest, _dataplane_pb2.AttachResponse]  # type: ignore[assignment]
-    """One call per client stream, open for the stream's whole life.
+    """One call per client stream, open for the stream's whole life (Connect
+    carries the same calls for many streams over one).
 
     The data path opens the call as the client's stream begins, and sends
     `open` with the client's first request once it arrives (or `reject`, when
@@ -106,6 +121,19 @@ class DataPlaneServiceAsyncStub(DataPlaneServiceStub):
     of a `reject`. The data path passes that status, details and trailing
     metadata, to the client unchanged. A data path that goes away ends its
     streams' calls: the control plane then releases what they held.
+    """
+    Connect: _aio.StreamStreamMultiCallable[_dataplane_pb2.ConnectRequest, _dataplane_pb2.ConnectResponse]  # type: ignore[assignment]
+    """Many client streams' Attach calls over one call, for as long as the data
+    path runs: what the data path uses.
+
+    Each stream is a key the data path chooses, unique within the call. Its
+    events are the events of an Attach call, in the same order, with the same
+    answers; `begin` stands for the start of the call and `end` for its
+    status. Batches carry the events and answers of several streams: a
+    stream costs each process a share of a read and a write rather than a
+    call of its own. When the call ends, every stream it carries ends as its
+    Attach call would: the control plane releases what they held, and the
+    data path gives their clients the call's status.
     """
 
 class DataPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -117,7 +145,8 @@ class DataPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_dataplane_pb2.AttachRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_dataplane_pb2.AttachResponse], _abc.AsyncIterator[_dataplane_pb2.AttachResponse]]:
-        """One call per client stream, open for the stream's whole life.
+        """One call per client stream, open for the stream's whole life (Connect
+        carries the same calls for many streams over one).
 
         The data path opens the call as the client's stream begins, and sends
         `open` with the client's first request once it arrives (or `reject`, when
@@ -141,6 +170,25 @@ class DataPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
         of a `reject`. The data path passes that status, details and trailing
         metadata, to the client unchanged. A data path that goes away ends its
         streams' calls: the control plane then releases what they held.
+        """
+
+    @_abc_1.abstractmethod
+    def Connect(
+        self,
+        request_iterator: _MaybeAsyncIterator[_dataplane_pb2.ConnectRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_dataplane_pb2.ConnectResponse], _abc.AsyncIterator[_dataplane_pb2.ConnectResponse]]:
+        """Many client streams' Attach calls over one call, for as long as the data
+        path runs: what the data path uses.
+
+        Each stream is a key the data path chooses, unique within the call. Its
+        events are the events of an Attach call, in the same order, with the same
+        answers; `begin` stands for the start of the call and `end` for its
+        status. Batches carry the events and answers of several streams: a
+        stream costs each process a share of a read and a write rather than a
+        call of its own. When the call ends, every stream it carries ends as its
+        Attach call would: the control plane releases what they held, and the
+        data path gives their clients the call's status.
         """
 
 def add_DataPlaneServiceServicer_to_server(servicer: DataPlaneServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
