@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -29,7 +30,8 @@ type attachCallStream interface {
 // when the first stream needs it and again after it breaks. Safe for
 // concurrent use.
 type connector struct {
-	client routerv1.DataPlaneServiceClient
+	client    routerv1.DataPlaneServiceClient
+	batchWait time.Duration // Config.ControlBatchWait
 
 	mu      sync.Mutex
 	current *session
@@ -42,7 +44,7 @@ func (c *connector) attach(ctx context.Context) (attachCallStream, error) {
 	sess := c.current
 	if sess == nil || sess.failed() {
 		var err error
-		if sess, err = openSession(c.client); err != nil {
+		if sess, err = openSession(c.client, c.batchWait); err != nil {
 			c.mu.Unlock()
 			return nil, err
 		}
@@ -54,9 +56,10 @@ func (c *connector) attach(ctx context.Context) (attachCallStream, error) {
 
 // session is one Connect call and the streams it carries.
 type session struct {
-	call   routerv1.DataPlaneService_ConnectClient
-	cancel context.CancelFunc
-	wake   chan struct{} // one pending wake-up of the writer at most
+	call      routerv1.DataPlaneService_ConnectClient
+	cancel    context.CancelFunc
+	wake      chan struct{} // one pending wake-up of the writer at most
+	batchWait time.Duration
 
 	mu      sync.Mutex
 	next    uint64
@@ -67,7 +70,7 @@ type session struct {
 }
 
 // openSession opens a Connect call and starts its writer and reader.
-func openSession(client routerv1.DataPlaneServiceClient) (*session, error) {
+func openSession(client routerv1.DataPlaneServiceClient, batchWait time.Duration) (*session, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	call, err := client.Connect(ctx)
 	if err != nil {
@@ -75,11 +78,12 @@ func openSession(client routerv1.DataPlaneServiceClient) (*session, error) {
 		return nil, err
 	}
 	s := &session{
-		call:    call,
-		cancel:  cancel,
-		wake:    make(chan struct{}, 1),
-		streams: make(map[uint64]*carried),
-		broken:  make(chan struct{}),
+		call:      call,
+		cancel:    cancel,
+		wake:      make(chan struct{}, 1),
+		batchWait: batchWait,
+		streams:   make(map[uint64]*carried),
+		broken:    make(chan struct{}),
 	}
 	go s.write()
 	go s.read()
@@ -142,9 +146,15 @@ func (s *session) cancelStream(ctx context.Context, c *carried) {
 	c.end(status.FromContextError(ctx.Err()).Err(), nil)
 }
 
-// write sends the queued events in batches: every event queued while a batch
-// is sent goes in the next one.
+// write sends the queued events in batches: an event after a quiet spell at
+// once, then whatever is queued while a batch is sent and for batchWait after.
 func (s *session) write() {
+	var gather *time.Timer
+	if s.batchWait > 0 {
+		gather = time.NewTimer(0)
+		<-gather.C
+		defer gather.Stop()
+	}
 	for {
 		select {
 		case <-s.wake:
@@ -160,6 +170,14 @@ func (s *session) write() {
 		}
 		if err := s.call.Send(&routerv1.ConnectRequest{Events: batch}); err != nil {
 			return // the call ended: read has its status
+		}
+		if gather != nil {
+			gather.Reset(s.batchWait)
+			select {
+			case <-gather.C:
+			case <-s.broken:
+				return
+			}
 		}
 	}
 }

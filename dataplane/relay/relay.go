@@ -21,6 +21,11 @@ import (
 	sttv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/stt/v1"
 )
 
+// DefaultControlBatchWait is Config.ControlBatchWait's default: a stream's
+// event waits 2 ms at most, and a burst of a thousand events a second goes in
+// batches of a few.
+const DefaultControlBatchWait = 2 * time.Millisecond
+
 // Method is the one method the relay serves.
 const Method = "/voxmesh.stt.v1.RecognizerService/StreamingRecognize"
 
@@ -38,6 +43,12 @@ type Config struct {
 	// ControlTimeout bounds the wait for the control plane to end a call after
 	// finished or reject.
 	ControlTimeout time.Duration
+	// ControlBatchWait is how long the Connect call's writer gathers events
+	// after sending a batch, before it sends the next: an event after a quiet
+	// spell goes at once, and in a burst of streams each batch carries many
+	// (each costs the control plane a read, and its answers a write). 0 sends
+	// whatever is queued at once.
+	ControlBatchWait time.Duration
 	// Logger gets a line per failover and per stream the relay gives up on; nil
 	// logs nothing.
 	Logger *slog.Logger
@@ -56,7 +67,7 @@ func New(cfg Config) *Relay {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Relay{cfg: cfg, log: logger, control: &connector{client: cfg.Control}}
+	return &Relay{cfg: cfg, log: logger, control: &connector{client: cfg.Control, batchWait: cfg.ControlBatchWait}}
 }
 
 // Serve relays down, a StreamingRecognize call whose messages are raw bytes,

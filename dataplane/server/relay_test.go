@@ -606,3 +606,33 @@ func TestStreamsShareOneConnectCallAndANewOneFollowsItsLoss(t *testing.T) {
 		t.Errorf("%d Connect calls after the loss", n)
 	}
 }
+
+func TestEventsGatheredAfterABatchGoTogether(t *testing.T) {
+	a := instance(t, "a")
+	double := &controldouble.Double{Place: placeOn(a)}
+	// A long wait, so that the streams below open within it however slow the
+	// test machine: the first begin goes at once, what follows in batches.
+	h := start(t, double, nil, func(o *server.Options) { o.ControlBatchWait = 300 * time.Millisecond })
+	var streams []*clientStream
+	for range 6 {
+		streams = append(streams, h.open(""))
+	}
+	for _, c := range streams {
+		c.send(pcm(500))
+		_ = c.call.CloseSend()
+	}
+	for _, c := range streams {
+		if _, err := c.wait(); err != nil {
+			t.Fatalf("stream ended with %v", err)
+		}
+	}
+	batches := double.Batches()
+	events := 0
+	for _, n := range batches {
+		events += n
+	}
+	// Per stream: begin, open and finished; sent at once, they would be 18 batches.
+	if events != 18 || len(batches) > 6 {
+		t.Errorf("%d events in batches %v", events, batches)
+	}
+}

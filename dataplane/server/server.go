@@ -44,6 +44,9 @@ type Options struct {
 	// ControlTimeout bounds the wait for the control plane to end a stream's call
 	// once the data path is done with it.
 	ControlTimeout time.Duration
+	// ControlBatchWait is how long the data path gathers events for the control
+	// plane after sending it a batch (relay.Config.ControlBatchWait).
+	ControlBatchWait time.Duration
 	// InstanceIdle is how long a connection to an instance stays open unused.
 	InstanceIdle time.Duration
 	// MaxMessageBytes is the largest message taken or sent, on every connection.
@@ -115,11 +118,12 @@ func New(o Options) (*Server, error) {
 	}
 	pool := instances.NewPool(o.InstanceIdle, append(clientOpts, raw)...)
 	rel := relay.New(relay.Config{
-		Control:        routerv1.NewDataPlaneServiceClient(control),
-		Instances:      pool,
-		IdleTimeout:    o.IdleTimeout,
-		ControlTimeout: o.ControlTimeout,
-		Logger:         o.Logger,
+		Control:          routerv1.NewDataPlaneServiceClient(control),
+		Instances:        pool,
+		IdleTimeout:      o.IdleTimeout,
+		ControlTimeout:   o.ControlTimeout,
+		ControlBatchWait: o.ControlBatchWait,
+		Logger:           o.Logger,
 	})
 	fwd := forward.New(forwardConn)
 

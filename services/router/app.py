@@ -197,6 +197,7 @@ class RouterApp:
                     tls=settings.tls,
                     idle_timeout_s=settings.idle_timeout_s,
                     drain_timeout_s=settings.drain_timeout_s,
+                    control_batch_wait_s=settings.control_batch_wait_s,
                 )
             )
         self._failed = asyncio.Event()

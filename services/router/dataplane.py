@@ -5,7 +5,8 @@ plane: admission, discovery, metrics, Recognize, telemetry, health) and the Go d
 path (``dataplane/``), which serves the public endpoint. The router starts it as::
 
     voxmesh-dataplane --listen HOST:PORT --control unix:SOCK --forward unix:SOCK
-                      --idle-timeout Ts --drain-timeout Ts --exit-on-stdin-eof
+                      --idle-timeout Ts --drain-timeout Ts --control-batch-wait Tms
+                      --exit-on-stdin-eof
                       [--tls-cert F --tls-key F [--tls-client-ca F]]
 
 ``--control`` is where it calls ``DataPlaneService.Connect`` and ``--forward``
@@ -56,14 +57,17 @@ def dataplane_argv(
     tls: ServerTls | None,
     idle_timeout_s: float,
     drain_timeout_s: float,
+    control_batch_wait_s: float,
 ) -> list[str]:
     """The data path's command line: ``listen`` (``host:port``) is the public endpoint,
     ``socket`` the path of the router's Unix socket, ``tls`` the public endpoint's TLS;
     the client's first request is awaited ``idle_timeout_s`` (the router's idle timeout),
-    and calls under way get ``drain_timeout_s`` on SIGTERM."""
+    calls under way get ``drain_timeout_s`` on SIGTERM, and events for the control plane
+    are gathered ``control_batch_wait_s`` after each batch."""
     argv = [binary, "--listen", listen, "--control", f"unix:{socket}"]
     argv += ["--forward", f"unix:{socket}"]
     argv += ["--idle-timeout", f"{idle_timeout_s:g}s", "--drain-timeout", f"{drain_timeout_s:g}s"]
+    argv += ["--control-batch-wait", f"{control_batch_wait_s * 1000:g}ms"]
     argv += ["--exit-on-stdin-eof"]  # the router holds the pipe open while it runs
     if tls is not None:
         argv += ["--tls-cert", str(tls.cert_file), "--tls-key", str(tls.key_file)]

@@ -58,6 +58,17 @@ class RouterSettings:
         DEFAULT_DATAPLANE_BIN, "the native data path's executable (data_path=native)"
     )
     """The native data path's executable, built by ``make dataplane``."""
+    control_batch_wait_s: float = setting(
+        0.002,
+        "after the native data path sends this process a batch of stream events, how long "
+        "(s) it gathers the next (0: each at once)",
+    )
+    """How long the native data path gathers its streams' events for this process after
+    sending a batch (``--control-batch-wait``): an event after a quiet spell goes at once,
+    and in a burst of new streams each batch carries many, so this process reads one
+    message for many streams rather than one each. A stream's set-up waits this much at
+    most per event; 0 sends every event at once (about twice this process's CPU per new
+    stream in bursts of 500 a second: docs/router.md)."""
     instance_id: str = setting("", "id in the router's telemetry (default router-<hostname>)")
     """Identifier of this router in its telemetry; ``router-<hostname>`` when empty."""
     region: str = setting("", "preferred region of instances (empty: no preference)")
@@ -224,6 +235,7 @@ class RouterSettings:
             "queue_retry_after_s": self.queue_retry_after_s,
             "drain_timeout_s": self.drain_timeout_s,
             "last_resort_min_drain_s": self.last_resort_min_drain_s,
+            "control_batch_wait_s": self.control_batch_wait_s,
         }
         for name, value in non_negative.items():
             if value < 0:

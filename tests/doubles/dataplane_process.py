@@ -45,6 +45,7 @@ def process_main(argv: list[str]) -> int:
     parser.add_argument("--forward", required=True)
     parser.add_argument("--idle-timeout")
     parser.add_argument("--drain-timeout")
+    parser.add_argument("--control-batch-wait")
     parser.add_argument("--exit-on-stdin-eof", action="store_true")
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")

@@ -62,6 +62,8 @@ async def test_the_router_serves_its_socket_and_the_data_path_its_public_port(
             "30s",
             "--drain-timeout",
             "5s",
+            "--control-batch-wait",
+            "2ms",
             "--exit-on-stdin-eof",
         ]
         assert m.router.port == started["port"] > 0

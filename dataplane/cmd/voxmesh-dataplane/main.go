@@ -30,6 +30,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/voxmesh/voxmesh/dataplane/relay"
 	"github.com/voxmesh/voxmesh/dataplane/server"
 )
 
@@ -45,6 +46,7 @@ type flags struct {
 	tlsCert, tlsKey, tlsClientCA string
 	drainTimeout, idleTimeout    time.Duration
 	controlTimeout, instanceIdle time.Duration
+	controlBatchWait             time.Duration
 	maxMessageBytes              int
 	writeBuffer, readBuffer      int
 	sharedWriteBuffer            bool
@@ -58,7 +60,7 @@ func parse(args []string, stderr io.Writer) (flags, error) {
 	fs := flag.NewFlagSet("voxmesh-dataplane", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:0", "public endpoint, host:port (port 0: any)")
-	fs.StringVar(&f.control, "control", "", "the control plane's Attach, unix:/path (required)")
+	fs.StringVar(&f.control, "control", "", "the control plane's Connect, unix:/path (required)")
 	fs.StringVar(&f.forward, "forward", "", "where every other method goes, unix:/path (required)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate: serve TLS (with --tls-key)")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
@@ -66,6 +68,8 @@ func parse(args []string, stderr io.Writer) (flags, error) {
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "time calls under way get to end on SIGTERM")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 30*time.Second, "longest wait for a client's first request (the router's idle timeout)")
 	fs.DurationVar(&f.controlTimeout, "control-timeout", 5*time.Second, "longest wait for the control plane to end a stream's call")
+	fs.DurationVar(&f.controlBatchWait, "control-batch-wait", relay.DefaultControlBatchWait,
+		"after sending the control plane a batch of events, how long to gather the next one (0: send each at once)")
 	fs.DurationVar(&f.instanceIdle, "instance-idle", time.Minute, "how long an unused connection to an instance stays open")
 	fs.IntVar(&f.maxMessageBytes, "max-message-bytes", server.DefaultMaxMessageBytes, "largest gRPC message taken or sent")
 	fs.IntVar(&f.writeBuffer, "grpc-write-buffer", 0, "bytes of each connection's write buffer (0: grpc-go's default)")
@@ -91,6 +95,8 @@ func parse(args []string, stderr io.Writer) (flags, error) {
 		return f, fmt.Errorf("--idle-timeout %s must be positive", f.idleTimeout)
 	case f.controlTimeout <= 0:
 		return f, fmt.Errorf("--control-timeout %s must be positive", f.controlTimeout)
+	case f.controlBatchWait < 0:
+		return f, fmt.Errorf("--control-batch-wait %s is negative", f.controlBatchWait)
 	case f.instanceIdle <= 0:
 		return f, fmt.Errorf("--instance-idle %s must be positive", f.instanceIdle)
 	case f.maxMessageBytes <= 0:
@@ -152,14 +158,15 @@ func run(args []string, stdout, stderr io.Writer, signals <-chan os.Signal) int 
 		defer pprof.StopCPUProfile()
 	}
 	srv, err := server.New(server.Options{
-		Listen:          f.listen,
-		Control:         f.control,
-		Forward:         f.forward,
-		TLS:             creds,
-		IdleTimeout:     f.idleTimeout,
-		ControlTimeout:  f.controlTimeout,
-		InstanceIdle:    f.instanceIdle,
-		MaxMessageBytes: f.maxMessageBytes,
+		Listen:           f.listen,
+		Control:          f.control,
+		Forward:          f.forward,
+		TLS:              creds,
+		IdleTimeout:      f.idleTimeout,
+		ControlTimeout:   f.controlTimeout,
+		ControlBatchWait: f.controlBatchWait,
+		InstanceIdle:     f.instanceIdle,
+		MaxMessageBytes:  f.maxMessageBytes,
 		Tuning: server.Tuning{
 			WriteBufferBytes:  f.writeBuffer,
 			ReadBufferBytes:   f.readBuffer,

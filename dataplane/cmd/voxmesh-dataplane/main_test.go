@@ -127,6 +127,7 @@ func TestBadFlagsExit2NamingTheFlag(t *testing.T) {
 		{[]string{"--control", "unix:/c", "--forward", "unix:/f", "--tls-cert", key}, "--tls-key"},
 		{[]string{"--control", "unix:/c", "--forward", "unix:/f", "--tls-cert", key, "--tls-key", key}, "--tls-cert"},
 		{[]string{"--control", "unix:/c", "--forward", "unix:/f", "--idle-timeout", "0s"}, "--idle-timeout"},
+		{[]string{"--control", "unix:/c", "--forward", "unix:/f", "--control-batch-wait", "-1ms"}, "--control-batch-wait"},
 	} {
 		var stderr strings.Builder
 		if got := run(c.args, io.Discard, &stderr, nil); got != 2 || !strings.Contains(stderr.String(), c.want) {

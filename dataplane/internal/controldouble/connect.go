@@ -27,6 +27,9 @@ func (d *Double) Connect(call routerv1.DataPlaneService_ConnectServer) error {
 		if err != nil {
 			return nil // the data path ended or cancelled the call
 		}
+		d.batchMu.Lock()
+		d.batches = append(d.batches, len(req.GetEvents()))
+		d.batchMu.Unlock()
 		for _, ev := range req.GetEvents() {
 			switch k := ev.GetKind().(type) {
 			case *routerv1.StreamEvent_Begin:

@@ -50,10 +50,19 @@ type Double struct {
 	streams  chan *Stream
 	once     sync.Once
 	connects atomic.Int32
+	batchMu  sync.Mutex
+	batches  []int
 }
 
 // Connects returns how many Connect calls the double has taken.
 func (d *Double) Connects() int { return int(d.connects.Load()) }
+
+// Batches returns the number of events in each Connect request so far.
+func (d *Double) Batches() []int {
+	d.batchMu.Lock()
+	defer d.batchMu.Unlock()
+	return append([]int(nil), d.batches...)
+}
 
 // attachServer is the server side of one stream's Attach call: a call of its
 // own, or one carried by Connect (connect.go).
