@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	routerv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/router/v1"
 )
@@ -165,11 +166,12 @@ func (s *session) write() {
 		batch := s.pending
 		s.pending = nil
 		s.mu.Unlock()
-		if len(batch) == 0 {
-			continue
-		}
-		if err := s.call.Send(&routerv1.ConnectRequest{Events: batch}); err != nil {
-			return // the call ended: read has its status
+		for len(batch) > 0 {
+			n := batchLen(batch, maxBatchBytes)
+			if err := s.call.Send(&routerv1.ConnectRequest{Events: batch[:n]}); err != nil {
+				return // the call ended: read has its status
+			}
+			batch = batch[n:]
 		}
 		if gather != nil {
 			gather.Reset(s.batchWait)
@@ -180,6 +182,23 @@ func (s *session) write() {
 			}
 		}
 	}
+}
+
+// maxBatchBytes bounds a ConnectRequest: a backlog (a control plane that took
+// nothing for a while) goes in several, each far under the message size limit.
+const maxBatchBytes = 1 << 20
+
+// batchLen is how many of events, from the first, make a batch of at most
+// maxBytes (at least one, whatever its size).
+func batchLen(events []*routerv1.StreamEvent, maxBytes int) int {
+	size := 0
+	for n, ev := range events {
+		size += proto.Size(ev)
+		if n > 0 && size > maxBytes {
+			return n
+		}
+	}
+	return len(events)
 }
 
 // read hands each answer to its stream until the call ends, then ends every

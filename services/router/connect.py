@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, NoReturn, Protocol
 
 import grpc
@@ -31,9 +31,13 @@ from voxmesh import tasks
 from voxmesh.router.v1 import dataplane_pb2
 from voxmesh.rpc.status import Abortable
 
-__all__ = ["AttachContext", "AttachHandler", "CarriedCall", "ConnectSession"]
+__all__ = ["AttachContext", "AttachHandler", "CarriedCall", "ConnectSession", "batches"]
 
 logger = logging.getLogger(__name__)
+
+MAX_BATCH_BYTES = 1 << 20
+"""Bound of a ConnectResponse: a backlog of answers (a data path that read nothing for a
+while) goes in several, each far under the message size limit."""
 
 
 class AttachContext(Abortable, Protocol):
@@ -189,5 +193,23 @@ class ConnectSession:
         while True:
             await self._answered.wait()
             self._answered.clear()
-            batch, self._outbox = self._outbox, []
-            await self._context.write(dataplane_pb2.ConnectResponse(answers=batch))
+            answers, self._outbox = self._outbox, []
+            for batch in batches(answers, MAX_BATCH_BYTES):
+                await self._context.write(dataplane_pb2.ConnectResponse(answers=batch))
+
+
+def batches(
+    answers: list[dataplane_pb2.StreamAnswer], max_bytes: int
+) -> Iterator[list[dataplane_pb2.StreamAnswer]]:
+    """``answers`` in order, cut into batches of at most ``max_bytes`` (an answer larger
+    than that goes alone)."""
+    batch: list[dataplane_pb2.StreamAnswer] = []
+    size = 0
+    for answer in answers:
+        size += answer.ByteSize()
+        if batch and size > max_bytes:
+            yield batch
+            batch, size = [], answer.ByteSize()
+        batch.append(answer)
+    if batch:
+        yield batch
