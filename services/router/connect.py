@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, NoReturn, Protocol
 
 import grpc
@@ -50,7 +50,7 @@ class AttachContext(Abortable, Protocol):
 
 
 AttachHandler = Callable[
-    [AsyncIterator[dataplane_pb2.AttachRequest], AttachContext], Awaitable[None]
+    [AsyncIterable[dataplane_pb2.AttachRequest], AttachContext], Awaitable[None]
 ]
 """Serves one Attach call to its end (raising through ``abort`` to end it with a status)."""
 

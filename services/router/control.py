@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, TypeVar
 
 import grpc
@@ -108,7 +108,7 @@ class DataPlaneService(dataplane_pb2_grpc.DataPlaneServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         """Answers one stream's events until it finishes (see the module docstring)."""
-        await self._attach(aiter(request_iterator), context)
+        await self._attach(request_iterator, context)
 
     async def Connect(  # type: ignore[override]
         self,
@@ -119,12 +119,14 @@ class DataPlaneService(dataplane_pb2_grpc.DataPlaneServiceServicer):
         await ConnectSession(self._attach, context).serve(aiter(request_iterator))
 
     async def _attach(
-        self, requests: AsyncIterator[dataplane_pb2.AttachRequest], context: AttachContext
+        self, requests: AsyncIterable[dataplane_pb2.AttachRequest], context: AttachContext
     ) -> None:
         async with self._parts.streams.stream(context) as tally:
             attachment = _Attachment(self._parts, self._wire_limits, tally, context)
             try:
-                await attachment.serve(requests)
+                # Iterated only once admitted: grpc.aio's iterator of a call refused
+                # before would never be awaited (a RuntimeWarning at collection).
+                await attachment.serve(aiter(requests))
             except ProtocolError as err:
                 logger.error("%s: data path protocol error: %s", attachment.name, err)
                 raise
