@@ -1,10 +1,11 @@
 """``DataPlaneService.Connect``: the Attach calls of many streams over one call.
 
 The native data path holds one Connect call open for as long as it runs, and
-carries every client stream's Attach call over it. A call of its own per stream
-costs the control plane a gRPC call (the larger part of what a stream costs it,
-``bench/router_setup.py``); a stream carried here costs a task, a queue and a
-share of a batched read and write.
+carries every client stream's Attach call over it, sending the events of many
+streams in one message (it gathers them for ``control_batch_wait_s`` after each).
+What a new stream costs this process is mostly the messages it reads and writes
+(``bench/router_setup.py``, docs/router.md): here a stream costs a task, a queue
+and a share of a batched read and write.
 
 Each carried stream is served by the same code as an Attach call
 (:class:`~services.router.control.DataPlaneService`), as a task of its own, with a
