@@ -156,7 +156,7 @@ class RouterApp:
             settings.router_id, pools, self.streams, self.membership, self.admission
         )
         """Builds the router's current telemetry snapshot."""
-        telemetry = RouterTelemetry(self.telemetry_snapshot)
+        self._telemetry = RouterTelemetry(self.telemetry_snapshot)
         metrics_port = None if settings.metrics_port < 0 else settings.metrics_port
         native = settings.data_path == "native"
         self._run_dir = tempfile.mkdtemp(prefix="voxmesh-router-") if native else ""
@@ -178,7 +178,7 @@ class RouterApp:
             services["RecognizerService"].full_name,
         )
         self.server.add_service(
-            lambda s: stt_pb2_grpc.add_TelemetryServiceServicer_to_server(telemetry, s),
+            lambda s: stt_pb2_grpc.add_TelemetryServiceServicer_to_server(self._telemetry, s),
             services["TelemetryService"].full_name,
         )
         self.dataplane: DataPlaneProcess | None = None
@@ -258,6 +258,7 @@ class RouterApp:
         if not await self.streams.wait_idle(self.settings.drain_timeout_s):
             logger.warning("drain timeout: cancelling %d streams", self.streams.active)
         self.admission.close()
+        self._telemetry.end_watches()  # before the data path, which waits for them
         await self._stop_parts()
         logger.info("router stopped")
 

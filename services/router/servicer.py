@@ -9,6 +9,7 @@ instance served the stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -153,11 +154,20 @@ class RouterTelemetry(stt_pb2_grpc.TelemetryServiceServicer):
 
     def __init__(self, snapshot: Callable[[], stt_pb2.TelemetrySnapshot]) -> None:
         self._snapshot = snapshot
+        self._ended = asyncio.Event()
+
+    def end_watches(self) -> None:
+        """Ends every watch (OK) after its current wait, and any watch begun later at once.
+
+        The router calls it once its drain is over: a subscriber has seen it DRAINING
+        meanwhile. The native data path waits, as it drains, for every call it forwards
+        here, so a watch left open would hold its exit back until it is killed."""
+        self._ended.set()
 
     async def WatchTelemetry(
         self, request: stt_pb2.WatchTelemetryRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[stt_pb2.WatchTelemetryResponse]:
-        """One snapshot now, then one per interval until cancelled."""
+        """One snapshot now, then one per interval until cancelled or the router stops."""
         interval = request.interval.ToTimedelta().total_seconds()
         if request.HasField("interval") and interval < _MIN_TELEMETRY_INTERVAL_S:
             await status.abort(
@@ -165,9 +175,11 @@ class RouterTelemetry(stt_pb2_grpc.TelemetryServiceServicer):
                 InvalidArgument(f"interval {interval} s is below the minimum of 0.1 s"),
             )
         interval = interval or _DEFAULT_TELEMETRY_INTERVAL_S
-        while True:
+        while not self._ended.is_set():
             yield stt_pb2.WatchTelemetryResponse(snapshot=self._snapshot())
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._ended.wait()
 
 
 def snapshot_builder(

@@ -182,3 +182,37 @@ async def test_drain_timeout_cancels_what_is_left() -> None:
         await m.router.shutdown()
         assert await held.call.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
         await wait_until_async(lambda: fake.active == 0)
+
+
+async def test_shutdown_ends_telemetry_watches_once_the_streams_are_drained(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A watch left open would hold the native data path's drain (it waits for every call
+    it forwards) until the router killed it."""
+    async with mesh() as m:
+        await m.add("a")
+        held = await HeldStream(m.channel).open()
+        await wait_until_async(held.got_results)
+        interval = duration_pb2.Duration()
+        interval.FromMilliseconds(100)
+        stub = stt_pb2_grpc.TelemetryServiceStub(m.channel)
+        call = stub.WatchTelemetry(stt_pb2.WatchTelemetryRequest(interval=interval), timeout=30)
+
+        async def state() -> int:
+            reply = await call.read()
+            assert isinstance(reply, stt_pb2.WatchTelemetryResponse)
+            return reply.snapshot.state
+
+        assert await state() == stt_pb2.SERVING_STATE_SERVING
+        shutdown = asyncio.create_task(m.router.shutdown())
+        # While a stream is drained, the watch goes on and says so.
+        while await state() != stt_pb2.SERVING_STATE_DRAINING:
+            pass
+        assert not shutdown.done()
+        await held.send(pcm(0.5))
+        await held.finish()
+        while await call.read() != grpc.aio.EOF:
+            pass
+        assert await call.code() == grpc.StatusCode.OK
+        await shutdown
+        assert "killing it" not in caplog.text
