@@ -157,11 +157,12 @@ class RouterTelemetry(stt_pb2_grpc.TelemetryServiceServicer):
         self._ended = asyncio.Event()
 
     def end_watches(self) -> None:
-        """Ends every watch (OK) after its current wait, and any watch begun later at once.
+        """Ends every watch (OK) with a last snapshot, and any watch begun later after its
+        first.
 
-        The router calls it once its drain is over: a subscriber has seen it DRAINING
-        meanwhile. The native data path waits, as it drains, for every call it forwards
-        here, so a watch left open would hold its exit back until it is killed."""
+        The router calls it once its drain is over, so that last snapshot says DRAINING.
+        The native data path waits, as it drains, for every call it forwards here, so a
+        watch left open would hold its exit back until it is killed."""
         self._ended.set()
 
     async def WatchTelemetry(
@@ -175,8 +176,10 @@ class RouterTelemetry(stt_pb2_grpc.TelemetryServiceServicer):
                 InvalidArgument(f"interval {interval} s is below the minimum of 0.1 s"),
             )
         interval = interval or _DEFAULT_TELEMETRY_INTERVAL_S
-        while not self._ended.is_set():
+        while True:
             yield stt_pb2.WatchTelemetryResponse(snapshot=self._snapshot())
+            if self._ended.is_set():
+                return  # after a last snapshot, which says DRAINING
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._ended.wait()

@@ -8,11 +8,13 @@ both the router and the source follow.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+import pytest
 
 from services.autoscaler.signals.base import PoolLoad
 from services.autoscaler.signals.telemetry import StaticWatcher, TelemetrySource
@@ -203,3 +205,25 @@ async def test_a_stream_gone_silent_after_its_instance_left_discovery_stops_coun
         await source.shutdown()
         await asyncio.wait_for(running, 5)
         await frozen.stop()
+
+
+@pytest.mark.usefixtures("router_data_path")
+async def test_a_router_that_drains_and_stops_is_news_not_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with mesh() as m:
+        await m.add("a", max_streams=2)
+        source = _source(m)
+        running = asyncio.create_task(source.run())
+        try:
+            await _until(source, lambda load: not load.missing)
+            with caplog.at_level(logging.INFO, logger="services.autoscaler.signals.telemetry"):
+                await m.router.shutdown()
+                await wait_until_async(lambda: m.router.target in caplog.text)
+            # However it ended (OK, or cancelled with the server as the Python data path
+            # stops it), its last snapshot said DRAINING.
+            ended = [r for r in caplog.records if m.router.target in r.getMessage()]
+            assert [r.levelno for r in ended] == [logging.INFO], caplog.text
+        finally:
+            await source.shutdown()
+            await asyncio.wait_for(running, 5)

@@ -239,6 +239,8 @@ class TelemetrySource:
                                 break
                             if not isinstance(response, stt_pb2.WatchTelemetryResponse):  # EOF
                                 why = "stream ended"
+                                if _drained(feed):
+                                    why += " after its drain"
                                 break
                             feed.snapshot, feed.received_at = response.snapshot, self._clock()
                             failures = 0
@@ -247,7 +249,10 @@ class TelemetrySource:
                 if not _wanted(feed):
                     return
                 failures += 1
-                log = logger.warning if failures == 1 else logger.debug
+                # A router or instance that drained and stopped ends its stream: news, not
+                # a fault (its replacement, if any, comes through discovery).
+                first = logger.info if _drained(feed) else logger.warning
+                log = first if failures == 1 else logger.debug
                 log("telemetry of %s (%s): %s", feed.info.instance_id, feed.info.target, why)
                 await asyncio.sleep(self._delay(failures))
                 if not _wanted(feed):
@@ -277,6 +282,11 @@ async def _cancel(tasks: Iterable[asyncio.Task[None]]) -> None:
         task.cancel()
     if pending:
         await asyncio.wait(pending)
+
+
+def _drained(feed: _Feed) -> bool:
+    """Whether the feed's last snapshot said its endpoint drains."""
+    return feed.snapshot is not None and feed.snapshot.state == stt_pb2.SERVING_STATE_DRAINING
 
 
 def _wanted(feed: _Feed) -> bool:
