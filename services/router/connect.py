@@ -27,6 +27,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from typing import Any, NoReturn, Protocol
 
 import grpc
+from prometheus_client import Histogram
 
 from voxmesh import tasks
 from voxmesh.router.v1 import dataplane_pb2
@@ -115,11 +116,18 @@ class CarriedCall:
 
 
 class ConnectSession:
-    """One Connect call: serves the streams it carries with ``attach``."""
+    """One Connect call: serves the streams it carries with ``attach``; ``batch_events``
+    observes the number of events in each message."""
 
-    def __init__(self, attach: AttachHandler, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def __init__(
+        self,
+        attach: AttachHandler,
+        context: grpc.aio.ServicerContext[Any, Any],
+        batch_events: Histogram | None = None,
+    ) -> None:
         self._attach = attach
         self._context = context
+        self._batch_events = batch_events
         self._calls: dict[int, tuple[CarriedCall, asyncio.Task[None]]] = {}
         self._outbox: list[dataplane_pb2.StreamAnswer] = []
         self._answered = asyncio.Event()
@@ -134,6 +142,8 @@ class ConnectSession:
         writer = asyncio.create_task(self._write(), name="connect-write")
         try:
             async for request in requests:
+                if self._batch_events is not None:
+                    self._batch_events.observe(len(request.events))
                 for event in request.events:
                     self._on(event)
                 if writer.done():  # the call broke under a write

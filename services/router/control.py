@@ -116,7 +116,8 @@ class DataPlaneService(dataplane_pb2_grpc.DataPlaneServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         """Serves the Attach calls of the streams the call carries (services.router.connect)."""
-        await ConnectSession(self._attach, context).serve(aiter(request_iterator))
+        batch_events = self._parts.metrics.control_batch_events
+        await ConnectSession(self._attach, context, batch_events).serve(aiter(request_iterator))
 
     async def _attach(
         self, requests: AsyncIterable[dataplane_pb2.AttachRequest], context: AttachContext

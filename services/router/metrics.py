@@ -18,6 +18,7 @@ ROUTER_FULL = "router_full"
 """``rejected_total`` reason (pool ``any``): the router's own stream limit."""
 
 _WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _LATENCY_BUCKETS = (
     0.0001,
     0.00025,
@@ -104,6 +105,13 @@ class RouterMetrics:
             "Time a message spends inside the router, by direction (one message in 8 timed).",
             ["direction"],
             buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.control_batch_events = Histogram(
+            "voxmesh_router_control_batch_events",
+            "Stream events per message from the native data path (control_batch_wait_s "
+            "gathers them).",
+            buckets=_BATCH_BUCKETS,
             registry=registry,
         )
         self.instances = Gauge(

@@ -620,6 +620,10 @@ async def test_one_connect_call_carries_many_streams_and_batches_their_answers(
         assert all(r.placement.instance_id == "a" for r in routes)
         assert sum(connect.answer_batches) == 6 and max(connect.answer_batches) > 1
         assert max(connect.batches) > 1
+        # Every message sent so far has been read (each open has its answer), and counted.
+        name = "voxmesh_router_control_batch_events"
+        assert m.metric(f"{name}_count") == len(connect.batches)
+        assert m.metric(f"{name}_sum") == 12  # begin and open per stream
         member = m.member("a")
         assert member is not None and member.inflight == 6
         await asyncio.gather(*(s.finished(last_attempt=Ended.OUTCOME_DONE) for s in streams))
