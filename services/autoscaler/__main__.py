@@ -9,14 +9,13 @@ signal during the shutdown kills the local instances still draining and exits at
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
 
 from services.autoscaler.app import AutoscalerApp
 from services.autoscaler.settings import AutoscalerSettings, load_settings
-from voxmesh.mesh.process import READY_PREFIX
+from voxmesh.mesh.process import announce_ready
 from voxmesh.rpc import aio_compat
 from voxmesh.rpc.server import run_service, wait_for_signal
 
@@ -27,7 +26,7 @@ async def serve(settings: AutoscalerSettings) -> int:
     """Runs the autoscaler until SIGTERM/SIGINT, then shuts it down; returns the exit code."""
     app = AutoscalerApp(settings)
     await app.start()
-    print(READY_PREFIX + json.dumps(app.ready), flush=True)
+    announce_ready(app.ready)
     signal = await wait_for_signal()
     logger.info("%s: shutting down", signal.name)
     stopping = asyncio.create_task(app.shutdown())

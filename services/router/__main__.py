@@ -9,7 +9,6 @@ runs, it stops and exits 1, for its supervisor to start it again.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -17,7 +16,7 @@ import sys
 from services.router.app import RouterApp
 from services.router.settings import RouterSettings, load_settings
 from voxmesh import tasks
-from voxmesh.mesh.process import READY_PREFIX
+from voxmesh.mesh.process import announce_ready
 from voxmesh.rpc import aio_compat
 from voxmesh.rpc.server import run_service, wait_for_signal
 
@@ -35,7 +34,7 @@ async def serve(settings: RouterSettings) -> int:
         "metrics_port": app.server.metrics_port,
         "pools": list(settings.pools),
     }
-    print(READY_PREFIX + json.dumps(ready), flush=True)
+    announce_ready(ready)
     signal = asyncio.create_task(wait_for_signal(), name="router-signal")
     failed = asyncio.create_task(app.wait_failed(), name="router-failed")
     try:

@@ -11,7 +11,6 @@ server, exit 0.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -31,7 +30,7 @@ from voxmesh.asr.session import SessionOptions
 from voxmesh.asr.settings import AsrSettings
 from voxmesh.asr.vad import EndpointerOptions
 from voxmesh.discovery import InstanceInfo, Registrar
-from voxmesh.mesh.process import READY_PREFIX
+from voxmesh.mesh.process import announce_ready
 from voxmesh.rpc.server import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ServerOptions,
@@ -194,7 +193,7 @@ async def serve(
         "compute_type": decoder.compute_type,
         "warmup_seconds": round(warm, 3),
     }
-    print(READY_PREFIX + json.dumps(ready), flush=True)
+    announce_ready(ready)
     if on_ready is not None:
         on_ready(ready)
     logger.info("serving %s (%s) on port %d", identity.pool, identity.model, server.port)

@@ -27,11 +27,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["READY_PREFIX", "ServiceProcess"]
+__all__ = ["READY_PREFIX", "ServiceProcess", "announce_ready"]
 
 logger = logging.getLogger(__name__)
 
 READY_PREFIX = "VOXMESH_READY "
+
+
+def announce_ready(record: Mapping[str, Any]) -> None:
+    """Prints ``VOXMESH_READY {record}`` on stdout in one write.
+
+    A launcher (:class:`ServiceProcess`) runs its children unbuffered, where ``print``
+    writes the text and its newline apart; a grandchild sharing the output (the router's
+    native data path logs there) could then land its own line between the two, and the
+    launcher would never see the ready line whole. One write of a line under the pipe's
+    atomic size cannot be split."""
+    sys.stdout.write(f"{READY_PREFIX}{json.dumps(record)}\n")
+    sys.stdout.flush()
+
 
 _READ_CHUNK = 64 * 1024
 """Bytes read from the child's output at a time."""
