@@ -23,6 +23,7 @@ control CPU per stream as a multiple of the floor's. The sides take turns burst 
 burst, so both see the same host.
 
     python -m bench.router_setup [--streams 500] [--ramp 1] [--bursts 6]
+                                 [--control-batch-wait 0.002]
 
 Needs ``make dataplane bench-native``. Writes ``bench/results/router_setup.json``.
 """
@@ -45,9 +46,10 @@ import psutil
 
 from bench.common import write_result
 from bench.harness import ROOT, Harness, harness, harness_env, spawn, wait_served
-from services.router.settings import DEFAULT_DATAPLANE_BIN
+from services.router.settings import DEFAULT_DATAPLANE_BIN, RouterSettings
 
 SIDES = ("router", "floor")
+DEFAULT_BATCH_WAIT_S = RouterSettings().control_batch_wait_s
 SETTLE_S = 0.3
 """A side is done with a burst once its processes' CPU time stays put this long."""
 SETTLE_LIMIT_S = 15.0
@@ -67,12 +69,13 @@ def _running(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
             proc.wait()
 
 
-def _router(stack: ExitStack, work: Path, registry: Path) -> dict[str, int]:
+def _router(stack: ExitStack, work: Path, registry: Path, batch_wait_s: float) -> dict[str, int]:
     """Starts the router with its native data path: its port and both pids."""
     router, port = spawn(
         [sys.executable, "-m", "services.router", "--port", "0", "--metrics-port", "-1",
          "--registry-dir", str(registry), "--registry-poll-s", "0.2",
-         "--queue-max-streams", "0", "--log-level", "WARNING", "--data-path", "native"],
+         "--queue-max-streams", "0", "--log-level", "WARNING", "--data-path", "native",
+         "--control-batch-wait-s", f"{batch_wait_s:g}"],
         r"^VOXMESH_READY .*\"port\": (\d+)", work / "router.log",
     )  # fmt: skip
     stack.enter_context(_running(router))
@@ -80,7 +83,7 @@ def _router(stack: ExitStack, work: Path, registry: Path) -> dict[str, int]:
     return {"port": port, "control": router.pid, "data_path": data_path.pid}
 
 
-def _floor(stack: ExitStack, work: Path, backend_port: int) -> dict[str, int]:
+def _floor(stack: ExitStack, work: Path, backend_port: int, batch_wait_s: float) -> dict[str, int]:
     """Starts the floor control plane and a data path in front of it: port and pids."""
     sock = work / "floor.sock"
     control, _ = spawn(
@@ -91,7 +94,7 @@ def _floor(stack: ExitStack, work: Path, backend_port: int) -> dict[str, int]:
     stack.enter_context(_running(control))
     data_path, port = spawn(
         [DEFAULT_DATAPLANE_BIN, "--listen", "127.0.0.1:0", "--control", f"unix:{sock}",
-         "--forward", f"unix:{sock}"],
+         "--forward", f"unix:{sock}", "--control-batch-wait", f"{batch_wait_s * 1000:g}ms"],
         r"^PORT (\d+)", work / "floor_data_path.log",
     )  # fmt: skip
     stack.enter_context(_running(data_path))
@@ -167,6 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--bursts", type=int, default=6, help="bursts per side")
     parser.add_argument("--channels", type=int, default=8, help="HTTP/2 connections")
+    parser.add_argument(
+        "--control-batch-wait",
+        type=float,
+        default=DEFAULT_BATCH_WAIT_S,
+        help="seconds both data paths gather control events after each batch (the "
+        "router's control_batch_wait_s; another value than the default writes "
+        "router_setup_wait_<s>s.json)",
+    )
     args = parser.parse_args(argv)
     h = harness("native")
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
@@ -180,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         stack.enter_context(_running(backend))
         sides = {
-            "router": _router(stack, work, registry),
-            "floor": _floor(stack, work, backend_port),
+            "router": _router(stack, work, registry, args.control_batch_wait),
+            "floor": _floor(stack, work, backend_port, args.control_batch_wait),
         }
         for side in sides.values():
             wait_served(side["port"], h)
@@ -209,10 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         f"first result p50: router {router['first_response_p50_ms']:.1f} ms, "
         f"floor {floor['first_response_p50_ms']:.1f} ms"
     )
+    default_wait = args.control_batch_wait == DEFAULT_BATCH_WAIT_S
     write_result(
-        "router_setup",
+        "router_setup" if default_wait else f"router_setup_wait_{args.control_batch_wait:g}s",
         {
             "streams_per_burst": args.streams,
+            "control_batch_wait_s": args.control_batch_wait,
             "ramp_s": args.ramp,
             "stream_seconds": args.stream_seconds,
             "sides": {
