@@ -11,7 +11,7 @@ cancellation propagates.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["stop", "stop_all"]
@@ -23,19 +23,17 @@ async def stop(task: asyncio.Future[Any]) -> None:
     The task's own outcome, its cancellation or its error, is not raised: it belongs to
     whoever reads the task (an error stays readable through ``task.exception()``). A
     cancellation of the caller while it waits is raised, as it should be."""
-    if not task.done():
-        task.cancel()
-        await asyncio.wait({task})
-    if not task.cancelled():
-        task.exception()  # retrieved: no "exception was never retrieved" at collection
+    await stop_all((task,))
 
 
-async def stop_all(tasks: Collection[asyncio.Future[Any]]) -> None:
-    """:func:`stop` for many tasks at once: all are cancelled before any is awaited."""
-    for task in tasks:
+async def stop_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """:func:`stop` for many tasks at once: all are cancelled before any is awaited.
+    ``tasks`` is copied first, so it may be a set the tasks leave as they end."""
+    pending = list(tasks)
+    for task in pending:
         task.cancel()
-    if tasks:
-        await asyncio.wait(tasks)
-    for task in tasks:
+    if pending:
+        await asyncio.wait(pending)
+    for task in pending:
         if not task.cancelled():
-            task.exception()
+            task.exception()  # retrieved: no "exception was never retrieved" at collection

@@ -30,12 +30,13 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
 
 from services.autoscaler.signals.base import InstanceLoad, PoolLoad
+from voxmesh import tasks
 from voxmesh.discovery import InstanceInfo, Watcher
 from voxmesh.rpc.tls import ClientTls
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
@@ -133,8 +134,8 @@ class TelemetrySource:
         finally:
             # The watchers first, so that no feed starts while the feeds are cancelled; then
             # every subscription, in ``_feeds`` or not (a moved instance's old one).
-            await _cancel(watchers)
-            await _cancel(self._subscriptions)
+            await tasks.stop_all(watchers)
+            await tasks.stop_all(self._subscriptions)
             self._feeds.clear()
             self._finished.set()
 
@@ -270,18 +271,6 @@ class TelemetrySource:
     def _delay(self, failures: int) -> float:
         base, cap = self._backoff
         return min(cap, base * 2.0 ** (failures - 1)) * (0.5 + self._rng.random() / 2)
-
-
-async def _cancel(tasks: Iterable[asyncio.Task[None]]) -> None:
-    """Cancels ``tasks`` and waits until they end (raising nothing of theirs).
-
-    ``asyncio.wait`` never swallows a cancellation of the caller itself.
-    """
-    pending = set(tasks)  # a copy: ending tasks leave the set they came from
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending)
 
 
 def _drained(feed: _Feed) -> bool:
