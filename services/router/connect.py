@@ -132,11 +132,6 @@ class ConnectSession:
         self._outbox: list[dataplane_pb2.StreamAnswer] = []
         self._answered = asyncio.Event()
 
-    @property
-    def carried(self) -> int:
-        """Streams carried now."""
-        return len(self._calls)
-
     async def serve(self, requests: AsyncIterator[dataplane_pb2.ConnectRequest]) -> None:
         """Serves the call until the data path ends it; then ends every stream it carries."""
         writer = asyncio.create_task(self._write(), name="connect-write")

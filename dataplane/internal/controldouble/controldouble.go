@@ -1,6 +1,6 @@
 // Package controldouble is a test double of the router's control plane, not the
-// control plane: DataPlaneService.Attach and Connect, which carries Attach calls
-// (protos/voxmesh/router/v1/dataplane.proto),
+// control plane: DataPlaneService.Connect, serving the Attach calls it carries
+// (protos/voxmesh/router/v1/dataplane.proto; the data path makes no other call),
 // answering open and place as its Route and Place functions say (the answer to
 // open.place goes with the route when Place returns within 200 ms), ending the
 // call for a reject as its Reject function says and at its start as its Begin
@@ -64,8 +64,8 @@ func (d *Double) Batches() []int {
 	return append([]int(nil), d.batches...)
 }
 
-// attachServer is the server side of one stream's Attach call: a call of its
-// own, or one carried by Connect (connect.go).
+// attachServer is the server side of one stream's Attach call, as Connect
+// carries it (connect.go).
 type attachServer interface {
 	Recv() (*routerv1.AttachRequest, error)
 	Send(*routerv1.AttachResponse) error
@@ -73,7 +73,7 @@ type attachServer interface {
 	SetTrailer(metadata.MD)
 }
 
-// Stream is one Attach call the double served (carried by Connect or not).
+// Stream is one Attach call the double served.
 type Stream struct {
 	call attachServer
 
@@ -108,11 +108,6 @@ func (d *Double) Serve(path string) (stop func(), err error) {
 	routerv1.RegisterDataPlaneServiceServer(srv, d)
 	go func() { _ = srv.Serve(lis) }()
 	return srv.Stop, nil
-}
-
-// Attach serves one stream's call.
-func (d *Double) Attach(call routerv1.DataPlaneService_AttachServer) error {
-	return d.serve(call)
 }
 
 // serve serves one stream's call, and records how it ended.
