@@ -145,11 +145,12 @@ def wait_served(port: int, h: Harness) -> None:
     raise RuntimeError(f"nothing on port {port} served the probe stream")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its children (nginx workers)."""
+def cpu_seconds(pid: int, *, children: bool = True) -> float:
+    """User + system CPU seconds of a process and (unless not ``children``) its children
+    (nginx workers)."""
     proc = psutil.Process(pid)
     total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
+    for p in [proc, *(proc.children(recursive=True) if children else ())]:
         times = p.cpu_times()
         total += times.user + times.system
     return total

@@ -45,7 +45,7 @@ from typing import Any
 import psutil
 
 from bench.common import write_result
-from bench.harness import ROOT, Harness, harness, harness_env, spawn, wait_served
+from bench.harness import ROOT, Harness, cpu_seconds, harness, harness_env, spawn, wait_served
 from services.router.settings import DEFAULT_DATAPLANE_BIN, RouterSettings
 
 SIDES = ("router", "floor")
@@ -102,12 +102,9 @@ def _floor(stack: ExitStack, work: Path, backend_port: int, batch_wait_s: float)
 
 
 def _own_cpu(pids: dict[str, int]) -> dict[str, float]:
-    """User + system CPU seconds of each process, its children left out."""
-    out = {}
-    for name, pid in pids.items():
-        times = psutil.Process(pid).cpu_times()
-        out[name] = times.user + times.system
-    return out
+    """CPU seconds of each process, its children left out (the router's data path is
+    measured on its own)."""
+    return {name: cpu_seconds(pid, children=False) for name, pid in pids.items()}
 
 
 def _settled(pids: dict[str, int]) -> dict[str, float]:

@@ -31,12 +31,11 @@ One Attach call, as this side sees it::
 
 ``open.place`` is ``open`` and then ``place``; when an instance has room at once and
 no stream waits ahead (``Admission.admit_now``), its placement goes with the route
-(``route.placement``). ``finished.last_attempt``
-is an ``attempt_ended`` (DONE or ERROR) just before ``finished``, and
-``finished.latency`` a ``latency``: one call's events are few, since each costs
-this process a read or a write of gRPC's. ``buffered`` and ``latency`` may come in
-any state. An event out of this order
-is the data path's bug: the call ends with INTERNAL, and the log says which.
+(``route.placement``). ``finished.last_attempt`` is an ``attempt_ended`` (DONE or
+ERROR) just before ``finished``, and ``finished.latency`` a ``latency``: one call's
+events are few, since each costs this process work (and, unless gathered with others,
+a message of its own). ``buffered`` and ``latency`` may come in any state. An event
+out of this order is the data path's bug: the call ends with INTERNAL, and the log says which.
 Every event carries the seconds of audio received so far: the stream's audio is
 counted with the largest, however the call ends.
 """
