@@ -10,9 +10,10 @@ returns and the entry point stops the router with a non-zero exit.
 
 Shutdown order (SIGTERM): health NOT_SERVING, refuse new streams, let the
 active ones finish (up to ``drain_timeout_s``), fail what still waits in the
-queues, stop the native data path (SIGTERM, then SIGKILL after
-``DATAPLANE_STOP_TIMEOUT_S``), stop the server (cancelling what is left), stop
-the watches and close the channels.
+queues, end the telemetry watches (up to ``WATCH_END_TIMEOUT_S``), stop the
+native data path (SIGTERM, then SIGKILL after ``DATAPLANE_STOP_TIMEOUT_S``),
+stop the server (cancelling what is left), stop the discovery watch and close
+the channels.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 __all__ = [
     "DATAPLANE_START_TIMEOUT_S",
     "DATAPLANE_STOP_TIMEOUT_S",
+    "WATCH_END_TIMEOUT_S",
     "RouterApp",
     "discovery_watchers",
 ]
@@ -62,6 +64,9 @@ DATAPLANE_START_TIMEOUT_S = 10.0
 DATAPLANE_STOP_TIMEOUT_S = 10.0
 """Longest wait for the native data path to exit after SIGTERM before SIGKILL (its
 streams have had the drain by then)."""
+WATCH_END_TIMEOUT_S = 1.0
+"""Longest wait, once the drain is over, for the telemetry watches to send their last
+snapshot and status."""
 
 
 def discovery_watchers(settings: RouterSettings) -> Callable[[str], Watcher]:
@@ -258,7 +263,8 @@ class RouterApp:
         if not await self.streams.wait_idle(self.settings.drain_timeout_s):
             logger.warning("drain timeout: cancelling %d streams", self.streams.active)
         self.admission.close()
-        self._telemetry.end_watches()  # before the data path, which waits for them
+        # Before the data path, which waits for them, and the server, which cancels them.
+        await self._telemetry.end_watches(WATCH_END_TIMEOUT_S)
         await self._stop_parts()
         logger.info("router stopped")
 

@@ -155,15 +155,39 @@ class RouterTelemetry(stt_pb2_grpc.TelemetryServiceServicer):
     def __init__(self, snapshot: Callable[[], stt_pb2.TelemetrySnapshot]) -> None:
         self._snapshot = snapshot
         self._ended = asyncio.Event()
+        self._open = 0
+        self._none_open = asyncio.Event()
+        self._none_open.set()
 
-    def end_watches(self) -> None:
+    async def end_watches(self, timeout_s: float) -> None:
         """Ends every watch (OK) with a last snapshot, and any watch begun later after its
-        first.
+        first; returns once every watch has sent its status, or after ``timeout_s`` with a
+        warning (a watcher that stopped reading cannot take its last snapshot).
 
         The router calls it once its drain is over, so that last snapshot says DRAINING.
         The native data path waits, as it drains, for every call it forwards here, so a
-        watch left open would hold its exit back until it is killed."""
+        watch left open would hold its exit back until it is killed. It waits for the
+        statuses because stopping the server cancels every call whose status is not sent
+        yet: the watcher would read UNAVAILABLE, not the end it was given."""
         self._ended.set()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._none_open.wait()
+        except TimeoutError:
+            logger.warning("%d telemetry watches still open after %.1f s", self._open, timeout_s)
+
+    def _opened(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._open += 1
+        self._none_open.clear()
+
+        def closed(_: grpc.aio.ServicerContext[Any, Any]) -> None:
+            self._open -= 1
+            if not self._open:
+                self._none_open.set()
+
+        # Called once the call's status is sent, whichever way it ends. The stubs type the
+        # callback as a private class, which no function matches.
+        context.add_done_callback(closed)  # type: ignore[arg-type]
 
     async def WatchTelemetry(
         self, request: stt_pb2.WatchTelemetryRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -176,6 +200,7 @@ class RouterTelemetry(stt_pb2_grpc.TelemetryServiceServicer):
                 InvalidArgument(f"interval {interval} s is below the minimum of 0.1 s"),
             )
         interval = interval or _DEFAULT_TELEMETRY_INTERVAL_S
+        self._opened(context)
         while True:
             yield stt_pb2.WatchTelemetryResponse(snapshot=self._snapshot())
             if self._ended.is_set():
