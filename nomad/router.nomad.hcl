@@ -81,9 +81,9 @@ job "router" {
       kill_timeout = "45s"
 
       # The router starts its native data path (Go, `make dataplane`) as a child
-      # process serving the grpc port: the image must carry it at
-      # VOXMESH_ROUTER_DATAPLANE_BIN (default .tools/bin/voxmesh-dataplane under the
-      # install), or set VOXMESH_ROUTER_DATA_PATH = "python" to relay in Python.
+      # process serving the grpc port: the image (Dockerfile) carries it and names it
+      # in VOXMESH_ROUTER_DATAPLANE_BIN; an image without it needs
+      # VOXMESH_ROUTER_DATA_PATH = "python" to relay in Python.
       config {
         image   = var.image
         command = "python"
