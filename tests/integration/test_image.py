@@ -3,8 +3,9 @@
 These machines have no Docker engine, so the image is never built here. What is checked
 instead, without the base images: the Go stage's own RUN steps, run on exactly the files
 it copies, build the native data path; the files the Python stage copies make a package
-that installs and runs the image's command (a router on that data path) with the image's
-environment; every entry point the Nomad jobs start is in it; the extras it installs exist.
+that installs and runs the image's command (a router on that data path) and an asr_large
+instance on the model the build assembled, with the image's environment; every entry point
+the Nomad jobs start is in it; the extras it installs exist.
 """
 
 from __future__ import annotations
@@ -283,6 +284,7 @@ async def serve_once(command: list[str], cwd: Path, env: dict[str, str]) -> tupl
             while not (line := (await proc.stdout.readline()).decode()).startswith(READY_PREFIX):
                 assert line, f"exited before it was ready:\n{''.join(output)}"
                 output.append(line)
+        output.append(line)
         port = json.loads(line[len(READY_PREFIX) :])["port"]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -318,6 +320,7 @@ async def test_the_stages_build_and_the_image_command_serves_on_the_native_data_
     image_env.pop("LD_LIBRARY_PATH")
     env = {**os.environ, **image_env}
     env.pop("PYTHONPATH", None)  # pytest's, which would put the repository first
+    env["HOME"] = str(tmp_path / "home")  # where models would go without the image's cache
     run_dir = tmp_path / "run"
     run_dir.mkdir()
 
@@ -340,3 +343,10 @@ async def test_the_stages_build_and_the_image_command_serves_on_the_native_data_
     code, output = await serve_once([str(python), *command[1:]], run_dir, env)
     assert code == 0, output
     assert "msg=serving component=voxmesh-dataplane" in output, output
+
+    # An instance of the assembled model starts from the build's cache, writing no other.
+    env["VOXMESH_ASR_METRICS_PORT"] = "-1"
+    code, output = await serve_once([str(python), "-m", "services.asr_large"], run_dir, env)
+    assert code == 0, output
+    assert '"model": "base"' in output, output
+    assert not (tmp_path / "home" / ".cache" / "voxmesh").exists()
