@@ -85,6 +85,7 @@ func (r *Relay) Serve(down grpc.ServerStream) error {
 			return status.FromContextError(err).Err()
 		}
 		return status.Error(codes.Canceled, "the client's call ended")
+	case endStatus: // the ending's own status, below
 	}
 	return passthrough.Status(down, e.err, e.trailer)
 }
