@@ -33,8 +33,8 @@ ENV PYTHONUNBUFFERED=1 \
     VOXMESH_MODEL_CACHE=/opt/voxmesh/models \
     VOXMESH_ROUTER_DATAPLANE_BIN=/usr/local/bin/voxmesh-dataplane \
     LD_LIBRARY_PATH=/usr/local/lib/python3.11/site-packages/nvidia/cublas/lib
-# The `gpu` extra is cuBLAS for CUDA 12, which CTranslate2 opens on a GPU (cuDNN is not
-# needed since CTranslate2 4.8; the CUDA runtime is linked in). The NVIDIA container
+# The `gpu` extra is cuBLAS for CUDA 12, which CTranslate2 opens on a GPU (the pinned
+# 4.8.5 links the CUDA runtime in and opens no cuDNN). The NVIDIA container
 # runtime that Nomad's device plugin uses brings the driver. The models are resolved here,
 # base assembled and checksummed once, so that instances start without writing.
 COPY pyproject.toml README.md /tmp/voxmesh/
