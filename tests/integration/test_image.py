@@ -105,6 +105,12 @@ def copies(stage: str) -> list[Copy]:
     return found
 
 
+def data_path_copy() -> Copy:
+    """The final stage's copy of the data path binary from the Go stage."""
+    (copy,) = [c for c in copies(FINAL_STAGE) if c.from_stage == GO_STAGE]
+    return copy
+
+
 def workdir(stage: str) -> str:
     dirs = steps("WORKDIR", stage)
     return dirs[0].args if dirs else "/"
@@ -229,8 +235,7 @@ def build_go_stage(into: Path) -> Path:
     for step in steps("RUN", GO_STAGE):
         if not step.args.startswith(SKIPPED_RUN):
             _run(step.args, into, env)
-    (binary,) = [c for c in copies(FINAL_STAGE) if c.from_stage == GO_STAGE]
-    return into / os.path.relpath(binary.sources[0], workdir(GO_STAGE))
+    return into / os.path.relpath(data_path_copy().sources[0], workdir(GO_STAGE))
 
 
 def install_python_stage(context: Path, venv: Path) -> Path:
@@ -311,8 +316,7 @@ async def test_the_stages_build_and_the_image_command_serves_on_the_native_data_
     image_env = env_of(FINAL_STAGE)
     # The router finds the data path where the image puts it, and instances find the base
     # model where the build assembled it (a user other than the build's root runs them).
-    (binary_copy,) = [c for c in copies(FINAL_STAGE) if c.from_stage == GO_STAGE]
-    assert image_env.get("VOXMESH_ROUTER_DATAPLANE_BIN") == binary_copy.dest
+    assert image_env.get("VOXMESH_ROUTER_DATAPLANE_BIN") == data_path_copy().dest
     assert image_env.get("VOXMESH_MODEL_CACHE", "").startswith("/opt/")
     # Those paths, re-rooted here.
     image_env["VOXMESH_MODEL_CACHE"] = str(tmp_path / "models")
