@@ -131,6 +131,45 @@ async def test_unreachable_consul_for_a_whole_ttl_loses_leadership(
     double.resume()
 
 
+async def test_a_leader_whose_key_was_deleted_steps_down_for_the_replica_that_took_it(
+    double: ConsulDouble, locks: list[ConsulLeaderLock]
+) -> None:
+    """An operator's ``consul kv delete``, or a snapshot restore, frees the key while the
+    leader's session lives on: renewing that session is no longer leading."""
+    a, b = new_lock(double, locks, "a", lock_delay=0.0), new_lock(double, locks, "b")
+    assert await a.acquire()
+    async with holding(a) as hold:
+        consul.Consul(port=double.port).kv.delete(KEY)
+        assert await b.acquire(), "the deleted key is free for the standby"
+        await asyncio.wait_for(hold, timeout=3)  # the next renew reads the key
+    assert not a.is_leader and b.is_leader
+    entry = double.kv_entry(KEY)
+    assert entry is not None and entry["Session"] == b.session_id
+    assert not await a.acquire(), "b holds it"
+
+
+async def test_a_leader_cut_off_from_consul_takes_the_key_back_with_its_live_session() -> None:
+    """Stepping down at the deadline is a guess that the session may be gone; when Consul
+    kept it (its reaping allows twice the TTL, five times in this double), the next try
+    renews it and retakes the key at once, with no new session and no lock delay."""
+    double = ConsulDouble(grpc_probes=False, session_ttl_min=1.0, session_ttl_multiplier=5.0)
+    double.start()
+    a = new_lock(double, [], "a", lock_delay=15.0)
+    try:
+        assert await a.acquire()
+        session = a.session_id
+        async with holding(a) as hold:
+            double.pause("refuse")
+            await asyncio.wait_for(hold, timeout=5)
+        assert not a.is_leader
+        double.resume()
+        assert await a.acquire(), "the same session still holds the key"
+        assert a.session_id == session and double.session_ids() == [session]
+    finally:
+        await a.release()
+        double.stop()
+
+
 async def test_a_consul_blackhole_steps_the_leader_down_before_the_ttl(
     double: ConsulDouble, locks: list[ConsulLeaderLock]
 ) -> None:

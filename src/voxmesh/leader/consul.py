@@ -12,6 +12,14 @@ Every renew is bounded by that deadline, so a renew lost in a network
 blackhole cannot keep the leader acting past it; the HTTP client's own
 timeout (:meth:`~voxmesh.leader.consul_api.PyConsulSessionApi.connect`) is
 below half the shortest TTL, so an abandoned call ends before the next one.
+After each successful renew the leader reads the key: a key that names another
+session, or none, is lost leadership too (an operator deleted the key, or a
+snapshot restore rewrote it, and a standby may already hold it with a live
+session of its own; renewing our session alone would leave two leaders).
+A leader that steps down for any reason but a 404 keeps its session: the next
+:meth:`acquire` renews it first and, when Consul kept it alive, takes the key
+back with it at once instead of waiting out the old session's expiry and the
+lock delay under a new one.
 ``ttl`` and ``lock_delay`` must be within what Consul accepts (a TTL of
 ``session_ttl_min``, 10 s by default, to 86400 s; a lock delay of 0 to 60 s):
 anything else is a :class:`~voxmesh.errors.SettingsError` at construction,
@@ -162,10 +170,37 @@ class ConsulLeaderLock:
                 delay = min(self._retry, left)
                 continue
             if ttl is None:
-                self._lose("session invalidated (renew answered 404)")
+                self._lose("session invalidated (renew answered 404)", keep_session=False)
                 return
             self._renewed_at, self._session_ttl = sent, ttl or self._ttl
             delay = self.renew_interval
+            if not await self._still_holds(session):
+                return
+
+    async def _still_holds(self, session: str) -> bool:
+        """Reads the key after a renew; steps down when it names another session or none.
+
+        A read that fails changes nothing: the next renew, due before the session's
+        deadline, reads the key again. One still unanswered at the deadline steps down,
+        as an unanswered renew does.
+        """
+        try:
+            async with asyncio.timeout(max(self._deadline() - self._clock(), 0)):
+                holder = await self._api.holder(self._key)
+        except TimeoutError:
+            self._lose(f"key read unanswered at the deadline of the {self._session_ttl:g} s TTL")
+            return False
+        except ConsulError as exc:
+            log.warning("leader lock %s: could not read the key, retrying: %s", self._key, exc)
+            return True
+        if holder == session:
+            return True
+        self._lose(
+            f"the key is held by session {holder}"
+            if holder
+            else "the key no longer names this session (deleted or rewritten)"
+        )
+        return False
 
     def _deadline(self) -> float:
         """When the session may be gone: its TTL, less the margin, after the last renew."""
@@ -174,9 +209,13 @@ class ConsulLeaderLock:
     def _held_session(self) -> str | None:
         return self._session if self._leader else None
 
-    def _lose(self, why: str) -> None:
+    def _lose(self, why: str, *, keep_session: bool = True) -> None:
+        """Steps down. ``keep_session``: the session may still be alive (Consul did not
+        answer), so :meth:`acquire` tries it again before creating another."""
         log.warning("leader lock %s lost: %s", self._key, why)
-        self._leader, self._session = False, None
+        self._leader = False
+        if not keep_session:
+            self._session = None
 
     async def release(self) -> None:
         """Frees the key (no lock-delay for the standby) and destroys the session."""

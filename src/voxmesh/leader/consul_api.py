@@ -32,6 +32,9 @@ class ConsulSessionApi(Protocol):
     async def release(self, key: str, session_id: str) -> bool:
         """``PUT /v1/kv/:key?release=<session>``."""
 
+    async def holder(self, key: str) -> str | None:
+        """``GET /v1/kv/:key``: the ``Session`` holding the key, None if none or no key."""
+
 
 class PyConsulSessionApi:
     """:class:`ConsulSessionApi` over py-consul.
@@ -103,3 +106,12 @@ class PyConsulSessionApi:
     async def release(self, key: str, session_id: str) -> bool:
         """See :meth:`ConsulSessionApi.release`."""
         return bool(await call_consul(lambda: self._consul.kv.put(key, None, release=session_id)))
+
+    async def holder(self, key: str) -> str | None:
+        """See :meth:`ConsulSessionApi.holder`."""
+
+        def read() -> str | None:
+            _, entry = self._consul.kv.get(key)
+            return None if entry is None else entry.get("Session")
+
+        return await call_consul(read)
