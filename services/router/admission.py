@@ -182,8 +182,16 @@ class Admission(Generic[S]):
             self._leave(pool, waiter)
             raise
         if not waiter.future.done():
-            if len(queue.waiters) > self._limits.max_streams and not (resumed or place.admitted):
-                self._make_room(pool, waiter)
+            # A waiter whose task was cancelled in this turn of the loop (its client
+            # left, its wait timed out) has a done future and leaves when that task
+            # runs: it holds no place and cannot be evicted.
+            waiting = sum(1 for w in queue.waiters if not w.future.done())
+            if waiting > self._limits.max_streams and not (resumed or place.admitted):
+                try:
+                    self._make_room(pool, waiter)
+                except BaseException:
+                    self._leave(pool, waiter)
+                    raise
             self._gauge(pool)
         wait_left = self._limits.max_wait_s - (self._clock() - place.since)
         try:
@@ -270,7 +278,10 @@ class Admission(Generic[S]):
         queue = self._queues[pool]
         victim = newcomer
         if newcomer.realtime:
-            victim = next((w for w in reversed(queue.waiters) if w.evictable), newcomer)
+            victim = next(
+                (w for w in reversed(queue.waiters) if w.evictable and not w.future.done()),
+                newcomer,
+            )
         self._leave(pool, victim)
         err = self._reject(pool, victim, QUEUE_FULL)
         if victim is newcomer:

@@ -294,6 +294,31 @@ async def test_cancelled_waiter_leaves_the_queue() -> None:
     assert slot.active == 0
 
 
+async def test_a_waiter_cancelled_in_the_same_turn_neither_holds_a_place_nor_is_evicted() -> None:
+    """Its future is cancelled at once, but it leaves the queue only when its task runs:
+    a realtime stream arriving in between (the native data path's control plane handles
+    a batch of events in one turn) must not count it nor evict it. Evicting it raised
+    InvalidStateError out of the newcomer's admit and left the newcomer's waiter queued,
+    to be handed a slot that nobody released."""
+    pool = Pool(max_streams=1, max_wait_s=5.0)
+    slot = pool.add("a", 1)
+    holder = await pool.admission.admit("p", realtime=True)
+    batch = asyncio.create_task(pool.admission.admit("p", realtime=False))
+    await wait_until_async(lambda: pool.admission.queued() == 1)
+    place = pool.admission.place()
+    pool.now += 5.0  # the newcomer's wait is over as it is queued: it ends in this turn
+    batch.cancel()
+    with pytest.raises(ResourceExhausted, match="no instance freed up in time"):
+        await pool.admission.admit("p", realtime=True, place=place)
+    assert (await asyncio.gather(batch, return_exceptions=True))[0].__class__ is (
+        asyncio.CancelledError
+    )
+    assert pool.admission.queued() == 0
+    holder.release()
+    assert slot.active == 0, "no slot was handed to a waiter nobody awaits"
+    assert pool.admission.snapshot("p").rejected_total == 1
+
+
 async def test_excluded_waiter_does_not_block_the_ones_behind() -> None:
     pool = Pool()
     pool.add("failed", 1)
