@@ -212,3 +212,63 @@ async def test_a_worker_failing_with_a_full_queue_still_ends_next_event() -> Non
 async def _until_none(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
     while (item := await queue.get()) is not None:
         yield item
+
+
+class Wordy:
+    """A model whose every decode is 200 KB of text: a few unread interims fill the
+    client's flow-control window."""
+
+    name = "fake"
+    is_multilingual = False
+    text = " ".join(f"w{i}" for i in range(40_000))
+
+    def supports_language(self, code: str) -> bool:
+        return code == "en"
+
+    def decode(self, jobs: Sequence[DecodeJob]) -> list[DecodeOutput]:
+        return [DecodeOutput(text=self.text, avg_logprob=-0.1) for _ in jobs]
+
+
+async def test_a_client_that_stops_reading_results_loses_its_stream_after_the_idle_timeout(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It keeps sending audio (so no wait for its next message times out) but reads
+    nothing: the handler blocks in gRPC's write, the session's worker on its full queue
+    of results, the reading of audio on the worker. Nothing ended such a stream: it held
+    its slot, and a drain, for as long as the client kept its connection."""
+    grpc = pytest.importorskip("grpc")
+    from voxmesh.stt.v1 import stt_pb2_grpc
+
+    options = SessionOptions(context=0.0, first_interim=0.1, interim_interval=0.1, adaptive=False)
+    async with recognizer(monkeypatch, options) as (servicer, _):
+        servicer._idle_timeout = 1.0
+        servicer._instance.scheduler._decoder = Wordy()  # type: ignore[assignment]
+        server = grpc.aio.server()
+        stt_pb2_grpc.add_RecognizerServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = stt_pb2_grpc.RecognizerServiceStub(channel).StreamingRecognize()
+                config = stt_pb2.StreamingRecognitionConfig(config=linear16(), interim_results=True)
+                await call.write(stt_pb2.StreamingRecognizeRequest(streaming_config=config))
+                chunk = stt_pb2.StreamingRecognizeRequest(audio_content=pcm16(speech(0.1)))
+
+                async def send() -> None:
+                    # Paced, and on until flow control stops it: the client only stops
+                    # reading.
+                    while True:
+                        await call.write(chunk)
+                        await asyncio.sleep(0.1)
+
+                sender = asyncio.create_task(send())
+                try:
+                    await wait_until_async(lambda: servicer._instance.active == 1, timeout=5)
+                    await wait_until_async(lambda: servicer._instance.active == 0, timeout=20)
+                finally:
+                    sender.cancel()
+                    call.cancel()
+                    await asyncio.gather(sender, return_exceptions=True)
+        finally:
+            await server.stop(0)
+    assert "stopped reading" in caplog.text

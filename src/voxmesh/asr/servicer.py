@@ -194,8 +194,14 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
                 # this generator, the stream's reader, session and decoder end before its
                 # slot is free.
                 async with contextlib.aclosing(self._stream(request_iterator, context)) as stream:
+                    loop, limit = asyncio.get_running_loop(), self._idle_timeout
+                    handler = asyncio.current_task()
                     async for response in stream:
-                        yield response
+                        unread = loop.call_later(limit, _end_unread, handler, limit)
+                        try:
+                            yield response
+                        finally:
+                            unread.cancel()
 
     async def _stream(
         self,
@@ -406,3 +412,22 @@ class TelemetryServicer(stt_pb2_grpc.TelemetryServiceServicer):
             if self._stopping.is_set():
                 yield stt_pb2.WatchTelemetryResponse(snapshot=self._instance.snapshot())
                 return
+
+
+def _end_unread(handler: asyncio.Task[Any] | None, idle_timeout: float) -> None:
+    """A response has waited ``idle_timeout`` for the client to take it: gRPC's flow
+    control stopped it, so the client reads no more (a stalled or wedged reader). The
+    handler is blocked in gRPC's write, where no timeout of ours runs, and with it the
+    session's results and, through them, the reading of audio: nothing else would ever
+    end the stream, and it would hold its slot (and a drain) for as long as the client
+    keeps its connection. Cancelling the handler closes the stream's generator, which
+    frees the slot, the session and the decoder at once. gRPC Python cannot reset the
+    call itself; the client, when it reads again, gets the responses already sent and
+    no status, and a client that goes away takes the call with it."""
+    if handler is None or handler.done():
+        return
+    logger.warning(
+        "a client took no response for %g s (it stopped reading): ending its stream",
+        idle_timeout,
+    )
+    handler.cancel()

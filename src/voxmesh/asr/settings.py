@@ -77,7 +77,8 @@ class AsrSettings:
     idle_timeout: float = setting(
         30.0,
         "longest wait (s) for a stream's next message (its config, then audio); more is "
-        "OUT_OF_RANGE: a client that stalls or vanished frees its slot",
+        "OUT_OF_RANGE: a client that stalls or vanished frees its slot; also the longest a "
+        "result may wait for the client to read it before the stream ends",
     )
     max_unary_seconds: float = setting(600.0, "longest Recognize request audio (s)")
     retry_after: float = setting(2.0, "retry hint (s) sent with RESOURCE_EXHAUSTED")
