@@ -242,7 +242,7 @@ async def test_a_client_that_stops_reading_results_loses_its_stream_after_the_id
     options = SessionOptions(context=0.0, first_interim=0.1, interim_interval=0.1, adaptive=False)
     async with recognizer(monkeypatch, options) as (servicer, _):
         servicer._idle_timeout = 1.0
-        servicer._instance.scheduler._decoder = Wordy()  # type: ignore[assignment]
+        servicer._instance.scheduler._decoder = Wordy()
         server = grpc.aio.server()
         stt_pb2_grpc.add_RecognizerServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
