@@ -14,7 +14,6 @@ import random
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
@@ -36,11 +35,6 @@ __all__ = ["AutoscalerApp", "make_lock", "make_source", "make_target"]
 logger = logging.getLogger(__name__)
 
 
-def _consul_endpoint(address: str) -> tuple[str, int, str]:
-    url = urlsplit(address)
-    return url.hostname or "127.0.0.1", url.port or 8500, url.scheme or "http"
-
-
 def make_source(settings: AutoscalerSettings, clock: Callable[[], float]) -> SignalSource:
     """The configured signal source."""
     if settings.signals == "prometheus":
@@ -55,9 +49,10 @@ def make_source(settings: AutoscalerSettings, clock: Callable[[], float]) -> Sig
     routers: Watcher
     if settings.discovery == "consul":
         from voxmesh.discovery.consul import ConsulWatcher, PyConsulApi
+        from voxmesh.discovery.consul_address import parse_consul_address
 
-        host, port, scheme = _consul_endpoint(settings.consul_addr)
-        api = PyConsulApi.connect(host=host, port=port, scheme=scheme)
+        agent = parse_consul_address("consul_addr", settings.consul_addr)
+        api = PyConsulApi.connect(agent.host, agent.port, agent.scheme)
         instances = lambda pool: ConsulWatcher(api, pool)  # noqa: E731
         routers = (
             StaticWatcher(settings.router_targets)
@@ -137,11 +132,12 @@ def make_lock(settings: AutoscalerSettings) -> LeaderLock:
     """The configured leader lock."""
     backend = settings.leader_backend
     if backend == "consul":
+        from voxmesh.discovery.consul_address import parse_consul_address
         from voxmesh.leader import ConsulLeaderLock, PyConsulSessionApi
 
-        host, port, scheme = _consul_endpoint(settings.consul_addr)
+        agent = parse_consul_address("consul_addr", settings.consul_addr)
         return ConsulLeaderLock(
-            PyConsulSessionApi.connect(host, port, scheme),
+            PyConsulSessionApi.connect(agent.host, agent.port, agent.scheme),
             settings.leader_key,
             holder=settings.replica_id,
             ttl=settings.leader_ttl,

@@ -26,7 +26,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
@@ -73,11 +72,10 @@ def discovery_watchers(settings: RouterSettings) -> Callable[[str], Watcher]:
     """The watcher factory of the configured discovery backend."""
     if settings.discovery == "consul":
         from voxmesh.discovery.consul import ConsulWatcher, PyConsulApi
+        from voxmesh.discovery.consul_address import parse_consul_address
 
-        url = urlsplit(settings.consul_address)
-        api = PyConsulApi.connect(
-            host=url.hostname or "127.0.0.1", port=url.port or 8500, scheme=url.scheme or "http"
-        )
+        agent = parse_consul_address("consul_address", settings.consul_address)
+        api = PyConsulApi.connect(agent.host, agent.port, agent.scheme)
         return lambda pool: ConsulWatcher(api, pool)
     from voxmesh.discovery.file import FileWatcher
 

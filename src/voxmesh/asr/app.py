@@ -16,7 +16,6 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
@@ -68,13 +67,11 @@ def make_registrar(settings: AsrSettings) -> Registrar:
         return FileRegistrar(settings.registry_dir)
     if settings.discovery == "consul":
         from voxmesh.discovery.consul import ConsulRegistrar, PyConsulApi
+        from voxmesh.discovery.consul_address import parse_consul_address
 
-        url = urlsplit(settings.consul_addr)
-        api = PyConsulApi.connect(
-            host=url.hostname or "127.0.0.1", port=url.port or 8500, scheme=url.scheme or "http"
-        )
+        agent = parse_consul_address("consul_addr", settings.consul_addr)
         return ConsulRegistrar(
-            api,
+            PyConsulApi.connect(agent.host, agent.port, agent.scheme),
             check_interval=settings.consul_check_interval,
             deregister_after=settings.consul_deregister_after,
             drain_timeout=settings.drain_timeout,
@@ -91,6 +88,7 @@ async def serve(
 
     ``on_ready`` receives the ready record (also printed as ``VOXMESH_READY``).
     """
+    registrar = make_registrar(settings)  # a bad discovery setting fails before the model loads
     model_dir = resolve_model(settings.model)
     decoder = WhisperDecoder(
         model_dir,
@@ -166,7 +164,6 @@ async def serve(
         lambda s: stt_pb2_grpc.add_TelemetryServiceServicer_to_server(telemetry, s),
         stt_pb2.DESCRIPTOR.services_by_name["TelemetryService"].full_name,
     )
-    registrar = make_registrar(settings)
     await server.start()
     instance.start()
     await server.set_serving()
