@@ -6,18 +6,24 @@ No model and no sockets: decode time is added to the scheduler's counters direct
 audio through :meth:`AsrInstance.add_audio`, and a fake clock moves time; the
 samples the instance records on its own cadence once started are recorded by
 calling :meth:`AsrInstance.sample_load` every half second of fake time.
+Also the other figures that sampling keeps current (pending decodes), and how the end
+of a drain shows in admission.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.conditions import wait_until_async
-from tests.session_fakes import fake_instance
+from tests.session_fakes import GatedDecoder, fake_instance
+from voxmesh.asr.decoder import DecodeJob
 from voxmesh.asr.instance import AsrInstance
+from voxmesh.errors import Draining
 from voxmesh.telemetry.host import HostSampler
 
 WINDOW = 5.0
@@ -203,3 +209,41 @@ def test_host_cpu_is_over_the_window_not_since_the_last_read() -> None:
     # 0.5 s at 100 % after 4.5 s at 40 %: not the 100 % since the previous read.
     assert host.read()[0] == pytest.approx(0.46)
     assert host.read()[0] == pytest.approx(0.46), "a read changes nothing"
+
+
+async def test_pending_decodes_reach_the_gauge_with_no_subscriber() -> None:
+    """``decode_pending`` was set only by telemetry snapshots: with no router watching
+    (or between its reconnects) Prometheus read a frozen figure."""
+    decoder = GatedDecoder()
+    instance = fake_instance(decoder)
+    instance.start()
+    try:
+        job = DecodeJob(audio=np.zeros(16000, dtype=np.float32))
+        tickets = [instance.scheduler.enqueue(job, realtime=True, final=False) for _ in range(3)]
+        await wait_until_async(lambda: instance.scheduler.pending == 2)  # one on the model
+        instance.sample_load()
+        assert instance.metrics.registry.get_sample_value("voxmesh_asr_decode_pending") == 2
+        decoder.gate.set()
+        await asyncio.gather(*(t.future for t in tickets))
+        instance.sample_load()
+        assert instance.metrics.registry.get_sample_value("voxmesh_asr_decode_pending") == 0
+    finally:
+        decoder.gate.set()
+        await instance.shutdown()
+
+
+async def test_a_drain_that_ended_idle_takes_no_last_resort_stream(
+    clocked: tuple[AsrInstance, FakeClock],
+) -> None:
+    """Once the drain found no stream left, what remains is to deregister and stop,
+    which would cut a stream a second later: the 30 s a last resort is promised
+    are no longer there, however long the drain had to run."""
+    instance, _ = clocked
+    instance.start()
+    instance.begin_drain(100.0)
+    with instance.admit(last_resort=True):
+        pass  # while the drain runs, a last resort is taken
+    assert await instance.wait_idle(1.0)
+    with pytest.raises(Draining), instance.admit(last_resort=True):
+        pass
+    assert instance.drain_remaining() == 0

@@ -157,22 +157,30 @@ class AsrInstance:
         self.metrics.audio_seconds.inc(seconds)
 
     async def wait_idle(self, timeout: float) -> bool:
-        """Waits until no stream is active; False on timeout."""
+        """Waits until no stream is active; False on timeout. A drain that ends idle is
+        over: from then on no last-resort stream is taken either (what is left is to
+        deregister and stop, which would cut it within a second)."""
         try:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
         except TimeoutError:
             return False
+        if self.state == stt_pb2.SERVING_STATE_DRAINING and self._drain_ends is not None:
+            self._drain_ends = min(self._drain_ends, self._clock())
         return True
 
     def _load_counters(self) -> tuple[float, float]:
         return self.scheduler.stats.busy_seconds, self.audio_seconds
 
     def sample_load(self) -> None:
-        """Records one sample of the load counters and of the host CPU time (once
+        """Records one sample of the load counters and of the host CPU time, and
+        refreshes the gauges a telemetry snapshot also sets (pending decodes, GPUs), so
+        that Prometheus reads current figures with no telemetry subscriber (once
         started, the instance does so every ``load_window / 10`` s)."""
         self._load.record(self._load_counters())
         self._host.tick()
+        self.metrics.decode_pending.set(self.scheduler.pending)
+        self._set_gpu_gauges(self._gpu.sample().readings)
 
     async def _sample_load(self) -> None:
         while True:
