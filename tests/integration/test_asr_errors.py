@@ -358,7 +358,17 @@ REPLAY_CASES: dict[str, tuple[tuple[tuple[str, str | bytes], ...], str]] = {
     "not JSON": (((CONTEXT_KEY, b"lead-in"),), "is not JSON"),
     "negative lead-in": (
         ((CONTEXT_KEY, b'{"lead_in_ms": -5, "finals": []}'),),
-        "needs lead_in_ms (an integer >= 0)",
+        "needs lead_in_ms (an integer from 0 to",
+    ),
+    # JSON integers of hundreds of digits: an OverflowError in the session made these
+    # UNAVAILABLE, which a router would fail over to the next instance, to fail there too.
+    "lead-in past any stream time": (
+        ((CONTEXT_KEY, b'{"lead_in_ms": 1' + b"0" * 400 + b', "finals": []}'),),
+        "needs lead_in_ms (an integer from 0 to",
+    ),
+    "final past any stream time": (
+        ((CONTEXT_KEY, b'{"lead_in_ms": 900, "finals": [[1, 1' + b"0" * 400 + b', "x"]]}'),),
+        "with times up to",
     ),
     "final ending before it starts": (
         ((CONTEXT_KEY, b'{"lead_in_ms": 900, "finals": [[800, 100, "x"]]}'),),

@@ -78,6 +78,25 @@ def test_settings_precedence_and_errors() -> None:
         load(AsrSettings, prefix="VOXMESH_ASR", argv=["--speculative-pause-idle", "-0.1"])
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        # 0 made the session decode empty windows forever without getting anywhere.
+        ("--max-utterance", "0", r"max_utterance 1 to 29 s"),
+        ("--max-stream-seconds", "0", r"max_stream_seconds=0.0: must be > 0"),
+        ("--max-unary-seconds", "-5", r"max_unary_seconds=-5.0: must be > 0"),
+        ("--drain-timeout", "-1", r"drain_timeout=-1.0: must be >= 0"),
+        ("--retry-after", "-1", r"retry_after=-1.0: must be >= 0"),
+        ("--cpu-threads", "-2", r"cpu_threads=-2: must be >= 0"),
+    ],
+)
+def test_limits_that_would_stop_every_stream_are_refused(
+    flag: str, value: str, message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load(AsrSettings, prefix="VOXMESH_ASR", argv=[flag, value])
+
+
 def test_a_misspelt_environment_variable_is_an_error_not_ignored() -> None:
     """VOXMESH_ROUTER_QUEUE_MAX_WAIT (a name the router's docs gave) left the setting,
     queue_max_wait_s, at its default without a word."""

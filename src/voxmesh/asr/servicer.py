@@ -41,6 +41,7 @@ from voxmesh.asr.instance import AsrInstance
 from voxmesh.asr.results import duration, final_result, to_response
 from voxmesh.asr.session import Final, Interim, SessionEvent, StreamParams, StreamSession
 from voxmesh.rpc.metadata import (
+    MAX_STREAM_MS,
     OFFSET_KEY,
     SKIP_KEY,
     last_resort_asked,
@@ -56,10 +57,6 @@ logger = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-MAX_METADATA_MS = 10**11
-"""Largest offset or skip taken from metadata (some three years): more is not a
-stream time, and would overflow the offsets' ``Duration``."""
-
 
 def _metadata_ms(context: Context, key: str) -> float:
     text = value_of(context.invocation_metadata(), key)
@@ -69,9 +66,9 @@ def _metadata_ms(context: Context, key: str) -> float:
         value = int(text)
     except ValueError:
         raise errors.InvalidArgument(f"metadata {key}={text!r} is not an integer") from None
-    if not 0 <= value <= MAX_METADATA_MS:
+    if not 0 <= value <= MAX_STREAM_MS:
         raise errors.InvalidArgument(
-            f"metadata {key}={value} is out of range (0 to {MAX_METADATA_MS} ms)"
+            f"metadata {key}={value} is out of range (0 to {MAX_STREAM_MS} ms)"
         )
     return value / 1000.0
 

@@ -114,6 +114,23 @@ class AsrSettings:
                 raise SettingsError(f"setting {name}={value}: must be at least 1")
         if self.max_batch < 0:
             raise SettingsError(f"setting max_batch={self.max_batch}: must be 0 (auto) or more")
+        seconds = {  # durations a stream is held to: 0 would end every stream at once
+            "max_stream_seconds": self.max_stream_seconds,
+            "max_unary_seconds": self.max_unary_seconds,
+        }
+        for name, value in seconds.items():
+            if not value > 0:
+                raise SettingsError(f"setting {name}={value}: must be > 0")
+        not_negative = {
+            "cpu_threads": self.cpu_threads,
+            "max_batch_wait_ms": self.max_batch_wait_ms,
+            "retry_after": self.retry_after,
+            "drain_timeout": self.drain_timeout,
+            "last_resort_min_drain": self.last_resort_min_drain,
+        }
+        for name, value in not_negative.items():
+            if not value >= 0:
+                raise SettingsError(f"setting {name}={value}: must be >= 0")
         if self.discovery not in ("none", "file", "consul"):
             raise SettingsError(
                 f"setting discovery={self.discovery!r}: expected none, file or consul"
@@ -133,10 +150,11 @@ class AsrSettings:
         for name in ("speculative_pause", "speculative_pause_idle"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"setting {name}={getattr(self, name)}: must be >= 0")
-        if self.min_silence <= 0 or self.interim_interval <= 0 or self.max_utterance > 29:
+        if self.min_silence <= 0 or self.interim_interval <= 0 or not 1 <= self.max_utterance <= 29:
             raise SettingsError(
-                "settings min_silence and interim_interval must be > 0 and max_utterance <= 29 s "
-                f"(got {self.min_silence}, {self.interim_interval}, {self.max_utterance})"
+                "settings min_silence and interim_interval must be > 0 and max_utterance "
+                f"1 to 29 s (got {self.min_silence}, {self.interim_interval}, "
+                f"{self.max_utterance})"
             )
 
     def resolved_instance_id(self) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "CONTEXT_KEY",
     "LAST_RESORT_KEY",
     "MAX_CONTEXT_FINALS",
+    "MAX_STREAM_MS",
     "OFFSET_KEY",
     "PROMPT_WORDS",
     "SKIP_KEY",
@@ -47,6 +48,10 @@ SKIP_KEY = "voxmesh-skip-ms"
 LAST_RESORT_KEY = "voxmesh-last-resort"
 CONTEXT_KEY = "voxmesh-context-bin"
 
+MAX_STREAM_MS = 10**11
+"""Largest stream time in milliseconds any of these values may carry (some three years):
+more is not a stream time, and would overflow the offsets' ``Duration`` (and a float
+conversion, for integers of hundreds of digits that JSON allows)."""
 MAX_CONTEXT_FINALS = 64
 """Most finals a lead-in may name (a router keeps the latest)."""
 PROMPT_WORDS = 40
@@ -91,14 +96,17 @@ class ReplayContext:
         lead_in = body.get("lead_in_ms") if isinstance(body, dict) else None
         finals = body.get("finals") if isinstance(body, dict) else None
         if not _is_count(lead_in) or not isinstance(finals, list):
-            raise ValueError(f"{CONTEXT_KEY} needs lead_in_ms (an integer >= 0) and finals")
+            raise ValueError(
+                f"{CONTEXT_KEY} needs lead_in_ms (an integer from 0 to {MAX_STREAM_MS}) and finals"
+            )
         if len(finals) > MAX_CONTEXT_FINALS:
             raise ValueError(f"{CONTEXT_KEY} has more than {MAX_CONTEXT_FINALS} finals")
         parsed = []
         for final in finals:
             if not _is_final(final):
                 raise ValueError(
-                    f"{CONTEXT_KEY}: a final is [start_ms, end_ms >= start_ms, text], not {final!r}"
+                    f"{CONTEXT_KEY}: a final is [start_ms, end_ms >= start_ms, text] with times "
+                    f"up to {MAX_STREAM_MS} ms, not {final!r:.80}"
                 )
             parsed.append((final[0], final[1], final[2]))
         prompt = body.get("prompt", "")
@@ -116,7 +124,8 @@ def extend_prompt(prompt: str, texts: Iterable[str]) -> str:
 
 
 def _is_count(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """An integer stream time in milliseconds: 0 to :data:`MAX_STREAM_MS`."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_STREAM_MS
 
 
 def _is_final(value: object) -> TypeGuard[list[Any]]:
