@@ -114,13 +114,13 @@ class AsrSettings:
                 raise SettingsError(f"setting {name}={value}: must be at least 1")
         if self.max_batch < 0:
             raise SettingsError(f"setting max_batch={self.max_batch}: must be 0 (auto) or more")
-        seconds = {  # durations a stream is held to: 0 would end every stream at once
+        seconds = {  # a stream is held to these: 0 would end every stream
             "max_stream_seconds": self.max_stream_seconds,
             "max_unary_seconds": self.max_unary_seconds,
         }
-        for name, value in seconds.items():
-            if not value > 0:
-                raise SettingsError(f"setting {name}={value}: must be > 0")
+        for name, limit in seconds.items():
+            if not limit > 0:
+                raise SettingsError(f"setting {name}={limit}: must be > 0")
         not_negative = {
             "cpu_threads": self.cpu_threads,
             "max_batch_wait_ms": self.max_batch_wait_ms,
@@ -128,9 +128,9 @@ class AsrSettings:
             "drain_timeout": self.drain_timeout,
             "last_resort_min_drain": self.last_resort_min_drain,
         }
-        for name, value in not_negative.items():
-            if not value >= 0:
-                raise SettingsError(f"setting {name}={value}: must be >= 0")
+        for name, amount in not_negative.items():
+            if not amount >= 0:
+                raise SettingsError(f"setting {name}={amount}: must be >= 0")
         if self.discovery not in ("none", "file", "consul"):
             raise SettingsError(
                 f"setting discovery={self.discovery!r}: expected none, file or consul"
