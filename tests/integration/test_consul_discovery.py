@@ -333,6 +333,27 @@ async def test_agent_that_forgot_the_instance_gets_it_back(
     await collector.until(["asr-small-1"])
 
 
+async def test_a_registration_that_failed_is_retried_on_the_backoff_not_the_resync(
+    double: ConsulDouble, instance: HealthServer, registrars: list[ConsulRegistrar]
+) -> None:
+    """An instance started while its agent restarts is registered as soon as the agent is
+    back, not a whole resync interval later; so is a drain mark that did not get through."""
+    registrar = ConsulRegistrar(
+        api(double), resync_interval=60.0, backoff_base=0.05, backoff_max=0.2
+    )
+    registrars.append(registrar)
+    double.pause("refuse")
+    await registrar.register(info_for(instance.port))  # fails: the keeper retries
+    double.resume()
+    await wait_until_async(lambda: double.service("asr-small-1") is not None)
+
+    double.pause("refuse")
+    await registrar.set_draining()  # fails while the keeper waits out its resync
+    double.resume()
+    await wait_until_async(lambda: double.check("_service_maintenance:asr-small-1") is not None)
+    assert (double.service("asr-small-1") or {})["Meta"]["draining"] == "true"
+
+
 def test_critical_instance_is_reaped_after_deregister_critical_service_after(
     double: ConsulDouble,
 ) -> None:

@@ -15,8 +15,10 @@ register it again. A new registration starts ``critical``, so the
 instance is absent from ``?passing`` until its first good probe. A keeper task
 asks the agent every ``resync_interval`` whether it still knows the instance
 (``GET /v1/agent/service/:id``) and registers again if it forgot (an agent
-restart). Draining turns on service maintenance mode, which adds a critical
-check and so drops the instance from ``?passing``, and sets ``Meta.draining``.
+restart); a registration or drain mark that could not reach the agent is retried
+with exponential backoff from the failure on, not a resync interval later.
+Draining turns on service maintenance mode, which adds a critical check and so
+drops the instance from ``?passing``, and sets ``Meta.draining``.
 
 Watching. A loop of blocking queries on
 ``/v1/health/service/<name>?passing`` with ``index`` and ``wait``; the index
@@ -403,6 +405,7 @@ class ConsulRegistrar:
         self._rng = rng or random.Random()
         self._info: InstanceInfo | None = None
         self._synced = False
+        self._failed = asyncio.Event()  # a call outside the keeper could not reach Consul
         self._lock = asyncio.Lock()
         self._keeper: asyncio.Task[None] | None = None
 
@@ -417,6 +420,7 @@ class ConsulRegistrar:
                 await self._publish()
             except ConsulUnavailable as exc:
                 log.warning("registering %s failed, will retry: %s", info.instance_id, exc)
+                self._failed.set()
             if self._keeper is None:
                 self._keeper = asyncio.create_task(self._keep(), name="consul-registrar-keeper")
 
@@ -432,6 +436,7 @@ class ConsulRegistrar:
                 log.warning(
                     "marking %s draining failed, will retry: %s", self._info.instance_id, exc
                 )
+                self._failed.set()
 
     async def deregister(self) -> None:
         """Stops the keeper and removes the instance. Idempotent."""
@@ -473,10 +478,18 @@ class ConsulRegistrar:
         self._synced = True
 
     async def _keep(self) -> None:
-        """Re-registers when the agent forgot the instance or an earlier call failed."""
+        """Re-registers when the agent forgot the instance or an earlier call failed.
+
+        In sync it checks every ``resync_interval``; out of sync (a failed call, its
+        own or ``register``'s or ``set_draining``'s) it retries on the backoff schedule,
+        the first retry after ``backoff_base`` or less.
+        """
         failures = 0
         while True:
-            await asyncio.sleep(self._resync if not failures else self._retry_delay(failures))
+            if failures or not self._synced:
+                await asyncio.sleep(self._retry_delay(max(failures, 1)))
+            elif await self._failure_within(self._resync):
+                continue  # a call failed meanwhile: retry after the backoff
             try:
                 async with self._lock:
                     if self._info is None:
@@ -493,6 +506,15 @@ class ConsulRegistrar:
             except ConsulError as exc:
                 failures += 1
                 log.warning("Consul registration check failed (%d in a row): %s", failures, exc)
+
+    async def _failure_within(self, seconds: float) -> bool:
+        """Waits ``seconds``; True (at once) when a call outside the keeper failed."""
+        self._failed.clear()
+        try:
+            await asyncio.wait_for(self._failed.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     def _retry_delay(self, failures: int) -> float:
         return backoff_delay(failures, *self._backoff, self._rng)
