@@ -1,6 +1,6 @@
 """A stream session over long audio: long silences, utterances longer than Whisper's
-window, audio fed faster than real time (as Recognize and fast clients feed it), and
-the end of a stream whose decode never ran.
+window, audio fed faster than real time (as Recognize and fast clients feed it),
+utterances that decode as noise, and the end of a stream whose decode never ran.
 
 No model and no Silero: the fakes of :mod:`tests.session_fakes`. Audio is fed as the
 servicer feeds it: in 1 s pieces, each once the session has room for it.
@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
 from tests.conditions import wait_until_async
 from tests.session_fakes import SR, GatedDecoder, LoudnessVad, open_session, silence, speech
+from voxmesh.asr.decoder import DecodeJob, DecodeOutput
 from voxmesh.asr.scheduler import DecodeScheduler, SchedulerOptions
 from voxmesh.asr.session import (
     Final,
     SessionEvent,
     SessionOptions,
+    SpeechEnded,
     StreamParams,
     StreamSession,
 )
@@ -175,3 +178,38 @@ async def test_a_decode_dropped_by_a_shutdown_ends_the_stream_in_an_error() -> N
         decoder.gate.set()
         await session.close()
         await scheduler.shutdown()
+
+
+class NoiseDecoder(GatedDecoder):
+    """A model that hears every window as no speech (a cough, a door)."""
+
+    def decode(self, jobs: Sequence[DecodeJob]) -> list[DecodeOutput]:
+        return [DecodeOutput(text="", avg_logprob=-2.0, no_speech_prob=0.9) for _ in jobs]
+
+
+@pytest.mark.parametrize("interims", [False, True])
+async def test_every_speech_ended_is_followed_by_its_final_even_for_noise(interims: bool) -> None:
+    """stt.proto promises a final after SPEECH_ENDED. An utterance decoded as noise with
+    no interim sent for it gave none, so a client waiting for it waited in vain; it gets
+    a final with no text, and no words are emitted."""
+    scheduler = DecodeScheduler(NoiseDecoder(), SchedulerOptions(max_batch=1))
+    scheduler.start()
+    session = StreamSession(
+        StreamParams(stream_id="s1", interim_results=interims),
+        SessionOptions(context=0.0),
+        scheduler,
+        vad=StreamingVad(session=LoudnessVad()),
+    )
+    try:
+        audio = np.concatenate([speech(1.0), silence(1.0), speech(1.0), silence(1.0)])
+        events = await stream(session, audio)
+    finally:
+        await session.close()
+        await scheduler.shutdown()
+    ended = [e for e in events if isinstance(e, SpeechEnded)]
+    assert len(ended) == 2
+    for end in ended:
+        following = events[events.index(end) + 1 :]
+        assert any(isinstance(e, Final) for e in following), "no final after SPEECH_ENDED"
+    assert len(finals(events)) == 2
+    assert all(f.text == "" and not f.words for f in finals(events))

@@ -612,9 +612,9 @@ class StreamSession:
         return next(onsets, self._endpointer.onset_floor) - self._pad_before
 
     async def _publish_final(self, output: DecodeOutput, start: int, end: int, window: int) -> None:
+        """Sends the utterance's final: with no text when it decoded as noise (a cough, a
+        door), because its SPEECH_ENDED promised a final and a client may wait for it."""
         noise = output.looks_like_noise()
-        if noise and not self._interim_sent:
-            return
         text = "" if noise else output.text
         words = [] if noise else _shift(output.words, self._t(window))
         await self._emit(
