@@ -43,3 +43,21 @@ def test_the_router_refuses_a_native_data_path_it_cannot_find(
     )
     assert router_main(["--data-path", "go"]) == 2
     assert "setting data_path='go': expected python or native" in capsys.readouterr().err
+
+
+def test_every_service_refuses_a_consul_address_it_cannot_use(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Read loosely, such an address was the local agent, or "unavailable" for ever."""
+    bad = "consul://10.0.0.5:8500"
+    why = "scheme 'consul' is not http or https"
+    argv = ["--discovery", "consul", "--advertise-host", "10.0.0.9", "--consul-addr", bad]
+    assert asr_main({"pool": "asr_small", "model": "tiny.en"}, argv, env={}) == 2
+    assert capsys.readouterr().err.strip() == f"error: setting consul_addr={bad!r}: {why}"
+    router_argv = ["--data-path", "python", "--discovery", "consul", "--consul-address"]
+    assert router_main([*router_argv, "http://:8500"]) == 2
+    assert "error: setting consul_address='http://:8500': names no host" in (
+        capsys.readouterr().err
+    )
+    assert autoscaler_main(["--discovery", "consul", "--consul-addr", bad, "--port", "0"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: setting consul_addr={bad!r}: {why}"
