@@ -336,10 +336,6 @@ class EvaluationLoop:
         for group_status in status.values():
             if group_status is not None:
                 self._adopt(pool, group_status, now)
-        waited = {
-            cg: pool.starting.setdefault(cg, observe.StartingSince()).update(status[cg], now)
-            for cg in status
-        }
         load = self._source.read(name)
         seen = observe.observe_pool(
             pool.spec.policy,
@@ -347,7 +343,9 @@ class EvaluationLoop:
             load,
             status,
             reclaims,
-            waited.__getitem__,
+            lambda cg, unseen: pool.starting.setdefault(cg, observe.StartingSince()).update(
+                status[cg], now, unseen
+            ),
         )
         signals, groups, policy = seen.signals, seen.groups, seen.policy
         before = pool.state

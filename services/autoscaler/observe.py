@@ -19,7 +19,12 @@ How long the oldest starting instance has waited (a preemptible one past its pla
 deadline counts as a failing placement) is the larger of the target's figure, when it gives
 one, and the loop's estimate (:class:`StartingSince`): the loop owns time. Both are lower
 bounds of the true age, so neither declares placements failing on a group that merely keeps
-growing (a ramp always has *some* instance starting, none of them old).
+growing (a ramp always has *some* instance starting, none of them old). The target's figure
+covers instances not running yet (Nomad's pending allocations); a preemptible instance that
+runs but is not seen serving (loading its model, or stuck loading it) ages in the loop's
+estimate from the evaluation that first saw it so, and only while the signals are fresh:
+stale or missing signals cannot tell a serving instance from a stuck one, so a telemetry
+outage never makes running instances look stuck.
 """
 
 from __future__ import annotations
@@ -70,14 +75,18 @@ def observe_pool(
     load: PoolLoad,
     status: Mapping[CapacityGroup, GroupStatus | None],
     reclaims: Mapping[str, int],
-    starting_for: Callable[[CapacityGroup], float],
+    starting_for: Callable[[CapacityGroup, int | None], float],
 ) -> Observation:
     """Combines a pool's load, its groups' status and reclaims (counted by group name).
 
-    ``starting_for(group)`` gives the loop's estimate of how long the oldest starting
-    instance of ``group`` has waited (:class:`StartingSince`); it is asked only for groups
-    that have some, and the target's own figure wins when it is larger.
+    ``starting_for(group, unseen)`` is called once for every group at every evaluation: it
+    follows the group's counts (:meth:`StartingSince.update`) and gives the loop's estimate
+    of how long the oldest starting instance of ``group`` has waited. ``unseen`` is the
+    number of the group's running instances that count as starting because the signals do
+    not show them serving, or ``None`` when the signals are stale or missing and cannot
+    tell. The target's own figure wins when it is larger.
     """
+    fresh = not load.missing and load.age_s <= policy.stale_after_s
     draining = Counter(i.capacity_class for i in load.instances if not i.serving)
     seen_serving = Counter(i.capacity_class for i in load.instances if i.serving)
     groups: dict[CapacityGroup, GroupSignals] = {}
@@ -86,14 +95,17 @@ def observe_pool(
         signals = group_signals(
             st, reclaims.get(st.name, 0) if st else 0, draining=draining[group.value]
         )
-        unseen = signals.serving - seen_serving[group.value]
-        if group is CapacityGroup.PREEMPTIBLE and unseen > 0:
+        unseen = 0
+        if group is CapacityGroup.PREEMPTIBLE:
+            unseen = max(0, signals.serving - seen_serving[group.value])
+        if unseen:
             signals = replace(
                 signals, serving=signals.serving - unseen, starting=signals.starting + unseen
             )
+        waited = starting_for(group, unseen if fresh else None)
         if signals.starting:
             reported = st.oldest_pending_s if st and st.oldest_pending_s is not None else 0.0
-            signals = replace(signals, oldest_starting_s=max(starting_for(group), reported))
+            signals = replace(signals, oldest_starting_s=max(waited, reported))
         groups[group] = signals
     return Observation(
         groups=groups,
@@ -164,15 +176,26 @@ def pool_signals(
 
 @dataclass
 class StartingSince:
-    """When each starting instance of one group was asked for, as far as the loop can tell.
+    """When each starting instance of one group began to wait, as far as the loop can tell.
 
-    Every instance the group's count adds is stamped with the evaluation that first sees it;
-    instances that start running leave oldest first, cancelled ones newest first (targets
-    cancel the youngest starting instances). What is left is one stamp per starting
-    instance. A stamp is never earlier than the real request, so the age is never
-    overestimated: a ramp, which always has some instance starting, never looks like a
-    placement that failed (the age of the *oldest starting instance* is what the deadline
-    is about, not how long the group has not been idle).
+    Two kinds of starting instance are stamped apart. *Requested* ones (the target's count
+    less its running instances: placing, provisioning) get the evaluation that first sees
+    the count rise; instances that start running leave oldest first, cancelled ones newest
+    first (targets cancel the youngest starting instances). *Unseen* ones (running, but not
+    shown serving by the signals: loading the model, or stuck loading it) get the
+    evaluation that first sees them so; those that come to serve leave oldest first. What
+    is left is one stamp per starting instance. A stamp is never earlier than the real
+    request (or start), so the age is never overestimated: a ramp, which always has some
+    instance starting, never looks like a placement that failed (the age of the *oldest
+    starting instance* is what the deadline is about, not how long the group has not been
+    idle). The price of that bound: while other instances keep coming and serving, one
+    that never serves may take the place of a younger one and look younger than it is;
+    it is found at the latest a deadline after the last such arrival.
+
+    Stale or missing signals (``unseen`` is ``None``) cannot tell which running instances
+    serve: the unseen stamps are dropped, and the instances still unseen when the signals
+    return are stamped then. A telemetry outage therefore never makes serving instances
+    look stuck, and a stuck one is found a deadline after the signals are fresh again.
     """
 
     desired: int = 0
@@ -180,10 +203,13 @@ class StartingSince:
     running: int = 0
     """Its running instances at the last update."""
     stamps: deque[float] = field(default_factory=deque)
-    """One request time per starting instance, oldest first."""
+    """One request time per requested instance, oldest first."""
+    unseen: deque[float] = field(default_factory=deque)
+    """One time per running instance not seen serving, oldest first."""
 
-    def update(self, status: GroupStatus | None, now: float) -> float:
-        """Follows the group's counts to ``now``; the oldest starting instance's age."""
+    def update(self, status: GroupStatus | None, now: float, unseen: int | None) -> float:
+        """Follows the group's counts to ``now``, ``unseen`` of its running instances not
+        seen serving (``None``: the signals cannot tell); the oldest starting one's age."""
         desired, running = (status.desired, status.running) if status else (0, 0)
         for _ in range(max(0, running - self.running)):  # started: the oldest first
             if self.stamps:
@@ -191,13 +217,20 @@ class StartingSince:
         for _ in range(max(0, self.desired - desired)):  # cancelled: the youngest first
             if self.stamps:
                 self.stamps.pop()
-        starting = max(0, desired - running)
-        while len(self.stamps) > starting:
-            self.stamps.popleft()
-        while len(self.stamps) < starting:  # new requests, or replacements of lost ones
-            self.stamps.append(now)
+        _follow(self.stamps, max(0, desired - running), now)
+        if unseen is None:
+            self.unseen.clear()
+        _follow(self.unseen, unseen or 0, now)
         self.desired, self.running = desired, running
-        return now - self.stamps[0] if self.stamps else 0.0
+        return max((now - s[0] for s in (self.stamps, self.unseen) if s), default=0.0)
+
+
+def _follow(stamps: deque[float], count: int, now: float) -> None:
+    """Leaves ``count`` stamps: the oldest leave first, new ones are ``now``."""
+    while len(stamps) > count:
+        stamps.popleft()
+    while len(stamps) < count:  # new instances, or replacements of lost ones
+        stamps.append(now)
 
 
 def bounded_policy(

@@ -442,8 +442,9 @@ async def test_a_target_answer_it_cannot_read_holds_every_pool_and_restarts_obse
 
 
 async def test_a_sustained_ramp_keeps_bursts_on_preemptible() -> None:
-    """Every preemptible instance serves 60 s after its request, far inside its 240 s
-    deadline; the group always has some starting, which is no failing placement."""
+    """Every preemptible instance runs 30 s after its request and serves 30 s later, far
+    inside its 240 s deadline; the group always has some starting (placing or loading),
+    which is no failing placement."""
     target = FakeTarget(
         {
             OD: FakeGroup(CapacityClass.ON_DEMAND, 1, 1),
@@ -457,7 +458,14 @@ async def test_a_sustained_ramp_keeps_bursts_on_preemptible() -> None:
         group = target.groups[PE]
         requested = requested[: group.count]
         requested += [h.clock.now] * (group.count - len(requested))
-        group.running = sum(1 for at in requested if h.clock.now - at >= 60.0)
+        group.running = sum(1 for at in requested if h.clock.now - at >= 30.0)
+        serving = sum(1 for at in requested if h.clock.now - at >= 60.0)
+        h.source.loads[POOL] = replace(
+            h.source.loads[POOL],
+            instances=tuple(
+                InstanceLoad(f"pe{i}", "preemptible", 0, 1, True) for i in range(serving)
+            ),
+        )
         await h.step()
     assert not [r for r in h.records() if "pending for" in r]
     assert [c for c in target.calls if c[0] == OD] == [], "fell back to on-demand"
@@ -480,6 +488,34 @@ async def test_a_preemptible_instance_pending_past_its_deadline_falls_back() -> 
     await h.step(5.0)
     assert [(c[0], c[1]) for c in target.calls] == [(PE, 1), (OD, 2)]
     assert "preemptible pending for" in target.calls[-1][2]
+
+
+async def test_a_preemptible_instance_that_runs_but_never_serves_falls_back() -> None:
+    """Nomad runs both preemptible instances, but one never serves (its model load hangs):
+    it is a starting instance past its deadline, and on-demand takes its place."""
+    target = FakeTarget(
+        {
+            OD: FakeGroup(CapacityClass.ON_DEMAND, 1, 1),
+            PE: FakeGroup(CapacityClass.PREEMPTIBLE, 2, 2),
+        }
+    )
+    h = harness(target, pe_max=8)
+    serving = (
+        InstanceLoad("od", "on-demand", 1, 1, True),
+        InstanceLoad("pe0", "preemptible", 1, 1, True),
+    )
+    h.source.loads[POOL] = PoolLoad(
+        POOL, active_streams=3, max_streams=1, instances=serving, age_s=0.5
+    )
+    deadline = policy().preemptible.placement_deadline_s
+    for _ in range(int(deadline)):
+        await h.step()
+    assert target.calls == []
+    assert h.loop.view(POOL).groups[1].starting == 1
+    await h.step(5.0)
+    assert [(c[0], c[1]) for c in target.calls] == [(OD, 2)]
+    # first seen unseen at the first evaluation, one interval after the clock's start
+    assert f"preemptible pending for {deadline + 4:.0f} s" in target.calls[-1][2]
 
 
 async def test_an_operator_scale_down_stands_unless_realtime_streams_queue() -> None:

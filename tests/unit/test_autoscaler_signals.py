@@ -18,9 +18,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.autoscaler.app import AutoscalerApp, make_lock, make_source
-from services.autoscaler.observe import bounded_policy, group_signals, pool_signals
+from services.autoscaler.observe import (
+    Observation,
+    StartingSince,
+    bounded_policy,
+    group_signals,
+    observe_pool,
+    pool_signals,
+)
 from services.autoscaler.policy import (
     CapacityGroup,
+    Decision,
     GroupLimits,
     GroupSignals,
     PolicyState,
@@ -99,6 +107,105 @@ def test_pool_signals_use_reported_limits_and_only_serving_instances() -> None:
     assert (instance.group, instance.gpu_utilisation) == (CapacityGroup.PREEMPTIBLE, 0.95)
     reported = PoolLoad("asr_small", max_streams=2, age_s=0.1)
     assert pool_signals(reported, GroupSignals(), GroupSignals(), 7).max_streams == 2
+
+
+def _observe_for(
+    seconds: int,
+    load: PoolLoad,
+    *,
+    start: int = 0,
+    since: dict[CapacityGroup, StartingSince] | None = None,
+    state: PolicyState | None = None,
+) -> tuple[Observation, Decision, PolicyState]:
+    """Evaluates a pool every 5 s as the loop does, with its on-demand group at 1 running
+    instance and its preemptible group at 4 running ones; the last observation and decision.
+    """
+
+    def group(capacity_class: CapacityClass, count: int) -> GroupStatus:
+        return GroupStatus(
+            name=f"asr_small/{capacity_class.value}",
+            pool="asr_small",
+            capacity_class=capacity_class,
+            desired=count,
+            running=count,
+            placed=count,
+            healthy=count,
+            pending=0,
+            oldest_pending_s=0.0,  # Nomad: no allocation pending
+            max_count=64,
+        )
+
+    policy = PoolPolicy()
+    status = {
+        CapacityGroup.ON_DEMAND: group(CapacityClass.ON_DEMAND, 1),
+        CapacityGroup.PREEMPTIBLE: group(CapacityClass.PREEMPTIBLE, 4),
+    }
+    since = {g: StartingSince() for g in CapacityGroup} if since is None else since
+    state = PolicyState() if state is None else state
+    for now in range(start, start + seconds + 1, 5):
+
+        def starting_for(g: CapacityGroup, unseen: int | None, at: float = now) -> float:
+            return since[g].update(status[g], at, unseen)
+
+        seen = observe_pool(policy, 4, load, status, {}, starting_for)
+        decision, state = decide(seen.signals, state, seen.policy, float(now))
+    return seen, decision, state
+
+
+def _instances(serving_preemptible: int) -> tuple[InstanceLoad, ...]:
+    return (
+        InstanceLoad("od", "on-demand", 3, 4, serving=True),
+        *(
+            InstanceLoad(f"pe{i}", "preemptible", 3, 4, serving=True)
+            for i in range(serving_preemptible)
+        ),
+    )
+
+
+def test_a_preemptible_instance_that_runs_but_never_serves_ages_past_its_deadline() -> None:
+    # Nomad runs all 4 preemptible instances; only 1 serves, 3 hang loading their model.
+    load = PoolLoad(
+        "asr_small", active_streams=6, max_streams=4, instances=_instances(1), age_s=0.5
+    )
+    deadline = PoolPolicy().preemptible.placement_deadline_s
+    young, decision, _ = _observe_for(int(deadline) - 5, load)
+    assert (young.signals.preemptible.serving, young.signals.preemptible.starting) == (1, 3)
+    assert young.signals.preemptible.oldest_starting_s == deadline - 5
+    assert "pending for" not in decision.reason
+
+    seen, decision, _ = _observe_for(1200, load)
+    pe = seen.signals.preemptible
+    assert (pe.serving, pe.starting, pe.oldest_starting_s) == (1, 3, 1200.0)
+    assert "preemptible pending for 1200 s" in decision.reason
+    od = decision.group(CapacityGroup.ON_DEMAND)
+    assert od.desired > od.current, "on-demand did not take the shortfall"
+
+
+def test_stale_or_missing_signals_never_make_running_instances_look_stuck() -> None:
+    # A telemetry outage: the last load says nothing of the preemptible instances.
+    deadline = PoolPolicy().preemptible.placement_deadline_s
+    since, state = {g: StartingSince() for g in CapacityGroup}, PolicyState()
+    for start, outage in (
+        # an instance's telemetry is silent; the routers' demand is fresh: the policy runs
+        (0, PoolLoad("asr_small", active_streams=6, max_streams=4, age_s=40, router_age_s=0.5)),
+        (605, PoolLoad("asr_small", missing="no telemetry from any router yet")),
+    ):
+        seen, decision, state = _observe_for(595, outage, start=start, since=since, state=state)
+        assert seen.signals.preemptible.starting == 4
+        assert seen.signals.preemptible.oldest_starting_s == 0.0
+        assert "pending for" not in decision.reason
+    # Fresh again, and the instances still do not serve: they age from now on only.
+    fresh = PoolLoad(
+        "asr_small", active_streams=6, max_streams=4, instances=_instances(0), age_s=0.5
+    )
+    seen, decision, state = _observe_for(
+        int(deadline) - 5, fresh, start=1205, since=since, state=state
+    )
+    assert seen.signals.preemptible.oldest_starting_s == deadline - 5
+    assert "pending for" not in decision.reason
+    seen, decision, _ = _observe_for(10, fresh, start=1445, since=since, state=state)
+    assert seen.signals.preemptible.oldest_starting_s == deadline + 10
+    assert "preemptible pending for" in decision.reason
 
 
 def _vector(*samples: tuple[dict[str, str], float]) -> dict[str, object]:
