@@ -341,6 +341,22 @@ def test_the_client_decodes_a_file_whose_rate_changes_midway(tmp_path: Path) -> 
     assert 2 * SR <= len(pcm) // 2 < 2.2 * SR
 
 
+@pytest.mark.parametrize("name", ["mp3", "ogg-opus", "flac"])
+def test_a_damaged_packet_mid_stream_is_skipped_not_the_whole_stream(name: str) -> None:
+    """64 bytes lost in the middle of 6 s: the MP3 decoder refused that packet, which
+    failed the stream as malformed, with everything sent before it."""
+    data = encoded(name, 6.0)
+    mid = len(data) // 2
+    damaged = data[:mid] + bytes(64) + data[mid + 64 :]
+    assert len(decode(split(damaged, [3200]))) > 5.5 * SR
+
+
+def test_two_mp3_files_joined_decode_whole() -> None:
+    """The second file's ID3 tag in mid-stream is a packet the decoder refuses."""
+    one = encoded("mp3", 3.0)
+    assert len(decode(split(one + one, [3200]))) > 5.5 * SR
+
+
 def test_compressed_silence_is_decoded_in_bounded_pieces() -> None:
     """Ten minutes of FLAC silence fit in some 110 KB (a 1 MiB chunk: hours): it
     comes out ten seconds at a time, the next decoded only once one was taken,

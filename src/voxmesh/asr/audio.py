@@ -125,6 +125,11 @@ on the blocks of the dropped ones (a Matroska file of 9 tracks, cut at 8, gave
 the first 0.07 s of its first track as if that were all). Others (Ogg) fail with
 ``ENOMEM`` on the stream past it, at once, before any decoder is opened."""
 
+_MAX_BAD_PACKETS = 16
+"""The most packets in a row the codec may refuse before the stream is malformed. A
+damaged packet (bytes lost in transit, two MP3 files joined, an ID3 tag in mid-stream)
+is skipped as FFmpeg's own tools skip it, rather than failing all the audio that came
+before it; only a run this long, or a stream of which nothing decodes, is refused."""
 _TOO_MANY_STREAMS = f"malformed compressed audio: more than {_MAX_STREAMS} streams in the container"
 
 
@@ -231,10 +236,30 @@ class ContainerDecoder:
                 )
             if stream.sample_rate:
                 _check_rate(stream.sample_rate)
-            for frame in container.decode(stream):
-                _check_rate(frame.sample_rate)
-                frame.pts = None
-                self._emit(resampler.push(frame))
+            bad_run, bad, decoded = 0, 0, False
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError as err:
+                    bad_run, bad = bad_run + 1, bad + 1
+                    if bad_run > _MAX_BAD_PACKETS:
+                        raise InvalidArgument(
+                            f"malformed compressed audio: {bad_run} packets in a row could "
+                            f"not be decoded ({err})"
+                        ) from None
+                    continue
+                bad_run = 0
+                for frame in frames:
+                    decoded = True
+                    _check_rate(frame.sample_rate)
+                    frame.pts = None
+                    self._emit(resampler.push(frame))
+            if bad and not decoded:
+                raise InvalidArgument(
+                    f"malformed compressed audio: none of its {bad} packets could be decoded"
+                )
+            if bad:
+                logger.info("compressed audio: %d damaged packets skipped", bad)
         self._emit(resampler.push(None))
 
     def _read(self, size: int = -1) -> bytes:
