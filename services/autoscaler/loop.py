@@ -17,7 +17,8 @@ Per pool, a state machine (:class:`~services.autoscaler.records.Phase`)::
       +------+ <--+                   +---------+ ---+
                   |                        |
                   | cooldown over          | settled (nothing starting or draining,
-                  |                        | except where placements fail), or
+                  |                        | except where placements fail or are
+                  |                        | past their deadline), or
                   |   +----------+         | scaling_timeout passed
                   +-- | COOLDOWN | <-------+
                       +----------+ --(a scale-up applied)--> SCALING
@@ -362,7 +363,7 @@ class EvaluationLoop:
             pool.manual = {g: c for g, c in pool.manual.items() if now - c.at < window}
             for change in pool.manual.values():
                 decision = respect_manual_change(decision, signals, change, now, window)
-        self._advance(pool, signals, now)
+        self._advance(pool, signals, policy, now)
         actions, counts = [], {}
         for cg, cc in _GROUPS:
             part, current = decision.group(cg), status[cg]
@@ -395,13 +396,25 @@ class EvaluationLoop:
         kind = Kind.SCALE if decision.changes else Kind.HOLD
         self._record(pool, kind, decision.reason, tuple(actions))
 
-    def _advance(self, pool: _Pool, signals: PoolSignals, now: float) -> None:
-        """SCALING -> COOLDOWN once settled (or timed out); COOLDOWN -> IDLE when over."""
+    def _advance(self, pool: _Pool, signals: PoolSignals, policy: PoolPolicy, now: float) -> None:
+        """SCALING -> COOLDOWN once settled (or timed out); COOLDOWN -> IDLE when over.
+
+        Instances that may never start do not keep a change settling: those of a group
+        whose placements fail or whose oldest starting instance is past its placement
+        deadline (a preemptible one has an on-demand stand-in by then)."""
         if pool.phase is Phase.SCALING:
             busy = [
                 g
-                for g in (signals.on_demand, signals.preemptible)
-                if (g.starting and not g.placement_failing) or g.draining
+                for g, limits in (
+                    (signals.on_demand, policy.on_demand),
+                    (signals.preemptible, policy.preemptible),
+                )
+                if g.draining
+                or (
+                    g.starting
+                    and not g.placement_failing
+                    and g.oldest_starting_s <= limits.placement_deadline_s
+                )
             ]
             timed_out = now - pool.phase_since >= self._config.scaling_timeout_s
             if timed_out and busy:

@@ -518,6 +518,43 @@ async def test_a_preemptible_instance_that_runs_but_never_serves_falls_back() ->
     assert f"preemptible pending for {deadline + 4:.0f} s" in target.calls[-1][2]
 
 
+async def test_a_starting_instance_past_its_deadline_does_not_keep_the_pool_scaling() -> None:
+    """Like a failing placement, a preemptible instance starting past its deadline is not a
+    change still settling: once the on-demand stand-in serves, the pool cools down without
+    waiting for the scaling timeout."""
+    deadline = 20.0
+    pool_policy = replace(
+        policy(pe_max=8),
+        preemptible=GroupLimits(
+            min_count=0, max_count=8, lead_time_s=0.0, placement_deadline_s=deadline
+        ),
+    )
+    target = FakeTarget(
+        {
+            OD: FakeGroup(CapacityClass.ON_DEMAND, 1, 1),
+            PE: FakeGroup(CapacityClass.PREEMPTIBLE, 2, 2),
+        }
+    )
+    h = harness(target, pool_policy=pool_policy)
+    od, pe = (
+        InstanceLoad("od", "on-demand", 1, 1, True),
+        InstanceLoad("pe", "preemptible", 1, 1, True),
+    )
+    h.source.loads[POOL] = PoolLoad(
+        POOL, active_streams=3, max_streams=1, instances=(od, pe), age_s=0.5
+    )
+    for _ in range(int(deadline) + 2):  # the second preemptible instance never serves
+        await h.step()
+    assert [(c[0], c[1]) for c in target.calls] == [(OD, 2)]
+    assert h.loop.view(POOL).phase is Phase.SCALING
+
+    target.settle()  # the on-demand stand-in starts and serves
+    stand_in = InstanceLoad("od2", "on-demand", 1, 1, True)
+    h.source.loads[POOL] = replace(h.source.loads[POOL], instances=(od, stand_in, pe))
+    await h.step()
+    assert h.loop.view(POOL).phase is Phase.COOLDOWN
+
+
 async def test_an_operator_scale_down_stands_unless_realtime_streams_queue() -> None:
     h = harness(FakeTarget({OD: FakeGroup(CapacityClass.ON_DEMAND, 4, 4)}))
     h.source.demand(active=4)
