@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	routerv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/router/v1"
@@ -31,8 +32,9 @@ type attachCallStream interface {
 // when the first stream needs it and again after it breaks. Safe for
 // concurrent use.
 type connector struct {
-	client    routerv1.DataPlaneServiceClient
-	batchWait time.Duration // Config.ControlBatchWait
+	client          routerv1.DataPlaneServiceClient
+	batchWait       time.Duration // Config.ControlBatchWait
+	maxMessageBytes int           // Config.ControlMaxMessageBytes
 
 	mu      sync.Mutex
 	current *session
@@ -45,7 +47,7 @@ func (c *connector) attach(ctx context.Context) (attachCallStream, error) {
 	sess := c.current
 	if sess == nil || sess.failed() {
 		var err error
-		if sess, err = openSession(c.client, c.batchWait); err != nil {
+		if sess, err = openSession(c.client, c.batchWait, c.maxMessageBytes); err != nil {
 			c.mu.Unlock()
 			return nil, err
 		}
@@ -61,6 +63,7 @@ type session struct {
 	cancel    context.CancelFunc
 	wake      chan struct{} // one pending wake-up of the writer at most
 	batchWait time.Duration
+	maxBytes  int // the largest ConnectRequest the call may send (0: no bound)
 
 	mu      sync.Mutex
 	next    uint64
@@ -70,8 +73,9 @@ type session struct {
 	broken  chan struct{}           // closed with err
 }
 
-// openSession opens a Connect call and starts its writer and reader.
-func openSession(client routerv1.DataPlaneServiceClient, batchWait time.Duration) (*session, error) {
+// openSession opens a Connect call, whose requests may be up to maxBytes (0:
+// any size), and starts its writer and reader.
+func openSession(client routerv1.DataPlaneServiceClient, batchWait time.Duration, maxBytes int) (*session, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	call, err := client.Connect(ctx)
 	if err != nil {
@@ -83,6 +87,7 @@ func openSession(client routerv1.DataPlaneServiceClient, batchWait time.Duration
 		cancel:    cancel,
 		wake:      make(chan struct{}, 1),
 		batchWait: batchWait,
+		maxBytes:  maxBytes,
 		streams:   make(map[uint64]*carried),
 		broken:    make(chan struct{}),
 	}
@@ -167,7 +172,7 @@ func (s *session) write() {
 		s.pending = nil
 		s.mu.Unlock()
 		for len(batch) > 0 {
-			n := batchLen(batch, maxBatchBytes)
+			n := batchLen(batch, s.batchBytes())
 			if err := s.call.Send(&routerv1.ConnectRequest{Events: batch[:n]}); err != nil {
 				return // the call ended: read has its status
 			}
@@ -184,16 +189,41 @@ func (s *session) write() {
 	}
 }
 
+// tooLarge reports whether ev would make a ConnectRequest of its own over the
+// call's limit, and that request's size.
+func (s *session) tooLarge(ev *routerv1.StreamEvent) (int, bool) {
+	if s.maxBytes <= 0 {
+		return 0, false
+	}
+	n := eventBytes(ev)
+	return n, n > s.maxBytes
+}
+
 // maxBatchBytes bounds a ConnectRequest: a backlog (a control plane that took
 // nothing for a while) goes in several, each far under the message size limit.
 const maxBatchBytes = 1 << 20
 
-// batchLen is how many of events, from the first, make a batch of at most
-// maxBytes (at least one, whatever its size).
+// batchBytes is the bound of a batch: maxBatchBytes, or the call's limit when
+// that is lower.
+func (s *session) batchBytes() int {
+	if s.maxBytes > 0 {
+		return min(maxBatchBytes, s.maxBytes)
+	}
+	return maxBatchBytes
+}
+
+// eventBytes is what ev adds to a ConnectRequest.
+func eventBytes(ev *routerv1.StreamEvent) int {
+	n := proto.Size(ev)
+	return protowire.SizeTag(1) + protowire.SizeVarint(uint64(n)) + n
+}
+
+// batchLen is how many of events, from the first, make a ConnectRequest of at
+// most maxBytes (at least one, whatever its size).
 func batchLen(events []*routerv1.StreamEvent, maxBytes int) int {
 	size := 0
 	for n, ev := range events {
-		size += proto.Size(ev)
+		size += eventBytes(ev)
 		if n > 0 && size > maxBytes {
 			return n
 		}
@@ -278,15 +308,31 @@ type carried struct {
 }
 
 // Send queues ev for the control plane; after the stream's end it is dropped.
+// An event too large for a ConnectRequest of its own (see tooLarge) ends the
+// stream instead, with RESOURCE_EXHAUSTED: sent, it would end the Connect call
+// and every stream it carries. The control plane hears cancel.
 func (c *carried) Send(ev *routerv1.AttachRequest) error {
 	s := c.sess
+	sev := &routerv1.StreamEvent{Stream: c.key, Kind: &routerv1.StreamEvent_Event{Event: ev}}
+	size, tooLarge := s.tooLarge(sev)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.streams[c.key] != c {
+		s.mu.Unlock()
 		return io.EOF
 	}
-	s.enqueueLocked(&routerv1.StreamEvent{Stream: c.key, Kind: &routerv1.StreamEvent_Event{Event: ev}})
-	return nil
+	if !tooLarge {
+		s.enqueueLocked(sev)
+		s.mu.Unlock()
+		return nil
+	}
+	delete(s.streams, c.key)
+	s.enqueueLocked(&routerv1.StreamEvent{Stream: c.key, Kind: &routerv1.StreamEvent_Cancel{Cancel: true}})
+	s.mu.Unlock()
+	err := status.Errorf(codes.ResourceExhausted,
+		"the stream's event for the router's control plane (%d bytes) exceeds its message limit of %d bytes",
+		size, s.maxBytes)
+	c.end(err, nil)
+	return err
 }
 
 // Recv returns the next answer, or how the stream ended once all are read.

@@ -108,7 +108,7 @@ func (s *stream) clientEnding() *ending {
 	f := s.failure
 	switch {
 	case f.bad != nil:
-		return s.reject(&routerv1.RejectEvent{Reason: &routerv1.RejectEvent_BadRequest{BadRequest: f.bad}})
+		return s.reject(&routerv1.RejectEvent{Reason: &routerv1.RejectEvent_BadRequest{BadRequest: badForControl(f.bad)}})
 	case f.badChunk > 0:
 		return s.reject(&routerv1.RejectEvent{Reason: &routerv1.RejectEvent_BadChunkBytes{BadChunkBytes: f.badChunk}})
 	case f.noAudio:

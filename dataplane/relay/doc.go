@@ -56,7 +56,11 @@
 //     rejected as stalled, and the control plane words its status.
 //   - Every event carries the seconds of audio received so far, and a refused
 //     chunk is reported by its length alone (it may be as large as a client
-//     message, which an AttachRequest around it would outgrow).
+//     message, which an AttachRequest around it would outgrow). For the same
+//     reason open carries a first request whole only when it is a config, and
+//     reject a refused request as the field it set alone (request.go); an event
+//     that would still outgrow the Connect call's limit ends its stream alone
+//     (connect.go), never the call that carries every stream.
 //   - An attempt that the client's fault cuts short (a bad request) is not
 //     reported with attempt_ended: reject follows, and the end of the call
 //     releases the placement, as it does for a client that cancels.

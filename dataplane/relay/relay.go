@@ -49,6 +49,11 @@ type Config struct {
 	// (each costs the control plane a read, and its answers a write). 0 sends
 	// whatever is queued at once.
 	ControlBatchWait time.Duration
+	// ControlMaxMessageBytes is the largest message the Connect call sends (its
+	// connection's limit, which the control plane's server takes too): a stream
+	// whose event would not fit ends alone with RESOURCE_EXHAUSTED, the call and
+	// the other streams it carries go on. 0: no bound.
+	ControlMaxMessageBytes int
 	// Logger gets a line per failover and per stream the relay gives up on; nil
 	// logs nothing.
 	Logger *slog.Logger
@@ -67,7 +72,9 @@ func New(cfg Config) *Relay {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Relay{cfg: cfg, log: logger, control: &connector{client: cfg.Control, batchWait: cfg.ControlBatchWait}}
+	return &Relay{cfg: cfg, log: logger, control: &connector{
+		client: cfg.Control, batchWait: cfg.ControlBatchWait, maxMessageBytes: cfg.ControlMaxMessageBytes,
+	}}
 }
 
 // Serve relays down, a StreamingRecognize call whose messages are raw bytes,
@@ -186,7 +193,8 @@ func (s *stream) run() *ending {
 	// The first place goes with open (open.place): the control plane places the
 	// stream as soon as it routed it, a round trip sooner, and an instance with
 	// room at once comes with the route. A stream it refuses is never placed.
-	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Open{Open: &routerv1.OpenEvent{FirstRequest: first, Place: true}}})
+	s.send(&routerv1.AttachRequest{Event: &routerv1.AttachRequest_Open{Open: &routerv1.OpenEvent{
+		FirstRequest: firstForControl(first), Place: true}}})
 	placement, e := s.awaitRoute(first == nil)
 	if e != nil {
 		return e

@@ -87,3 +87,36 @@ func requestOf(audio, raw []byte) []byte {
 	}
 	return encodeRequest(audio)
 }
+
+// The control plane reads of a client request no more than it needs
+// (services/router/control.py): a client message may be as large as the public
+// endpoint takes, and the one Connect call that carries it carries every
+// stream. What it gets is what it would answer alike.
+
+// firstForControl is what open carries of the client's first request: a config
+// whole (the control plane routes it, and sends it back for the instances);
+// of any other request only which field it set, enough to refuse it (nil for
+// nil: the client sent none).
+func firstForControl(req *sttv1.StreamingRecognizeRequest) *sttv1.StreamingRecognizeRequest {
+	switch req.GetStreamingRequest().(type) {
+	case *sttv1.StreamingRecognizeRequest_StreamingConfig:
+		return req
+	case *sttv1.StreamingRecognizeRequest_AudioContent:
+		return &sttv1.StreamingRecognizeRequest{StreamingRequest: &sttv1.StreamingRecognizeRequest_AudioContent{}}
+	}
+	if req == nil {
+		return nil
+	}
+	return &sttv1.StreamingRecognizeRequest{}
+}
+
+// badForControl is what reject carries of a request after the first that holds
+// no audio: which field it set (a second config, emptied), all the control
+// plane words its refusal from.
+func badForControl(req *sttv1.StreamingRecognizeRequest) *sttv1.StreamingRecognizeRequest {
+	if req.GetStreamingConfig() != nil {
+		return &sttv1.StreamingRecognizeRequest{StreamingRequest: &sttv1.StreamingRecognizeRequest_StreamingConfig{
+			StreamingConfig: &sttv1.StreamingRecognitionConfig{}}}
+	}
+	return &sttv1.StreamingRecognizeRequest{}
+}

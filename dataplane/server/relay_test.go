@@ -8,6 +8,7 @@ import (
 	"math"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -635,4 +636,110 @@ func TestEventsGatheredAfterABatchGoTogether(t *testing.T) {
 	if events != 18 || len(batches) > 6 {
 		t.Errorf("%d events in batches %v", events, batches)
 	}
+}
+
+func TestAClientsLargestMessagesEndOnlyItsOwnStream(t *testing.T) {
+	// Every stream's events share one Connect call: a client message as large
+	// as the public endpoint takes, carried whole, would end that call and every
+	// stream on it.
+	const limit = 64 << 10
+	a := instance(t, "a")
+	double := &controldouble.Double{Place: placeOn(a)}
+	h := start(t, double, nil, func(o *server.Options) { o.MaxMessageBytes = limit })
+	victim := h.open("victim")
+	victim.send(pcm(500))
+	victim.waitFor("a result", func(rs []*sttv1.StreamingRecognizeResponse) bool { return len(rs) > 0 })
+
+	largest := func(most int, fill func(n int) *sttv1.StreamingRecognizeRequest) *sttv1.StreamingRecognizeRequest {
+		n := most
+		for proto.Size(fill(n)) > most {
+			n--
+		}
+		return fill(n)
+	}
+	audio := largest(limit, func(n int) *sttv1.StreamingRecognizeRequest {
+		return &sttv1.StreamingRecognizeRequest{StreamingRequest: &sttv1.StreamingRecognizeRequest_AudioContent{
+			AudioContent: make([]byte, n)}}
+	})
+	configOf := func(n int) *sttv1.StreamingRecognizeRequest {
+		return &sttv1.StreamingRecognizeRequest{StreamingRequest: &sttv1.StreamingRecognizeRequest_StreamingConfig{
+			StreamingConfig: &sttv1.StreamingRecognitionConfig{Config: &sttv1.RecognitionConfig{
+				Encoding: sttv1.AudioEncoding_AUDIO_ENCODING_LINEAR16, SampleRateHertz: rate,
+				Priority: sttv1.Priority_PRIORITY_REALTIME, LanguageCode: "en" + strings.Repeat(" ", n),
+			}}}}
+	}
+	// The largest config, and one an instance takes once the route named its
+	// pool and stream.
+	config, served := largest(limit, configOf), largest(limit-100, configOf)
+	for _, c := range []struct {
+		name     string
+		requests []*sttv1.StreamingRecognizeRequest
+		code     codes.Code
+	}{
+		// open carries the first request, a reject the request refused.
+		{"audio first", []*sttv1.StreamingRecognizeRequest{audio}, codes.InvalidArgument},
+		{"a second config", []*sttv1.StreamingRecognizeRequest{served, audioRequest(pcm(200)), config}, codes.InvalidArgument},
+		// The route brings the config back, with the pool and stream id: too
+		// large for the instance's call, not for the control plane's.
+		{"a config", []*sttv1.StreamingRecognizeRequest{config, audioRequest(pcm(200))}, codes.ResourceExhausted},
+	} {
+		call, err := h.client.StreamingRecognize(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range c.requests {
+			if err := call.Send(r); err != nil {
+				break
+			}
+		}
+		_ = call.CloseSend()
+		for err == nil {
+			_, err = call.Recv()
+		}
+		if status.Code(err) != c.code {
+			t.Errorf("%s: the client's stream ended with %v, want %v", c.name, err, c.code)
+		}
+	}
+	if r := nextStream(t, double).Events()[0].GetOpen().GetFirstRequest(); r.GetStreamingConfig().GetStreamId() != "victim" {
+		t.Fatalf("the first stream is not the victim: %v", r)
+	}
+	for _, c := range []struct {
+		name string
+		want *sttv1.StreamingRecognizeRequest
+		got  func(events []*routerv1.AttachRequest) *sttv1.StreamingRecognizeRequest
+	}{
+		// What the control plane needs of each: which field was set.
+		{"audio first", &sttv1.StreamingRecognizeRequest{StreamingRequest: &sttv1.StreamingRecognizeRequest_AudioContent{}},
+			func(events []*routerv1.AttachRequest) *sttv1.StreamingRecognizeRequest {
+				return events[0].GetOpen().GetFirstRequest()
+			}},
+		{"a second config", &sttv1.StreamingRecognizeRequest{StreamingRequest: &sttv1.StreamingRecognizeRequest_StreamingConfig{
+			StreamingConfig: &sttv1.StreamingRecognitionConfig{}}},
+			func(events []*routerv1.AttachRequest) *sttv1.StreamingRecognizeRequest {
+				return events[len(events)-1].GetReject().GetBadRequest()
+			}},
+		{"a config", config, func(events []*routerv1.AttachRequest) *sttv1.StreamingRecognizeRequest {
+			return events[0].GetOpen().GetFirstRequest()
+		}},
+	} {
+		s := nextStream(t, double)
+		ended(t, s)
+		if events := s.Events(); len(events) == 0 {
+			t.Errorf("%s: the control plane got no event", c.name)
+		} else if got := c.got(events); !proto.Equal(got, c.want) {
+			t.Errorf("%s: the control plane got a request of %d bytes, not %d", c.name, proto.Size(got), proto.Size(c.want))
+		}
+	}
+
+	victim.send(pcm(1000))
+	if _, err := victim.finish(); err != nil {
+		t.Fatalf("the other stream ended with %v", err)
+	}
+	if n := double.Connects(); n != 1 {
+		t.Errorf("%d Connect calls", n)
+	}
+}
+
+func audioRequest(audio []byte) *sttv1.StreamingRecognizeRequest {
+	return &sttv1.StreamingRecognizeRequest{StreamingRequest: &sttv1.StreamingRecognizeRequest_AudioContent{AudioContent: audio}}
 }

@@ -28,6 +28,14 @@ import (
 // (src/voxmesh/rpc/server.py), which bounds unary Recognize requests.
 const DefaultMaxMessageBytes = 20 * 1024 * 1024
 
+// ControlHeadroomBytes is what the connection to the control plane takes beyond
+// MaxMessageBytes, both ways: the Connect call carries a client's first request
+// (up to MaxMessageBytes) in an open event, and the control plane sends its
+// config back in the route, each with a few fields around it. The control
+// plane's server takes as much (services/router/connect.py,
+// CONNECT_MAX_MESSAGE_BYTES).
+const ControlHeadroomBytes = 64 * 1024
+
 // Options configure a Server.
 type Options struct {
 	// Listen is the public endpoint, host:port (port 0: any free one).
@@ -49,7 +57,8 @@ type Options struct {
 	ControlBatchWait time.Duration
 	// InstanceIdle is how long a connection to an instance stays open unused.
 	InstanceIdle time.Duration
-	// MaxMessageBytes is the largest message taken or sent, on every connection.
+	// MaxMessageBytes is the largest message taken or sent, on every connection
+	// but the control plane's, which takes ControlHeadroomBytes more.
 	MaxMessageBytes int
 	// Tuning are gRPC options: transport buffers and server workers.
 	Tuning Tuning
@@ -107,7 +116,9 @@ func New(o Options) (*Server, error) {
 	}
 	raw := grpc.WithDefaultCallOptions(grpc.ForceCodec(rawcodec.Codec{}))
 
-	control, err := grpc.Dial(o.Control, clientOpts...)
+	controlMax := o.MaxMessageBytes + ControlHeadroomBytes
+	control, err := grpc.Dial(o.Control, append(clientOpts, grpc.WithDefaultCallOptions(
+		grpc.MaxCallRecvMsgSize(controlMax), grpc.MaxCallSendMsgSize(controlMax)))...)
 	if err != nil {
 		return nil, fmt.Errorf("--control %s: %w", o.Control, err)
 	}
@@ -123,7 +134,9 @@ func New(o Options) (*Server, error) {
 		IdleTimeout:      o.IdleTimeout,
 		ControlTimeout:   o.ControlTimeout,
 		ControlBatchWait: o.ControlBatchWait,
-		Logger:           o.Logger,
+		// A stream whose event outgrows even this ends alone (relay.Config).
+		ControlMaxMessageBytes: controlMax,
+		Logger:                 o.Logger,
 	})
 	fwd := forward.New(forwardConn)
 

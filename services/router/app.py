@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from services.router.active import ActiveStreams
 from services.router.admission import Admission, QueueLimits
 from services.router.balancer import PowerOfTwoBalancer, Preference
+from services.router.connect import CONNECT_MAX_MESSAGE_BYTES
 from services.router.control import DataPlaneService
 from services.router.dataplane import DataPlaneProcess, dataplane_argv
 from services.router.membership import Member, Membership
@@ -45,7 +46,7 @@ from voxmesh import tasks
 from voxmesh.discovery import Watcher
 from voxmesh.router.v1 import dataplane_pb2, dataplane_pb2_grpc
 from voxmesh.rpc.address import host_port
-from voxmesh.rpc.server import ServerOptions, ServiceServer
+from voxmesh.rpc.server import DEFAULT_MAX_MESSAGE_BYTES, ServerOptions, ServiceServer
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 __all__ = [
@@ -172,6 +173,10 @@ class RouterApp:
                 metrics_port=metrics_port,
                 tls=None if native else settings.tls,
                 unix_socket=self.control_socket,
+                # The data path's Connect call carries client messages, and more.
+                max_message_bytes=(
+                    CONNECT_MAX_MESSAGE_BYTES if native else DEFAULT_MAX_MESSAGE_BYTES
+                ),
             ),
             self.registry,
         )

@@ -17,6 +17,12 @@ a batch is written goes in the next one.
 A carried stream ends as its Attach call would: with its status (``end``), when the
 data path cancels it (``cancel``), or when the Connect call ends, which cancels every
 stream it still carries, so that each releases what it held.
+
+No one stream may end the call of all: its messages go both ways with
+``CONNECT_MAX_MESSAGE_BYTES``, the public endpoint's message limit and some headroom
+(an open carries the client's first request, whole when it is a config, and the route
+sends that config back), and an answer that would not fit even so ends its own stream
+with RESOURCE_EXHAUSTED instead of going on the call.
 """
 
 from __future__ import annotations
@@ -30,13 +36,29 @@ import grpc
 from prometheus_client import Histogram
 
 from voxmesh import tasks
+from voxmesh.errors import ResourceExhausted
 from voxmesh.router.v1 import dataplane_pb2
+from voxmesh.rpc.server import DEFAULT_MAX_MESSAGE_BYTES
 from voxmesh.rpc.status import Abortable
 
-__all__ = ["AttachContext", "AttachHandler", "CarriedCall", "ConnectSession", "batches"]
+__all__ = [
+    "CONNECT_HEADROOM_BYTES",
+    "CONNECT_MAX_MESSAGE_BYTES",
+    "AttachContext",
+    "AttachHandler",
+    "CarriedCall",
+    "ConnectSession",
+    "batches",
+]
 
 logger = logging.getLogger(__name__)
 
+CONNECT_HEADROOM_BYTES = 64 * 1024
+"""What a Connect message may take beyond the public endpoint's message limit: the
+fields around a client's request (the data path's ``server.ControlHeadroomBytes``)."""
+CONNECT_MAX_MESSAGE_BYTES = DEFAULT_MAX_MESSAGE_BYTES + CONNECT_HEADROOM_BYTES
+"""The message limit of the router's server with the native data path, and of the data
+path's connection to it, both ways."""
 MAX_BATCH_BYTES = 1 << 20
 """Bound of a ConnectResponse: a backlog of answers (a data path that read nothing for a
 while) goes in several, each far under the message size limit."""
@@ -80,9 +102,10 @@ class CarriedCall:
     """One stream's Attach call as a Connect call carries it: the iterator of its
     events and its context (see the module docstring)."""
 
-    def __init__(self, key: int, session: ConnectSession) -> None:
+    def __init__(self, key: int, session: ConnectSession, max_message_bytes: int) -> None:
         self.key = key
         self._session = session
+        self._max_message_bytes = max_message_bytes
         self._events: asyncio.Queue[dataplane_pb2.AttachRequest] = asyncio.Queue()
 
     def put(self, event: dataplane_pb2.AttachRequest) -> None:
@@ -98,8 +121,17 @@ class CarriedCall:
         return await self._events.get()
 
     async def write(self, message: dataplane_pb2.AttachResponse) -> None:
-        """Queues one answer for the next batch."""
-        self._session.answer(dataplane_pb2.StreamAnswer(stream=self.key, answer=message))
+        """Queues one answer for the next batch; raises RESOURCE_EXHAUSTED for one that
+        a ConnectResponse of its own could not carry (it would end the Connect call)."""
+        answer = dataplane_pb2.StreamAnswer(stream=self.key, answer=message)
+        size = _field_bytes(answer.ByteSize())
+        if size > self._max_message_bytes:
+            raise ResourceExhausted(
+                f"the router's answer about this stream ({size} bytes) exceeds the "
+                f"message limit of its native data path ({self._max_message_bytes} bytes)",
+                retry_after=0.0,
+            )
+        self._session.answer(answer)
 
     async def abort(
         self,
@@ -117,17 +149,20 @@ class CarriedCall:
 
 class ConnectSession:
     """One Connect call: serves the streams it carries with ``attach``; ``batch_events``
-    observes the number of events in each message."""
+    observes the number of events in each message; an answer is at most
+    ``max_message_bytes`` (with the bytes that frame it in a ConnectResponse)."""
 
     def __init__(
         self,
         attach: AttachHandler,
         context: grpc.aio.ServicerContext[Any, Any],
         batch_events: Histogram | None = None,
+        max_message_bytes: int = CONNECT_MAX_MESSAGE_BYTES,
     ) -> None:
         self._attach = attach
         self._context = context
         self._batch_events = batch_events
+        self._max_message_bytes = max_message_bytes
         self._calls: dict[int, tuple[CarriedCall, asyncio.Task[None]]] = {}
         self._outbox: list[dataplane_pb2.StreamAnswer] = []
         self._answered = asyncio.Event()
@@ -162,7 +197,7 @@ class ConnectSession:
             if key in self._calls:
                 logger.error("data path protocol error: Connect began stream %d twice", key)
                 return
-            call = CarriedCall(key, self)
+            call = CarriedCall(key, self, self._max_message_bytes)
             task = asyncio.create_task(self._serve_call(call), name=f"connect-stream-{key}")
             self._calls[key] = (call, task)
         elif kind == "event":
@@ -200,22 +235,28 @@ class ConnectSession:
             await self._answered.wait()
             self._answered.clear()
             answers, self._outbox = self._outbox, []
-            for batch in batches(answers, MAX_BATCH_BYTES):
+            for batch in batches(answers, min(MAX_BATCH_BYTES, self._max_message_bytes)):
                 await self._context.write(dataplane_pb2.ConnectResponse(answers=batch))
+
+
+def _field_bytes(size: int) -> int:
+    """What a message of ``size`` bytes takes as a field (tag 1) of another."""
+    return 1 + max(1, -(-size.bit_length() // 7)) + size  # the tag, the length's varint
 
 
 def batches(
     answers: list[dataplane_pb2.StreamAnswer], max_bytes: int
 ) -> Iterator[list[dataplane_pb2.StreamAnswer]]:
-    """``answers`` in order, cut into batches of at most ``max_bytes`` (an answer larger
-    than that goes alone)."""
+    """``answers`` in order, cut into batches whose ConnectResponse is at most
+    ``max_bytes`` (an answer larger than that goes alone)."""
     batch: list[dataplane_pb2.StreamAnswer] = []
     size = 0
     for answer in answers:
-        size += answer.ByteSize()
+        answer_bytes = _field_bytes(answer.ByteSize())
+        size += answer_bytes
         if batch and size > max_bytes:
             yield batch
-            batch, size = [], answer.ByteSize()
+            batch, size = [], answer_bytes
         batch.append(answer)
     if batch:
         yield batch

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -128,3 +128,37 @@ async def test_a_chunk_at_the_message_limit_is_refused_for_its_size() -> None:
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert f"audio chunk of {(20 << 20) - 8} bytes exceeds" in details
         await wait_until_async(lambda: m.router.recognizer.active_streams == 0)
+
+
+def largest(fill: Callable[[int], Request], most: int = (20 << 20) - 8) -> Request:
+    """``fill(n)`` of the largest ``n`` whose request is at most ``most`` bytes."""
+    n = most
+    while fill(n).ByteSize() > most:
+        n -= fill(n).ByteSize() - most
+    return fill(n)
+
+
+async def test_a_clients_largest_messages_end_only_its_own_stream() -> None:
+    """The native data path carries every stream's events on one call to the control
+    plane: a config the size of the message limit sent back with the route, a first
+    request or a refused request carried whole, went over that call's limit and ended
+    it, and with it every stream of the router."""
+
+    def padded(n: int) -> Request:  # a valid config: the language code is stripped
+        request = config(language_code="en" + " " * n)
+        request.streaming_config.stream_id = "s1"
+        return request
+
+    big_audio = largest(audio)
+    big_config = largest(padded, (20 << 20) - 64)  # what an instance takes of it
+    async with mesh() as m:
+        await m.add("a")
+        other = await HeldStream(m.channel).open()
+        await wait_until_async(other.got_results)
+        target = m.router.target
+        assert await final_code(target, [big_config, audio(3200)]) == grpc.StatusCode.OK
+        assert await final_code(target, [big_audio]) == grpc.StatusCode.INVALID_ARGUMENT
+        second = [config(), audio(3200), big_config]
+        assert await final_code(target, second) == grpc.StatusCode.INVALID_ARGUMENT
+        await other.send(b"\0" * 6400)
+        await other.finish()

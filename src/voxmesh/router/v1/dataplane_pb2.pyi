@@ -322,8 +322,12 @@ class OpenEvent(_message.Message):
     """
     @_builtins.property
     def first_request(self) -> _stt_pb2.StreamingRecognizeRequest:
-        """The client's first request, as received. Unset when the client
-        half-closed the stream without sending any request.
+        """The client's first request: a config as received; any other request
+        with its field set and empty (an `audio_content` of no bytes, or neither
+        field), as that is all the control plane reads of it. Unset when the
+        client half-closed the stream without sending any request. (A data path
+        may send such a request whole, as earlier ones did: the answer is the
+        same.)
         """
 
     def __init__(
@@ -467,7 +471,10 @@ class RejectEvent(_message.Message):
     @_builtins.property
     def bad_request(self) -> _stt_pb2.StreamingRecognizeRequest:
         """A request after the first that the relay refuses and that holds no
-        audio (a second config, a request with neither field).
+        audio (a second config, a request with neither field), with its field
+        set and empty (an empty `streaming_config`): all the control plane
+        words its status from. (A data path may send it whole, as earlier ones
+        did: the status is the same.)
         """
 
     def __init__(

@@ -94,6 +94,12 @@ class DataPlaneServiceServicer:
         call of its own. When the call ends, every stream it carries ends as its
         Attach call would: the control plane releases what they held, and the
         data path gives their clients the call's status.
+
+        No one stream may end the call: its messages may be 64 KiB larger than
+        the public endpoint's message limit, both ways (an `open` carries a
+        client's config, and the `route` sends it back), and a stream whose event
+        or answer would not fit even so ends alone with RESOURCE_EXHAUSTED (the
+        data path then sends `cancel`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

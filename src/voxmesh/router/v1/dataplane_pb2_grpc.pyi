@@ -88,6 +88,12 @@ class DataPlaneServiceStub:
     call of its own. When the call ends, every stream it carries ends as its
     Attach call would: the control plane releases what they held, and the
     data path gives their clients the call's status.
+
+    No one stream may end the call: its messages may be 64 KiB larger than
+    the public endpoint's message limit, both ways (an `open` carries a
+    client's config, and the `route` sends it back), and a stream whose event
+    or answer would not fit even so ends alone with RESOURCE_EXHAUSTED (the
+    data path then sends `cancel`).
     """
 
 @_typing.type_check_only
@@ -134,6 +140,12 @@ class DataPlaneServiceAsyncStub(DataPlaneServiceStub):
     call of its own. When the call ends, every stream it carries ends as its
     Attach call would: the control plane releases what they held, and the
     data path gives their clients the call's status.
+
+    No one stream may end the call: its messages may be 64 KiB larger than
+    the public endpoint's message limit, both ways (an `open` carries a
+    client's config, and the `route` sends it back), and a stream whose event
+    or answer would not fit even so ends alone with RESOURCE_EXHAUSTED (the
+    data path then sends `cancel`).
     """
 
 class DataPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -189,6 +201,12 @@ class DataPlaneServiceServicer(metaclass=_abc_1.ABCMeta):
         call of its own. When the call ends, every stream it carries ends as its
         Attach call would: the control plane releases what they held, and the
         data path gives their clients the call's status.
+
+        No one stream may end the call: its messages may be 64 KiB larger than
+        the public endpoint's message limit, both ways (an `open` carries a
+        client's config, and the `route` sends it back), and a stream whose event
+        or answer would not fit even so ends alone with RESOURCE_EXHAUSTED (the
+        data path then sends `cancel`).
         """
 
 def add_DataPlaneServiceServicer_to_server(servicer: DataPlaneServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
