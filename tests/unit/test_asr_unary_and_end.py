@@ -235,7 +235,8 @@ async def test_a_client_that_stops_reading_results_loses_its_stream_after_the_id
     """It keeps sending audio (so no wait for its next message times out) but reads
     nothing: the handler blocks in gRPC's write, the session's worker on its full queue
     of results, the reading of audio on the worker. Nothing ended such a stream: it held
-    its slot, and a drain, for as long as the client kept its connection."""
+    its slot, and a drain, for as long as the client kept its connection. Now the slot
+    is freed, and the client, once it reads again, learns why after what it missed."""
     grpc = pytest.importorskip("grpc")
     from voxmesh.stt.v1 import stt_pb2_grpc
 
@@ -265,10 +266,21 @@ async def test_a_client_that_stops_reading_results_loses_its_stream_after_the_id
                 try:
                     await wait_until_async(lambda: servicer._instance.active == 1, timeout=5)
                     await wait_until_async(lambda: servicer._instance.active == 0, timeout=20)
+                    # Reading again, it gets what was sent, then why the stream ended.
+                    with pytest.raises(grpc.aio.AioRpcError) as ended:
+                        async with asyncio.timeout(10):
+                            async for _ in call:
+                                pass
                 finally:
                     sender.cancel()
                     call.cancel()
                     await asyncio.gather(sender, return_exceptions=True)
         finally:
             await server.stop(0)
+        errors = servicer._instance.metrics.registry.get_sample_value(
+            "voxmesh_asr_errors_total", {"code": "OUT_OF_RANGE"}
+        )
+    assert ended.value.code() == grpc.StatusCode.OUT_OF_RANGE, ended.value
+    assert "no result was read for 1 s" in (ended.value.details() or "")
+    assert errors == 1
     assert "stopped reading" in caplog.text

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -155,10 +155,13 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         self._instance.metrics.errors.labels(code.name).inc()
 
     @contextlib.asynccontextmanager
-    async def _answering(self, context: Context, what: str) -> AsyncIterator[None]:
+    async def _answering(
+        self, context: Context, what: str, watch: _UnreadWatch | None = None
+    ) -> AsyncIterator[None]:
         """Ends the call with the status of what failed inside the block, and counts it:
         a voxmesh error's own status; a cancel as CANCELLED or DEADLINE_EXCEEDED (the
-        call is gone: nothing to send); anything else as UNAVAILABLE, logged."""
+        call is gone: nothing to send), or OUT_OF_RANGE when ``watch`` ended a stream
+        whose client stopped reading; anything else as UNAVAILABLE, logged."""
         try:
             yield
         except errors.VoxmeshError as err:
@@ -167,7 +170,8 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         except (asyncio.CancelledError, GeneratorExit):
             # GeneratorExit: gRPC stopped taking responses (it could not send one: the
             # call ended) and closed the stream's generator.
-            self._failed(_cancelled_code(context))
+            unread = watch is not None and watch.ended
+            self._failed(grpc.StatusCode.OUT_OF_RANGE if unread else _cancelled_code(context))
             raise
         except Exception as err:
             failure = _unexpected(err, what)
@@ -185,20 +189,16 @@ class RecognizerServicer(stt_pb2_grpc.RecognizerServiceServicer):
         request_iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest],
         context: Context,
     ) -> AsyncIterator[stt_pb2.StreamingRecognizeResponse]:
-        async with self._answering(context, "stream"):
+        watch = _UnreadWatch(context, self._idle_timeout)
+        async with self._answering(context, "stream", watch):
             with self._instance.admit(last_resort=last_resort_asked(context.invocation_metadata())):
                 # Closed here, not when the garbage collector gets to it: when gRPC closes
                 # this generator, the stream's reader, session and decoder end before its
                 # slot is free.
                 async with contextlib.aclosing(self._stream(request_iterator, context)) as stream:
-                    loop, limit = asyncio.get_running_loop(), self._idle_timeout
-                    handler = asyncio.current_task()
                     async for response in stream:
-                        unread = loop.call_later(limit, _end_unread, handler, limit)
-                        try:
+                        with watch.sending():
                             yield response
-                        finally:
-                            unread.cancel()
 
     async def _stream(
         self,
@@ -411,20 +411,59 @@ class TelemetryServicer(stt_pb2_grpc.TelemetryServiceServicer):
                 return
 
 
-def _end_unread(handler: asyncio.Task[Any] | None, idle_timeout: float) -> None:
-    """A response has waited ``idle_timeout`` for the client to take it: gRPC's flow
-    control stopped it, so the client reads no more (a stalled or wedged reader). The
+class _UnreadWatch:
+    """Ends a stream whose client stopped reading its results.
+
+    A response that waits ``idle_timeout`` for the client to take it was stopped by
+    gRPC's flow control: the client reads no more (a stalled or wedged reader). The
     handler is blocked in gRPC's write, where no timeout of ours runs, and with it the
-    session's results and, through them, the reading of audio: nothing else would ever
-    end the stream, and it would hold its slot (and a drain) for as long as the client
-    keeps its connection. Cancelling the handler closes the stream's generator, which
-    frees the slot, the session and the decoder at once. gRPC Python cannot reset the
-    call itself; the client, when it reads again, gets the responses already sent and
-    no status, and a client that goes away takes the call with it."""
-    if handler is None or handler.done():
-        return
-    logger.warning(
-        "a client took no response for %g s (it stopped reading): ending its stream",
-        idle_timeout,
-    )
-    handler.cancel()
+    session's results and, through them, the reading of audio: nothing else would end
+    the stream, and it would hold its slot (and a drain) for as long as the client kept
+    its connection. The watch sends the call's status, OUT_OF_RANGE (it reaches the
+    client after the responses it has not read), then cancels the handler, which closes
+    the stream's generator: the slot, the session and the decoder are freed at once.
+    """
+
+    def __init__(self, context: Context, limit: float) -> None:
+        self._context, self._limit = context, limit
+        self._handler = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self.ended = False
+        """Whether the watch ended the stream."""
+
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        """Arms the watch while the block hands gRPC one response."""
+        timer = self._loop.call_later(self._limit, self._end)
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _end(self) -> None:
+        handler = self._handler
+        if handler is None or handler.done():
+            return
+        logger.warning(
+            "a client took no result for %g s (it stopped reading): ending its stream",
+            self._limit,
+        )
+        self.ended = True
+        err = errors.OutOfRange(
+            f"no result was read for {self._limit:g} s: read the results as they come"
+        )
+        # The status goes out first (the abort starts its send in its first step); the
+        # handler, cancelled next, then ends without one of its own. The abort itself
+        # returns once the client has read up to the status, or never.
+        _UNREAD_ENDS.add(ending := self._loop.create_task(self._send(err)))
+        ending.add_done_callback(_UNREAD_ENDS.discard)
+        self._loop.call_soon(handler.cancel, "the client stopped reading")
+
+    async def _send(self, err: errors.VoxmeshError) -> None:
+        with contextlib.suppress(BaseException):
+            async with asyncio.timeout(self._limit):
+                await abort(self._context, err)
+
+
+_UNREAD_ENDS: set[asyncio.Task[None]] = set()
+"""The status sends of streams ended by :class:`_UnreadWatch` (a task needs a reference)."""
