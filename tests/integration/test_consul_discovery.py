@@ -354,6 +354,37 @@ async def test_a_registration_that_failed_is_retried_on_the_backoff_not_the_resy
     assert (double.service("asr-small-1") or {})["Meta"]["draining"] == "true"
 
 
+async def test_a_hung_agent_holds_up_the_drain_mark_and_the_deregistration_briefly(
+    double: ConsulDouble, instance: HealthServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A blackholed agent (py-consul waits 30 s per call) held an instance's shutdown
+    past the scheduler's kill timeout: each shutdown call waits ``shutdown_timeout``."""
+    bound = 0.3
+    registrar = ConsulRegistrar(
+        api(double), resync_interval=0.05, backoff_base=0.05, shutdown_timeout=bound
+    )
+    await registrar.register(info_for(instance.port))
+    double.pause("hang")
+    try:
+        # The keeper's next check hangs, holding the registrar's lock.
+        await wait_until_async(
+            lambda: any(
+                r.paused and r.path == "/v1/agent/service/asr-small-1" for r in double.requests
+            )
+        )
+        with caplog.at_level(logging.WARNING, logger="voxmesh.discovery.consul"):
+            for step in (registrar.set_draining, registrar.deregister):
+                started = time.monotonic()
+                await asyncio.wait_for(step(), 10)
+                assert time.monotonic() - started < bound + 0.5, step.__name__
+        messages = [r.getMessage() for r in caplog.records]
+        no_answer = f"no answer within {bound:g} s"
+        assert any("draining failed" in m and no_answer in m for m in messages)
+        assert any("deregistering asr-small-1 failed" in m for m in messages)
+    finally:
+        double.resume()
+
+
 def test_critical_instance_is_reaped_after_deregister_critical_service_after(
     double: ConsulDouble,
 ) -> None:

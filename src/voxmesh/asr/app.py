@@ -3,9 +3,9 @@
 Start-up: load and warm the model, start the server (health NOT_SERVING),
 report SERVING, register for discovery, print one ``VOXMESH_READY {json}``
 line for launchers. Shutdown on SIGTERM/SIGINT, in this order: stop taking
-streams (DRAINING, health NOT_SERVING, discovery marked draining), let the
-active streams finish (up to ``drain_timeout``), deregister, stop the
-server, exit 0.
+streams (DRAINING, health NOT_SERVING), let the active streams finish (up to
+``drain_timeout``) while discovery marks the instance draining, deregister,
+stop the server, exit 0.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from voxmesh.settings import load
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 from voxmesh.telemetry import GpuSampler
 
-__all__ = ["main", "make_registrar", "serve"]
+__all__ = ["drain", "main", "make_registrar", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -205,8 +205,7 @@ async def serve(
         # cannot be written must not cut the streams short or skip the rest.
         instance.begin_drain(settings.drain_timeout)
         await server.set_not_serving()
-        await _despite_errors("marking the instance draining", registrar.set_draining())
-        drained = await instance.wait_idle(settings.drain_timeout)
+        drained = await drain(instance.wait_idle, registrar, settings.drain_timeout)
         if not drained:
             logger.warning("drain timeout: %d streams still active are cancelled", instance.active)
         await _despite_errors("deregistering the instance", registrar.deregister())
@@ -214,6 +213,22 @@ async def serve(
         await server.stop(grace=1.0)
         await instance.shutdown()
     return 0
+
+
+async def drain(
+    wait_idle: Callable[[float], Awaitable[bool]], registrar: Registrar, timeout: float
+) -> bool:
+    """Gives the active streams ``timeout`` s from now to finish (``wait_idle``) while
+    discovery marks the instance draining beside them, so a slow registry takes none
+    of the drain; returns once both are done, True if every stream finished. (The
+    Consul registrar waits a few seconds at most for its agent.)"""
+    marking = asyncio.create_task(
+        _despite_errors("marking the instance draining", registrar.set_draining())
+    )
+    try:
+        return await wait_idle(timeout)
+    finally:
+        await marking
 
 
 async def _despite_errors(what: str, step: Awaitable[None]) -> None:

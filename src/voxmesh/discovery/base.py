@@ -89,10 +89,14 @@ class Registrar(Protocol):
         """Publishes the instance as healthy; keeps it alive until deregistered."""
 
     async def set_draining(self) -> None:
-        """Stops new streams from being routed here (the instance still finishes its own)."""
+        """Stops new streams from being routed here (the instance still finishes its own).
+
+        On the shutdown path: returns within seconds whatever the backend does."""
 
     async def deregister(self) -> None:
-        """Removes the instance. Safe to call twice or before register."""
+        """Removes the instance. Safe to call twice or before register.
+
+        On the shutdown path: returns within seconds whatever the backend does."""
 
 
 class Watcher(Protocol):

@@ -18,7 +18,10 @@ asks the agent every ``resync_interval`` whether it still knows the instance
 restart); a registration or drain mark that could not reach the agent is retried
 with exponential backoff from the failure on, not a resync interval later.
 Draining turns on service maintenance mode, which adds a critical check and so
-drops the instance from ``?passing``, and sets ``Meta.draining``.
+drops the instance from ``?passing``, and sets ``Meta.draining``. Marking the
+instance draining and deregistering it wait at most ``shutdown_timeout``
+(:data:`SHUTDOWN_TIMEOUT_S`) for the agent: a hung agent must not hold up a
+shutdown the scheduler gives a bounded time.
 
 Watching. A loop of blocking queries on
 ``/v1/health/service/<name>?passing`` with ``index`` and ``wait``; the index
@@ -55,6 +58,7 @@ from voxmesh.discovery.base import InstanceInfo, consul_service_name
 from voxmesh.errors import SettingsError, VoxmeshError
 
 __all__ = [
+    "SHUTDOWN_TIMEOUT_S",
     "ConsulApi",
     "ConsulError",
     "ConsulRegistrar",
@@ -379,6 +383,13 @@ def _reap_timeout(deregister_after: str, drain_timeout: float) -> str:
     return raised
 
 
+SHUTDOWN_TIMEOUT_S = 3.0
+"""Longest wait for the agent when an instance is marked draining and when it
+deregisters, so that a hung agent cannot hold a shutdown past the scheduler's kill
+timeout (py-consul waits 30 s per call). A call that takes longer counts as one the
+agent did not answer."""
+
+
 class ConsulRegistrar:
     """Registers one instance in Consul and keeps it registered (see the module docstring)."""
 
@@ -393,9 +404,11 @@ class ConsulRegistrar:
         resync_interval: float = 30.0,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        shutdown_timeout: float = SHUTDOWN_TIMEOUT_S,
         rng: random.Random | None = None,
     ) -> None:
         self._api = api
+        self._shutdown_timeout = shutdown_timeout
         self._check_interval = _duration_setting("check_interval", check_interval, 0.001)
         self._check_timeout = _duration_setting("check_timeout", check_timeout, 0.001)
         self._deregister_after = _reap_timeout(
@@ -425,42 +438,63 @@ class ConsulRegistrar:
                 self._keeper = asyncio.create_task(self._keep(), name="consul-registrar-keeper")
 
     async def set_draining(self) -> None:
-        """Maintenance mode on (drops out of ``?passing``) and ``Meta.draining=true``."""
-        async with self._lock:
-            if self._info is None or self._info.draining:
-                return
-            self._info = replace(self._info, draining=True)
-            try:
-                await self._publish()
-            except ConsulUnavailable as exc:
-                log.warning(
-                    "marking %s draining failed, will retry: %s", self._info.instance_id, exc
-                )
-                self._failed.set()
+        """Maintenance mode on (drops out of ``?passing``) and ``Meta.draining=true``.
+
+        Waits at most ``shutdown_timeout`` for the agent (a keeper call in flight
+        included); past it, as on a transport error, the keeper goes on retrying.
+        """
+        info = self._info
+        if info is None or info.draining:
+            return
+        # Outside the lock, so that the keeper publishes it should this call not get
+        # through; a publication of the old info in flight does not count as in sync.
+        self._info, self._synced = replace(info, draining=True), False
+        try:
+            async with asyncio.timeout(self._shutdown_timeout), self._lock:
+                if self._info is not None:  # not deregistered meanwhile
+                    await self._publish()
+        except (ConsulUnavailable, TimeoutError) as exc:
+            log.warning(
+                "marking %s draining failed, will retry: %s",
+                info.instance_id,
+                exc if isinstance(exc, ConsulError) else self._no_answer(),
+            )
+            self._failed.set()
 
     async def deregister(self) -> None:
-        """Stops the keeper and removes the instance. Idempotent."""
-        async with self._lock:
-            keeper, self._keeper = self._keeper, None
-            if keeper is not None:
-                keeper.cancel()
-                # Unlike awaiting the task, this never swallows our own cancellation.
-                await asyncio.wait([keeper])
-            info, self._info = self._info, None
-            if info is None:
-                return
-            try:
+        """Stops the keeper and removes the instance. Idempotent.
+
+        Waits at most ``shutdown_timeout`` for the agent; past it, as on any error,
+        the agent reaps the instance once its check has failed ``deregister_after``.
+        """
+        keeper, self._keeper = self._keeper, None
+        info, self._info = self._info, None
+        if keeper is not None:
+            # Before taking the lock: a keeper waiting on a hung agent holds it.
+            keeper.cancel()
+            # Unlike awaiting the task, this never swallows our own cancellation.
+            await asyncio.wait([keeper])
+        if info is None:
+            return
+        try:
+            async with asyncio.timeout(self._shutdown_timeout), self._lock:
                 await self._api.deregister_service(info.instance_id)
-            except ConsulError as exc:
-                log.warning(
-                    "deregistering %s failed; Consul reaps it %s after its check fails: %s",
-                    info.instance_id,
-                    self._deregister_after,
-                    exc,
-                )
+        except (ConsulError, TimeoutError) as exc:
+            log.warning(
+                "deregistering %s failed; Consul reaps it %s after its check fails: %s",
+                info.instance_id,
+                self._deregister_after,
+                exc if isinstance(exc, ConsulError) else self._no_answer(),
+            )
+
+    def _no_answer(self) -> str:
+        return f"no answer within {self._shutdown_timeout:g} s"
 
     async def _publish(self) -> None:
-        """Registers the current info (and maintenance mode if draining); lock held."""
+        """Registers the current info (and maintenance mode if draining); lock held.
+
+        In sync afterwards only if the info did not change meanwhile.
+        """
         assert self._info is not None
         info, self._synced = self._info, False
         await self._api.register_service(
@@ -475,7 +509,7 @@ class ConsulRegistrar:
             info.instance_id, True, DRAINING_REASON
         ):
             raise ConsulUnavailable(f"agent forgot {info.instance_id} during registration")
-        self._synced = True
+        self._synced = self._info is info
 
     async def _keep(self) -> None:
         """Re-registers when the agent forgot the instance or an earlier call failed.
