@@ -137,7 +137,16 @@ func (l *ReplayLog) Append(chunk []byte) { l.AppendRequest(chunk, nil) }
 // AppendRequest is [ReplayLog.Append] with request, the encoded message that
 // carries chunk: [ReplayLog.NextRequest] gives it back whenever it sends the
 // chunk whole. The log keeps both as they are.
+//
+// An empty chunk carries nothing to recognise or replay (an instance only
+// restarts its idle timer for one), and counts nothing against any bound: the
+// log keeps one only while nothing else waits to be sent, and only until it is
+// sent. Otherwise it is dropped: the instance hears from the client anyway
+// with what waits. So a client's empty chunks hold no memory.
 func (l *ReplayLog) AppendRequest(chunk, request []byte) {
+	if len(chunk) == 0 && l.next < len(l.entries) {
+		return
+	}
 	e := entry{start: l.total, audio: chunk, request: request}
 	l.entries = append(l.entries, e)
 	l.total = e.end()
@@ -164,6 +173,10 @@ func (l *ReplayLog) NextRequest() (audio, request []byte, ok bool) {
 		return nil, nil, false
 	}
 	e := l.entries[l.next]
+	if len(e.audio) == 0 { // sent once, never replayed (AppendRequest)
+		l.removeNext()
+		return e.audio, e.request, true
+	}
 	l.next++
 	audio, request = e.audio, e.request
 	if e.start < l.sent {
@@ -187,7 +200,9 @@ func (l *ReplayLog) Restart() bool {
 	l.sent = l.lead()
 	l.replayFrom = l.sent
 	l.next = 0
-	for l.next < len(l.entries) && l.entries[l.next].end() <= l.sent {
+	// What ends by the cursor was received; an empty chunk at the cursor was not
+	// yet sent.
+	for l.next < len(l.entries) && l.entries[l.next].end() <= l.sent && len(l.entries[l.next].audio) > 0 {
 		l.next++
 	}
 	return true
@@ -303,6 +318,13 @@ func (l *ReplayLog) popSent() {
 	l.kept -= int64(len(e.audio))
 	l.next--
 	l.droppedTo = max(l.droppedTo, e.end())
+}
+
+// removeNext removes the entry at the cursor (an empty chunk being sent).
+func (l *ReplayLog) removeNext() {
+	copy(l.entries[l.next:], l.entries[l.next+1:])
+	l.entries[len(l.entries)-1] = entry{}
+	l.entries = l.entries[:len(l.entries)-1]
 }
 
 // popFront removes the oldest entry, letting its audio be collected.

@@ -2,6 +2,7 @@ package failover_test
 
 import (
 	"bytes"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -62,6 +63,67 @@ func TestAnEmptyChunkDroppedUnsentLeavesTheCursorInPlace(t *testing.T) {
 	log.Append(c)
 	if got, want := drain(log), append(append([]byte{}, b...), c...); !bytes.Equal(got, want) {
 		t.Errorf("sent %q..., want B then C", got[:min(len(got), 8)])
+	}
+}
+
+// An empty chunk counts nothing against any bound, so the log must not keep it:
+// one goes to the instance while nothing else waits (its idle timer restarts), and
+// is gone once sent; one that finds something waiting is dropped at once.
+func TestEmptyChunksHoldNoMemory(t *testing.T) {
+	for _, linear16 := range []bool{true, false} {
+		log := newLog(t, failover.ReplayConfig{Linear16: linear16, SampleRate: 16000, ReplayMaxBytes: 1 << 20})
+		const n = 200_000
+		empty := []byte{0x12, 0x00} // the request of an empty chunk
+		chunk := bytes.Repeat([]byte("A"), 3200)
+		log.Append(chunk)
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for range n { // the instance reads nothing meanwhile: the chunk waits
+			log.AppendRequest(nil, empty)
+		}
+		if got := drain(log); !bytes.Equal(got, chunk) {
+			t.Errorf("linear16 %v: sent %d bytes, not the chunk alone", linear16, len(got))
+		}
+		sent := 0
+		for range n { // the instance reads each at once
+			log.AppendRequest(nil, empty)
+			if audio, request, ok := log.NextRequest(); !ok || len(audio) != 0 || !bytes.Equal(request, empty) {
+				t.Fatalf("linear16 %v: the empty chunk was not sent as it came", linear16)
+			}
+			sent++
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 1<<20 {
+			t.Errorf("linear16 %v: %d empty chunks grew the heap by %d bytes", linear16, 2*n, grew)
+		}
+		if !log.Restart() {
+			t.Fatal("not replayable")
+		}
+		if got := drain(log); !bytes.Equal(got, chunk) {
+			t.Errorf("linear16 %v: replayed %d bytes, not the chunk alone", linear16, len(got))
+		}
+		runtime.KeepAlive(log)
+	}
+}
+
+// After a final that covers everything sent, an empty chunk the instance has not
+// had is still sent to the next one.
+func TestAnEmptyChunkAtTheResumePointIsSentAfterARestart(t *testing.T) {
+	log := newLog(t, failover.ReplayConfig{Linear16: true, SampleRate: 16000, ReplayMaxBytes: 1 << 20})
+	log.Append(bytes.Repeat([]byte("A"), 3200))
+	drain(log)
+	log.Commit(100, 0, "")
+	log.Append(nil)
+	if !log.Restart() {
+		t.Fatal("not replayable")
+	}
+	if audio, ok := log.Next(); !ok || len(audio) != 0 {
+		t.Errorf("Next = %q, %v; want the empty chunk", audio, ok)
+	}
+	if _, ok := log.Next(); ok {
+		t.Error("more to send")
 	}
 }
 

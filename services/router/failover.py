@@ -129,7 +129,15 @@ class ReplayLog:
         return bool(self._entries) and self._entries[-1].end > recognised
 
     def append(self, request: stt_pb2.StreamingRecognizeRequest) -> None:
-        """Adds a client audio request at the end of the stream."""
+        """Adds a client audio request at the end of the stream.
+
+        An empty chunk carries nothing to recognise or replay (an instance only restarts
+        its idle timer for one), and counts nothing against any bound: it is kept only
+        while nothing else waits to be sent, and only until it is sent; otherwise it is
+        dropped (the instance hears from the client anyway with what waits). So a
+        client's empty chunks hold no memory."""
+        if not request.audio_content and self._next < len(self._entries):
+            return
         entry = _Entry(self.total_bytes, request)
         self._entries.append(entry)
         self.total_bytes = entry.end
@@ -152,7 +160,14 @@ class ReplayLog:
         self._sent = self._lead
         self._replay_from = self._sent
         self._next = 0
-        while self._next < len(self._entries) and self._entries[self._next].end <= self._sent:
+        # What ends by the cursor was received; an empty chunk at the cursor was not yet
+        # sent.
+        entries = self._entries
+        while (
+            self._next < len(entries)
+            and entries[self._next].end <= self._sent
+            and entries[self._next].request.audio_content
+        ):
             self._next += 1
         return True
 
@@ -182,6 +197,9 @@ class ReplayLog:
         if self._next >= len(self._entries):
             return None
         entry = self._entries[self._next]
+        if not entry.request.audio_content:  # sent once, never replayed (append)
+            del self._entries[self._next]
+            return entry.request
         self._next += 1
         request = entry.request
         if entry.start < self._sent:

@@ -420,3 +420,34 @@ def test_an_empty_chunk_dropped_unsent_leaves_the_cursor_in_place() -> None:
     log.append(audio(b"B" * 3200))
     log.append(audio(b"C" * 3200))
     assert drain(log) == b"B" * 3200 + b"C" * 3200
+
+
+@pytest.mark.parametrize("linear16", [True, False])
+def test_empty_chunks_are_kept_only_until_sent(linear16: bool) -> None:
+    # An empty chunk counts nothing against any bound, so the log must not keep it:
+    # one goes to the instance while nothing else waits (its idle timer restarts) and
+    # is gone once sent; one that finds something waiting is dropped at once.
+    log = ReplayLog(linear16=linear16, sample_rate=16000, replay_max_bytes=1 << 20)
+    log.append(audio(b"A" * 3200))
+    empty = audio(b"")
+    for _ in range(10_000):  # the instance reads nothing meanwhile
+        log.append(empty)
+    assert [r.audio_content for r in iter(log.next_request, None)] == [b"A" * 3200]
+    for _ in range(10_000):  # the instance reads each at once
+        log.append(empty)
+        assert log.next_request() is empty
+    assert log.restart()
+    assert [r.audio_content for r in iter(log.next_request, None)] == [b"A" * 3200]
+    assert len(log._entries) == 1  # what the log holds: the chunk alone
+
+
+def test_an_empty_chunk_at_the_resume_point_is_sent_after_a_restart() -> None:
+    log = ReplayLog(linear16=True, sample_rate=16000, replay_max_bytes=1 << 20)
+    log.append(audio(b"A" * 3200))
+    drain(log)
+    log.commit(100.0)
+    log.append(audio(b""))
+    assert log.restart()
+    request = log.next_request()
+    assert request is not None and request.audio_content == b""
+    assert log.next_request() is None

@@ -284,6 +284,20 @@ _SCRIPTED_LOG_CASES: list[dict[str, Any]] = [
                 {"op": "append", "n": 3200}, {"op": "append", "n": 3200},
                 *[{"op": "next"}] * 3, {"op": "state"}],
     },
+    {  # empty chunks: dropped while a chunk waits, sent once otherwise, never replayed
+        "linear16": True, "sample_rate": 16000, "replay_max_bytes": 1 << 20, "context_ms": 0,
+        "ops": [{"op": "append", "n": 3200}, *[{"op": "append", "n": 0}] * 3,
+                *[{"op": "next"}] * 2, {"op": "append", "n": 0}, *[{"op": "next"}] * 2,
+                {"op": "append", "n": 0}, {"op": "append", "n": 3200}, {"op": "append", "n": 0},
+                *[{"op": "next"}] * 3, {"op": "restart"}, *[{"op": "next"}] * 3, {"op": "state"}],
+    },
+    {  # an empty chunk at the resume point still goes to the next instance
+        "linear16": True, "sample_rate": 16000, "replay_max_bytes": 1 << 20, "context_ms": 0,
+        "ops": [{"op": "append", "n": 3200}, {"op": "next"},
+                {"op": "commit", "end_ms": 100.0, "start_ms": 0, "text": ""},
+                {"op": "append", "n": 0}, {"op": "restart"}, {"op": "metadata"},
+                *[{"op": "next"}] * 2, {"op": "state"}],
+    },
 ]  # fmt: skip
 
 
