@@ -6,6 +6,8 @@ package server_test
 
 import (
 	"context"
+	"errors"
+	"io"
 	"reflect"
 	"testing"
 	"time"
@@ -13,10 +15,13 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/voxmesh/voxmesh/dataplane/internal/controldouble"
+	"github.com/voxmesh/voxmesh/dataplane/internal/fakeinstance"
 	sttv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/stt/v1"
 )
 
@@ -156,5 +161,63 @@ func TestForwardsAnUnknownMethodToBeRefusedUpstream(t *testing.T) {
 	_, err = sttv1.NewRecognizerServiceClient(h.conn).Recognize(callContext(t), &sttv1.RecognizeRequest{})
 	if status.Code(err) != codes.Unavailable {
 		t.Errorf("without upstream: %v", err)
+	}
+}
+
+func TestAGzipClientIsServedOnEveryMethod(t *testing.T) {
+	a := instance(t, "a")
+	double := &controldouble.Double{Place: placeOn(a)}
+	h := start(t, double, forwardTo, nil)
+	// gRPC's older compressor API, which needs no registration: the data path
+	// must take gzip of its own (this test's process would register it for
+	// both sides otherwise).
+	conn, err := grpc.Dial(h.conn.Target(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithCompressor(grpc.NewGZIPCompressor()), grpc.WithDecompressor(grpc.NewGZIPDecompressor()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	client := sttv1.NewRecognizerServiceClient(conn)
+
+	resp, err := client.Recognize(callContext(t), &sttv1.RecognizeRequest{AudioContent: make([]byte, 1000)})
+	if err != nil || resp.GetSummary().GetAudioProcessed().AsDuration() != 1000 {
+		t.Errorf("Recognize: %v, %v", resp, err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	call, err := client.StreamingRecognize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	audio := pcm(1500)
+	requests := []*sttv1.StreamingRecognizeRequest{{StreamingRequest: &sttv1.StreamingRecognizeRequest_StreamingConfig{
+		StreamingConfig: &sttv1.StreamingRecognitionConfig{Config: &sttv1.RecognitionConfig{
+			Encoding: sttv1.AudioEncoding_AUDIO_ENCODING_LINEAR16, SampleRateHertz: rate,
+			Priority: sttv1.Priority_PRIORITY_REALTIME,
+		}}}}}
+	for i := 0; i < len(audio); i += chunkBytes {
+		requests = append(requests, &sttv1.StreamingRecognizeRequest{StreamingRequest: &sttv1.StreamingRecognizeRequest_AudioContent{
+			AudioContent: audio[i:min(i+chunkBytes, len(audio))]}})
+	}
+	for _, r := range requests {
+		if err := call.Send(r); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+	}
+	_ = call.CloseSend()
+	var responses []*sttv1.StreamingRecognizeResponse
+	for {
+		r, err := call.Recv()
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("the stream ended with %v", err)
+			}
+			break
+		}
+		responses = append(responses, r)
+	}
+	if texts, _ := finals(responses); !reflect.DeepEqual(texts, fakeinstance.ExpectedFinals(audio, rate, utteranceMs)) {
+		t.Errorf("finals %q", texts)
 	}
 }

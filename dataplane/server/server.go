@@ -16,6 +16,10 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	// Clients may compress their messages with gzip, as gRPC clients can: grpc-go
+	// takes (and answers with) only the compressors registered, and the Python
+	// router and the instances take gzip.
+	_ "google.golang.org/grpc/encoding/gzip"
 
 	"github.com/voxmesh/voxmesh/dataplane/forward"
 	"github.com/voxmesh/voxmesh/dataplane/instances"

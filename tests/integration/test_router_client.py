@@ -7,14 +7,16 @@ import time
 import wave
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.doubles.fake_asr import expected_finals
 from tests.integration.router_harness import mesh, pcm
+from tests.streaming import config_request, recognize_request, run_stream
 from voxmesh.client import RecognizerClient, StreamOptions, decode_file
 from voxmesh.client.cli import main
 from voxmesh.errors import InvalidArgument
-from voxmesh.stt.v1 import stt_pb2
+from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 pytestmark = pytest.mark.usefixtures("router_data_path")
 
@@ -49,6 +51,28 @@ async def test_client_streams_and_collects_results() -> None:
             audio, 16000, 1000
         )
         assert snapshot.role == stt_pb2.ROLE_ROUTER
+
+
+async def test_a_client_that_compresses_its_messages_is_served() -> None:
+    """gRPC clients may compress with gzip; the native data path refused them
+    (UNIMPLEMENTED) while the Python one and the instances served them."""
+    async with mesh() as m:
+        await m.add("a")
+        audio = pcm(1.5, 3)
+        async with grpc.aio.insecure_channel(
+            m.router.target, compression=grpc.Compression.Gzip
+        ) as channel:
+            run = await run_stream(channel, audio, first=config_request(model="asr_small"))
+            unary = await stt_pb2_grpc.RecognizerServiceStub(channel).Recognize(
+                recognize_request(audio), timeout=10
+            )
+        assert run.error is None
+        assert [r.alternatives[0].transcript for r in run.finals] == expected_finals(
+            audio, 16000, 1000
+        )
+        assert [r.alternatives[0].transcript for r in unary.results] == expected_finals(
+            audio, 16000, 1000
+        )
 
 
 async def test_a_writer_that_fails_ends_the_stream_with_its_error() -> None:
