@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from google.protobuf import duration_pb2
 
 from voxmesh.client import cli
 from voxmesh.client.cli import TranscriptView, format_status, main
+from voxmesh.client.terminal import fit_head, fit_tail, same_terminal, text_width
 from voxmesh.stt.v1 import stt_pb2
 
 
@@ -59,6 +61,128 @@ def test_short_files_get_no_progress_bar() -> None:
     view = TranscriptView(Tty(), err, total_s=5.0)
     view.on_progress(2.0)
     assert err.getvalue() == ""
+
+
+class Screen:
+    """A terminal model: rows of cells, ``\\r``, ``\\n`` (as the tty's ``onlcr`` makes it),
+    erase to end of row (``ESC [ K``) and autowrap at the last column, as a VT100 does."""
+
+    def __init__(self, columns: int) -> None:
+        self.columns = columns
+        self.rows = [""]
+        self._row, self._col = 0, 0
+
+    def feed(self, text: str) -> None:
+        i = 0
+        while i < len(text):
+            if text.startswith("\x1b[K", i):
+                self.rows[self._row] = self.rows[self._row][: self._col]
+                i += 3
+                continue
+            char, i = text[i], i + 1
+            if char == "\r":
+                self._col = 0
+            elif char == "\n":
+                self._next_row()
+            else:
+                if self._col == self.columns:  # the wrap is taken when the next one comes
+                    self._next_row()
+                row = self.rows[self._row].ljust(self._col)
+                self.rows[self._row] = row[: self._col] + char + row[self._col + 1 :]
+                self._col += 1
+
+    def _next_row(self) -> None:
+        self._row, self._col = self._row + 1, 0
+        if self._row == len(self.rows):
+            self.rows.append("")
+
+
+class ScreenStream(io.StringIO):
+    """A stream on a :class:`Screen` (stdout and stderr of one terminal share one)."""
+
+    def __init__(self, screen: Screen) -> None:
+        super().__init__()
+        self.screen = screen
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.screen.feed(text)
+        return super().write(text)
+
+
+def test_on_one_terminal_the_interim_text_and_the_bar_share_a_status_line() -> None:
+    """Stdout and stderr on one terminal: each live line used to erase the other."""
+    screen = Screen(80)
+    tty = ScreenStream(screen)
+    view = TranscriptView(tty, tty, total_s=600.0, columns=lambda stream: screen.columns)
+    bar = "[" + "." * 30 + "] 00:10.0 / 10:00.0"
+    view.on_progress(10.0)
+    view.on_response(result("hello", False))
+    assert screen.rows == ["... hello" + " " * (79 - 9 - len(bar)) + bar]
+    view.on_progress(10.2)
+    view.on_response(result("hello world", False))
+    assert screen.rows[0].startswith("... hello world ")
+    assert screen.rows[0].endswith("] 00:10.2 / 10:00.0")
+    view.on_response(result("hello world.", True, 0, 1500))
+    assert screen.rows[0] == "[00:00.0 - 00:01.5] hello world."
+    assert screen.rows[1].strip().startswith("[....") and len(screen.rows) == 2
+    long = " ".join(f"word{i}" for i in range(40))
+    view.on_response(result(long, False))
+    assert len(screen.rows) == 2 and len(screen.rows[1]) == 79
+    assert screen.rows[1].startswith("... ") and "word39 [" in screen.rows[1]
+    view.close()
+    assert screen.rows == ["[00:00.0 - 00:01.5] hello world.", ""]
+
+
+def test_a_live_line_never_wraps_so_redrawing_it_leaves_nothing_behind() -> None:
+    """An 82-column interim line wrapped on an 80-column terminal, and its redraw
+    erased only the wrapped part."""
+    screen, bar_screen = Screen(80), Screen(40)  # the bar on another, narrower terminal
+    out, err = ScreenStream(screen), ScreenStream(bar_screen)
+    columns = {id(out): 80, id(err): 40}
+    view = TranscriptView(out, err, total_s=60.0, columns=lambda stream: columns[id(stream)])
+    view.on_response(result("word " * 40, False))
+    assert screen.rows == ["... " + ("word " * 40).strip()[-75:]]
+    view.on_response(result("short", False))
+    assert screen.rows == ["... short"]
+    view.on_progress(30.0)
+    assert bar_screen.rows == ["[" + "#" * 15 + "." * 15 + "] 00:30."]
+
+
+def test_a_piped_stdout_gets_plain_final_lines_beside_a_terminal_bar() -> None:
+    out, err = io.StringIO(), Tty()
+    view = TranscriptView(out, err, total_s=60.0)
+    view.on_progress(30.0)
+    view.on_response(result("hello", False))
+    view.on_response(result("hello world", True, 0, 1500))
+    view.close()
+    assert out.getvalue() == "[00:00.0 - 00:01.5] hello world\n"
+    assert "00:30.0 / 01:00.0" in err.getvalue()
+
+
+def test_streams_on_one_terminal_device_are_told_from_others() -> None:
+    leader, follower = os.openpty()
+    read, write = os.pipe()
+    with (
+        open(os.dup(follower), "w") as stdout,
+        open(os.dup(follower), "w") as stderr,
+        open(write, "w") as pipe,
+    ):
+        assert same_terminal(stdout, stderr)
+        assert not same_terminal(stdout, pipe)
+        assert not same_terminal(io.StringIO(), io.StringIO())
+    for fd in (leader, follower, read):
+        os.close(fd)
+
+
+def test_wide_characters_take_two_columns() -> None:
+    text = "... " + "日本語のテキスト"
+    assert text_width(text) == 4 + 16
+    assert fit_tail(text, 12) == fit_tail(text, 13) == "... テキスト"
+    assert fit_tail(text, 14) == "... のテキスト"
+    assert fit_head("[##] 日本", 7) == "[##] 日"
 
 
 def test_router_status_lists_pools() -> None:

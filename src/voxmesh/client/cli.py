@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -29,6 +29,7 @@ import grpc
 
 from voxmesh.client.audio import SAMPLE_RATE, decode_file
 from voxmesh.client.client import RecognizerClient, StreamOptions
+from voxmesh.client.terminal import fit_head, fit_tail, same_terminal, terminal_columns, text_width
 from voxmesh.errors import VoxmeshError
 from voxmesh.rpc import aio_compat
 from voxmesh.rpc.tls import ClientTls
@@ -58,12 +59,29 @@ def _clock(seconds: float) -> str:
 
 
 class TranscriptView:
-    """Renders a stream: finals as lines; on a terminal also the interim text and a bar."""
+    """Renders a stream: finals as lines; on a terminal also the interim text and a bar.
 
-    def __init__(self, out: TextIO, err: TextIO, total_s: float) -> None:
+    The interim text (stdout) and the bar (stderr, for files of 20 s or more) are live
+    lines, redrawn in place and always narrower than the terminal (a line that wraps
+    cannot be redrawn). When stdout and stderr are the same terminal they share one
+    status line on stdout, the interim text's tail then the bar, as two live lines
+    would erase each other. Finals are whole lines on stdout; a stdout that is no
+    terminal gets nothing else.
+    """
+
+    def __init__(
+        self,
+        out: TextIO,
+        err: TextIO,
+        total_s: float,
+        *,
+        columns: Callable[[TextIO], int] | None = None,
+    ) -> None:
         self._out, self._err = out, err
         self._live = out.isatty()
         self._bar = err.isatty() and total_s >= _PROGRESS_MIN_S
+        self._shared = self._live and self._bar and same_terminal(out, err)
+        self._columns = columns or terminal_columns
         self._total = total_s
         self._sent = 0.0
         self._interim = ""
@@ -98,22 +116,35 @@ class TranscriptView:
     def _clear(self) -> None:
         if self._live:
             self._out.write("\r\x1b[K")
-        if self._bar:
+        if self._bar and not self._shared:
             self._err.write("\r\x1b[K")
 
     def _redraw(self) -> None:
+        if self._shared:
+            width = self._columns(self._out) - 1
+            bar = fit_head(self._bar_text(), width)
+            room = width - text_width(bar) - 1
+            interim = fit_tail("... " + self._interim, room) if self._interim else ""
+            line = f"{interim}{' ' * (room - text_width(interim))} {bar}" if room > 4 else bar
+            self._out.write("\r\x1b[K" + line)
+            self._out.flush()
+            return
         if self._bar:
-            done = min(1.0, self._sent / self._total) if self._total else 1.0
-            filled = int(done * _BAR_WIDTH)
-            self._err.write(
-                f"\r\x1b[K[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] "
-                f"{_clock(self._sent)} / {_clock(self._total)}"
-            )
+            width = self._columns(self._err) - 1
+            self._err.write("\r\x1b[K" + fit_head(self._bar_text(), width))
             self._err.flush()
         if self._live and self._interim:
-            width = 78
-            self._out.write("\r\x1b[K... " + self._interim[-width:])
+            width = self._columns(self._out) - 1
+            self._out.write("\r\x1b[K" + fit_tail("... " + self._interim, width))
             self._out.flush()
+
+    def _bar_text(self) -> str:
+        done = min(1.0, self._sent / self._total) if self._total else 1.0
+        filled = int(done * _BAR_WIDTH)
+        return (
+            f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] "
+            f"{_clock(self._sent)} / {_clock(self._total)}"
+        )
 
 
 async def _transcribe(args: argparse.Namespace, pcm: bytes) -> int:
