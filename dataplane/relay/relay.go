@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -64,7 +65,14 @@ type Relay struct {
 	cfg     Config
 	log     *slog.Logger
 	control *connector
+
+	stopping context.Context // done once Stop was called
+	stop     context.CancelCauseFunc
+	active   atomic.Int64 // streams being served
 }
+
+// errStopped is the status of the streams Stop ends.
+var errStopped = status.Error(codes.Unavailable, "the router stopped; retry on another router")
 
 // New returns a Relay with cfg.
 func New(cfg Config) *Relay {
@@ -72,22 +80,44 @@ func New(cfg Config) *Relay {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	stopping, stop := context.WithCancelCause(context.Background())
 	return &Relay{cfg: cfg, log: logger, control: &connector{
 		client: cfg.Control, batchWait: cfg.ControlBatchWait, maxMessageBytes: cfg.ControlMaxMessageBytes,
-	}}
+	}, stopping: stopping, stop: stop}
+}
+
+// Stop ends every stream under way, and every stream that begins after, as
+// their clients' leaving would end them (instance calls and Attach calls
+// cancelled), with UNAVAILABLE for the clients: the end of a shutdown, once the
+// router's drain is over. It returns how many streams were under way.
+func (r *Relay) Stop() int {
+	r.stop(errStopped)
+	return int(r.active.Load())
 }
 
 // Serve relays down, a StreamingRecognize call whose messages are raw bytes,
 // and returns the status for the server to end it with.
 func (r *Relay) Serve(down grpc.ServerStream) error {
-	s := newStream(r, down)
+	r.active.Add(1)
+	defer r.active.Add(-1)
+	ctx, cancel := context.WithCancelCause(down.Context())
+	defer cancel(nil)
+	defer context.AfterFunc(r.stopping, func() { cancel(errStopped) })()
+	s := newStream(r, down, ctx)
 	defer s.close()
 	go s.readClient()
 	e := s.run()
+	stopped := errors.Is(context.Cause(s.ctx), errStopped)
 	switch e.how {
 	case endRelayed:
+		if stopped && status.Code(s.attachErr) == codes.Canceled { // Stop cancelled the call
+			return errStopped
+		}
 		return passthrough.Status(down, s.attachErr, s.attachTrailer)
-	case endGone: // nobody hears this status
+	case endGone: // nobody hears this status, unless Stop ended the stream
+		if stopped {
+			return errStopped
+		}
 		if err := s.ctx.Err(); err != nil {
 			return status.FromContextError(err).Err()
 		}
@@ -101,7 +131,7 @@ func (r *Relay) Serve(down grpc.ServerStream) error {
 type stream struct {
 	r    *Relay
 	down grpc.ServerStream
-	ctx  context.Context // the client's call's
+	ctx  context.Context // the client's call's, also ended by Relay.Stop
 	done chan struct{}   // closed when Serve returns: the reader stops waiting
 
 	// The reader's first request, then the route's arrival for it to go on.
@@ -154,11 +184,13 @@ type firstRequest struct {
 	err error // io.EOF: the client half-closed without a request
 }
 
-func newStream(r *Relay, down grpc.ServerStream) *stream {
+// newStream returns the stream of down, which lives under ctx (down's context,
+// or less).
+func newStream(r *Relay, down grpc.ServerStream, ctx context.Context) *stream {
 	return &stream{
 		r:              r,
 		down:           down,
-		ctx:            down.Context(),
+		ctx:            ctx,
 		done:           make(chan struct{}),
 		first:          make(chan firstRequest, 1),
 		routed:         make(chan struct{}),

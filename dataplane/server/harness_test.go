@@ -39,6 +39,7 @@ type harness struct {
 	double *controldouble.Double
 	client sttv1.RecognizerServiceClient
 	conn   *grpc.ClientConn
+	dp     *server.Server
 	// stopControl stops serving the double (nil without one).
 	stopControl func()
 }
@@ -95,7 +96,7 @@ func start(t *testing.T, double *controldouble.Double, forward func(*grpc.Server
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &harness{t: t, dir: dir, double: double, client: sttv1.NewRecognizerServiceClient(conn), conn: conn, stopControl: stopControl}
+	return &harness{t: t, dir: dir, double: double, client: sttv1.NewRecognizerServiceClient(conn), conn: conn, dp: dp, stopControl: stopControl}
 }
 
 // shortTempDir is a temporary directory with a path short enough for Unix

@@ -743,3 +743,32 @@ func TestAClientsLargestMessagesEndOnlyItsOwnStream(t *testing.T) {
 func audioRequest(audio []byte) *sttv1.StreamingRecognizeRequest {
 	return &sttv1.StreamingRecognizeRequest{StreamingRequest: &sttv1.StreamingRecognizeRequest_AudioContent{AudioContent: audio}}
 }
+
+func TestAShutdownWithoutADrainEndsTheStreamsLeftAtOnce(t *testing.T) {
+	// The router drains before it stops its data path: what is left then ends
+	// at once, each client with a status that says why.
+	a := instance(t, "a")
+	double := &controldouble.Double{Place: placeOn(a)}
+	h := start(t, double, nil, nil)
+	finished := h.open("")
+	finished.send(pcm(500))
+	if _, err := finished.finish(); err != nil {
+		t.Fatalf("the stream that finished ended with %v", err)
+	}
+	left := h.open("")
+	left.send(pcm(500))
+	left.waitFor("a result", func(rs []*sttv1.StreamingRecognizeResponse) bool { return len(rs) > 0 })
+
+	began := time.Now()
+	if h.dp.Shutdown(0) {
+		t.Error("Shutdown says no call was cancelled")
+	}
+	if took := time.Since(began); took > 500*time.Millisecond {
+		t.Errorf("Shutdown took %v", took)
+	}
+	_, err := left.wait()
+	if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "the router stopped; retry on another router" {
+		t.Errorf("the stream left ended with %v", err)
+	}
+	eventually(t, "a's stream cancelled", func() bool { return a.Stats().Cancelled == 1 }, a.Changed)
+}

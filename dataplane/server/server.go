@@ -88,6 +88,7 @@ type Tuning struct {
 type Server struct {
 	lis       net.Listener
 	srv       *grpc.Server
+	relay     *relay.Relay
 	control   *grpc.ClientConn
 	forward   *grpc.ClientConn
 	instances *instances.Pool
@@ -180,6 +181,7 @@ func New(o Options) (*Server, error) {
 	return &Server{
 		lis:       lis,
 		srv:       grpc.NewServer(serverOpts...),
+		relay:     rel,
 		control:   control,
 		forward:   forwardConn,
 		instances: pool,
@@ -198,29 +200,47 @@ func (s *Server) Serve() error {
 	return err
 }
 
+// stopGrace is how long the calls still under way at the end of a drain get to
+// end once the relayed streams are cancelled (which takes them milliseconds):
+// then every connection is closed.
+const stopGrace = time.Second
+
 // Shutdown stops taking calls and gives those under way up to drain to end,
-// then cancels what is left and closes every connection. It returns whether
-// the calls ended within the drain.
+// then cancels what is left: each relayed stream ends with UNAVAILABLE, and
+// whatever has not ended within stopGrace is cut with its connection. It
+// returns whether the calls all ended of their own. A drain of 0 (the router's,
+// which drained itself before) cancels at once.
 func (s *Server) Shutdown(drain time.Duration) bool {
 	drained := make(chan struct{})
 	go func() {
 		s.srv.GracefulStop()
 		close(drained)
 	}()
-	timer := time.NewTimer(drain)
-	defer timer.Stop()
 	ok := true
-	select {
-	case <-drained:
-	case <-timer.C:
-		ok = false
-		s.srv.Stop()
-		<-drained
+	if !within(drained, drain) {
+		ok = s.relay.Stop() == 0
+		if !within(drained, stopGrace) {
+			ok = false
+			s.srv.Stop()
+			<-drained
+		}
 	}
 	s.instances.Close()
 	s.forward.Close()
 	s.control.Close()
 	return ok
+}
+
+// within reports whether done closed within d.
+func within(done <-chan struct{}, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return true
+	case <-timer.C:
+		return false
+	}
 }
 
 // ListenError is the error of New when the public endpoint cannot be bound (a

@@ -11,7 +11,8 @@ returns and the entry point stops the router with a non-zero exit.
 Shutdown order (SIGTERM): health NOT_SERVING, refuse new streams, let the
 active ones finish (up to ``drain_timeout_s``), fail what still waits in the
 queues, end the telemetry watches (up to ``WATCH_END_TIMEOUT_S``), stop the
-native data path (SIGTERM, then SIGKILL after ``DATAPLANE_STOP_TIMEOUT_S``),
+native data path (SIGTERM: it cancels what is left and exits; SIGKILL should it
+still run after ``DATAPLANE_STOP_TIMEOUT_S``),
 stop the server (cancelling what is left), stop the discovery watch and close
 the channels.
 """
@@ -204,7 +205,6 @@ class RouterApp:
                     socket=self.control_socket,
                     tls=settings.tls,
                     idle_timeout_s=settings.idle_timeout_s,
-                    drain_timeout_s=settings.drain_timeout_s,
                     control_batch_wait_s=settings.control_batch_wait_s,
                 )
             )

@@ -5,7 +5,7 @@ plane: admission, discovery, metrics, Recognize, telemetry, health) and the Go d
 path (``dataplane/``), which serves the public endpoint. The router starts it as::
 
     voxmesh-dataplane --listen HOST:PORT --control unix:SOCK --forward unix:SOCK
-                      --idle-timeout Ts --drain-timeout Ts --control-batch-wait Tms
+                      --idle-timeout Ts --drain-timeout 0s --control-batch-wait Tms
                       --exit-on-stdin-eof
                       [--tls-cert F --tls-key F [--tls-client-ca F]]
 
@@ -15,6 +15,11 @@ server on a Unix socket in a private directory. The TLS flags carry the router's
 settings of the same names. Once it listens it prints ``PORT <n>`` (the port it
 bound, for port 0) on stdout; the rest of its stdout goes to the router's log, its
 stderr to the router's.
+
+The drain is the router's (``drain_timeout_s``): meanwhile the data path relays the
+streams under way and the control plane refuses new ones. The router then sends it
+SIGTERM, and with ``--drain-timeout 0s`` it stops at once, cancelling what is left:
+a drain of its own would come on top of the router's, and SIGKILL would cut it.
 
 It runs in its own session, so a Ctrl-C in a terminal reaches the router only and
 the router stops it in its shutdown order. Its stdin is a pipe the router holds open
@@ -56,17 +61,17 @@ def dataplane_argv(
     socket: str,
     tls: ServerTls | None,
     idle_timeout_s: float,
-    drain_timeout_s: float,
     control_batch_wait_s: float,
 ) -> list[str]:
     """The data path's command line: ``listen`` (``host:port``) is the public endpoint,
     ``socket`` the path of the router's Unix socket, ``tls`` the public endpoint's TLS;
     the client's first request is awaited ``idle_timeout_s`` (the router's idle timeout),
-    calls under way get ``drain_timeout_s`` on SIGTERM, and events for the control plane
-    are gathered ``control_batch_wait_s`` after each batch."""
+    calls still under way on SIGTERM are cancelled (the router drained them already),
+    and events for the control plane are gathered ``control_batch_wait_s`` after each
+    batch."""
     argv = [binary, "--listen", listen, "--control", f"unix:{socket}"]
     argv += ["--forward", f"unix:{socket}"]
-    argv += ["--idle-timeout", f"{idle_timeout_s:g}s", "--drain-timeout", f"{drain_timeout_s:g}s"]
+    argv += ["--idle-timeout", f"{idle_timeout_s:g}s", "--drain-timeout", "0s"]
     argv += ["--control-batch-wait", f"{control_batch_wait_s * 1000:g}ms"]
     argv += ["--exit-on-stdin-eof"]  # the router holds the pipe open while it runs
     if tls is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from typing import Any
 
@@ -181,6 +182,24 @@ async def test_drain_timeout_cancels_what_is_left() -> None:
         await wait_until_async(held.got_results)
         await m.router.shutdown()
         assert await held.call.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+        await wait_until_async(lambda: fake.active == 0)
+
+
+async def test_a_stream_left_after_the_drain_is_cancelled_at_once() -> None:
+    """The native data path drained again after the router's drain (its own
+    ``--drain-timeout``, cut by SIGKILL): a shutdown took two drains."""
+    drain_s = 2.0
+    async with mesh(drain_timeout_s=drain_s) as m:
+        fake = await m.add("a")
+        held = await HeldStream(m.channel).open()
+        await wait_until_async(held.got_results)
+        started = time.monotonic()
+        await m.router.shutdown()
+        took = time.monotonic() - started
+        assert await held.call.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+        assert drain_s <= took < drain_s + 1.5
+        if m.router.dataplane is not None:  # it exited of its own, not killed
+            assert await m.router.dataplane.wait() == 0
         await wait_until_async(lambda: fake.active == 0)
 
 

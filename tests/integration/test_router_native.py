@@ -61,7 +61,7 @@ async def test_the_router_serves_its_socket_and_the_data_path_its_public_port(
             "--idle-timeout",
             "30s",
             "--drain-timeout",
-            "5s",
+            "0s",  # the router's drain is the one: SIGTERM comes after it
             "--control-batch-wait",
             "2ms",
             "--exit-on-stdin-eof",

@@ -11,7 +11,9 @@
 // It prints "PORT <n>" on stdout once serving. On SIGTERM or SIGINT (or, with
 // --exit-on-stdin-eof, at the end of stdin: the router died) it stops
 // taking calls, gives those under way --drain-timeout to end, cancels the rest
-// and exits 0. A control plane that is not reachable does not stop it: each new
+// (a relayed stream's client gets UNAVAILABLE) and exits 0. The router passes
+// --drain-timeout 0s: it drains before its SIGTERM, so what is left then is
+// cancelled at once. A control plane that is not reachable does not stop it: each new
 // stream then fails with UNAVAILABLE. Bad flags or TLS files exit 2 with one
 // line naming the flag; a --listen address that cannot be bound exits 3 after
 // the line "LISTEN_FAILED <reason>" on stdout. Rotated TLS files are picked up for new connections
