@@ -1,11 +1,8 @@
 package relay
 
 import (
-	"strconv"
-
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	routerv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/router/v1"
@@ -22,28 +19,30 @@ const (
 	outcomeError  = routerv1.AttemptEndedEvent_OUTCOME_ERROR
 )
 
-// What an instance's refusal carries (src/voxmesh/rpc/status.py).
+// What an instance's refusal carries (src/voxmesh/rpc/status.py): an ErrorInfo
+// of the voxmesh domain that says why.
 const (
-	// retryAfterKey is the trailer of an instance's RESOURCE_EXHAUSTED that
-	// says it is full: the delay it asks for, in milliseconds.
-	retryAfterKey = "retry-after-ms"
-	// errorDomain and notAcceptingReason make the ErrorInfo of an instance that
-	// refuses a stream because it drains or still starts.
-	errorDomain        = "voxmesh.dev"
+	errorDomain = "voxmesh.dev"
+	// notAcceptingReason: it refuses the stream because it drains or still
+	// starts (UNAVAILABLE).
 	notAcceptingReason = "INSTANCE_NOT_ACCEPTING"
+	// fullReason: it refuses the stream because it serves its maximum of
+	// streams (RESOURCE_EXHAUSTED).
+	fullReason = "INSTANCE_FULL"
 )
 
 // classify returns the outcome of an attempt whose instance call ended with err
-// (not io.EOF: that is outcomeDone) and trailer, as the Python relay's _attempt
+// (not io.EOF: that is outcomeDone), as the Python relay's _attempt
 // decides it: answered is true once any response arrived, summarySent once the
 // client has the summary.
-func classify(err error, trailer metadata.MD, answered, summarySent bool) routerv1.AttemptEndedEvent_Outcome {
+func classify(err error, answered, summarySent bool) routerv1.AttemptEndedEvent_Outcome {
 	st := status.Convert(err)
 	failed := failoverCode(st.Code())
 	switch {
 	case failed && summarySent:
 		return outcomeDone // only its OK status was lost: the client has everything
-	case !answered && (instanceFull(st, trailer) || notAccepting(st)):
+	case !answered && (refused(st, codes.ResourceExhausted, fullReason) ||
+		refused(st, codes.Unavailable, notAcceptingReason)):
 		return outcomeFull // it never started there: back to the queue
 	case failed:
 		return outcomeFailed
@@ -57,31 +56,19 @@ func failoverCode(c codes.Code) bool {
 	return c == codes.Unavailable || c == codes.Canceled || c == codes.Unknown
 }
 
-// instanceFull reports whether an instance refused the call for want of room:
-// RESOURCE_EXHAUSTED with a retry delay. gRPC's own RESOURCE_EXHAUSTED (a
-// message over the receiver's size limit) carries none: it is the request's
-// fault, and the next instance would refuse it too.
-func instanceFull(st *status.Status, trailer metadata.MD) bool {
-	if st.Code() != codes.ResourceExhausted {
-		return false
-	}
-	values := trailer.Get(retryAfterKey)
-	if len(values) == 0 {
-		return false
-	}
-	_, err := strconv.Atoi(values[0])
-	return err == nil
-}
-
-// notAccepting reports whether an instance refused the call because it drains or
-// still starts: UNAVAILABLE with the voxmesh ErrorInfo.
-func notAccepting(st *status.Status) bool {
-	if st.Code() != codes.Unavailable {
+// refused reports whether an instance refused the call with code and the
+// voxmesh ErrorInfo of reason: full (RESOURCE_EXHAUSTED, INSTANCE_FULL), or not
+// accepting (UNAVAILABLE, INSTANCE_NOT_ACCEPTING). Any other RESOURCE_EXHAUSTED
+// (a chunk over the instance's limit, with a retry delay or not; gRPC's own, for
+// a message over the receiver's size limit) is the request's fault: the next
+// instance would refuse it too.
+func refused(st *status.Status, code codes.Code, reason string) bool {
+	if st.Code() != code {
 		return false
 	}
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok &&
-			info.GetDomain() == errorDomain && info.GetReason() == notAcceptingReason {
+			info.GetDomain() == errorDomain && info.GetReason() == reason {
 			return true
 		}
 	}

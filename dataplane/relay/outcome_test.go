@@ -7,8 +7,8 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	routerv1 "github.com/voxmesh/voxmesh/gen/go/voxmesh/router/v1"
 )
@@ -18,29 +18,37 @@ func TestClassifyAsThePythonRelayDoes(t *testing.T) {
 		WithDetails(&errdetails.ErrorInfo{Domain: errorDomain, Reason: notAcceptingReason})
 	otherInfo, _ := status.New(codes.Unavailable, "draining").
 		WithDetails(&errdetails.ErrorInfo{Domain: "example.com", Reason: notAcceptingReason})
-	retry := metadata.Pairs(retryAfterKey, "500")
+	retry := &errdetails.RetryInfo{RetryDelay: durationpb.New(2 * time.Second)}
+	full, _ := status.New(codes.ResourceExhausted, "instance a is at its limit of 4 concurrent streams").
+		WithDetails(retry, &errdetails.ErrorInfo{Domain: errorDomain, Reason: fullReason})
+	// What an instance answers a chunk over its own limit: a retry delay, no marker.
+	chunk, _ := status.New(codes.ResourceExhausted, "audio chunk of 8000 bytes exceeds the maximum chunk size of 4096 bytes").
+		WithDetails(retry)
+	fullUnavailable, _ := status.New(codes.Unavailable, "full?").
+		WithDetails(&errdetails.ErrorInfo{Domain: errorDomain, Reason: fullReason})
 	cases := []struct {
 		name                  string
 		err                   error
-		trailer               metadata.MD
 		answered, summarySent bool
 		want                  routerv1.AttemptEndedEvent_Outcome
 	}{
-		{"full", status.Error(codes.ResourceExhausted, "full"), retry, false, false, outcomeFull},
-		{"full after a response", status.Error(codes.ResourceExhausted, "full"), retry, true, false, outcomeError},
-		{"too large (no retry delay)", status.Error(codes.ResourceExhausted, "too large"), nil, false, false, outcomeError},
-		{"not accepting", notAccepting.Err(), nil, false, false, outcomeFull},
-		{"not accepting after a response", notAccepting.Err(), nil, true, false, outcomeFailed},
-		{"unavailable, another domain", otherInfo.Err(), nil, false, false, outcomeFailed},
-		{"unavailable", status.Error(codes.Unavailable, "gone"), nil, true, false, outcomeFailed},
-		{"cancelled", status.Error(codes.Canceled, "reset"), nil, true, false, outcomeFailed},
-		{"unknown", errors.New("broken"), nil, true, false, outcomeFailed},
-		{"unavailable after the summary", status.Error(codes.Unavailable, "gone"), nil, true, true, outcomeDone},
-		{"invalid", status.Error(codes.InvalidArgument, "bad"), nil, false, false, outcomeError},
-		{"internal after the summary", status.Error(codes.Internal, "bug"), nil, true, true, outcomeError},
+		{"full", full.Err(), false, false, outcomeFull},
+		{"full after a response", full.Err(), true, false, outcomeError},
+		{"a chunk too large (a retry delay, no marker)", chunk.Err(), false, false, outcomeError},
+		{"too large (gRPC's own)", status.Error(codes.ResourceExhausted, "too large"), false, false, outcomeError},
+		{"the full marker on another code", fullUnavailable.Err(), false, false, outcomeFailed},
+		{"not accepting", notAccepting.Err(), false, false, outcomeFull},
+		{"not accepting after a response", notAccepting.Err(), true, false, outcomeFailed},
+		{"unavailable, another domain", otherInfo.Err(), false, false, outcomeFailed},
+		{"unavailable", status.Error(codes.Unavailable, "gone"), true, false, outcomeFailed},
+		{"cancelled", status.Error(codes.Canceled, "reset"), true, false, outcomeFailed},
+		{"unknown", errors.New("broken"), true, false, outcomeFailed},
+		{"unavailable after the summary", status.Error(codes.Unavailable, "gone"), true, true, outcomeDone},
+		{"invalid", status.Error(codes.InvalidArgument, "bad"), false, false, outcomeError},
+		{"internal after the summary", status.Error(codes.Internal, "bug"), true, true, outcomeError},
 	}
 	for _, c := range cases {
-		if got := classify(c.err, c.trailer, c.answered, c.summarySent); got != c.want {
+		if got := classify(c.err, c.answered, c.summarySent); got != c.want {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)
 		}
 	}

@@ -32,7 +32,7 @@ type attemptEnd struct {
 func (s *stream) attempt(p *routerv1.PlacementEvent) (attemptEnd, *ending) {
 	lease, err := s.r.cfg.Instances.Get(p.GetTarget())
 	if err != nil { // a target gRPC cannot parse: an instance the stream cannot reach
-		return attemptEnd{outcome: classify(err, nil, false, s.summarySent), err: err}, nil
+		return attemptEnd{outcome: classify(err, false, s.summarySent), err: err}, nil
 	}
 	defer lease.Release()
 
@@ -65,7 +65,7 @@ func (s *stream) attempt(p *routerv1.PlacementEvent) (attemptEnd, *ending) {
 		if e := s.interruption(); e != nil {
 			return attemptEnd{}, e
 		}
-		return attemptEnd{outcome: classify(err, nil, false, s.summarySent), err: err}, nil
+		return attemptEnd{outcome: classify(err, false, s.summarySent), err: err}, nil
 	}
 	written := make(chan struct{})
 	go s.writeUpstream(ctx, up, written)
@@ -88,7 +88,7 @@ func (s *stream) attempt(p *routerv1.PlacementEvent) (attemptEnd, *ending) {
 				return attemptEnd{}, e
 			}
 			trailer := up.Trailer()
-			return attemptEnd{classify(err, trailer, answered, s.summarySent), err, trailer}, nil
+			return attemptEnd{classify(err, answered, s.summarySent), err, trailer}, nil
 		}
 		answered = true
 		e, malformed := s.onResponse(raw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "DeadlineExceeded",
     "Draining",
+    "InstanceFull",
     "Internal",
     "InvalidArgument",
     "NotFound",
@@ -50,6 +51,10 @@ class ResourceExhausted(VoxmeshError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class InstanceFull(ResourceExhausted):
+    """The instance serves its maximum of streams: another may have room."""
 
 
 class Unavailable(VoxmeshError):

@@ -370,7 +370,7 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
                 if remaining < self.options.last_resort_min_drain_s:
                     raise errors.Draining("the instance's drain ends too soon for a new stream")
             if self.active >= self.options.max_streams:
-                raise errors.ResourceExhausted(
+                raise errors.InstanceFull(
                     f"instance is at capacity ({self.options.max_streams} streams)",
                     retry_after=self.options.retry_after_s,
                 )

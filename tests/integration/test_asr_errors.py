@@ -18,7 +18,7 @@ from tests.conditions import wait_until_async
 from tests.speech import silence_pcm, utterance_recording, wer
 from tests.streaming import config_request, run_stream
 from voxmesh.rpc.metadata import CONTEXT_KEY, OFFSET_KEY
-from voxmesh.rpc.status import retry_after_of
+from voxmesh.rpc.status import instance_full, retry_after_of
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 pytestmark = pytest.mark.model
@@ -156,6 +156,9 @@ async def test_every_bad_input_gets_its_status_while_a_good_stream_carries_on(
         for (name, (_, code, message)), err in zip(CASES.items(), errors, strict=True):
             assert err.code() == code, f"{name}: {err.code()} {err.details()}"
             assert message in (err.details() or ""), f"{name}: {err.details()}"
+            # A router would try the stream on another instance (the oversized chunk
+            # has a retry delay too, and every instance would refuse it alike).
+            assert not instance_full(err), name
         result = await good
         assert result.error is None, result.error
         assert wer(rec.text, result.text) <= 0.25
@@ -295,6 +298,7 @@ async def test_admission_limit_answers_resource_exhausted_with_retry_hint() -> N
             assert second.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "limit of 1 concurrent streams" in (second.error.details() or "")
             assert retry_after_of(second.error) == 3.0
+            assert instance_full(second.error)  # a router tries another instance
             assert (await first).error is None
 
 

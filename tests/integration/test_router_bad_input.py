@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -162,3 +163,20 @@ async def test_a_clients_largest_messages_end_only_its_own_stream() -> None:
         assert await final_code(target, second) == grpc.StatusCode.INVALID_ARGUMENT
         await other.send(b"\0" * 6400)
         await other.finish()
+
+
+async def test_an_instances_refusal_of_a_chunk_reaches_the_client() -> None:
+    """An instance refuses a chunk over its own limit (below the router's) with
+    RESOURCE_EXHAUSTED and a retry delay, as it refuses a stream when full: the router
+    took it for full, tried every instance until the queue's wait ran out, and told the
+    client the pool was at capacity. Only the INSTANCE_FULL marker says full."""
+    async with mesh(queue_max_wait_s=10.0) as m:
+        for name in ("a", "b"):
+            await m.add(name, max_chunk_bytes=4096)
+        started = time.monotonic()
+        code, details = await final_status(m.router.target, [config(), audio(8000)])
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "audio chunk of 8000 bytes exceeds the maximum chunk size of 4096 bytes" in details
+        assert time.monotonic() - started < 5.0  # not the queue's wait
+        assert m.metric("voxmesh_router_instance_rejections_total", pool="asr_small") == 0
+        assert m.metric("voxmesh_router_rejected_total", pool="asr_small", reason="timeout") == 0

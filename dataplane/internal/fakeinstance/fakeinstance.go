@@ -8,9 +8,10 @@
 // failover metadata is honoured as by the real instances (voxmesh-offset-ms,
 // voxmesh-skip-ms, and the lead-in of voxmesh-context-bin, which gets no result).
 //
-// Controls for tests: SetMaxStreams (RESOURCE_EXHAUSTED with a retry delay),
-// RefuseAsStarting (UNAVAILABLE, not accepting), FailStreams (streams fail with a
-// status at their next chunk), Kill (the server stops at once, like a crash).
+// Controls for tests: SetMaxStreams (RESOURCE_EXHAUSTED, full: a retry delay
+// and the INSTANCE_FULL ErrorInfo), RefuseAsStarting (UNAVAILABLE, not
+// accepting), FailStreams (streams fail with a status at their next chunk), Kill
+// (the server stops at once, like a crash).
 package fakeinstance
 
 import (
@@ -172,7 +173,8 @@ func (r *recognizer) admit(stream grpc.ServerStream, resume Resume) error {
 	if in.opts.MaxStreams < 0 || (in.opts.MaxStreams > 0 && in.active >= in.opts.MaxStreams) {
 		stream.SetTrailer(metadata.Pairs("retry-after-ms", "500"))
 		st, _ := status.New(codes.ResourceExhausted, fmt.Sprintf("instance is at capacity (%d streams)", in.opts.MaxStreams)).
-			WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(500 * time.Millisecond)})
+			WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(500 * time.Millisecond)},
+				&errdetails.ErrorInfo{Reason: "INSTANCE_FULL", Domain: "voxmesh.dev"})
 		return st.Err()
 	}
 	in.active++

@@ -35,7 +35,7 @@ from voxmesh.asr.metrics import AsrMetrics
 from voxmesh.asr.results import duration
 from voxmesh.asr.scheduler import DecodeScheduler, SchedulerOptions
 from voxmesh.asr.session import SessionOptions
-from voxmesh.errors import Draining, ResourceExhausted
+from voxmesh.errors import Draining, InstanceFull
 from voxmesh.stt.v1 import stt_pb2
 from voxmesh.telemetry import GpuReading, GpuSampler, HostSampler
 from voxmesh.telemetry.host import TrailingWindow
@@ -134,7 +134,7 @@ class AsrInstance:
         elif self.state != stt_pb2.SERVING_STATE_SERVING:
             raise Draining(f"instance {self.identity.instance_id} is still starting")
         if self.active >= self.max_streams:
-            raise ResourceExhausted(
+            raise InstanceFull(
                 f"instance {self.identity.instance_id} is at its limit of "
                 f"{self.max_streams} concurrent streams",
                 self.retry_after,

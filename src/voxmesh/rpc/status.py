@@ -4,8 +4,13 @@
 ``retry-after-ms`` trailing metadata for clients that do not parse details).
 An instance that refuses a stream because it drains (or still starts) answers
 ``UNAVAILABLE`` with a ``google.rpc.ErrorInfo`` of reason ``INSTANCE_NOT_ACCEPTING``
-(:func:`not_accepting`): the stream never started there, so a router sends it
-elsewhere without counting a failover.
+(:func:`not_accepting`); one that refuses it because it serves its maximum of
+streams answers ``RESOURCE_EXHAUSTED`` with an ``ErrorInfo`` of reason
+``INSTANCE_FULL`` (:func:`instance_full`). Either way the stream never started
+there, so a router sends it elsewhere without counting a failover. A retry delay
+alone says no such thing: an instance's chunk-size refusal carries one too, and
+every instance would refuse that chunk alike (an instance older than the marker,
+full, is not told apart either: its refusal goes to the client).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ __all__ = [
 RETRY_AFTER_KEY = "retry-after-ms"
 ERROR_DOMAIN = "voxmesh.dev"
 NOT_ACCEPTING = "INSTANCE_NOT_ACCEPTING"
+INSTANCE_FULL = "INSTANCE_FULL"
 
 _CODES: list[tuple[type[errors.VoxmeshError], grpc.StatusCode]] = [
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -91,6 +97,10 @@ def to_status(err: BaseException) -> grpc.Status:
         detail.details.add().Pack(
             error_details_pb2.ErrorInfo(reason=NOT_ACCEPTING, domain=ERROR_DOMAIN)
         )
+    if isinstance(err, errors.InstanceFull):
+        detail.details.add().Pack(
+            error_details_pb2.ErrorInfo(reason=INSTANCE_FULL, domain=ERROR_DOMAIN)
+        )
     status: grpc.Status = rpc_status.to_status(detail)
     if trailing:
         return _WithTrailing(status, trailing)
@@ -129,15 +139,21 @@ def retry_after_of(error: grpc.aio.AioRpcError) -> float | None:
 
 def instance_full(error: grpc.aio.AioRpcError) -> bool:
     """True when an instance refused the call for want of room: RESOURCE_EXHAUSTED with
-    a retry delay. gRPC's own RESOURCE_EXHAUSTED (a message over the receiver's size
-    limit) carries none: it is the request's fault, and the next instance would refuse
-    it too."""
-    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after_of(error) is not None
+    the ``INSTANCE_FULL`` ErrorInfo. Any other RESOURCE_EXHAUSTED (a chunk over the
+    instance's limit, with a retry delay or not; gRPC's own, for a message over the
+    receiver's size limit) is the request's fault: the next instance would refuse it
+    too."""
+    return _refused(error, grpc.StatusCode.RESOURCE_EXHAUSTED, INSTANCE_FULL)
 
 
 def not_accepting(error: grpc.aio.AioRpcError) -> bool:
     """True when an instance refused the call because it drains or still starts."""
-    if error.code() != grpc.StatusCode.UNAVAILABLE:
+    return _refused(error, grpc.StatusCode.UNAVAILABLE, NOT_ACCEPTING)
+
+
+def _refused(error: grpc.aio.AioRpcError, code: grpc.StatusCode, reason: str) -> bool:
+    """True when ``error`` is ``code`` with the voxmesh ErrorInfo of ``reason``."""
+    if error.code() != code:
         return False
     try:
         status = rpc_status.from_call(error)
@@ -147,6 +163,6 @@ def not_accepting(error: grpc.aio.AioRpcError) -> bool:
         return False
     for detail in status.details:
         info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info) and (info.domain, info.reason) == (ERROR_DOMAIN, NOT_ACCEPTING):
+        if detail.Unpack(info) and (info.domain, info.reason) == (ERROR_DOMAIN, reason):
             return True
     return False

@@ -31,6 +31,7 @@ const (
 	maxSampleRate    = 48000
 	errorDomain      = "voxmesh.dev"
 	notAccepting     = "INSTANCE_NOT_ACCEPTING"
+	instanceFull     = "INSTANCE_FULL"
 	retryAfterKey    = "retry-after-ms"
 )
 
@@ -63,7 +64,8 @@ func (b *backend) admit(stream grpc.ServerStream) error {
 		stream.SetTrailer(metadata.Pairs(retryAfterKey, strconv.FormatInt(retryAfter.Milliseconds(), 10)))
 		s, _ := status.New(codes.ResourceExhausted,
 			fmt.Sprintf("instance is at capacity (%d streams)", b.opts.maxStreams)).
-			WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(retryAfter)})
+			WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(retryAfter)},
+				&errdetails.ErrorInfo{Reason: instanceFull, Domain: errorDomain})
 		return s.Err()
 	}
 	b.active++
