@@ -72,7 +72,10 @@ class RecognizerServiceStub:
     * NOT_FOUND: the requested model or pool is not served here.
     * OUT_OF_RANGE: the stream is longer than the maximum stream duration,
       or no request came for the idle timeout (30 s by default): send audio
-      close to real time and half-close at the end.
+      close to real time and half-close at the end; or a response went
+      unread for the idle timeout (an instance ends such a stream to free its
+      slot, and the status follows the responses not read yet): read the
+      responses as they come.
     * RESOURCE_EXHAUSTED: the instance (or the router's admission queue) is
       full, or a chunk is larger than the maximum chunk size; a
       `google.rpc.RetryInfo` detail gives the delay after which to retry.
@@ -125,7 +128,10 @@ class RecognizerServiceAsyncStub(RecognizerServiceStub):
     * NOT_FOUND: the requested model or pool is not served here.
     * OUT_OF_RANGE: the stream is longer than the maximum stream duration,
       or no request came for the idle timeout (30 s by default): send audio
-      close to real time and half-close at the end.
+      close to real time and half-close at the end; or a response went
+      unread for the idle timeout (an instance ends such a stream to free its
+      slot, and the status follows the responses not read yet): read the
+      responses as they come.
     * RESOURCE_EXHAUSTED: the instance (or the router's admission queue) is
       full, or a chunk is larger than the maximum chunk size; a
       `google.rpc.RetryInfo` detail gives the delay after which to retry.
@@ -181,7 +187,10 @@ class RecognizerServiceServicer(metaclass=_abc_1.ABCMeta):
         * NOT_FOUND: the requested model or pool is not served here.
         * OUT_OF_RANGE: the stream is longer than the maximum stream duration,
           or no request came for the idle timeout (30 s by default): send audio
-          close to real time and half-close at the end.
+          close to real time and half-close at the end; or a response went
+          unread for the idle timeout (an instance ends such a stream to free its
+          slot, and the status follows the responses not read yet): read the
+          responses as they come.
         * RESOURCE_EXHAUSTED: the instance (or the router's admission queue) is
           full, or a chunk is larger than the maximum chunk size; a
           `google.rpc.RetryInfo` detail gives the delay after which to retry.
