@@ -89,6 +89,24 @@ def silence(seconds: float) -> np.ndarray:
 
 
 @contextlib.asynccontextmanager
+async def session_on(
+    decoder: Decoder, params: StreamParams, options: SessionOptions, **session: Any
+) -> AsyncIterator[StreamSession]:
+    """A session of ``params`` (``session``: its other keyword arguments, such as
+    ``offset``) on ``decoder``, one job per model call, and the loudness VAD."""
+    scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=1))
+    scheduler.start()
+    stream = StreamSession(
+        params, options, scheduler, vad=StreamingVad(session=LoudnessVad()), **session
+    )
+    try:
+        yield stream
+    finally:
+        await stream.close()
+        await scheduler.shutdown()
+
+
+@contextlib.asynccontextmanager
 async def open_session(
     options: SessionOptions, **session: Any
 ) -> AsyncIterator[tuple[StreamSession, GatedDecoder]]:
@@ -96,17 +114,5 @@ async def open_session(
     model that decodes at once (its gate open)."""
     decoder = GatedDecoder()
     decoder.gate.set()
-    scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=1))
-    scheduler.start()
-    stream = StreamSession(
-        StreamParams(stream_id="s1"),
-        options,
-        scheduler,
-        vad=StreamingVad(session=LoudnessVad()),
-        **session,
-    )
-    try:
+    async with session_on(decoder, StreamParams(stream_id="s1"), options, **session) as stream:
         yield stream, decoder
-    finally:
-        await stream.close()
-        await scheduler.shutdown()

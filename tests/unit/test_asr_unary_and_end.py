@@ -19,10 +19,16 @@ import numpy as np
 import pytest
 
 from tests.conditions import wait_until_async
-from tests.session_fakes import GatedDecoder, LoudnessVad, fake_instance, silence, speech
+from tests.session_fakes import (
+    GatedDecoder,
+    LoudnessVad,
+    fake_instance,
+    session_on,
+    silence,
+    speech,
+)
 from voxmesh.asr import servicer as servicer_module
 from voxmesh.asr.decoder import DecodeJob, DecodeOutput
-from voxmesh.asr.scheduler import DecodeScheduler, SchedulerOptions
 from voxmesh.asr.servicer import RecognizerServicer
 from voxmesh.asr.session import (
     Final,
@@ -153,20 +159,11 @@ async def test_a_stream_read_late_still_ends_with_its_summary(
 @contextlib.asynccontextmanager
 async def small_queue_session(decoder: Any, max_events: int) -> AsyncIterator[StreamSession]:
     """A session (interims off) queueing at most ``max_events`` events."""
-    scheduler = DecodeScheduler(decoder, SchedulerOptions(max_batch=1))
-    scheduler.start()
-    session = StreamSession(
-        StreamParams(stream_id="s1", interim_results=False),
-        SessionOptions(context=0.0),
-        scheduler,
-        vad=StreamingVad(session=LoudnessVad()),
-        max_events=max_events,
-    )
-    try:
+    params = StreamParams(stream_id="s1", interim_results=False)
+    async with session_on(
+        decoder, params, SessionOptions(context=0.0), max_events=max_events
+    ) as session:
         yield session
-    finally:
-        await session.close()
-        await scheduler.shutdown()
 
 
 async def test_the_end_follows_events_that_filled_the_queue() -> None:

@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 
 from tests.conditions import wait_until_async
-from tests.session_fakes import SR, GatedDecoder, LoudnessVad, open_session, silence, speech
+from tests.session_fakes import (
+    SR,
+    GatedDecoder,
+    LoudnessVad,
+    open_session,
+    session_on,
+    silence,
+    speech,
+)
 from voxmesh.asr.decoder import DecodeJob, DecodeOutput
 from voxmesh.asr.scheduler import DecodeScheduler, SchedulerOptions
 from voxmesh.asr.session import (
@@ -192,20 +200,10 @@ async def test_every_speech_ended_is_followed_by_its_final_even_for_noise(interi
     """stt.proto promises a final after SPEECH_ENDED. An utterance decoded as noise with
     no interim sent for it gave none, so a client waiting for it waited in vain; it gets
     a final with no text, and no words are emitted."""
-    scheduler = DecodeScheduler(NoiseDecoder(), SchedulerOptions(max_batch=1))
-    scheduler.start()
-    session = StreamSession(
-        StreamParams(stream_id="s1", interim_results=interims),
-        SessionOptions(context=0.0),
-        scheduler,
-        vad=StreamingVad(session=LoudnessVad()),
-    )
-    try:
+    params = StreamParams(stream_id="s1", interim_results=interims)
+    async with session_on(NoiseDecoder(), params, SessionOptions(context=0.0)) as session:
         audio = np.concatenate([speech(1.0), silence(1.0), speech(1.0), silence(1.0)])
         events = await stream(session, audio)
-    finally:
-        await session.close()
-        await scheduler.shutdown()
     ended = [e for e in events if isinstance(e, SpeechEnded)]
     assert len(ended) == 2
     for end in ended:
