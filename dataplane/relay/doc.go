@@ -30,6 +30,8 @@
 //	any state: the control plane ends the call with a status ──▶ the client gets it
 //	           a bad request, no audio, a stall, unreplayable ──reject──▶ the control plane's status
 //	           the client cancels or its deadline passes ──▶ instance call and Attach cancelled
+//	ATTACHED:  a response the client has not taken for the idle timeout (it stopped
+//	           reading) ──finished──▶ OUT_OF_RANGE, after what it was sent (downstream.go)
 //
 // Three goroutines serve a stream: the client reader (appends audio to the
 // failover.ReplayLog, pausing while too much is unsent: RelayLimits.queue_max_bytes
@@ -38,7 +40,9 @@
 // server's handler goroutine (talks to the control plane, then reads the
 // instance's responses and writes them to the client one at a time, so a slow
 // client slows the instance's stream instead of growing a buffer). A fourth
-// waits on the Attach call's answers. None is started per message. The Connect
+// waits on the Attach call's answers; a fifth, from the first response on,
+// sends the client what the handler writes, so that the handler can give up
+// on a client that stopped reading (downstream.go). None is started per message. The Connect
 // call has a writer, which sends what the streams queued since its last batch,
 // and a reader, which hands each answer to its stream.
 //

@@ -176,6 +176,12 @@ type stream struct {
 	responses   int
 	summarySent bool
 	out         []byte // the response being written to the client
+
+	// The client writer (downstream.go), from the first response on: the
+	// response to send, SendMsg's outcome, and the idle timeout of each write.
+	toClient     chan *[]byte
+	sentToClient chan error
+	unread       *time.Timer
 }
 
 // firstRequest is the client's first message, or why there is none.
@@ -210,6 +216,9 @@ func (s *stream) close() {
 	close(s.done)
 	if s.cancelAttach != nil {
 		s.cancelAttach()
+	}
+	if s.unread != nil {
+		s.unread.Stop()
 	}
 }
 

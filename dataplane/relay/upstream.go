@@ -165,8 +165,8 @@ func (s *stream) writeUpstream(ctx context.Context, up grpc.ClientStream, writte
 
 // onResponse passes an instance's response through the ResultTracker, commits
 // finals to the log, fixes the summary, and writes what is left of it to the
-// client. It returns the ending of a client that is gone, or malformed when raw
-// is not a StreamingRecognizeResponse.
+// client. It returns the ending of a client that is gone or took nothing for
+// the idle timeout, or malformed when raw is not a StreamingRecognizeResponse.
 func (s *stream) onResponse(raw []byte) (e *ending, malformed error) {
 	s.responses++
 	sampled := s.responses%latencySampleEvery == 0
@@ -181,12 +181,8 @@ func (s *stream) onResponse(raw []byte) (e *ending, malformed error) {
 	if out == nil {
 		return nil, nil
 	}
-	s.out = out // a field: SendMsg(&out) would allocate out for every response
-	if err := s.down.SendMsg(&s.out); err != nil {
-		if s.ctx.Err() != nil {
-			return gone, nil
-		}
-		return s.finish(err, nil, outcomeNone), nil // gRPC refused the message
+	if e := s.writeClient(out); e != nil {
+		return e, nil
 	}
 	if kind == kindSummary {
 		s.summarySent = true

@@ -167,7 +167,13 @@ func (h *harness) open(streamID string) *clientStream {
 	h.t.Cleanup(cancel)
 	c := &clientStream{t: h.t, call: call, cancel: cancel, changed: make(chan struct{}), ended: make(chan struct{})}
 	go c.receive()
-	c.sendRequest(&sttv1.StreamingRecognizeRequest{StreamingRequest: &sttv1.StreamingRecognizeRequest_StreamingConfig{
+	c.sendRequest(configRequest(streamID))
+	return c
+}
+
+// configRequest is the first request of the test's streams (with interim results).
+func configRequest(streamID string) *sttv1.StreamingRecognizeRequest {
+	return &sttv1.StreamingRecognizeRequest{StreamingRequest: &sttv1.StreamingRecognizeRequest_StreamingConfig{
 		StreamingConfig: &sttv1.StreamingRecognitionConfig{
 			Config: &sttv1.RecognitionConfig{
 				Encoding: sttv1.AudioEncoding_AUDIO_ENCODING_LINEAR16, SampleRateHertz: rate,
@@ -175,8 +181,7 @@ func (h *harness) open(streamID string) *clientStream {
 			},
 			InterimResults: true,
 			StreamId:       streamID,
-		}}})
-	return c
+		}}}
 }
 
 func (c *clientStream) receive() {

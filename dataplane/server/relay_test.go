@@ -5,15 +5,19 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -771,4 +775,93 @@ func TestAShutdownWithoutADrainEndsTheStreamsLeftAtOnce(t *testing.T) {
 		t.Errorf("the stream left ended with %v", err)
 	}
 	eventually(t, "a's stream cancelled", func() bool { return a.Stats().Cancelled == 1 }, a.Changed)
+}
+
+func TestAClientThatStopsReadingLosesItsStream(t *testing.T) {
+	// It keeps its call open and keeps sending, but reads nothing: SendMsg
+	// waited on flow control, the relay stopped reading the instance, and
+	// nothing ended the stream: it held the instance's call and its placement
+	// for as long as the client kept its connection. Now a response left
+	// untaken for the idle timeout ends it; the client, once it reads again,
+	// gets what it missed, then why. Other streams go on meanwhile.
+	a, err := fakeinstance.Start(fakeinstance.Options{
+		ID: "a", Pool: "asr_small", Model: "tiny.en", UtteranceMs: utteranceMs, InterimPadding: 16 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Kill)
+	double := &controldouble.Double{
+		Route: func(first *sttv1.StreamingRecognizeRequest) (*routerv1.RouteEvent, error) {
+			limits := controldouble.DefaultLimits()
+			limits.IdleTimeoutMs = 500
+			return controldouble.DefaultRoute(first, "asr_small", limits)
+		},
+		Place: placeOn(a),
+	}
+	h := start(t, double, nil, nil)
+	// A window that does not grow (no BDP estimation), as a client's whose reads stopped.
+	conn, err := grpc.Dial(fmt.Sprintf("127.0.0.1:%d", h.dp.Port()), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	call, err := sttv1.NewRecognizerServiceClient(conn).StreamingRecognize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := call.Send(configRequest("stalled")); err != nil {
+		t.Fatal(err)
+	}
+	sending := make(chan struct{})
+	go func() { // paced, and on until flow control stops it
+		defer close(sending)
+		for call.Send(audioRequest(make([]byte, chunkBytes))) == nil && ctx.Err() == nil {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	defer func() {
+		cancel()
+		<-sending
+	}()
+	eventually(t, "a's stream", func() bool { return a.Stats().Active == 1 }, a.Changed)
+
+	other := h.open("other")
+	audio := pcm(1500)
+	other.send(audio)
+	rs, err := other.finish()
+	if texts, _ := finals(rs); err != nil || !reflect.DeepEqual(texts, fakeinstance.ExpectedFinals(audio, rate, utteranceMs)) {
+		t.Errorf("the other stream ended with %v, finals %q", err, texts)
+	}
+	eventually(t, "a's call cancelled", func() bool {
+		st := a.Stats()
+		return st.Active == 0 && st.Cancelled == 1
+	}, a.Changed)
+	s := nextStream(t, double)
+	ended(t, s)
+	if _, finished := outcomes(s); finished.GetCode() != int32(codes.OutOfRange) {
+		t.Errorf("finished %v, not OUT_OF_RANGE", finished)
+	}
+	eventually(t, "the stream's goroutines to end", func() bool {
+		buf := make([]byte, 1<<20)
+		return !strings.Contains(string(buf[:runtime.Stack(buf, true)]), "relay.(*stream)")
+	}, func() <-chan struct{} {
+		tick := make(chan struct{})
+		time.AfterFunc(10*time.Millisecond, func() { close(tick) })
+		return tick
+	})
+
+	read := 0
+	for {
+		if _, err = call.Recv(); err != nil {
+			break
+		}
+		read++
+	}
+	want := "no result was read for 0.5 s: read the results as they come"
+	if st := status.Convert(err); st.Code() != codes.OutOfRange || st.Message() != want || read == 0 {
+		t.Errorf("after %d responses the stream ended with %v", read, err)
+	}
 }

@@ -11,7 +11,8 @@
 // Controls for tests: SetMaxStreams (RESOURCE_EXHAUSTED, full: a retry delay
 // and the INSTANCE_FULL ErrorInfo), RefuseAsStarting (UNAVAILABLE, not
 // accepting), FailStreams (streams fail with a status at their next chunk), Kill
-// (the server stops at once, like a crash).
+// (the server stops at once, like a crash); Options.InterimPadding makes interim
+// results large.
 package fakeinstance
 
 import (
@@ -21,6 +22,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +48,10 @@ type Options struct {
 	MaxStreams int
 	// UtteranceMs is the stream time per utterance (one final each).
 	UtteranceMs int64
+	// InterimPadding is the bytes of filler after each interim transcript
+	// (finals have none): a test fills a client's flow-control window with a
+	// few.
+	InterimPadding int
 }
 
 // Resume is the failover metadata a stream arrived with.
@@ -245,10 +251,20 @@ func (r *recognizer) serve(stream sttv1.RecognizerService_StreamingRecognizeServ
 	if cfg.GetInterimResults() {
 		interimEvery = 1
 	}
+	send := stream.Send
+	if pad := r.in.opts.InterimPadding; pad > 0 {
+		filler := " " + strings.Repeat("x", pad)
+		send = func(resp *sttv1.StreamingRecognizeResponse) error {
+			if res := resp.GetResult(); res != nil && !res.GetIsFinal() && len(res.GetAlternatives()) > 0 {
+				res.GetAlternatives()[0].Transcript += filler
+			}
+			return stream.Send(resp)
+		}
+	}
 	u := fakeasr.New(fakeasr.Config{
 		Rate: rate, UtteranceMs: r.in.opts.UtteranceMs, InterimEvery: interimEvery,
 		OffsetMs: resume.OffsetMs, SkipUntilMs: max(resume.SkipMs, resume.OffsetMs) + resume.LeadInMs,
-	}, stream.Send)
+	}, send)
 	received := 0
 	for {
 		req, err := stream.Recv()
