@@ -16,6 +16,7 @@ The life of a relayed stream::
                                       QUEUED (resumed, served first)
 
     any state ──client error / cancel / deadline / queue timeout──▶ FAILED
+    ATTACHED ──a result the client has not taken for idle_timeout_s──▶ FAILED (OUT_OF_RANGE)
 
 Three tasks serve a stream: the client reader (appends audio to the
 :class:`~services.router.failover.ReplayLog`, pausing while too much is
@@ -24,7 +25,9 @@ unsent: the bound is ``queue_max_bytes`` while no instance holds the stream,
 attempt (follows the log's cursor) and the handler's own task (admission,
 then reads the instance's responses and writes them to the client, one at a
 time, so a slow client slows the instance's stream instead of growing a
-buffer). Admission and the accounting of each attempt's outcome are a
+buffer; a client that stops reading loses its stream once a result has waited
+``idle_timeout_s`` for it: :mod:`services.router.downstream`). Admission and
+the accounting of each attempt's outcome are a
 :class:`~services.router.stream_control.StreamControl`'s, as for a stream the
 native data path relays.
 """
@@ -41,6 +44,7 @@ from typing import Any
 import grpc
 
 from services.router.admission import Admission
+from services.router.downstream import ClientWriter
 from services.router.failover import ReplayLog, ResultTracker, duration_ms
 from services.router.membership import Member
 from services.router.metrics import RouterMetrics
@@ -59,28 +63,9 @@ from voxmesh.asr.config import audio_content, idle_wait
 from voxmesh.errors import Unavailable, VoxmeshError
 from voxmesh.stt.v1 import stt_pb2
 
-__all__ = ["LATENCY_SAMPLE_EVERY", "RelayLimits", "StreamRelay", "write_uncut"]
+__all__ = ["LATENCY_SAMPLE_EVERY", "RelayLimits", "StreamRelay"]
 
 logger = logging.getLogger(__name__)
-
-
-async def write_uncut(context: grpc.aio.ServicerContext[Any, Any], message: Any) -> None:
-    """``context.write(message)`` that a cancellation does not cut short.
-
-    A write cancelled while gRPC core still sends it leaves its operations pending
-    there (the initial metadata's, on the first write), and the status the handler
-    then ends the call with is refused (``GRPC_CALL_ERROR_TOO_MANY_OPERATIONS``): the
-    client would never hear how its stream ended and wait to its deadline. So a
-    cancellation waits for the write to end (it ends with the call at the latest),
-    then propagates."""
-    write = asyncio.ensure_future(context.write(message))
-    try:
-        await asyncio.shield(write)
-    except asyncio.CancelledError:
-        await asyncio.wait({write})
-        if not write.cancelled():
-            write.exception()  # retrieved; the cancellation is what the caller gets
-        raise
 
 
 LATENCY_SAMPLE_EVERY = 8
@@ -153,6 +138,7 @@ class StreamRelay:
             context_ms=round(limits.failover_context_s * 1000),
         )
         self._tracker = ResultTracker()
+        self._writer = ClientWriter(context, limits.idle_timeout_s, f"stream {route.stream_id}")
         self._attached = False
         self._data = asyncio.Event()
         self._space = asyncio.Event()
@@ -170,20 +156,24 @@ class StreamRelay:
         return self._log.audio_seconds()
 
     async def run(self, requests: AsyncIterator[stt_pb2.StreamingRecognizeRequest]) -> None:
-        """Serves the stream to its end; raises the error the client must get."""
+        """Serves the stream to its end; raises the error the client must get, or
+        :class:`~services.router.downstream.StatusSent` when the client stopped reading
+        its results (its status is under way already)."""
         reader = asyncio.create_task(self._read_client(requests), name="relay-reader")
         serve = asyncio.create_task(self._serve(), name="relay-serve")
         try:
             await asyncio.wait({serve, self._client_error}, return_when=asyncio.FIRST_COMPLETED)
-            if self._error is not None:
-                raise self._error
-            serve.result()
         finally:
             for task in (serve, reader):
                 task.cancel()
             await asyncio.gather(serve, reader, return_exceptions=True)
             if not self._client_error.done():
                 self._client_error.cancel()
+        if self._writer.ended is not None:  # before a client error that came meanwhile
+            raise self._writer.ended
+        if self._error is not None:
+            raise self._error
+        serve.result()
 
     async def _read_client(
         self, requests: AsyncIterator[stt_pb2.StreamingRecognizeRequest]
@@ -343,7 +333,7 @@ class StreamRelay:
             result = out.result
             text = result.alternatives[0].transcript if result.alternatives else ""
             self._log.commit(duration_ms(result.end_offset), duration_ms(result.start_offset), text)
-        await write_uncut(self._context, out)
+        await self._writer.write(out)
         if kind == "summary":
             self._summary_sent = True
         if sampled:

@@ -19,6 +19,7 @@ import grpc
 
 from services.router.active import ActiveStreams
 from services.router.admission import Admission
+from services.router.downstream import StatusSent
 from services.router.membership import Member, Membership
 from services.router.parts import RouterParts
 from services.router.relay import StreamRelay
@@ -96,6 +97,8 @@ class RouterRecognizer(stt_pb2_grpc.RecognizerServiceServicer):
             tally.routed(route.pool)
             try:
                 await relay.run(request_iterator)
+            except StatusSent as sent:  # the client stopped reading; it has its status
+                tally.code = sent.code
             finally:
                 tally.audio_seconds = relay.audio_seconds()
 

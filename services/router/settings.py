@@ -129,13 +129,16 @@ class RouterSettings:
     idle_timeout_s: float = setting(
         30.0,
         "longest wait (s) for a client's next message while no instance waits for it "
-        "(its config; more audio after a failover); more is OUT_OF_RANGE",
+        "(its config; more audio after a failover), and for a client to take a result; "
+        "more is OUT_OF_RANGE",
     )
     """How long a stream may wait for its client while the router alone holds it: for its
     config, and, after a failover that left every byte with its final, for more audio or
-    the half-close. Beyond, OUT_OF_RANGE, as an instance answers a client that stalls
-    (its ``idle_timeout``): a client that stalls or vanished without a reset must not hold
-    a router stream (nor hold up a drain) forever."""
+    the half-close; and how long a result may wait for the client to take it (a client
+    that keeps its stream open but stopped reading). Beyond, OUT_OF_RANGE, as an instance
+    answers a client that stalls (its ``idle_timeout``): a client that stalls or vanished
+    without a reset must not hold a router stream and its instance's (nor hold up a
+    drain) forever."""
     max_failovers: int = setting(3, "most failovers of one stream")
     """Most times one stream moves to another instance before it fails with UNAVAILABLE."""
     failover_context_s: float = setting(

@@ -10,8 +10,9 @@ whatever the chunking, the instance, or a failover replay in between. With
 interim results on, every audio chunk gets one interim result (so a load
 generator can time each message), or every ``interim_every``-th chunk (a real
 instance sends about one interim per second of speech: 1 in 10 chunks of
-100 ms). Container audio is not decoded: its bytes count as 16 kHz 16-bit
-samples (32 bytes per ms).
+100 ms); ``interim_padding`` makes each one that much larger (a test fills a
+client's flow-control window with a few). Container audio is not decoded: its
+bytes count as 16 kHz 16-bit samples (32 bytes per ms).
 
 Failover metadata is honoured as by the real instances: ``voxmesh-offset-ms``
 (the first byte is at that stream time), ``voxmesh-skip-ms`` (discard
@@ -93,6 +94,8 @@ class FakeAsrOptions:
     """Stream time per utterance (one final each); a multiple of 10 ms."""
     interim_every: int = 1
     """With interim results on, one interim result per this many audio chunks."""
+    interim_padding: int = 0
+    """Bytes of filler after each interim transcript (finals have none)."""
     max_chunk_bytes: int = 1 << 20
     """Largest chunk; larger ones fail with RESOURCE_EXHAUSTED."""
     max_stream_s: float = 3600.0
@@ -157,10 +160,17 @@ class _Stream:
     """Utterance bookkeeping of one stream on the fake."""
 
     def __init__(
-        self, rate: int, utterance_ms: int, start_ms: int, skip_ms: int, interim_every: int
+        self,
+        rate: int,
+        utterance_ms: int,
+        start_ms: int,
+        skip_ms: int,
+        interim_every: int,
+        interim_padding: int = 0,
     ) -> None:
         self.rate = rate
         self.interim_every = interim_every
+        self.interim_padding = interim_padding
         self.chunks = 0
         self.window_samples = utterance_ms * rate // 1000
         self.sample = start_ms * rate // 1000
@@ -228,7 +238,10 @@ class _Stream:
             utterance_index=self.local_index,
             language_code="en",
         )
-        result.alternatives.add(transcript=final_text(window, self.crc), confidence=0.9)
+        text = final_text(window, self.crc)
+        if not final and self.interim_padding:
+            text += " " + "x" * self.interim_padding
+        result.alternatives.add(transcript=text, confidence=0.9)
         return stt_pb2.StreamingRecognizeResponse(result=result)
 
     def _event(self, kind: int, sample: int) -> stt_pb2.StreamingRecognizeResponse:
@@ -415,6 +428,7 @@ class FakeAsr(stt_pb2_grpc.RecognizerServiceServicer, stt_pb2_grpc.TelemetryServ
             offset_ms,
             max(skip_ms, offset_ms) + lead_in_ms,
             opts.interim_every,
+            opts.interim_padding,
         )
         received = 0
         async for request in iterator:

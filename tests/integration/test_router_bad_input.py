@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,8 +11,8 @@ import grpc
 import pytest
 
 from tests.conditions import wait_until_async
-from tests.integration.router_harness import HeldStream, mesh
-from tests.streaming import config_request, send_requests
+from tests.integration.router_harness import HeldStream, mesh, pcm
+from tests.streaming import config_request, run_stream, send_requests
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 pytestmark = pytest.mark.usefixtures("router_data_path")
@@ -106,6 +107,51 @@ async def test_a_client_that_sends_no_config_is_timed_out() -> None:
         await wait_until_async(lambda: m.router.recognizer.active_streams == 0)
         # Counted as every other stream's end, by either data path.
         assert m.metric("voxmesh_router_streams_total", pool="unknown", code="OUT_OF_RANGE") == 1
+
+
+async def test_a_client_that_stops_reading_results_loses_its_stream() -> None:
+    """It keeps its call open and keeps sending, but reads nothing: the router's write of
+    a result waits on flow control, the router stops reading its instance, and nothing
+    ended the stream: it held its router stream and its count on the instance (and the
+    instance's stream) for as long as the client kept its connection. Now a result left
+    untaken for idle_timeout_s ends it, and the client, once it reads again, learns why
+    after what it missed; other streams go on."""
+    async with mesh(idle_timeout_s=1.0) as m:
+        fake = await m.add("a", interim_padding=16 << 10)  # a few fill a window
+        # A small window that does not grow, as a client's whose reads have stopped.
+        options = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+        async with grpc.aio.insecure_channel(m.router.target, options=options) as channel:
+            call: Any = stt_pb2_grpc.RecognizerServiceStub(channel).StreamingRecognize(timeout=60)
+            await call.write(config())
+
+            async def send() -> None:
+                while True:  # paced, and on until flow control stops it
+                    await call.write(audio(3200))
+                    await asyncio.sleep(0.05)
+
+            sender = asyncio.create_task(send())
+            try:
+                await wait_until_async(lambda: fake.active == 1, timeout=5)
+                other = await run_stream(m.channel, pcm(1.5), first=config())
+                assert other.error is None and len(other.finals) == 2  # served meanwhile
+                # The instance's call cancelled, the router's count on it released.
+                await wait_until_async(lambda: fake.active == 0, timeout=15)
+                member = m.member("a")
+                assert member is not None
+                await wait_until_async(lambda: member.inflight == 0)
+                await wait_until_async(lambda: m.router.recognizer.active_streams == 0)
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    async with asyncio.timeout(10):
+                        async for _ in call:
+                            pass
+            finally:
+                sender.cancel()
+                call.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+        assert ended.value.code() == grpc.StatusCode.OUT_OF_RANGE, ended.value
+        details = ended.value.details() or ""
+        assert details == "no result was read for 1 s: read the results as they come"
+        assert m.metric("voxmesh_router_streams_total", pool="asr_small", code="OUT_OF_RANGE") == 1
 
 
 async def test_a_rejected_stream_counts_the_audio_it_carried() -> None:

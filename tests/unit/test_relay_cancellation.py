@@ -14,8 +14,9 @@ from typing import Any, cast
 import grpc
 from prometheus_client import CollectorRegistry
 
+from services.router.downstream import ClientWriter
 from services.router.metrics import RouterMetrics
-from services.router.relay import RelayLimits, StreamRelay, write_uncut
+from services.router.relay import RelayLimits, StreamRelay
 from services.router.routing import Route
 from voxmesh.stt.v1 import stt_pb2
 
@@ -27,6 +28,9 @@ class NoDeadline:
 
     def time_remaining(self) -> float | None:
         return None
+
+    async def send_initial_metadata(self, metadata: object) -> None:
+        pass
 
     async def write(self, response: stt_pb2.StreamingRecognizeResponse) -> None:
         pass
@@ -150,6 +154,9 @@ class HeldWrite:
         self.writing = asyncio.Event()
         self.written: list[str] = []
 
+    async def send_initial_metadata(self, metadata: object) -> None:
+        pass
+
     async def write(self, response: str) -> None:
         self.writing.set()
         await self.release.wait()
@@ -160,7 +167,7 @@ async def test_a_cancelled_client_write_ends_before_the_cancellation_propagates(
     """A write cut short leaves gRPC core unable to send the call's status; the handler
     may end the call only once its write has ended."""
     context = HeldWrite()
-    writer = asyncio.create_task(write_uncut(cast(Any, context), "result"))
+    writer = asyncio.create_task(ClientWriter(cast(Any, context), 30.0, "stream s").write("result"))
     await context.writing.wait()
     writer.cancel()
     for _ in range(5):  # the cancellation has every chance to land
