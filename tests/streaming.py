@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,3 +196,37 @@ async def send_requests(
             pass
     await writer
     return call
+
+
+@contextlib.asynccontextmanager
+async def sending_without_reading(
+    call: Any, request: stt_pb2.StreamingRecognizeRequest, every_s: float
+) -> AsyncIterator[None]:
+    """For the block, writes ``request`` on ``call`` every ``every_s`` s and reads
+    nothing: a client that stopped reading its results, not sending (until flow
+    control stops its writes too). The call is cancelled at the end."""
+
+    async def send() -> None:
+        while True:
+            await call.write(request)
+            await asyncio.sleep(every_s)
+
+    sender = asyncio.create_task(send())
+    try:
+        yield
+    finally:
+        sender.cancel()
+        call.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+
+
+async def error_at_the_end(call: Any, timeout_s: float = 10.0) -> grpc.aio.AioRpcError:
+    """Reads what is left of ``call``; the error it ends with (an AssertionError if it
+    ends OK or is still open after ``timeout_s``)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for _ in call:
+                pass
+    except grpc.aio.AioRpcError as err:
+        return err
+    raise AssertionError("the call ended OK")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,7 +11,13 @@ import pytest
 
 from tests.conditions import wait_until_async
 from tests.integration.router_harness import HeldStream, mesh, pcm
-from tests.streaming import config_request, run_stream, send_requests
+from tests.streaming import (
+    config_request,
+    error_at_the_end,
+    run_stream,
+    send_requests,
+    sending_without_reading,
+)
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 pytestmark = pytest.mark.usefixtures("router_data_path")
@@ -124,13 +129,7 @@ async def test_a_client_that_stops_reading_results_loses_its_stream() -> None:
             call: Any = stt_pb2_grpc.RecognizerServiceStub(channel).StreamingRecognize(timeout=60)
             await call.write(config())
 
-            async def send() -> None:
-                while True:  # paced, and on until flow control stops it
-                    await call.write(audio(3200))
-                    await asyncio.sleep(0.05)
-
-            sender = asyncio.create_task(send())
-            try:
+            async with sending_without_reading(call, audio(3200), every_s=0.05):
                 await wait_until_async(lambda: fake.active == 1, timeout=5)
                 other = await run_stream(m.channel, pcm(1.5), first=config())
                 assert other.error is None and len(other.finals) == 2  # served meanwhile
@@ -140,16 +139,9 @@ async def test_a_client_that_stops_reading_results_loses_its_stream() -> None:
                 assert member is not None
                 await wait_until_async(lambda: member.inflight == 0)
                 await wait_until_async(lambda: m.router.recognizer.active_streams == 0)
-                with pytest.raises(grpc.aio.AioRpcError) as ended:
-                    async with asyncio.timeout(10):
-                        async for _ in call:
-                            pass
-            finally:
-                sender.cancel()
-                call.cancel()
-                await asyncio.gather(sender, return_exceptions=True)
-        assert ended.value.code() == grpc.StatusCode.OUT_OF_RANGE, ended.value
-        details = ended.value.details() or ""
+                ended = await error_at_the_end(call)
+        assert ended.code() == grpc.StatusCode.OUT_OF_RANGE, ended
+        details = ended.details() or ""
         assert details == "no result was read for 1 s: read the results as they come"
         assert m.metric("voxmesh_router_streams_total", pool="asr_small", code="OUT_OF_RANGE") == 1
 

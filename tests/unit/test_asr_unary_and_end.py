@@ -27,6 +27,7 @@ from tests.session_fakes import (
     silence,
     speech,
 )
+from tests.streaming import error_at_the_end, sending_without_reading
 from voxmesh.asr import servicer as servicer_module
 from voxmesh.asr.decoder import DecodeJob, DecodeOutput
 from voxmesh.asr.servicer import RecognizerServicer
@@ -251,33 +252,17 @@ async def test_a_client_that_stops_reading_results_loses_its_stream_after_the_id
                 config = stt_pb2.StreamingRecognitionConfig(config=linear16(), interim_results=True)
                 await call.write(stt_pb2.StreamingRecognizeRequest(streaming_config=config))
                 chunk = stt_pb2.StreamingRecognizeRequest(audio_content=pcm16(speech(0.1)))
-
-                async def send() -> None:
-                    # Paced, and on until flow control stops it: the client only stops
-                    # reading.
-                    while True:
-                        await call.write(chunk)
-                        await asyncio.sleep(0.1)
-
-                sender = asyncio.create_task(send())
-                try:
+                async with sending_without_reading(call, chunk, every_s=0.1):
                     await wait_until_async(lambda: servicer._instance.active == 1, timeout=5)
                     await wait_until_async(lambda: servicer._instance.active == 0, timeout=20)
                     # Reading again, it gets what was sent, then why the stream ended.
-                    with pytest.raises(grpc.aio.AioRpcError) as ended:
-                        async with asyncio.timeout(10):
-                            async for _ in call:
-                                pass
-                finally:
-                    sender.cancel()
-                    call.cancel()
-                    await asyncio.gather(sender, return_exceptions=True)
+                    ended = await error_at_the_end(call)
         finally:
             await server.stop(0)
         errors = servicer._instance.metrics.registry.get_sample_value(
             "voxmesh_asr_errors_total", {"code": "OUT_OF_RANGE"}
         )
-    assert ended.value.code() == grpc.StatusCode.OUT_OF_RANGE, ended.value
-    assert "no result was read for 1 s" in (ended.value.details() or "")
+    assert ended.code() == grpc.StatusCode.OUT_OF_RANGE, ended
+    assert "no result was read for 1 s" in (ended.details() or "")
     assert errors == 1
     assert "stopped reading" in caplog.text
