@@ -27,16 +27,15 @@ response the client never takes, and gRPC would refuse the status
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 import grpc
 
-from voxmesh.errors import OutOfRange
+from voxmesh.asr.config import unread_error
 from voxmesh.rpc import status
 
-__all__ = ["ClientWriter", "StatusSent", "unread_error"]
+__all__ = ["ClientWriter", "StatusSent"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +47,6 @@ class StatusSent(Exception):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
         self.code = code
-
-
-def unread_error(timeout_s: float) -> OutOfRange:
-    """The error of a client that took no response for ``timeout_s`` seconds (worded as
-    an instance words it)."""
-    return OutOfRange(f"no result was read for {timeout_s:g} s: read the results as they come")
 
 
 class ClientWriter:
@@ -117,9 +110,7 @@ class ClientWriter:
         )
         err = unread_error(self._limit)
         self.ended = StatusSent(grpc.StatusCode.OUT_OF_RANGE, str(err))
-        ending = asyncio.create_task(self._send(err), name="relay-unread-status")
-        _UNREAD_ENDS.add(ending)
-        ending.add_done_callback(_UNREAD_ENDS.discard)
+        status.abort_behind_unread(self._context, err, self._limit)
         try:
             # The abort starts the status in its first step, which runs now: before the
             # write is cancelled, and before the handler can end the call with another.
@@ -127,12 +118,3 @@ class ClientWriter:
         finally:
             write.cancel()
             await asyncio.wait({write})  # a turn: nothing is left of the write
-
-    async def _send(self, err: OutOfRange) -> None:
-        with contextlib.suppress(BaseException):
-            async with asyncio.timeout(self._limit):
-                await status.abort(self._context, err)
-
-
-_UNREAD_ENDS: set[asyncio.Task[None]] = set()
-"""The status sends of streams :class:`ClientWriter` ended (a task needs a reference)."""

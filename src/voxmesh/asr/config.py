@@ -147,6 +147,12 @@ def idle_timeout_error(timeout_s: float, waiting_for: str) -> OutOfRange:
     )
 
 
+def unread_error(timeout_s: float) -> OutOfRange:
+    """The error of a client that took no response for ``timeout_s`` seconds (it stopped
+    reading): how an instance and the router's two data paths end its stream."""
+    return OutOfRange(f"no result was read for {timeout_s:g} s: read the results as they come")
+
+
 async def idle_wait(message: Awaitable[T], timeout_s: float, waiting_for: str) -> T:
     """Awaits the client's next ``message`` (or what it brings) for at most ``timeout_s``;
     OUT_OF_RANGE beyond. A client that stalls, or vanished without a reset, must not hold

@@ -34,6 +34,7 @@ from voxmesh.asr.config import (
     check_model,
     idle_wait,
     make_decoder,
+    unread_error,
     validate_recognition_config,
     validate_streaming_config,
 )
@@ -48,7 +49,7 @@ from voxmesh.rpc.metadata import (
     replay_context_of,
     value_of,
 )
-from voxmesh.rpc.status import abort, code_of
+from voxmesh.rpc.status import abort, abort_behind_unread, code_of
 from voxmesh.stt.v1 import stt_pb2, stt_pb2_grpc
 
 __all__ = ["RecognizerServicer", "TelemetryServicer"]
@@ -449,21 +450,7 @@ class _UnreadWatch:
             self._limit,
         )
         self.ended = True
-        err = errors.OutOfRange(
-            f"no result was read for {self._limit:g} s: read the results as they come"
-        )
-        # The status goes out first (the abort starts its send in its first step); the
-        # handler, cancelled next, then ends without one of its own. The abort itself
-        # returns once the client has read up to the status, or never.
-        _UNREAD_ENDS.add(ending := self._loop.create_task(self._send(err)))
-        ending.add_done_callback(_UNREAD_ENDS.discard)
+        # The status goes out first; the handler, cancelled next, then ends without one
+        # of its own.
+        abort_behind_unread(self._context, unread_error(self._limit), self._limit)
         self._loop.call_soon(handler.cancel, "the client stopped reading")
-
-    async def _send(self, err: errors.VoxmeshError) -> None:
-        with contextlib.suppress(BaseException):
-            async with asyncio.timeout(self._limit):
-                await abort(self._context, err)
-
-
-_UNREAD_ENDS: set[asyncio.Task[None]] = set()
-"""The status sends of streams ended by :class:`_UnreadWatch` (a task needs a reference)."""

@@ -15,6 +15,7 @@ full, is not told apart either: its refusal goes to the client).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import NoReturn, Protocol
@@ -30,6 +31,7 @@ __all__ = [
     "RETRY_AFTER_KEY",
     "Abortable",
     "abort",
+    "abort_behind_unread",
     "aborting",
     "code_of",
     "instance_full",
@@ -117,6 +119,28 @@ class _WithTrailing(grpc.Status):
 async def abort(context: Abortable, err: BaseException) -> None:
     """Ends the RPC with the status of ``err``. Never returns."""
     await context.abort_with_status(to_status(err))
+
+
+def abort_behind_unread(context: Abortable, err: BaseException, give_up_s: float) -> None:
+    """Starts ending the RPC with the status of ``err`` from a task of its own, for a
+    call whose client stopped reading: gRPC queues the status behind the responses the
+    client has not taken, so the abort returns only once the client reads up to it, or
+    never. The task starts the send in its first step, which runs before any callback
+    scheduled after this call (the caller then cancels the write or the handler), and
+    stops waiting after ``give_up_s`` (the status stays queued in gRPC core)."""
+
+    async def send() -> None:
+        with contextlib.suppress(BaseException):
+            async with asyncio.timeout(give_up_s):
+                await abort(context, err)
+
+    ending = asyncio.get_running_loop().create_task(send(), name="voxmesh-unread-status")
+    _ABORTS_BEHIND_UNREAD.add(ending)
+    ending.add_done_callback(_ABORTS_BEHIND_UNREAD.discard)
+
+
+_ABORTS_BEHIND_UNREAD: set[asyncio.Task[None]] = set()
+"""The tasks of :func:`abort_behind_unread` still waiting (a task needs a reference)."""
 
 
 @contextlib.asynccontextmanager
